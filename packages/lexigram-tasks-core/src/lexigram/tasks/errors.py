@@ -1,0 +1,57 @@
+"""Exceptions raised by lexigram-tasks. All derive from :class:`TaskError`."""
+
+from __future__ import annotations
+
+
+class TaskError(Exception):
+    """Base class of every lexigram-tasks error."""
+
+
+class ConfigurationError(TaskError):
+    """A configuration value or file is wrong; the message names the key."""
+
+
+class BackendNotFoundError(ConfigurationError):
+    """No backend is registered under the requested ``type`` string."""
+
+
+class BackendConnectionError(TaskError):
+    """A backend could not reach its server (the URL in the message is redacted)."""
+
+
+class CapabilityNotSupportedError(TaskError):
+    """The backend does not declare the capability an operation needs."""
+
+
+class JobSerializationError(TaskError, TypeError):
+    """A job's arguments or result cannot be written as JSON."""
+
+
+class MalformedJobError(TaskError, ValueError):
+    """A message read from a backend is not a valid job."""
+
+
+class UnknownTaskError(TaskError, LookupError):
+    """No task is registered under the given name."""
+
+
+class TaskTimeoutError(TaskError, TimeoutError):
+    """A task ran longer than its timeout and was cancelled."""
+
+
+class ResultTimeoutError(TaskError, TimeoutError):
+    """A job's result did not arrive within the time asked for."""
+
+
+class NoResultStoreError(TaskError):
+    """Results were asked for, but no result store is configured."""
+
+
+class TaskFailedError(TaskError):
+    """The job failed; ``error_type`` and ``error_message`` are the task's exception's."""
+
+    def __init__(self, job_id: str, error_type: str, error_message: str) -> None:
+        super().__init__(f"job {job_id} failed: {error_type}: {error_message}")
+        self.job_id = job_id
+        self.error_type = error_type
+        self.error_message = error_message

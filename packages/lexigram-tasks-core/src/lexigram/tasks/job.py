@@ -1,0 +1,227 @@
+"""The job: what travels through every backend, as one JSON document.
+
+The wire format is documented in ``docs/job-format.md`` and
+``docs/job.schema.json``. Fields this version does not know are kept in
+``Job.extra`` and written back unchanged, so a newer producer's data survives
+a round trip through an older worker.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from lexigram.tasks.errors import JobSerializationError, MalformedJobError
+
+#: Version of the wire format written by this library (the ``v`` field).
+WIRE_VERSION = 1
+
+#: Priorities run from 0 (default, lowest) to 9 (highest): the range every
+#: built-in backend can honour (RabbitMQ's ``x-max-priority`` included).
+MIN_PRIORITY = 0
+MAX_PRIORITY = 9
+
+_KNOWN_FIELDS = frozenset(
+    {
+        "v",
+        "id",
+        "task",
+        "args",
+        "kwargs",
+        "queue",
+        "attempt",
+        "max_retries",
+        "enqueued_at",
+        "run_at",
+        "priority",
+        "timeout",
+        "dedup_key",
+        "headers",
+    }
+)
+
+
+def new_job_id() -> str:
+    """A fresh, URL-safe job id (UUID4, 32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+@dataclass(slots=True)
+class Job:
+    """One unit of work.
+
+    ``attempt`` counts deliveries: 0 while the job waits for its first run,
+    1 during the first run, and so on. Backends increment it when they lease
+    the job, so a job whose worker was killed still uses up an attempt.
+    Times are Unix epoch seconds (floats).
+    """
+
+    task: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    queue: str = "default"
+    id: str = field(default_factory=new_job_id)
+    attempt: int = 0
+    max_retries: int = 0
+    enqueued_at: float = field(default_factory=time.time)
+    run_at: float | None = None
+    priority: int = 0
+    timeout: float | None = None
+    dedup_key: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire document as a dict (unknown fields included)."""
+        doc: dict[str, Any] = dict(self.extra)
+        doc.update(
+            v=WIRE_VERSION,
+            id=self.id,
+            task=self.task,
+            args=self.args,
+            kwargs=self.kwargs,
+            queue=self.queue,
+            attempt=self.attempt,
+            max_retries=self.max_retries,
+            enqueued_at=self.enqueued_at,
+            run_at=self.run_at,
+            priority=self.priority,
+            timeout=self.timeout,
+            dedup_key=self.dedup_key,
+            headers=self.headers,
+        )
+        return doc
+
+    def to_json(self) -> str:
+        """Serialise to the JSON wire format.
+
+        Raises :class:`JobSerializationError` naming the argument that JSON
+        cannot represent.
+        """
+        try:
+            return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise JobSerializationError(_describe_unserialisable(self, exc)) from exc
+
+    def to_bytes(self) -> bytes:
+        """The JSON wire format, UTF-8 encoded."""
+        return self.to_json().encode()
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> Job:
+        """Build a job from a decoded wire document, validating every field."""
+        if not isinstance(doc, dict):
+            raise MalformedJobError(f"a job must be a JSON object, got {type(doc).__name__}")
+        version = doc.get("v", WIRE_VERSION)
+        if not isinstance(version, int) or version > WIRE_VERSION:
+            raise MalformedJobError(f"unsupported job format version {version!r}")
+        extra = {k: v for k, v in doc.items() if k not in _KNOWN_FIELDS}
+        return cls(
+            id=_require(doc, "id", str),
+            task=_require(doc, "task", str),
+            args=_optional(doc, "args", list, []),
+            kwargs=_optional(doc, "kwargs", dict, {}),
+            queue=_optional(doc, "queue", str, "default"),
+            attempt=_optional(doc, "attempt", int, 0),
+            max_retries=_optional(doc, "max_retries", int, 0),
+            enqueued_at=_number(doc, "enqueued_at", time.time()),
+            run_at=_nullable_number(doc, "run_at"),
+            priority=_priority(doc),
+            timeout=_nullable_number(doc, "timeout"),
+            dedup_key=_nullable_str(doc, "dedup_key"),
+            headers=_headers(doc),
+            extra=extra,
+        )
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> Job:
+        """Parse the JSON wire format; :class:`MalformedJobError` says what is wrong."""
+        try:
+            doc = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise MalformedJobError(f"not valid JSON: {exc}") from exc
+        return cls.from_dict(doc)
+
+
+def _require(doc: dict[str, Any], key: str, kind: type) -> Any:
+    if key not in doc:
+        raise MalformedJobError(f"missing required field {key!r}")
+    value = doc[key]
+    if not isinstance(value, kind) or (kind is str and not value):
+        raise MalformedJobError(f"field {key!r} must be a non-empty {kind.__name__}, got {value!r}")
+    return value
+
+
+def _optional(doc: dict[str, Any], key: str, kind: type, default: Any) -> Any:
+    value = doc.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise MalformedJobError(f"field {key!r} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def _number(doc: dict[str, Any], key: str, default: float) -> float:
+    value = _nullable_number(doc, key)
+    return default if value is None else value
+
+
+def _nullable_number(doc: dict[str, Any], key: str) -> float | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MalformedJobError(f"field {key!r} must be a number or null, got {value!r}")
+    return float(value)
+
+
+def _nullable_str(doc: dict[str, Any], key: str) -> str | None:
+    value = doc.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise MalformedJobError(f"field {key!r} must be a string or null, got {value!r}")
+
+
+def _priority(doc: dict[str, Any]) -> int:
+    value = _optional(doc, "priority", int, 0)
+    if not MIN_PRIORITY <= value <= MAX_PRIORITY:
+        raise MalformedJobError(
+            f"field 'priority' must be between {MIN_PRIORITY} and {MAX_PRIORITY}, got {value}"
+        )
+    return int(value)
+
+
+def _headers(doc: dict[str, Any]) -> dict[str, str]:
+    value = _optional(doc, "headers", dict, {})
+    for k, v in value.items():
+        if not isinstance(v, str):
+            raise MalformedJobError(f"header {k!r} must be a string, got {v!r}")
+    return dict(value)
+
+
+def _describe_unserialisable(job: Job, exc: Exception) -> str:
+    """Find which argument JSON refused, so the error can name it."""
+    for index, value in enumerate(job.args):
+        if not _json_ok(value):
+            return (
+                f"task {job.task!r}: positional argument {index} "
+                f"({type(value).__name__}) is not JSON-serialisable: {exc}"
+            )
+    for name, value in job.kwargs.items():
+        if not _json_ok(value):
+            return (
+                f"task {job.task!r}: argument {name!r} "
+                f"({type(value).__name__}) is not JSON-serialisable: {exc}"
+            )
+    return f"task {job.task!r}: job is not JSON-serialisable: {exc}"
+
+
+def _json_ok(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True

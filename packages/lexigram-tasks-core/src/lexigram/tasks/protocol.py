@@ -1,0 +1,194 @@
+"""The backend seam: what a task queue must do, and nothing more.
+
+A backend implements job-level primitives (enqueue, lease, ack, nack);
+tracing, events, retry policy and dead-lettering decisions live once in the
+worker and provider, so a custom backend cannot forget them. Delivery is at
+least once: a leased job is settled by exactly one ``ack`` or ``nack``, and a
+job whose lease lapses (its worker died) becomes available again.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol, Self, runtime_checkable
+
+from lexigram.tasks.errors import CapabilityNotSupportedError
+from lexigram.tasks.job import Job
+
+
+class Capability(enum.StrEnum):
+    """Optional features a backend declares in ``capabilities``."""
+
+    #: Jobs with ``run_at`` in the future wait until then.
+    DELAY = "delay"
+    #: Higher ``priority`` jobs are delivered before lower ones.
+    PRIORITY = "priority"
+    #: A ``dedup_key`` is unique among pending and running jobs.
+    UNIQUE = "unique"
+    #: Jobs can be enqueued inside the caller's own database transaction.
+    TRANSACTIONAL = "transactional"
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A message leased to one consumer, to be settled by ack or nack.
+
+    ``job`` is ``None`` when the message is not a valid job; ``problem`` then
+    says why, and the consumer dead-letters it (``nack(requeue=False)``).
+    ``token`` is the backend's own handle for the lease.
+    """
+
+    job: Job | None
+    raw: bytes
+    token: Any
+    problem: str | None = None
+
+    @property
+    def job_id(self) -> str | None:
+        return self.job.id if self.job is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCounts:
+    """How many jobs a queue holds, by state."""
+
+    ready: int
+    delayed: int
+    running: int
+    failed: int
+
+    @property
+    def pending(self) -> int:
+        """Jobs not yet finished: ready, delayed and running."""
+        return self.ready + self.delayed + self.running
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message the backend set aside, with the reason."""
+
+    payload: bytes
+    reason: str
+    job_id: str | None
+    failed_at: float
+
+
+@runtime_checkable
+class TaskQueueProtocol(Protocol):
+    """What every backend implements. :class:`BaseTaskQueue` supplies defaults."""
+
+    #: The queue this instance reads and writes.
+    queue_name: str
+    #: OpenTelemetry ``messaging.system`` value, e.g. ``"redis"``.
+    system: str
+    #: Optional features this backend honours.
+    capabilities: frozenset[Capability]
+
+    async def connect(self) -> None:
+        """Open connections. Calling it again while connected does nothing."""
+
+    async def disconnect(self) -> None:
+        """Close connections. Calling it again, or before connect, does nothing."""
+
+    async def enqueue(self, job: Job) -> str:
+        """Store one job; return the id of the job holding its dedup key (usually ``job.id``)."""
+
+    async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
+        """Store many jobs in as few round trips as the backend allows."""
+
+    async def dequeue(
+        self, *, max_jobs: int = 1, lease_seconds: float = 30.0, wait: float = 0.0
+    ) -> list[Delivery]:
+        """Lease up to ``max_jobs`` ready jobs, waiting up to ``wait`` seconds for the first.
+
+        Each returned job has ``attempt`` already incremented. Higher priority
+        first, then FIFO. A lease that is not settled or extended within
+        ``lease_seconds`` lapses and the job is delivered again.
+        """
+
+    async def ack(self, delivery: Delivery) -> None:
+        """The job is done: remove it (and release its dedup key)."""
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack several deliveries at once."""
+
+    async def nack(
+        self, delivery: Delivery, *, requeue: bool, delay: float = 0.0, reason: str = ""
+    ) -> None:
+        """Settle a failed delivery.
+
+        ``requeue=True`` stores ``delivery.job`` as it is now (the worker may
+        have changed it) to run again after ``delay`` seconds. ``requeue=False``
+        dead-letters the message with ``reason``; it is kept, never dropped.
+        """
+
+    async def extend_lease(self, deliveries: Sequence[Delivery], lease_seconds: float) -> None:
+        """Push the lease of running jobs ``lease_seconds`` into the future."""
+
+    async def counts(self) -> QueueCounts:
+        """Ready, delayed, running and failed (dead-lettered) counts."""
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Messages this backend dead-lettered, oldest first."""
+
+
+class BaseTaskQueue:
+    """Convenience base for backends: context manager, bulk defaults, capability checks.
+
+    Subclasses implement the primitives of :class:`TaskQueueProtocol`; the
+    defaults here loop over the single-job methods, so override
+    ``enqueue_many`` and ``ack_many`` where the backend can batch.
+    """
+
+    queue_name: str
+    system: str = "unknown"
+    capabilities: frozenset[Capability] = frozenset()
+
+    async def connect(self) -> None:
+        raise NotImplementedError
+
+    async def disconnect(self) -> None:
+        raise NotImplementedError
+
+    async def enqueue(self, job: Job) -> str:
+        raise NotImplementedError
+
+    async def ack(self, delivery: Delivery) -> None:
+        raise NotImplementedError
+
+    async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
+        return [await self.enqueue(job) for job in jobs]
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            await self.ack(delivery)
+
+    def check_supported(self, job: Job) -> None:
+        """Raise :class:`CapabilityNotSupportedError` if ``job`` needs an undeclared capability."""
+        if job.run_at is not None and Capability.DELAY not in self.capabilities:
+            self._unsupported(Capability.DELAY, "run_at / delay")
+        if job.priority and Capability.PRIORITY not in self.capabilities:
+            self._unsupported(Capability.PRIORITY, "priority")
+        if job.dedup_key is not None and Capability.UNIQUE not in self.capabilities:
+            self._unsupported(Capability.UNIQUE, "dedup_key")
+
+    def _unsupported(self, capability: Capability, what: str) -> None:
+        raise CapabilityNotSupportedError(
+            f"{type(self).__name__} does not support {what} "
+            f"(capability {capability.value!r} is not declared)"
+        )
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.disconnect()

@@ -1,0 +1,40 @@
+"""Keep credentials out of logs, errors and CLI output."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+_DSN_PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """Replace the password in a URL or key=value DSN with ``***``.
+
+    >>> redact_url("redis://:s3cret@localhost:6379/0")
+    'redis://:***@localhost:6379/0'
+    """
+    if "://" not in url:
+        return _DSN_PASSWORD.sub(r"\1***", url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def redact_text(text: str, *secrets: str | None) -> str:
+    """Remove every given secret (e.g. a password) from an error message."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
