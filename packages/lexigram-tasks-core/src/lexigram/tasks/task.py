@@ -1,0 +1,162 @@
+"""Task: a registered handler, enqueueable by name or from the object itself."""
+
+from __future__ import annotations
+
+import functools
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from lexigram.tasks.job import MAX_PRIORITY, MIN_PRIORITY, Job
+from lexigram.tasks.ratelimit import Rate
+
+if TYPE_CHECKING:
+    from lexigram.tasks.handle import JobHandle
+    from lexigram.tasks.provider import TaskProvider
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with jitter: attempt n waits about ``base * factor**(n-1)``, capped.
+
+    The delay is drawn uniformly from the upper half of that value ("equal
+    jitter"), so retries of many failed jobs spread out but never come early.
+    """
+
+    base: float = 1.0
+    factor: float = 2.0
+    max_delay: float = 300.0
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+
+    def delay(self, attempt: int) -> float:
+        ceiling = min(self.max_delay, self.base * self.factor ** max(attempt - 1, 0))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    def should_retry(self, exc: BaseException) -> bool:
+        return isinstance(exc, self.retry_on)
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueOptions:
+    """Per-enqueue settings: when, how urgent, deduplicated by what."""
+
+    delay: float | None = None
+    eta: float | None = None
+    priority: int | None = None
+    dedup_key: str | None = None
+    headers: dict[str, str] | None = None
+    backend: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.delay is not None and self.eta is not None:
+            raise ValueError("give delay or eta, not both")
+        if self.delay is not None and self.delay < 0:
+            raise ValueError(f"delay must be >= 0, got {self.delay}")
+        if self.priority is not None and not MIN_PRIORITY <= self.priority <= MAX_PRIORITY:
+            raise ValueError(
+                f"priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}, got {self.priority}"
+            )
+
+    def run_at(self) -> float | None:
+        if self.delay:
+            return time.time() + self.delay
+        return self.eta
+
+
+class Task(Generic[P, R]):
+    """A handler registered on a :class:`~lexigram.tasks.TaskProvider`.
+
+    Calling the task runs the function directly; ``await task.enqueue(...)``
+    sends a job with the same arguments, checked by type checkers against the
+    function's signature.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[P, Any],
+        provider: TaskProvider,
+        *,
+        name: str,
+        is_async: bool,
+        max_retries: int = 0,
+        timeout: float | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        priority: int = 0,
+        backend: str | None = None,
+        rate_limit: Rate | None = None,
+        store_result: bool = True,
+    ) -> None:
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        self.fn = fn
+        self.provider = provider
+        self.name = name
+        self.is_async = is_async
+        self.max_retries = max_retries
+        self.timeout = timeout
+        self.retry = retry
+        self.priority = priority
+        self.backend = backend
+        self.rate_limit = rate_limit
+        self.store_result = store_result
+        functools.update_wrapper(self, fn)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def job(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        """Build the job this call would enqueue (for ``provider.enqueue_many``)."""
+        return self.provider.build_job(self.name, args, kwargs, EnqueueOptions())
+
+    async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
+        """Send a job running this task with these arguments."""
+        return await self.provider.enqueue_job(self.job(*args, **kwargs), backend=self.backend)
+
+    def options(
+        self,
+        *,
+        delay: float | None = None,
+        eta: float | None = None,
+        priority: int | None = None,
+        dedup_key: str | None = None,
+        headers: dict[str, str] | None = None,
+        backend: str | None = None,
+    ) -> BoundTask[P, R]:
+        """The same task with per-enqueue options: ``task.options(delay=5).enqueue(...)``.
+
+        ``eta`` is a Unix timestamp; ``dedup_key`` makes a second enqueue with
+        the same key, while the first job is pending or running, return the
+        first job instead.
+        """
+        return BoundTask(self, EnqueueOptions(delay, eta, priority, dedup_key, headers, backend))
+
+
+class BoundTask(Generic[P, R]):
+    """A task with enqueue options applied; see :meth:`Task.options`."""
+
+    __slots__ = ("_options", "_task")
+
+    def __init__(self, task: Task[P, R], options: EnqueueOptions) -> None:
+        self._task = task
+        self._options = options
+
+    def options(self, **changes: Any) -> BoundTask[P, R]:
+        return BoundTask(self._task, replace(self._options, **changes))
+
+    def job(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        return self._task.provider.build_job(self._task.name, args, kwargs, self._options)
+
+    async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
+        return await self._task.provider.enqueue_job(
+            self.job(*args, **kwargs), backend=self._options.backend or self._task.backend
+        )
