@@ -8,6 +8,7 @@ backend. Everything is lost when the process exits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import time
@@ -110,10 +111,8 @@ class MemoryTaskQueue(BaseTaskQueue):
             if deliveries or remaining <= 0:
                 return deliveries
             self._wakeup.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), min(remaining, self._next_due_in()))
-            except TimeoutError:
-                pass
 
     async def ack(self, delivery: Delivery) -> None:
         entry = self._owned(delivery)
@@ -228,7 +227,7 @@ class MemoryTaskQueue(BaseTaskQueue):
     def _expire_leases(self) -> None:
         now = time.monotonic()
         while self._leases and self._leases[0][0] <= now:
-            deadline, token, job_id = heapq.heappop(self._leases)
+            _deadline, token, job_id = heapq.heappop(self._leases)
             entry = self._running.get(job_id)
             if entry is None or entry.lease_token != token or entry.lease_deadline > now:
                 continue  # settled, re-leased or extended since

@@ -10,6 +10,7 @@ here, once, so every backend gets them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
@@ -173,10 +174,9 @@ class WorkerPool:
         self._stopping = True
         self._slot_free.set()
         if self._fetcher is not None:
-            try:
+            # On timeout wait_for cancels it; leased-but-unstarted jobs lapse back.
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._fetcher, self.poll_interval + 5)
-            except TimeoutError:
-                pass  # wait_for cancelled it; leased-but-unstarted jobs lapse back
         if self._active:
             _, pending = await asyncio.wait(list(self._active), timeout=self.shutdown_timeout)
             for task in pending:
