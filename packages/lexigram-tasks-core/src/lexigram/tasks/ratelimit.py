@@ -53,6 +53,8 @@ class LocalRateLimiter:
     """GCRA (a token bucket without a timer) counted in this process only."""
 
     def __init__(self, burst: int = 1) -> None:
+        if burst < 1:
+            raise ValueError(f"burst must be >= 1, got {burst}")
         self.burst = burst
         self._tat: dict[str, float] = {}  # theoretical arrival time per key
 
@@ -60,8 +62,8 @@ class LocalRateLimiter:
         now = time.monotonic()
         interval = rate.interval
         tat = max(self._tat.get(key, now), now)
-        allowed_at = tat - interval * self.burst
-        if allowed_at > now:
-            return allowed_at - now
+        tolerance = interval * (self.burst - 1)
+        if tat - now > tolerance:
+            return tat - tolerance - now
         self._tat[key] = tat + interval
         return 0.0
