@@ -7,7 +7,7 @@ import inspect
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from lexigram.tasks.job import Job
 from lexigram.tasks.protocol import Delivery, TaskQueueProtocol
@@ -15,13 +15,33 @@ from lexigram.tasks.protocol import Delivery, TaskQueueProtocol
 T = TypeVar("T")
 
 
+@overload
 async def eventually(
-    predicate: Callable[[], Awaitable[T]] | Callable[[], T],
+    predicate: Callable[[], Awaitable[T]],
+    timeout: float = ...,
+    *,
+    interval: float = ...,
+    message: str = ...,
+) -> T: ...
+
+
+@overload
+async def eventually(
+    predicate: Callable[[], T],
+    timeout: float = ...,
+    *,
+    interval: float = ...,
+    message: str = ...,
+) -> T: ...
+
+
+async def eventually(
+    predicate: Callable[[], Any],
     timeout: float = 5.0,
     *,
     interval: float = 0.02,
     message: str = "",
-) -> T:
+) -> Any:
     """Poll ``predicate`` (sync or async) until it returns something truthy; return that.
 
     Raises ``AssertionError`` when ``timeout`` seconds pass first. Use it
@@ -34,7 +54,7 @@ async def eventually(
         if inspect.isawaitable(result):
             result = await result
         if result:
-            return result  # type: ignore[no-any-return]
+            return result
         if time.monotonic() >= deadline:
             detail = f": {message}" if message else ""
             raise AssertionError(f"condition not met within {timeout:g} s{detail}")

@@ -1,0 +1,49 @@
+"""The backend contract suite of lexigram-tasks, for pytest.
+
+A backend, built in or third party, proves it keeps the semantics of
+:class:`~lexigram.tasks.protocol.TaskQueueProtocol` by subclassing
+:class:`TaskQueueContract` in its tests (see ``docs/contract-suite.md``)::
+
+    class TestAcmeContract(TaskQueueContract):
+        async def create_queue(self, queue_name): return AcmeTaskQueue(queue_name=queue_name)
+        async def push_raw(self, queue, payload): ...
+
+Needs the ``testing`` extra: ``pip install "lexigram-tasks-core[testing]"``.
+"""
+
+from __future__ import annotations
+
+from lexigram.tasks.testing._base import ContractBase, requires
+from lexigram.tasks.testing._capabilities import (
+    CapabilityContract,
+    DelayContract,
+    PriorityContract,
+    UniqueContract,
+)
+from lexigram.tasks.testing._concurrency import ConcurrencyContract
+from lexigram.tasks.testing._enqueue import EnqueueContract
+from lexigram.tasks.testing._helpers import collect, eventually, make_job
+from lexigram.tasks.testing._lease import LeaseContract
+from lexigram.tasks.testing._lifecycle import LifecycleContract
+from lexigram.tasks.testing._malformed import MalformedContract
+from lexigram.tasks.testing._settle import SettleContract
+from lexigram.tasks.testing.contract import TaskQueueContract
+
+__all__ = [
+    "CapabilityContract",
+    "ConcurrencyContract",
+    "ContractBase",
+    "DelayContract",
+    "EnqueueContract",
+    "LeaseContract",
+    "LifecycleContract",
+    "MalformedContract",
+    "PriorityContract",
+    "SettleContract",
+    "TaskQueueContract",
+    "UniqueContract",
+    "collect",
+    "eventually",
+    "make_job",
+    "requires",
+]
