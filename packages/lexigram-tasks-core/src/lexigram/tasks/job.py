@@ -115,6 +115,9 @@ class Job:
         """Build a job from a decoded wire document, validating every field."""
         if not isinstance(doc, dict):
             raise MalformedJobError(f"a job must be a JSON object, got {type(doc).__name__}")
+        fast = _well_formed(doc)
+        if fast is not None:
+            return fast
         version = doc.get("v", WIRE_VERSION)
         if not isinstance(version, int) or version > WIRE_VERSION:
             raise MalformedJobError(f"unsupported job format version {version!r}")
@@ -144,6 +147,65 @@ class Job:
         except (ValueError, UnicodeDecodeError) as exc:
             raise MalformedJobError(f"not valid JSON: {exc}") from exc
         return cls.from_dict(doc)
+
+
+def _well_formed(doc: dict[str, Any]) -> Job | None:
+    """The job if ``doc`` is exactly what this library writes, else None.
+
+    A cheap check of the common case; anything unusual (missing optional
+    fields, unknown fields, odd types) goes through the field-by-field
+    validation that explains what is wrong.
+    """
+    if len(doc) != len(_KNOWN_FIELDS) or doc.get("v") != WIRE_VERSION:
+        return None
+    job_id, task, headers, priority = (
+        doc.get("id"),
+        doc.get("task"),
+        doc.get("headers"),
+        doc.get("priority"),
+    )
+    run_at, timeout, dedup = doc.get("run_at"), doc.get("timeout"), doc.get("dedup_key")
+    enqueued_at, attempt, retries = (
+        doc.get("enqueued_at"),
+        doc.get("attempt"),
+        doc.get("max_retries"),
+    )
+    if not (
+        type(job_id) is str
+        and job_id
+        and type(task) is str
+        and task
+        and type(doc.get("args")) is list
+        and type(doc.get("kwargs")) is dict
+        and type(doc.get("queue")) is str
+        and type(attempt) is int
+        and type(retries) is int
+        and type(enqueued_at) is float
+        and type(priority) is int
+        and MIN_PRIORITY <= priority <= MAX_PRIORITY
+        and (run_at is None or type(run_at) is float)
+        and (timeout is None or type(timeout) is float)
+        and (dedup is None or type(dedup) is str)
+        and type(headers) is dict
+        and all(type(v) is str for v in headers.values())
+    ):
+        return None
+    return Job(
+        task,
+        doc["args"],
+        doc["kwargs"],
+        doc["queue"],
+        job_id,
+        attempt,
+        retries,
+        enqueued_at,
+        run_at,
+        priority,
+        timeout,
+        dedup,
+        headers,
+        {},
+    )
 
 
 def _require(doc: dict[str, Any], key: str, kind: type) -> Any:
