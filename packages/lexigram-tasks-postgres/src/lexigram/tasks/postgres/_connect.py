@@ -1,0 +1,69 @@
+"""Opening connections, and telling a lost connection from a failed statement."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from lexigram.tasks.errors import BackendConnectionError
+from lexigram.tasks.redact import redact_text, redact_url
+
+#: Errors after which the statement may simply be retried on a fresh connection.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08
+    asyncpg.exceptions.AdminShutdownError,  # pg_terminate_backend, server shutdown
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.InterfaceError,  # "connection is closed", "connection was closed in the middle"
+    ConnectionError,
+    OSError,
+)
+
+
+def dsn_password(dsn: str) -> str | None:
+    """The password written in ``dsn``, so that error messages can hide it."""
+    try:
+        return urlsplit(dsn).password if "://" in dsn else None
+    except ValueError:
+        return None
+
+
+def connection_error(dsn: str, exc: BaseException) -> BackendConnectionError:
+    """A :class:`BackendConnectionError` for ``exc`` that never shows the password."""
+    detail = redact_text(f"{type(exc).__name__}: {exc}", dsn, dsn_password(dsn))
+    return BackendConnectionError(
+        f"cannot connect to PostgreSQL at {redact_url(dsn)}: {detail}"
+    )
+
+
+_CONNECT_FAILURES: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    asyncpg.PostgresError,  # bad password, unknown database or role
+    socket.gaierror,
+    TimeoutError,
+    ValueError,  # malformed DSN
+)
+
+
+async def open_connection(dsn: str, *, timeout: float = 10.0, **kwargs: Any) -> asyncpg.Connection:
+    """One connection to ``dsn``; failures become :class:`BackendConnectionError`."""
+    try:
+        return await asyncpg.connect(dsn, timeout=timeout, **kwargs)
+    except _CONNECT_FAILURES as exc:
+        raise connection_error(dsn, exc) from None
+
+
+async def open_pool(
+    dsn: str, *, min_size: int, max_size: int, timeout: float, **kwargs: Any
+) -> asyncpg.Pool:
+    """A connection pool to ``dsn``; failures become :class:`BackendConnectionError`."""
+    try:
+        pool: asyncpg.Pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, timeout=timeout, **kwargs
+        )
+    except _CONNECT_FAILURES as exc:
+        raise connection_error(dsn, exc) from None
+    return pool

@@ -1,0 +1,148 @@
+"""The statements the queue runs, for one schema.
+
+Every statement is a single round trip; asyncpg prepares each once per
+connection. ``$1`` is always the queue name where one is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lexigram.tasks.postgres.migrate import quote_ident
+
+_DEDUP_CONFLICT = (
+    "ON CONFLICT (queue_name, dedup_key)"
+    " WHERE dedup_key IS NOT NULL AND status IN ('ready', 'running') DO NOTHING"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Statements:
+    channel: str
+    insert_one: str
+    insert_many: str
+    dedup_holders: str
+    claim: str
+    next_due: str
+    ack_delete: str
+    ack_keep: str
+    requeue: str
+    dead_letter: str
+    extend: str
+    counts: str
+    dead_letters: str
+    purge_done: str
+    purge_failed: str
+
+    @classmethod
+    def for_schema(cls, schema: str) -> Statements:
+        t = f"{quote_ident(schema)}.jobs"
+        pairs = "unnest($1::bigint[], $2::bigint[]) AS s(id, token)"
+        owned = f"{t}.id = s.id AND {t}.lease_token = s.token AND {t}.status = 'running'"
+        released = "lease_token = NULL, lease_expires_at = NULL"
+        return cls(
+            channel=f"{schema}.jobs",
+            insert_one=(
+                f"INSERT INTO {t} (queue_name, job_id, priority, run_at, attempt, dedup_key,"
+                " payload)"
+                " VALUES ($1, $2, $3, coalesce(to_timestamp($4), now()), $5, $6, $7)"
+                f" {_DEDUP_CONFLICT} RETURNING job_id"
+            ),
+            insert_many=(
+                f"INSERT INTO {t} (queue_name, job_id, priority, run_at, attempt, dedup_key,"
+                " payload)"
+                " SELECT $1, j.job_id, j.priority, coalesce(to_timestamp(j.run_at), now()),"
+                " j.attempt, j.dedup_key, j.payload"
+                " FROM unnest($2::text[], $3::int2[], $4::float8[], $5::int4[], $6::text[],"
+                " $7::bytea[]) WITH ORDINALITY"
+                " AS j(job_id, priority, run_at, attempt, dedup_key, payload, n)"
+                f" ORDER BY j.n {_DEDUP_CONFLICT} RETURNING job_id"
+            ),
+            dedup_holders=(
+                f"SELECT dedup_key, job_id FROM {t} WHERE queue_name = $1"
+                " AND dedup_key = ANY($2::text[]) AND status IN ('ready', 'running')"
+            ),
+            # Ready jobs, plus running ones whose lease lapsed (their worker
+            # died); both locked with SKIP LOCKED so concurrent workers never
+            # wait on or share a row. MATERIALIZED keeps each locking scan a
+            # single execution.
+            claim=(
+                "WITH ready AS MATERIALIZED ("
+                f" SELECT id FROM {t}"
+                " WHERE queue_name = $1 AND status = 'ready' AND run_at <= now()"
+                " ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED),"
+                " lapsed AS MATERIALIZED ("
+                f" SELECT id FROM {t}"
+                " WHERE queue_name = $1 AND status = 'running' AND lease_expires_at <= now()"
+                " ORDER BY lease_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED),"
+                " picked AS (SELECT id FROM lapsed UNION ALL SELECT id FROM ready LIMIT $2),"
+                f" leased AS (UPDATE {t} AS j SET status = 'running', attempt = j.attempt + 1,"
+                " lease_token = $3, lease_expires_at = now() + make_interval(secs => $4)"
+                " FROM picked WHERE j.id = picked.id"
+                " RETURNING j.id, j.attempt, j.payload, j.priority, j.run_at)"
+                " SELECT id, attempt, payload FROM leased ORDER BY priority DESC, run_at, id"
+            ),
+            # Seconds until a delayed job is due or a lease lapses (NULL: never).
+            # One index probe per priority, however many jobs wait.
+            next_due=(
+                "SELECT extract(epoch FROM least("
+                " (SELECT min(r.run_at) FROM generate_series(0, 9) AS p(priority),"
+                f" LATERAL (SELECT run_at FROM {t} WHERE queue_name = $1 AND status = 'ready'"
+                " AND priority = p.priority ORDER BY run_at LIMIT 1) AS r),"
+                f" (SELECT min(lease_expires_at) FROM {t}"
+                " WHERE queue_name = $1 AND status = 'running')) - now())::float8"
+            ),
+            ack_delete=f"DELETE FROM {t} USING {pairs} WHERE {owned}",
+            ack_keep=(
+                f"UPDATE {t} SET status = 'done', finished_at = now(), {released}"
+                f" FROM {pairs} WHERE {owned}"
+            ),
+            requeue=(
+                f"WITH requeued AS (UPDATE {t} SET status = 'ready', payload = $3,"
+                " attempt = $4, priority = $5, run_at = now() + make_interval(secs => $6),"
+                f" failure_reason = $7, {released}"
+                " WHERE id = $1 AND lease_token = $2 AND status = 'running'"
+                " RETURNING queue_name)"
+                " SELECT pg_notify($8, queue_name) FROM requeued"
+            ),
+            dead_letter=(
+                f"UPDATE {t} SET status = 'failed', finished_at = now(), failure_reason = $3,"
+                f" job_id = coalesce($4, job_id), {released}"
+                " WHERE id = $1 AND lease_token = $2 AND status = 'running'"
+            ),
+            extend=(
+                f"UPDATE {t} SET lease_expires_at = now() + make_interval(secs => $3)"
+                f" FROM {pairs} WHERE {owned}"
+            ),
+            # Each count reads one partial index; a lapsed lease counts as ready.
+            counts=(
+                "SELECT"
+                f" (SELECT count(*) FROM {t} WHERE queue_name = $1 AND status = 'ready'"
+                " AND run_at <= now())"
+                f" + (SELECT count(*) FROM {t} WHERE queue_name = $1 AND status = 'running'"
+                " AND lease_expires_at <= now()) AS ready,"
+                f" (SELECT count(*) FROM {t} WHERE queue_name = $1 AND status = 'ready'"
+                " AND run_at > now()) AS delayed,"
+                f" (SELECT count(*) FROM {t} WHERE queue_name = $1 AND status = 'running'"
+                " AND lease_expires_at > now()) AS running,"
+                f" (SELECT count(*) FROM {t} WHERE queue_name = $1 AND status = 'failed')"
+                " AS failed"
+            ),
+            dead_letters=(
+                "SELECT payload, failure_reason, job_id, extract(epoch FROM finished_at)::float8"
+                f" AS failed_at FROM {t} WHERE queue_name = $1 AND status = 'failed'"
+                " ORDER BY finished_at, id LIMIT $2"
+            ),
+            # Small batches, skipping rows someone else holds: cleanup never
+            # blocks the hot path and never holds many locks at once.
+            purge_done=(
+                f"DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE queue_name = $1"
+                " AND status = 'done' AND finished_at < now() - make_interval(secs => $2)"
+                " ORDER BY finished_at LIMIT $3 FOR UPDATE SKIP LOCKED)"
+            ),
+            purge_failed=(
+                f"DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE queue_name = $1"
+                " AND status = 'failed' AND finished_at < now() - make_interval(secs => $2)"
+                " ORDER BY finished_at LIMIT $3 FOR UPDATE SKIP LOCKED)"
+            ),
+        )

@@ -1,0 +1,507 @@
+"""PostgresTaskQueue: jobs as rows, leased with FOR UPDATE SKIP LOCKED."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+import asyncpg
+
+from lexigram.tasks.errors import BackendConnectionError, MalformedJobError
+from lexigram.tasks.job import Job
+from lexigram.tasks.postgres._connect import CONNECTION_ERRORS, connection_error, open_pool
+from lexigram.tasks.postgres._listener import Listener
+from lexigram.tasks.postgres._sql import Statements
+from lexigram.tasks.postgres.migrate import (
+    apply_migrations,
+    check_schema_name,
+    current_version,
+    latest_version,
+)
+from lexigram.tasks.protocol import BaseTaskQueue, Capability, DeadLetter, Delivery, QueueCounts
+from lexigram.tasks.redact import redact_url
+
+logger = logging.getLogger("lexigram.tasks.postgres")
+
+T = TypeVar("T")
+
+#: Connections bound with :meth:`PostgresTaskQueue.using`, by queue instance id.
+_BOUND: ContextVar[Mapping[int, Any]] = ContextVar("lexigram_tasks_postgres_bound", default={})
+
+#: Attempts for one statement when the connection drops under it.
+_ATTEMPTS = 3
+#: Longest wait between polls while no LISTEN connection is up.
+_POLL_WITHOUT_LISTEN = 1.0
+
+
+class PostgresTaskQueue(BaseTaskQueue):
+    """A task queue stored in PostgreSQL tables, on an asyncpg connection pool.
+
+    Jobs are rows of ``<schema>.jobs``, leased with ``FOR UPDATE SKIP LOCKED``
+    in batches; idle workers are woken by ``LISTEN/NOTIFY`` rather than by
+    polling. Enqueue can join the caller's own transaction (``connection=``
+    or :meth:`using`), so a job exists if and only if that transaction commits.
+
+    :param postgres_dsn: ``postgresql://user:password@host:port/database``
+        (``sslmode`` and the other libpq URL options pass through to asyncpg).
+    :param queue_name: the queue this instance reads and writes.
+    :param schema: the schema holding the tables; created by the migrations.
+    :param auto_migrate: create or upgrade the schema on :meth:`connect`
+        (otherwise run ``lexigram-tasks postgres migrate`` beforehand).
+    :param keep_finished: seconds to keep finished jobs as ``status = 'done'``
+        rows; ``0`` deletes a job as soon as it is acked.
+    :param keep_failed: seconds to keep dead-lettered rows; ``None`` keeps them
+        until they are replayed or purged.
+    :param cleanup_interval: seconds between retention cleanups.
+    :param async_commit: commit leases, acks and lease extensions without
+        waiting for the WAL flush (``synchronous_commit = off`` on the
+        workers' connections). Enqueues always wait. A database crash can then
+        forget the last moments of settlements, which only makes those jobs
+        run again: at-least-once delivery is kept.
+    """
+
+    system = "postgresql"
+    capabilities = frozenset(
+        {Capability.DELAY, Capability.PRIORITY, Capability.UNIQUE, Capability.TRANSACTIONAL}
+    )
+
+    def __init__(
+        self,
+        postgres_dsn: str,
+        queue_name: str = "default",
+        *,
+        schema: str = "lexigram_tasks",
+        auto_migrate: bool = True,
+        min_pool_size: int = 1,
+        max_pool_size: int = 10,
+        connect_timeout: float = 10.0,
+        keep_finished: float = 0.0,
+        keep_failed: float | None = None,
+        cleanup_interval: float = 60.0,
+        cleanup_batch_size: int = 1000,
+        async_commit: bool = True,
+    ) -> None:
+        if not queue_name:
+            raise ValueError("queue_name must not be empty")
+        if keep_finished < 0 or (keep_failed is not None and keep_failed < 0):
+            raise ValueError("keep_finished and keep_failed must be >= 0")
+        self.postgres_dsn = postgres_dsn
+        self.queue_name = queue_name
+        self.schema = check_schema_name(schema)
+        self.auto_migrate = auto_migrate
+        self.min_pool_size = min_pool_size
+        self.max_pool_size = max_pool_size
+        self.connect_timeout = connect_timeout
+        self.keep_finished = keep_finished
+        self.keep_failed = keep_failed
+        self.cleanup_interval = cleanup_interval
+        self.cleanup_batch_size = cleanup_batch_size
+        self.async_commit = async_commit
+        self._sql = Statements.for_schema(schema)
+        self._application_name = f"lexigram-tasks:{queue_name}"[:63]
+        self._pool: asyncpg.Pool | None = None
+        self._worker_pool: asyncpg.Pool | None = None
+        self._lock = asyncio.Lock()
+        self._listener: Listener | None = None
+        self._cleanup: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"PostgresTaskQueue(postgres_dsn={redact_url(self.postgres_dsn)!r}, "
+            f"queue_name={self.queue_name!r}, schema={self.schema!r})"
+        )
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the pool (and migrate the schema when ``auto_migrate``)."""
+        async with self._lock:
+            if self._pool is not None:
+                return
+            pool = await self._open_pool(synchronous_commit=True)
+            try:
+                async with pool.acquire() as connection:
+                    await self._check_schema(connection)
+            except BaseException:
+                await pool.close()
+                raise
+            self._pool = pool
+            self._listener = Listener(
+                self.postgres_dsn, self._sql.channel, self.queue_name, self.connect_timeout
+            )
+            if self.keep_finished > 0 or self.keep_failed is not None:
+                self._cleanup = asyncio.create_task(self._cleanup_loop(), name="lexigram-pg-clean")
+
+    async def disconnect(self) -> None:
+        """Close every connection; pending dequeues return."""
+        async with self._lock:
+            if self._cleanup is not None:
+                self._cleanup.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._cleanup
+                self._cleanup = None
+            if self._listener is not None:
+                await self._listener.close()
+                self._listener = None
+            pools = [p for p in (self._worker_pool, self._pool) if p is not None]
+            self._pool = self._worker_pool = None
+            for pool in pools:
+                try:
+                    await asyncio.wait_for(pool.close(), self.connect_timeout)
+                except (TimeoutError, *CONNECTION_ERRORS):
+                    pool.terminate()
+
+    async def migrate(self) -> list[int]:
+        """Create or upgrade this queue's schema; return the versions applied now."""
+        async with (await self._open_pool(synchronous_commit=True)) as pool:
+            async with pool.acquire() as connection:
+                return await apply_migrations(connection, self.schema)
+
+    async def _check_schema(self, connection: asyncpg.Connection) -> None:
+        if self.auto_migrate:
+            applied = await apply_migrations(connection, self.schema)
+            if applied:
+                logger.info("migrated schema %s to version %d", self.schema, applied[-1])
+            return
+        version = await current_version(connection, self.schema)
+        if version < latest_version():
+            raise BackendConnectionError(
+                f"schema {self.schema!r} at {redact_url(self.postgres_dsn)} is at version "
+                f"{version} but lexigram-tasks-postgres needs {latest_version()}: run "
+                f"'lexigram-tasks postgres migrate --schema {self.schema}' or pass "
+                "auto_migrate=True"
+            )
+
+    async def _open_pool(self, *, synchronous_commit: bool) -> asyncpg.Pool:
+        settings = {"application_name": self._application_name}
+        if not synchronous_commit:
+            settings["synchronous_commit"] = "off"
+        return await open_pool(
+            self.postgres_dsn,
+            min_size=self.min_pool_size,
+            max_size=self.max_pool_size,
+            timeout=self.connect_timeout,
+            server_settings=settings,
+        )
+
+    def _main(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise self._not_connected()
+        return self._pool
+
+    def _not_connected(self) -> BackendConnectionError:
+        return BackendConnectionError(f"{self!r} is not connected: call connect() first")
+
+    async def _settling(self) -> asyncpg.Pool:
+        """The pool for leases and settlements (asynchronous commit when enabled)."""
+        main = self._main()
+        if not self.async_commit:
+            return main
+        if self._worker_pool is None:
+            async with self._lock:
+                if self._worker_pool is None:
+                    self._worker_pool = await self._open_pool(synchronous_commit=False)
+        return self._worker_pool
+
+    async def _run(
+        self,
+        operation: Callable[[asyncpg.Connection], Awaitable[T]],
+        *,
+        settling: bool = False,
+    ) -> T:
+        """Run ``operation`` on a pooled connection, again on a fresh one if it drops."""
+        for attempt in range(1, _ATTEMPTS + 1):
+            pool = await self._settling() if settling else self._main()
+            try:
+                async with pool.acquire() as connection:
+                    return await operation(connection)
+            except CONNECTION_ERRORS as exc:
+                if attempt == _ATTEMPTS or self._pool is None:
+                    raise connection_error(self.postgres_dsn, exc) from exc
+                logger.warning("PostgreSQL connection lost (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(0.05 * 4**attempt)
+        raise AssertionError("unreachable")
+
+    # -- enqueue ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def using(self, connection: asyncpg.Connection) -> Iterator[None]:
+        """Run every enqueue made inside this block on ``connection``.
+
+        Open a transaction on ``connection`` around it, and the jobs enqueued
+        inside (directly, through a provider or a task's ``enqueue``) exist if
+        and only if that transaction commits.
+        """
+        token = _BOUND.set({**_BOUND.get(), id(self): connection})
+        try:
+            yield
+        finally:
+            _BOUND.reset(token)
+
+    async def enqueue(self, job: Job, *, connection: asyncpg.Connection | None = None) -> str:
+        """Store ``job``; with ``connection``, inside that connection's transaction.
+
+        Returns the id of the job holding ``job.dedup_key`` (``job.id`` when
+        it was stored).
+        """
+        self.check_supported(job)
+        ids = await self._store([job], connection)
+        return ids[0]
+
+    async def enqueue_many(
+        self, jobs: Sequence[Job], *, connection: asyncpg.Connection | None = None
+    ) -> list[str]:
+        """Store ``jobs`` with one multi-row INSERT (one round trip, atomic)."""
+        if not jobs:
+            return []
+        for job in jobs:
+            self.check_supported(job)
+        return await self._store(list(jobs), connection)
+
+    async def _store(self, jobs: list[Job], connection: asyncpg.Connection | None) -> list[str]:
+        bound = connection if connection is not None else _BOUND.get().get(id(self))
+        if bound is not None:
+            return await self._insert(bound, jobs)
+        return await self._run(lambda c: self._insert(c, jobs))
+
+    async def _insert(self, connection: asyncpg.Connection, jobs: list[Job]) -> list[str]:
+        queue = self.queue_name
+        if len(jobs) == 1:
+            job = jobs[0]
+            stored = await connection.fetchval(
+                self._sql.insert_one,
+                queue,
+                job.id,
+                job.priority,
+                job.run_at,
+                job.attempt,
+                job.dedup_key,
+                job.to_bytes(),
+            )
+            if stored is not None or job.dedup_key is None:
+                return [job.id]
+        else:
+            rows = await connection.fetch(
+                self._sql.insert_many,
+                queue,
+                [j.id for j in jobs],
+                [j.priority for j in jobs],
+                [j.run_at for j in jobs],
+                [j.attempt for j in jobs],
+                [j.dedup_key for j in jobs],
+                [j.to_bytes() for j in jobs],
+            )
+            if len(rows) == len(jobs):
+                return [j.id for j in jobs]
+        return await self._resolve_duplicates(connection, jobs)
+
+    async def _resolve_duplicates(
+        self, connection: asyncpg.Connection, jobs: list[Job]
+    ) -> list[str]:
+        """Ids for a batch where some dedup keys were taken: the holders' ids.
+
+        A holder can finish between the INSERT and this lookup, releasing
+        its key; such jobs are inserted again.
+        """
+        for _ in range(5):
+            keys = list({j.dedup_key for j in jobs if j.dedup_key is not None})
+            rows = await connection.fetch(self._sql.dedup_holders, self.queue_name, keys)
+            holders: dict[str, str] = {row["dedup_key"]: row["job_id"] for row in rows}
+            orphans = [
+                j
+                for j in jobs
+                if j.dedup_key is not None and j.dedup_key not in holders
+            ]
+            if not orphans:
+                return [holders[j.dedup_key] if j.dedup_key is not None else j.id for j in jobs]
+            await connection.fetch(
+                self._sql.insert_many,
+                self.queue_name,
+                [j.id for j in orphans],
+                [j.priority for j in orphans],
+                [j.run_at for j in orphans],
+                [j.attempt for j in orphans],
+                [j.dedup_key for j in orphans],
+                [j.to_bytes() for j in orphans],
+            )
+        raise RuntimeError("dedup keys kept changing hands; enqueue not confirmed")
+
+    async def push_raw(self, payload: bytes, *, priority: int = 0) -> None:
+        """Store ``payload`` as a job row byte for byte, as a foreign producer would."""
+
+        async def insert(connection: asyncpg.Connection) -> None:
+            await connection.execute(
+                self._sql.insert_one, self.queue_name, None, priority, None, 0, None, payload
+            )
+
+        await self._run(insert)
+
+    # -- leasing ---------------------------------------------------------------
+
+    async def dequeue(
+        self, *, max_jobs: int = 1, lease_seconds: float = 30.0, wait: float = 0.0
+    ) -> list[Delivery]:
+        """Lease up to ``max_jobs`` jobs in one statement, waiting up to ``wait`` seconds.
+
+        While waiting, a NOTIFY from an enqueue (or the time the next delayed
+        job is due) wakes the call at once: latency does not depend on how
+        often the worker polls.
+        """
+        if max_jobs < 1:
+            return []
+        listener = self._listener
+        if listener is None:
+            raise self._not_connected()
+        deadline = time.monotonic() + wait
+        while True:
+            if wait > 0:
+                await listener.ensure()
+            seen = listener.seen
+            deliveries = await self._claim(max_jobs, lease_seconds)
+            remaining = deadline - time.monotonic()
+            if deliveries or remaining <= 0:
+                return deliveries
+            due = await self._run(lambda c: c.fetchval(self._sql.next_due, self.queue_name))
+            timeout = remaining if due is None else min(remaining, max(float(due), 0.005))
+            if not listener.listening:
+                timeout = min(timeout, _POLL_WITHOUT_LISTEN)
+            await listener.wait_after(seen, timeout)
+            if self._listener is not listener:
+                return []  # disconnected meanwhile
+
+    async def _claim(self, max_jobs: int, lease_seconds: float) -> list[Delivery]:
+        token = random.getrandbits(63)
+        rows = await self._run(
+            lambda c: c.fetch(self._sql.claim, self.queue_name, max_jobs, token, lease_seconds),
+            settling=True,
+        )
+        return [self._delivery(row, token) for row in rows]
+
+    def _delivery(self, row: Any, token: int) -> Delivery:
+        raw: bytes = row["payload"]
+        try:
+            job = Job.from_json(raw)
+        except MalformedJobError as exc:
+            return Delivery(None, raw, (row["id"], token), str(exc))
+        job.attempt = row["attempt"]
+        return Delivery(job, raw, (row["id"], token))
+
+    async def extend_lease(self, deliveries: Sequence[Delivery], lease_seconds: float) -> None:
+        if not deliveries:
+            return
+        ids, tokens = _pairs(deliveries)
+        await self._run(
+            lambda c: c.execute(self._sql.extend, ids, tokens, lease_seconds), settling=True
+        )
+
+    # -- settling --------------------------------------------------------------
+
+    async def ack(self, delivery: Delivery) -> None:
+        await self.ack_many([delivery])
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Finish several jobs with one statement (a stale lease is a no-op)."""
+        if not deliveries:
+            return
+        ids, tokens = _pairs(deliveries)
+        statement = self._sql.ack_keep if self.keep_finished > 0 else self._sql.ack_delete
+        await self._run(lambda c: c.execute(statement, ids, tokens), settling=True)
+
+    async def nack(
+        self, delivery: Delivery, *, requeue: bool, delay: float = 0.0, reason: str = ""
+    ) -> None:
+        row_id, token = delivery.token
+        job = delivery.job
+        if requeue and job is not None:
+            payload = job.to_bytes()
+            await self._run(
+                lambda c: c.execute(
+                    self._sql.requeue,
+                    row_id,
+                    token,
+                    payload,
+                    job.attempt,
+                    job.priority,
+                    max(delay, 0.0),
+                    reason or None,
+                    self._sql.channel,
+                ),
+                settling=True,
+            )
+            return
+        await self._run(
+            lambda c: c.execute(self._sql.dead_letter, row_id, token, reason, delivery.job_id),
+            settling=True,
+        )
+
+    # -- inspection and retention ----------------------------------------------
+
+    async def counts(self) -> QueueCounts:
+        row = await self._run(lambda c: c.fetchrow(self._sql.counts, self.queue_name))
+        return QueueCounts(
+            ready=row["ready"], delayed=row["delayed"], running=row["running"], failed=row["failed"]
+        )
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        rows = await self._run(lambda c: c.fetch(self._sql.dead_letters, self.queue_name, limit))
+        return [
+            DeadLetter(
+                payload=row["payload"],
+                reason=row["failure_reason"] or "",
+                job_id=row["job_id"],
+                failed_at=row["failed_at"],
+            )
+            for row in rows
+        ]
+
+    async def purge(self) -> int:
+        """Delete this queue's finished and failed rows older than their retention.
+
+        Runs in batches of ``cleanup_batch_size`` rows, each its own short
+        transaction that skips rows another session holds; returns how many
+        rows it deleted. The cleanup task calls it every ``cleanup_interval``.
+        """
+        deleted = 0
+        targets = [(self._sql.purge_done, self.keep_finished)]
+        if self.keep_failed is not None:
+            targets.append((self._sql.purge_failed, self.keep_failed))
+        for statement, keep in targets:
+            while True:
+                status = await self._run(
+                    lambda c, s=statement, k=keep: c.execute(
+                        s, self.queue_name, k, self.cleanup_batch_size
+                    )
+                )
+                count = int(status.split()[-1])
+                deleted += count
+                if count < self.cleanup_batch_size:
+                    break
+                await asyncio.sleep(0)
+        return deleted
+
+    async def _cleanup_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cleanup_interval)
+            try:
+                deleted = await self.purge()
+            except Exception as exc:
+                logger.warning("retention cleanup of %r failed: %s", self, exc)
+            else:
+                if deleted:
+                    logger.debug("retention cleanup deleted %d row(s) of %r", deleted, self)
+
+
+def _pairs(deliveries: Sequence[Delivery]) -> tuple[list[int], list[int]]:
+    ids: list[int] = []
+    tokens: list[int] = []
+    for delivery in deliveries:
+        row_id, token = delivery.token
+        ids.append(row_id)
+        tokens.append(token)
+    return ids, tokens

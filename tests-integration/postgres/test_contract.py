@@ -1,0 +1,40 @@
+"""PostgresTaskQueue passes the backend contract suite against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from lexigram.tasks.postgres import PostgresTaskQueue
+from lexigram.tasks.postgres.migrate import quote_ident
+from lexigram.tasks.protocol import Capability, TaskQueueProtocol
+from lexigram.tasks.testing import TaskQueueContract
+
+
+class TestPostgresContract(TaskQueueContract):
+    expected_capabilities = frozenset(
+        {Capability.DELAY, Capability.PRIORITY, Capability.UNIQUE, Capability.TRANSACTIONAL}
+    )
+    lease_seconds = 1.0
+
+    @pytest.fixture(autouse=True)
+    def _database(self, postgres_dsn: str, pg_schema: str) -> None:
+        self.dsn = postgres_dsn
+        self.schema = pg_schema
+
+    async def create_queue(self, queue_name: str) -> TaskQueueProtocol:
+        return PostgresTaskQueue(postgres_dsn=self.dsn, queue_name=queue_name, schema=self.schema)
+
+    async def push_raw(self, queue: TaskQueueProtocol, payload: bytes) -> None:
+        # What a producer in another language does: one plain INSERT of the two
+        # required columns (docs/backends/postgres.md, "Producing from other languages").
+        connection = await asyncpg.connect(self.dsn)
+        try:
+            await connection.execute(
+                f"INSERT INTO {quote_ident(self.schema)}.jobs (queue_name, payload)"
+                " VALUES ($1, $2)",
+                queue.queue_name,
+                payload,
+            )
+        finally:
+            await connection.close()
