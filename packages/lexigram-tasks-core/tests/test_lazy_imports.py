@@ -93,6 +93,8 @@ for name in sorted(lexigram.tasks._LAZY):
             exec(attempt, {"lexigram": lexigram, "name": name})
         except ImportError as exc:
             outcomes.append({"type": type(exc).__name__, "message": str(exc), "name": exc.name})
+        except Exception as exc:
+            outcomes.append({"type": type(exc).__name__, "message": str(exc), "name": None})
         else:
             outcomes.append(None)
     report[name] = outcomes

@@ -279,6 +279,10 @@ def test_package_has_no_template_leftovers(package_dir: Path) -> None:
         and (MARKER in path.name or MARKER.encode() in path.read_bytes())
     ]
     assert leftovers == [], f"{MARKER} markers left from packages/_template"
+    conftest = package_dir / "conftest.py"
+    assert not (conftest.exists() and "_template" in conftest.read_text(encoding="utf-8")), (
+        "conftest.py of packages/_template was copied: it keeps pytest away from these tests"
+    )
 
 
 def test_template_instantiates_cleanly(tmp_path: Path) -> None:
