@@ -1,0 +1,16 @@
+"""Redis backend for lexigram-tasks.
+
+``RedisTaskQueue`` keeps jobs in rq's key layout (so ``rq info`` and rq's
+registries show them), ``CacheBackendResultStore`` keeps job results with a
+TTL, and ``RedisRateLimiter`` enforces rate limits shared by every worker
+process of a deployment.
+"""
+
+from __future__ import annotations
+
+from lexigram.tasks.redis._version import __version__
+from lexigram.tasks.redis.queue import RedisTaskQueue
+from lexigram.tasks.redis.ratelimit import RedisRateLimiter
+from lexigram.tasks.redis.results import CacheBackendResultStore
+
+__all__ = ["CacheBackendResultStore", "RedisRateLimiter", "RedisTaskQueue", "__version__"]

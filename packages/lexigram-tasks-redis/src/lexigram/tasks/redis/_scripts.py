@@ -1,0 +1,63 @@
+"""The Lua scripts behind RedisTaskQueue, run by SHA (EVALSHA) and loaded on demand.
+
+Each script is ``lua/common.lua`` followed by its own file, so every
+operation on a queue is one atomic server-side call and one round trip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
+
+_NAMES = ("enqueue", "lease", "ack", "nack", "extend", "counts", "dead_letters")
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    name: str
+    source: str
+    sha: str
+
+
+def _load() -> dict[str, Script]:
+    folder = files("lexigram.tasks.redis").joinpath("lua")
+    common = folder.joinpath("common.lua").read_text(encoding="utf-8")
+    scripts = {}
+    for name in _NAMES:
+        source = common + "\n" + folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+        sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+        scripts[name] = Script(name, source, sha)
+    return scripts
+
+
+SCRIPTS = _load()
+
+
+async def load_all(client: Redis) -> None:
+    """Register every script on the server (one round trip)."""
+    async with client.pipeline(transaction=False) as pipe:
+        for script in SCRIPTS.values():
+            pipe.script_load(script.source)
+        await pipe.execute()
+
+
+async def run(client: Redis, name: str, keys: list[str], args: list[Any]) -> Any:
+    """EVALSHA ``name``; after a server restart or SCRIPT FLUSH, load it and retry once."""
+    script = SCRIPTS[name]
+    try:
+        return await client.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[misc]
+    except NoScriptError:
+        await client.script_load(script.source)
+        return await client.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[misc]
+
+
+def queue_run(pipe: Pipeline, name: str, keys: list[str], args: list[Any]) -> None:
+    """Add an EVALSHA of ``name`` to ``pipe`` (the caller handles NoScriptError)."""
+    script = SCRIPTS[name]
+    pipe.evalsha(script.sha, len(keys), *keys, *args)

@@ -1,0 +1,94 @@
+"""Where a queue's data lives in Redis: rq's key layout, plus a few keys of our own.
+
+The key names come from the rq library itself (``Queue.key``, the
+registries' ``.key``, ``Job.key_for``), so they follow rq, including its
+``RQ_KEY_PREFIX`` setting, and rq's tooling finds lexigram jobs where it
+looks for its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import astuple, dataclass
+from functools import lru_cache
+
+import redis
+from rq import Queue
+from rq.job import Job as RQJob
+from rq.registry import (
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ScheduledJobRegistry,
+    StartedJobRegistry,
+)
+
+#: Prefix of the keys rq has no equivalent for (leases, priorities, wake-ups ...).
+OWN_PREFIX = "lexigram:queue:"
+
+
+@lru_cache(maxsize=1)
+def _naming_connection() -> redis.Redis:
+    # rq's Queue wants a connection object to build its names; nothing is sent
+    # through this one (redis-py connects lazily, on the first command).
+    return redis.Redis()
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """Every key of one queue, in the order the Lua scripts expect them (``KEYS[1..11]``)."""
+
+    #: rq's queue list: ids of ready jobs, highest priority first (``Queue.key``).
+    ready: str
+    #: rq's ScheduledJobRegistry: delayed jobs scored by due time.
+    scheduled: str
+    #: Our lease set: running jobs scored by lease deadline (server clock).
+    leases: str
+    #: rq's StartedJobRegistry, mirrored for rq's tooling (``{id}:{lease token}``).
+    started: str
+    #: Ready jobs per priority above 0, to insert priority jobs in order.
+    priorities: str
+    #: One-token list that blocked consumers wait on (BLPOP).
+    wake: str
+    #: Dedup key -> id of the pending job holding it.
+    dedup: str
+    #: rq's FinishedJobRegistry, scored by expiry.
+    finished: str
+    #: rq's FailedJobRegistry, scored by expiry: our dead letters.
+    failed: str
+    #: rq's set of known queues (``rq info`` lists these).
+    queues: str
+    #: Counter that hands out lease tokens.
+    sequence: str
+
+    @classmethod
+    def for_queue(cls, name: str) -> QueueKeys:
+        rq_queue = Queue(name, connection=_naming_connection())
+        own = f"{OWN_PREFIX}{name}:"
+        return cls(
+            ready=rq_queue.key,
+            scheduled=ScheduledJobRegistry(queue=rq_queue).key,
+            leases=own + "leases",
+            started=StartedJobRegistry(queue=rq_queue).key,
+            priorities=own + "priorities",
+            wake=own + "wake",
+            dedup=own + "dedup",
+            finished=FinishedJobRegistry(queue=rq_queue).key,
+            failed=FailedJobRegistry(queue=rq_queue).key,
+            queues=Queue.redis_queues_keys,
+            sequence=own + "sequence",
+        )
+
+    def as_list(self) -> list[str]:
+        return list(astuple(self))
+
+    def queue_owned(self) -> list[str]:
+        """The keys that belong to this queue alone (not rq's shared set of queues)."""
+        return [key for key in self.as_list() if key != self.queues]
+
+
+def job_key(job_id: str) -> str:
+    """The hash holding one job (rq's ``Job.key_for``)."""
+    return RQJob.key_for(job_id)
+
+
+#: Prefix of every job hash, as the scripts need it.
+JOB_PREFIX: str = RQJob.redis_job_namespace_prefix

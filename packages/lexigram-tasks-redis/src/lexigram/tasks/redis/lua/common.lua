@@ -1,0 +1,152 @@
+-- Shared prelude of every lexigram script (prepended before loading).
+-- KEYS are the queue's keys in a fixed order (see keys.py); ARGV[1] is the
+-- job-hash prefix (rq's "rq:job:"), ARGV[2] the queue name. Job hashes are
+-- addressed through that prefix, so these scripts need a non-cluster Redis,
+-- as rq itself does.
+local K_READY, K_SCHEDULED, K_LEASES, K_STARTED = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local K_PRIO, K_WAKE, K_DEDUP, K_FINISHED = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local K_FAILED, K_QUEUES, K_SEQ = KEYS[9], KEYS[10], KEYS[11]
+local JOB_PREFIX = ARGV[1]
+local QUEUE_NAME = ARGV[2]
+
+local clock = redis.call('TIME')
+local NOW_SEC = tonumber(clock[1])
+local NOW_USEC = tonumber(clock[2])
+local NOW = NOW_SEC + NOW_USEC / 1000000
+
+local function is_pending(status)
+  return status == 'queued' or status == 'scheduled' or status == 'started'
+end
+
+-- rq's timestamp format (utcformat): 2026-11-27T21:54:03.123456Z.
+local function now_iso()
+  local days = math.floor(NOW_SEC / 86400)
+  local secs = NOW_SEC - days * 86400
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local day = doy - math.floor((153 * mp + 2) / 5) + 1
+  local month = mp < 10 and mp + 3 or mp - 9
+  local year = yoe + era * 400 + (month <= 2 and 1 or 0)
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%06dZ', year, month, day,
+    math.floor(secs / 3600), math.floor(secs % 3600 / 60), secs % 60, NOW_USEC)
+end
+
+-- Wake one blocked consumer (dequeue waits on this list with BLPOP); one
+-- token is enough because a consumer that leases and leaves work behind
+-- passes the token on.
+local function wake()
+  if redis.call('LLEN', K_WAKE) == 0 then
+    redis.call('RPUSH', K_WAKE, '1')
+  end
+end
+
+-- The ready list is rq's queue list, kept sorted: priority 9 first, FIFO
+-- within a priority. K_PRIO counts the ready jobs of each priority above 0,
+-- so the insertion point of a priority job is known without reading the
+-- jobs; priority 0 (the common case) is a plain RPUSH.
+local function priority_counts()
+  local flat = redis.call('HGETALL', K_PRIO)
+  local counts = {}
+  for i = 1, #flat, 2 do
+    counts[#counts + 1] = {tonumber(flat[i]), tonumber(flat[i + 1])}
+  end
+  table.sort(counts, function(a, b) return a[1] > b[1] end)
+  return counts
+end
+
+local function push_ready(id, priority)
+  if priority <= 0 then
+    redis.call('RPUSH', K_READY, id)
+    return
+  end
+  local ahead = 0
+  for _, pc in ipairs(priority_counts()) do
+    if pc[1] >= priority then ahead = ahead + pc[2] end
+  end
+  if ahead == 0 then
+    redis.call('LPUSH', K_READY, id)
+  else
+    local pivot = redis.call('LINDEX', K_READY, ahead - 1)
+    if pivot then
+      redis.call('LINSERT', K_READY, 'AFTER', pivot, id)
+    else
+      redis.call('RPUSH', K_READY, id)
+    end
+  end
+  redis.call('HINCRBY', K_PRIO, priority, 1)
+end
+
+local function pop_ready(n)
+  local ids = redis.call('LPOP', K_READY, n)
+  if not ids then
+    redis.call('DEL', K_PRIO)
+    return {}
+  end
+  local left = #ids
+  for _, pc in ipairs(priority_counts()) do
+    if left <= 0 then break end
+    local take = math.min(left, pc[2])
+    left = left - take
+    if take >= pc[2] then
+      redis.call('HDEL', K_PRIO, pc[1])
+    else
+      redis.call('HINCRBY', K_PRIO, pc[1], -take)
+    end
+  end
+  if redis.call('LLEN', K_READY) == 0 then redis.call('DEL', K_PRIO) end
+  return ids
+end
+
+local function release_dedup(dedup, id)
+  if dedup and redis.call('HGET', K_DEDUP, dedup) == id then
+    redis.call('HDEL', K_DEDUP, dedup)
+  end
+end
+
+-- Leases that lapsed (their worker died or stalled) go back to ready.
+local function reclaim(limit)
+  local lapsed = redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', NOW, 'LIMIT', 0, limit)
+  for _, id in ipairs(lapsed) do
+    local key = JOB_PREFIX .. id
+    redis.call('ZREM', K_LEASES, id)
+    if redis.call('EXISTS', key) == 1 then
+      local f = redis.call('HMGET', key, 'lx_token', 'lx_priority')
+      if f[1] then redis.call('ZREM', K_STARTED, id .. ':' .. f[1]) end
+      redis.call('HDEL', key, 'lx_token')
+      redis.call('HSET', key, 'status', 'queued')
+      push_ready(id, tonumber(f[2]) or 0)
+    end
+  end
+  return #lapsed
+end
+
+-- Delayed jobs whose time has come go to ready.
+local function promote(limit)
+  local due = redis.call('ZRANGEBYSCORE', K_SCHEDULED, '-inf', NOW, 'LIMIT', 0, limit)
+  for _, id in ipairs(due) do
+    local key = JOB_PREFIX .. id
+    redis.call('ZREM', K_SCHEDULED, id)
+    redis.call('HSET', key, 'status', 'queued')
+    push_ready(id, tonumber(redis.call('HGET', key, 'lx_priority')) or 0)
+  end
+  return #due
+end
+
+-- Seconds until a delayed job or a lease needs attention; -1 when nothing waits.
+local function next_due()
+  local due = -1
+  local s = redis.call('ZRANGE', K_SCHEDULED, 0, 0, 'WITHSCORES')
+  if s[2] then due = tonumber(s[2]) - NOW end
+  local l = redis.call('ZRANGE', K_LEASES, 0, 0, 'WITHSCORES')
+  if l[2] then
+    local d = tonumber(l[2]) - NOW
+    if due < 0 or d < due then due = d end
+  end
+  if due ~= -1 and due < 0 then due = 0 end
+  return due
+end

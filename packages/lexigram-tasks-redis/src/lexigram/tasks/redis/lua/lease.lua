@@ -1,0 +1,38 @@
+-- Lease up to ARGV[3] ready jobs for ARGV[4] seconds, after putting lapsed
+-- leases and due delayed jobs back on the ready list. Each leased job's
+-- attempt is incremented here. Returns five items per job (id, lease token,
+-- attempt, payload, 1 if the job hash was missing) and, last, the seconds
+-- until the next delayed job or lease is due (-1: none).
+reclaim(100)
+promote(1000)
+local out = {}
+local ids = pop_ready(tonumber(ARGV[3]))
+if #ids > 0 then
+  local deadline = NOW + tonumber(ARGV[4])
+  local last = redis.call('INCRBY', K_SEQ, #ids)
+  local started_at = now_iso()
+  for i, id in ipairs(ids) do
+    local key = JOB_PREFIX .. id
+    local token = tostring(last - #ids + i)
+    local data = redis.call('HGET', key, 'data')
+    local missing = 0
+    if not data then
+      -- An id without a job (a foreign producer's mistake): keep the entry
+      -- itself as the payload so that it is dead-lettered, not lost.
+      data, missing = id, 1
+      redis.call('HSET', key, 'data', id, 'origin', QUEUE_NAME)
+    end
+    local attempt = redis.call('HINCRBY', key, 'lx_attempt', 1)
+    redis.call('HSET', key, 'status', 'started', 'lx_token', token, 'started_at', started_at)
+    redis.call('ZADD', K_LEASES, deadline, id)
+    redis.call('ZADD', K_STARTED, '+inf', id .. ':' .. token)
+    out[#out + 1] = id
+    out[#out + 1] = token
+    out[#out + 1] = attempt
+    out[#out + 1] = data
+    out[#out + 1] = missing
+  end
+  if redis.call('LLEN', K_READY) > 0 then wake() end
+end
+out[#out + 1] = tostring(next_due())
+return out

@@ -1,0 +1,291 @@
+"""RedisTaskQueue: at-least-once jobs on Redis, stored in rq's key layout.
+
+Every operation is one Lua script run by SHA, so enqueueing, leasing a batch
+of jobs (with delayed-job promotion and lapsed-lease recovery), acking a
+batch and settling a failure are each a single round trip. See
+``docs/backends/redis.md`` for the key layout and what rq's tooling shows.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+from lexigram.tasks.errors import MalformedJobError
+from lexigram.tasks.job import Job
+from lexigram.tasks.protocol import (
+    BaseTaskQueue,
+    Capability,
+    DeadLetter,
+    Delivery,
+    QueueCounts,
+)
+from lexigram.tasks.redact import redact_url
+from lexigram.tasks.redis import _scripts
+from lexigram.tasks.redis._connection import open_client
+from lexigram.tasks.redis.keys import JOB_PREFIX, QueueKeys, job_key
+
+#: rq's default ``result_ttl``: finished jobs stay visible this long.
+DEFAULT_FINISHED_TTL = 500.0
+#: rq's default ``failure_ttl`` (one year): dead letters are kept this long.
+DEFAULT_FAILURE_TTL = 365 * 24 * 3600.0
+#: Jobs per script call in ``enqueue_many`` (bounds how long one call holds the server).
+ENQUEUE_CHUNK = 500
+# BLPOP treats 0 as "forever"; never block for less than this.
+_MIN_BLOCK = 0.01
+
+
+class RedisTaskQueue(BaseTaskQueue):
+    """A Redis-backed queue whose jobs rq's tooling can see.
+
+    ``redis_url`` accepts ``redis://``, ``rediss://`` (TLS) and ``unix://``
+    URLs. Finished jobs stay in rq's finished registry for ``finished_ttl``
+    seconds (0 deletes them at once); dead letters stay ``failure_ttl``
+    seconds. Pass ``client=`` to share an existing ``redis.asyncio.Redis``
+    (the queue then leaves closing it to you).
+    """
+
+    system = "redis"
+    capabilities = frozenset({Capability.DELAY, Capability.PRIORITY, Capability.UNIQUE})
+
+    def __init__(
+        self,
+        redis_url: str = "redis://localhost:6379/0",
+        queue_name: str = "default",
+        *,
+        finished_ttl: float = DEFAULT_FINISHED_TTL,
+        failure_ttl: float = DEFAULT_FAILURE_TTL,
+        connect_timeout: float = 5.0,
+        max_connections: int | None = None,
+        client: Redis | None = None,
+    ) -> None:
+        if finished_ttl < 0 or failure_ttl <= 0:
+            raise ValueError("finished_ttl must be >= 0 and failure_ttl > 0")
+        self.redis_url = redis_url
+        self.queue_name = queue_name
+        self.finished_ttl = finished_ttl
+        self.failure_ttl = failure_ttl
+        self.connect_timeout = connect_timeout
+        self.max_connections = max_connections
+        self.keys = QueueKeys.for_queue(queue_name)
+        self._key_list = self.keys.as_list()
+        self._head = [JOB_PREFIX, queue_name]
+        self._client: Redis | None = client
+        self._owns_client = client is None
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisTaskQueue(redis_url={redact_url(self.redis_url)!r}, "
+            f"queue_name={self.queue_name!r})"
+        )
+
+    @property
+    def client(self) -> Redis:
+        """The redis-py client (after :meth:`connect`)."""
+        if self._client is None:
+            raise RuntimeError(f"{self!r} is not connected: call 'await queue.connect()' first")
+        return self._client
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def connect(self) -> None:
+        if self._client is None:
+            options: dict[str, Any] = {"socket_connect_timeout": self.connect_timeout}
+            if self.max_connections is not None:
+                options["max_connections"] = self.max_connections
+            self._client = await open_client(self.redis_url, **options)
+            self._owns_client = True
+        await _scripts.load_all(self._client)
+
+    async def disconnect(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and self._owns_client:
+            await client.aclose()
+
+    # -- producing -------------------------------------------------------------
+
+    async def enqueue(self, job: Job) -> str:
+        self.check_supported(job)
+        ids = await self._run("enqueue", self._job_fields(job))
+        return str(ids[0].decode())
+
+    async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
+        holders: list[str] = []
+        for start in range(0, len(jobs), ENQUEUE_CHUNK):
+            args: list[Any] = []
+            for job in jobs[start : start + ENQUEUE_CHUNK]:
+                self.check_supported(job)
+                args += self._job_fields(job)
+            holders += [raw.decode() for raw in await self._run("enqueue", args)]
+        return holders
+
+    async def push_raw(self, payload: bytes, job_id: str | None = None) -> str:
+        """Store ``payload`` byte for byte as a foreign producer would (for tests of bad input).
+
+        The job hash is written under ``job_id`` (a fresh id by default) and
+        the id pushed onto rq's queue list, as ``docs/backends/redis.md``
+        describes for non-Python producers.
+        """
+        job_id = job_id or uuid.uuid4().hex
+        client = self.client
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                job_key(job_id),
+                mapping={"data": payload, "status": "queued", "origin": self.queue_name},
+            )
+            pipe.rpush(self.keys.ready, job_id)
+            pipe.sadd(self.keys.queues, self.keys.ready)
+            await pipe.execute()
+        return job_id
+
+    def _job_fields(self, job: Job) -> list[Any]:
+        return [
+            job.id,
+            job.to_bytes(),
+            job.priority,
+            repr(job.run_at) if job.run_at is not None else "0",
+            job.dedup_key if job.dedup_key is not None else "",
+            job.attempt,
+            _rq_time(job.enqueued_at),
+            job.task,
+        ]
+
+    # -- consuming -------------------------------------------------------------
+
+    async def dequeue(
+        self, *, max_jobs: int = 1, lease_seconds: float = 30.0, wait: float = 0.0
+    ) -> list[Delivery]:
+        client = self.client
+        deadline = time.monotonic() + wait
+        args = [*self._head, max_jobs, repr(float(lease_seconds))]
+        reply = await _scripts.run(client, "lease", self._key_list, args)
+        while True:
+            deliveries = [
+                self._delivery(reply[i : i + 5]) for i in range(0, len(reply) - 1, 5)
+            ]
+            remaining = deadline - time.monotonic()
+            if deliveries or remaining < _MIN_BLOCK:
+                return deliveries
+            next_due = float(reply[-1])
+            block = remaining if next_due < 0 else min(remaining, next_due)
+            # Sleep on the wake-up list until an enqueue (or the next due job)
+            # and lease in the same round trip: the script runs the moment
+            # BLPOP returns, so an idle worker picks a new job up at once.
+            try:
+                async with client.pipeline(transaction=False) as pipe:
+                    pipe.blpop([self.keys.wake], timeout=max(block, _MIN_BLOCK))
+                    _scripts.queue_run(pipe, "lease", self._key_list, args)
+                    _, reply = await pipe.execute()
+            except NoScriptError:
+                await _scripts.load_all(client)
+                reply = await _scripts.run(client, "lease", self._key_list, args)
+
+    def _delivery(self, item: list[Any]) -> Delivery:
+        raw_id, token, attempt, data, missing = item
+        key_id = raw_id.decode()
+        lease = (key_id, token)
+        if missing:
+            problem = (
+                f"queue entry {key_id!r} has no job stored at {job_key(key_id)!r}; "
+                "a producer must write the job hash before pushing its id"
+            )
+            return Delivery(None, data, lease, problem)
+        try:
+            job = Job.from_json(data)
+        except MalformedJobError as exc:
+            return Delivery(None, data, lease, str(exc))
+        if job.id != key_id:
+            problem = f"job id {job.id!r} does not match the key it is stored at, {key_id!r}"
+            return Delivery(None, data, lease, problem)
+        job.attempt = int(attempt)
+        return Delivery(job, data, lease)
+
+    async def ack(self, delivery: Delivery) -> None:
+        await self.ack_many([delivery])
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        args: list[Any] = [repr(float(self.finished_ttl))]
+        for delivery in deliveries:
+            args += delivery.token
+        await self._run("ack", args)
+
+    async def nack(
+        self, delivery: Delivery, *, requeue: bool, delay: float = 0.0, reason: str = ""
+    ) -> None:
+        key_id, token = delivery.token
+        job = delivery.job
+        requeue = requeue and job is not None
+        await self._run(
+            "nack",
+            [
+                key_id,
+                token,
+                "1" if requeue else "0",
+                repr(float(max(delay, 0.0))),
+                reason,
+                job.to_bytes() if requeue and job is not None else b"",
+                job.priority if job is not None else 0,
+                job.attempt if job is not None else 0,
+                repr(float(self.failure_ttl)),
+                "1" if job is not None else "0",
+            ],
+        )
+
+    async def extend_lease(self, deliveries: Sequence[Delivery], lease_seconds: float) -> None:
+        if not deliveries:
+            return
+        args: list[Any] = [repr(float(lease_seconds))]
+        for delivery in deliveries:
+            args += delivery.token
+        await self._run("extend", args)
+
+    # -- inspecting ------------------------------------------------------------
+
+    async def counts(self) -> QueueCounts:
+        ready, delayed, running, failed = await self._run("counts", [])
+        return QueueCounts(ready=ready, delayed=delayed, running=running, failed=failed)
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
+        reply = await self._run("dead_letters", [limit])
+        letters = []
+        for i in range(0, len(reply), 5):
+            raw_id, payload, reason, failed_at, valid = reply[i : i + 5]
+            job_id = raw_id.decode() if valid == b"1" else None
+            letters.append(DeadLetter(payload, reason.decode(), job_id, float(failed_at)))
+        return letters
+
+    async def purge(self) -> None:
+        """Delete this queue and every job in it (ready, delayed, running, finished, failed)."""
+        client = self.client
+        keys = self.keys
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.lrange(keys.ready, 0, -1)
+            for zset in (keys.scheduled, keys.leases, keys.finished, keys.failed):
+                pipe.zrange(zset, 0, -1)
+            listed = await pipe.execute()
+        ids = {raw.decode() for group in listed for raw in group}
+        job_keys = [job_key(job_id) for job_id in ids]
+        async with client.pipeline(transaction=False) as pipe:
+            for start in range(0, len(job_keys), 1000):
+                pipe.delete(*job_keys[start : start + 1000])
+            pipe.delete(*keys.queue_owned())
+            pipe.srem(keys.queues, keys.ready)
+            await pipe.execute()
+
+    async def _run(self, name: str, args: list[Any]) -> Any:
+        return await _scripts.run(self.client, name, self._key_list, [*self._head, *args])
+
+
+def _rq_time(timestamp: float) -> str:
+    """A Unix time in rq's stored format (``rq.utils.utcformat``)."""
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
