@@ -151,3 +151,22 @@ async def test_counts_notice_a_lapsed_lease_without_a_dequeue(queue: MemoryTaskQ
 async def _ready_counts(queue: MemoryTaskQueue) -> QueueCounts | None:
     counts = await queue.counts()
     return counts if counts.ready == 1 else None
+
+
+def test_one_queue_serves_successive_event_loops() -> None:
+    # A module-level queue (the usual `provider = TaskProvider(queue=MemoryTaskQueue())`)
+    # outlives the event loop of each test or asyncio.run().
+    queue = MemoryTaskQueue("loops")
+
+    async def wait_then_take() -> None:
+        assert await queue.dequeue(lease_seconds=30, wait=0.05) == []
+        waiter = asyncio.create_task(queue.dequeue(lease_seconds=30, wait=5))
+        await asyncio.sleep(0.01)
+        job = Job(task="t", queue="loops")
+        await queue.enqueue(job)
+        deliveries = await asyncio.wait_for(waiter, 5)
+        assert [d.job_id for d in deliveries] == [job.id]
+        await queue.ack_many(deliveries)
+
+    asyncio.run(wait_then_take())
+    asyncio.run(wait_then_take())

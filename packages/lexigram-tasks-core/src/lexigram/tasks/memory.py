@@ -61,6 +61,7 @@ class MemoryTaskQueue(BaseTaskQueue):
         self._seq = itertools.count()
         self._tokens = itertools.count(1)
         self._wakeup = asyncio.Event()
+        self._wakeup_loop: asyncio.AbstractEventLoop | None = None
         self._connected = False
 
     def __repr__(self) -> str:
@@ -110,9 +111,10 @@ class MemoryTaskQueue(BaseTaskQueue):
             remaining = deadline - time.monotonic()
             if deliveries or remaining <= 0:
                 return deliveries
-            self._wakeup.clear()
+            wakeup = self._wakeup_event()
+            wakeup.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), min(remaining, self._next_due_in()))
+                await asyncio.wait_for(wakeup.wait(), min(remaining, self._next_due_in()))
 
     async def ack(self, delivery: Delivery) -> None:
         entry = self._owned(delivery)
@@ -171,6 +173,18 @@ class MemoryTaskQueue(BaseTaskQueue):
         else:
             heapq.heappush(self._ready, (-entry.priority, next(self._seq), entry.id))
         self._wakeup.set()
+
+    def _wakeup_event(self) -> asyncio.Event:
+        """The wake-up event of the running loop.
+
+        An ``asyncio.Event`` binds to the first loop that waits on it, and a
+        module-level queue outlives loops (one per test, or per ``asyncio.run``).
+        """
+        loop = asyncio.get_running_loop()
+        if loop is not self._wakeup_loop:
+            self._wakeup = asyncio.Event()
+            self._wakeup_loop = loop
+        return self._wakeup
 
     def _is_waiting(self, job_id: str) -> bool:
         entry = self._entries.get(job_id)
