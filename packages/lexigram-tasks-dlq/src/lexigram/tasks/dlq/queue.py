@@ -1,0 +1,340 @@
+"""DeadLetterQueue: where jobs that failed for good are kept, inspected and replayed."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Self
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanContext
+
+from lexigram.tasks.dlq import _tracing
+from lexigram.tasks.dlq.errors import (
+    NotReplayableError,
+    RecordNotRemovedError,
+    ReplayTargetError,
+)
+from lexigram.tasks.dlq.filters import FailureFilter, Moment
+from lexigram.tasks.dlq.record import FailureRecord
+from lexigram.tasks.dlq.replay import ReplayReport, ReplayTarget, Targets, replay_job
+from lexigram.tasks.dlq.storage import DeadLetterStorage, MemoryDeadLetterStorage
+from lexigram.tasks.handle import JobHandle
+from lexigram.tasks.job import Job
+from lexigram.tasks.worker import JobFailure
+
+logger = logging.getLogger("lexigram.tasks.dlq")
+
+
+class DeadLetterQueue:
+    """Keeps :class:`FailureRecord` s of jobs that failed for good; inspect, replay, purge.
+
+    ``DeadLetterQueue()`` keeps records in memory; pass a storage for records
+    that outlive the process (``RedisDeadLetterStorage``,
+    ``PostgresDeadLetterStorage``). It is a dead-letter sink: give it to
+    ``TaskProvider(..., dead_letter=dlq)`` and the workers send it every job
+    that exhausted its retries and every message that is not a valid job.
+
+    ``replay`` sends jobs back to their original queue through ``target`` (a
+    :class:`~lexigram.tasks.TaskProvider`, a queue, or queues by name; by
+    default the ``target`` given here). A record is removed only after its
+    job is safely enqueued, so a crash in between loses nothing.
+    Connections open on first use; ``async with dlq`` or ``await dlq.disconnect()``
+    closes them.
+    """
+
+    def __init__(
+        self,
+        storage: DeadLetterStorage | None = None,
+        *,
+        target: ReplayTarget | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+    ) -> None:
+        self.storage: DeadLetterStorage = storage or MemoryDeadLetterStorage()
+        self.target = target
+        self.tracer = _tracing.dlq_tracer(tracer_provider)
+        self._connected = False
+        self._connect_lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"DeadLetterQueue(storage={self.storage!r})"
+
+    @classmethod
+    def from_config(cls, options: Mapping[str, Any], **kwargs: Any) -> DeadLetterQueue:
+        """Build one from the ``tasks.dead_letter`` config mapping (``storage: redis``, ...)."""
+        from lexigram.tasks.dlq.config import storage_from_config
+
+        return cls(storage_from_config(options), **kwargs)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect the storage (done on first use anyway); idempotent."""
+        if self._connected:
+            return
+        async with self._connect_lock:
+            if not self._connected:
+                await self.storage.connect()
+                self._connected = True
+
+    async def disconnect(self) -> None:
+        """Close the storage's connections; idempotent."""
+        if self._connected:
+            self._connected = False
+            await self.storage.disconnect()
+
+    # A DeadLetterQueue can be a provider service (provider.add_service(dlq)),
+    # so its connections open and close with the workers.
+    start = connect
+    stop = disconnect
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.disconnect()
+
+    # -- receiving failures ----------------------------------------------------
+
+    async def add(self, failure: JobFailure) -> None:
+        """Record a worker's failure (the :class:`~lexigram.tasks.worker.DeadLetterSink` method).
+
+        Called by the worker inside the failed run's span, whose context the
+        record keeps. If the job id is already held, the record is replaced.
+        """
+        context = _tracing.failed_run_context(failure.trace_context)
+        await self.add_record(FailureRecord.from_failure(failure, trace_context=context))
+
+    async def add_record(self, record: FailureRecord) -> None:
+        """Store a record built elsewhere (e.g. by the RabbitMQ feeder)."""
+        await self.connect()
+        await self.storage.put(record)
+        logger.info(
+            "dead-lettered %s (%s) from queue %r: %s",
+            record.id,
+            record.task or "not a valid job",
+            record.queue,
+            record.reason,
+        )
+
+    # -- inspecting --------------------------------------------------------------
+
+    async def get(self, record_id: str) -> FailureRecord | None:
+        """The record of this job id, or None if the queue holds none."""
+        await self.connect()
+        return await self.storage.get(record_id)
+
+    async def list(
+        self,
+        *,
+        task: str | None = None,
+        queue: str | None = None,
+        error_type: str | None = None,
+        since: Moment | None = None,
+        until: Moment | None = None,
+        limit: int | None = 50,
+        offset: int = 0,
+        newest_first: bool = False,
+    ) -> list[FailureRecord]:
+        """Records matching the filters, oldest first (or newest), a page at a time.
+
+        ``since``/``until`` are epoch seconds or datetimes (``since <= failed_at < until``).
+        """
+        if offset < 0 or (limit is not None and limit < 0):
+            raise ValueError("limit and offset must be >= 0")
+        await self.connect()
+        where = FailureFilter.of(
+            task=task, queue=queue, error_type=error_type, since=since, until=until
+        )
+        return await self.storage.list(where, limit=limit, offset=offset, newest_first=newest_first)
+
+    async def count(
+        self,
+        *,
+        task: str | None = None,
+        queue: str | None = None,
+        error_type: str | None = None,
+        since: Moment | None = None,
+        until: Moment | None = None,
+    ) -> int:
+        """How many records match the filters (all of them without filters)."""
+        await self.connect()
+        where = FailureFilter.of(
+            task=task, queue=queue, error_type=error_type, since=since, until=until
+        )
+        return await self.storage.count(where)
+
+    # -- replaying ---------------------------------------------------------------
+
+    async def replay(
+        self, record_id: str, target: ReplayTarget | None = None
+    ) -> JobHandle[Any] | None:
+        """Send one record's job back to its queue; None if there is no such record.
+
+        The job runs again with attempts reset, under a new id (the handle's),
+        in a new trace linked to the failed run. The record is removed once
+        the job is enqueued; if removing it fails, :class:`RecordNotRemovedError`
+        is raised and the record stays.
+        """
+        await self.connect()
+        record = await self.storage.get(record_id)
+        if record is None:
+            return None
+        targets = self._targets(target)
+        queue = targets.queue_for(record)
+        await targets.connect()
+        job = replay_job(record, unique=targets.unique(queue))
+        links = _tracing.links_for(record.trace_context, _headers(record))
+        with _tracing.replay_span(targets.tracer, job, queue.system, record.id, links):
+            job_id = await queue.enqueue(job)
+        await self._remove_replayed(record, job_id)
+        logger.info("replayed %s as job %s onto queue %r", record.id, job_id, job.queue)
+        return JobHandle(job_id, job.task, job.queue, targets.result_store)
+
+    async def replay_many(
+        self,
+        target: ReplayTarget | None = None,
+        *,
+        task: str | None = None,
+        queue: str | None = None,
+        error_type: str | None = None,
+        since: Moment | None = None,
+        until: Moment | None = None,
+        limit: int | None = None,
+        batch_size: int = 100,
+    ) -> ReplayReport:
+        """Replay every matching record (at most ``limit``), in batches, oldest first.
+
+        Records that fail again while this runs are not picked up a second
+        time. Records that cannot be replayed (not a valid job, no queue for
+        them) stay, and the report says why.
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        await self.connect()
+        targets = self._targets(target)
+        await targets.connect()
+        where = FailureFilter.of(
+            task=task, queue=queue, error_type=error_type, since=since, until=until
+        ).bounded(time.time())
+        report = ReplayReport()
+        kept = 0  # matching records left in place: the next page starts after them
+        while limit is None or report.total < limit:
+            size = batch_size if limit is None else min(batch_size, limit - report.total)
+            page = await self.storage.list(where, limit=size, offset=kept)
+            if not page:
+                break
+            kept += await self._replay_page(page, targets, report)
+        if report.total:
+            logger.info("replay of %s: %s", where.describe(), report)
+        return report
+
+    async def replay_all(self, target: ReplayTarget | None = None) -> ReplayReport:
+        """Replay every record."""
+        return await self.replay_many(target)
+
+    async def _replay_page(
+        self, page: builtins.list[FailureRecord], targets: Targets, report: ReplayReport
+    ) -> int:
+        """Replay one page; return how many of its records stay in the storage."""
+        kept = 0
+        groups: dict[str, list[tuple[FailureRecord, Job]]] = {}
+        for record in page:
+            try:
+                queue = targets.queue_for(record)
+                job = replay_job(record, unique=targets.unique(queue))
+            except (NotReplayableError, ReplayTargetError) as exc:
+                report.skipped[record.id] = str(exc)
+                kept += 1
+                continue
+            groups.setdefault(record.queue, []).append((record, job))
+        for queue_name, group in groups.items():
+            queue = targets.queues[queue_name]
+            creates: list[SpanContext] = []
+            for record, job in group:
+                links = _tracing.links_for(record.trace_context, _headers(record))
+                with _tracing.create_span(
+                    targets.tracer, job, queue.system, record.id, links
+                ) as span:
+                    creates.append(span.get_span_context())
+            try:
+                with _tracing.batch_span(targets.tracer, queue_name, queue.system, creates):
+                    job_ids = await queue.enqueue_many([job for _, job in group])
+            except Exception as exc:
+                for record, _ in group:
+                    report.failed[record.id] = f"enqueue failed: {type(exc).__name__}: {exc}"
+                kept += len(group)
+                continue
+            for (record, _), job_id in zip(group, job_ids, strict=True):
+                try:
+                    await self._remove_replayed(record, job_id)
+                except RecordNotRemovedError as exc:
+                    report.failed[record.id] = str(exc)
+                    kept += 1
+                    continue
+                report.replayed[record.id] = job_id
+        return kept
+
+    async def _remove_replayed(self, record: FailureRecord, job_id: str) -> None:
+        try:
+            removed = await self.storage.delete(record.id, record.revision)
+        except Exception as exc:
+            raise RecordNotRemovedError(
+                f"record {record.id} was replayed as job {job_id} but could not be removed "
+                f"({type(exc).__name__}: {exc}); it is kept, and replaying it again "
+                "finds the same pending job on backends with unique keys",
+                job_id,
+            ) from exc
+        if not removed:
+            # Replaced by a newer failure of the same id, or removed by another
+            # replayer meanwhile: leave whatever is there now.
+            logger.debug("record %s changed during its replay; keeping the newer one", record.id)
+
+    def _targets(self, target: ReplayTarget | None) -> Targets:
+        chosen = target if target is not None else self.target
+        if chosen is None:
+            raise ReplayTargetError(
+                "nowhere to replay to: pass a TaskProvider or a queue "
+                "(dlq.replay(id, provider)) or DeadLetterQueue(target=...)"
+            )
+        return Targets.resolve(chosen, self.tracer)
+
+    # -- removing ----------------------------------------------------------------
+
+    async def delete(self, record_id: str) -> bool:
+        """Remove one record without replaying it; True if it was there."""
+        await self.connect()
+        return await self.storage.delete(record_id)
+
+    async def purge(
+        self,
+        *,
+        task: str | None = None,
+        queue: str | None = None,
+        error_type: str | None = None,
+        since: Moment | None = None,
+        until: Moment | None = None,
+    ) -> int:
+        """Remove every matching record (every record without filters); return how many."""
+        await self.connect()
+        where = FailureFilter.of(
+            task=task, queue=queue, error_type=error_type, since=since, until=until
+        )
+        removed = await self.storage.purge(where)
+        if removed:
+            logger.info("purged %d record(s): %s", removed, where.describe())
+        return removed
+
+
+def _headers(record: FailureRecord) -> dict[str, str]:
+    return record.job.headers if record.job is not None else {}
