@@ -1,0 +1,391 @@
+"""Loading ``lexigram.yaml``: the ``tasks:`` section into a :class:`TaskProvider`.
+
+``TaskProvider.from_config(path_or_mapping)`` is the usual entry point;
+:func:`load_config` validates without building anything, for tools. See
+``docs/configuration.md`` for every key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pydantic
+
+from lexigram.tasks.config._components import (
+    DEAD_LETTER_SINKS,
+    RESULT_STORES,
+    ComponentKind,
+    resolve_backend,
+)
+from lexigram.tasks.config._models import (
+    SECTION_KEYS,
+    ComponentSection,
+    ConfigDocument,
+    NamedBackendSection,
+    TasksSection,
+    WorkerSettings,
+)
+from lexigram.tasks.config._signature import OptionsValidator
+from lexigram.tasks.config._source import KeyPath, Source, format_path, interpolate, read_source
+from lexigram.tasks.errors import BackendNotFoundError, ConfigurationError
+from lexigram.tasks.redact import redact_url
+from lexigram.tasks.registry import TaskBackendRegistry
+
+if TYPE_CHECKING:
+    from lexigram.tasks.provider import TaskProvider
+
+__all__ = [
+    "Component",
+    "TasksConfig",
+    "WorkerSettings",
+    "load_config",
+    "provider_from_config",
+]
+
+ConfigSource = str | os.PathLike[str] | Mapping[str, Any]
+
+# Keys of the provider that the configuration itself decides.
+_FROM_CONFIG_ONLY = frozenset({"queue", "backends", "primary"})
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    """A configured backend, result store or dead-letter sink, not yet created."""
+
+    type: str
+    factory: Callable[..., Any]
+    options: dict[str, Any]
+    #: ``file:line`` and key path, for errors raised when it is created.
+    where: str
+    key: str
+    label: str
+
+    def __repr__(self) -> str:
+        options = ", ".join(
+            f"{k}={_redact_text(v)!r}" if isinstance(v, str) else f"{k}={v!r}"
+            for k, v in self.options.items()
+        )
+        return f"Component({self.type!r}, {options})"
+
+    def create(self) -> Any:
+        """Call the factory with the configured keyword arguments."""
+        try:
+            return self.factory(**self.options)
+        except (ValueError, TypeError, LookupError) as exc:
+            raise ConfigurationError(
+                f"{self.where}: {self.key}: cannot create the {self.label} of type "
+                f"{self.type!r}: {_redact_text(str(exc))}"
+            ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class TasksConfig:
+    """A validated ``tasks:`` section. :meth:`create_provider` builds the provider."""
+
+    origin: str
+    backends: dict[str, Component]
+    primary: str
+    #: True for the ``tasks.backend`` form (one backend, named ``default``).
+    single: bool
+    worker: WorkerSettings
+    result_store: Component | None
+    result_ttl: float | None
+    dead_letter: Component | None
+    global_rate_limit: str | None
+    trace_links_only: bool
+    environment: str | None
+    strict: bool
+
+    def provider_kwargs(self) -> dict[str, Any]:
+        """The ``TaskProvider`` keyword arguments this configuration gives (backends created)."""
+        kwargs: dict[str, Any] = self.worker.model_dump()
+        if self.single:
+            kwargs["queue"] = self.backends[self.primary].create()
+        else:
+            kwargs["backends"] = {name: c.create() for name, c in self.backends.items()}
+            kwargs["primary"] = self.primary
+        if self.result_store is not None:
+            kwargs["result_store"] = self.result_store.create()
+        if self.result_ttl is not None:
+            kwargs["result_ttl"] = self.result_ttl
+        if self.dead_letter is not None:
+            kwargs["dead_letter"] = self.dead_letter.create()
+        if self.global_rate_limit is not None:
+            kwargs["global_rate_limit"] = self.global_rate_limit
+        kwargs["trace_links_only"] = self.trace_links_only
+        kwargs["environment"] = self.environment
+        kwargs["strict"] = self.strict
+        return kwargs
+
+    def create_provider(self, **overrides: Any) -> TaskProvider:
+        """A new :class:`TaskProvider`; ``overrides`` are ``TaskProvider`` keywords
+        (e.g. ``tracer_provider=``, ``worker_count=``) that win over the file."""
+        from lexigram.tasks.provider import TaskProvider
+
+        fixed = _FROM_CONFIG_ONLY.intersection(overrides)
+        if fixed:
+            raise TypeError(
+                f"{', '.join(sorted(fixed))} come(s) from the configuration and cannot be "
+                "overridden; build the TaskProvider directly instead"
+            )
+        kwargs = self.provider_kwargs()
+        kwargs.update(overrides)
+        return TaskProvider(**kwargs)
+
+
+def load_config(
+    source: ConfigSource,
+    *,
+    env: Mapping[str, str] | None = None,
+    registry: TaskBackendRegistry | None = None,
+) -> TasksConfig:
+    """Read and validate a configuration file (or mapping) without creating anything.
+
+    ``env`` replaces ``os.environ`` for ``${VAR}`` interpolation; ``registry``
+    replaces the default backend registry. Every problem raises
+    :class:`~lexigram.tasks.ConfigurationError` (an unknown backend type
+    :class:`~lexigram.tasks.BackendNotFoundError`) naming the file, line and key.
+    """
+    doc = read_source(source)
+    if not isinstance(doc.data, Mapping):
+        raise ConfigurationError(
+            f"{doc.origin}: the configuration must be a mapping with a 'tasks' key, "
+            f"not {type(doc.data).__name__}"
+        )
+    if "tasks" not in doc.data:
+        raise ConfigurationError(
+            f"{doc.origin}: missing key 'tasks' (the task configuration lives under a "
+            "top-level 'tasks:' key)"
+        )
+    interpolate(doc, os.environ if env is None else env)
+    try:
+        tasks = ConfigDocument.model_validate(doc.data).tasks
+    except pydantic.ValidationError as exc:
+        raise ConfigurationError(_describe(doc, (), doc.data, exc, SECTION_KEYS)) from None
+    return _build(doc, tasks, registry or TaskBackendRegistry.default())
+
+
+def provider_from_config(source: ConfigSource, **overrides: Any) -> TaskProvider:
+    """``TaskProvider.from_config``: load ``source`` and build the provider."""
+    return load_config(source).create_provider(**overrides)
+
+
+# -- building ------------------------------------------------------------------
+
+
+def _build(doc: Source, tasks: TasksSection, registry: TaskBackendRegistry) -> TasksConfig:
+    has_one, has_many = tasks.backend is not None, tasks.backends is not None
+    if has_one == has_many:
+        raise ConfigurationError(
+            doc.error(
+                ("tasks",),
+                "give either 'backend' (one backend) or 'backends' (a list with name/primary)"
+                + (", not both" if has_one else ""),
+            )
+        )
+    problems: list[str] = []
+    backends: dict[str, Component] = {}
+    if tasks.backend is not None:
+        section: ComponentSection = tasks.backend
+        backend = _backend(doc, ("tasks", "backend"), section, registry, problems)
+        primary = "default"
+        if backend is not None:
+            backends[primary] = backend
+    else:
+        assert tasks.backends is not None
+        primary = _check_names(doc, tasks.backends)
+        for index, item in enumerate(tasks.backends):
+            backend = _backend(doc, ("tasks", "backends", index), item, registry, problems)
+            if backend is not None:
+                backends[item.name] = backend
+    result_store = _component(doc, ("tasks", "result_store"), tasks.result_store, RESULT_STORES)
+    dead_letter = _component(doc, ("tasks", "dead_letter"), tasks.dead_letter, DEAD_LETTER_SINKS)
+    if problems:
+        raise ConfigurationError(_join(problems))
+    return TasksConfig(
+        origin=doc.origin,
+        backends=backends,
+        primary=primary,
+        single=tasks.backend is not None,
+        worker=tasks.worker,
+        result_store=result_store,
+        result_ttl=tasks.result_ttl,
+        dead_letter=dead_letter,
+        global_rate_limit=tasks.global_rate_limit,
+        trace_links_only=tasks.trace_links_only,
+        environment=tasks.environment,
+        strict=tasks.strict,
+    )
+
+
+def _check_names(doc: Source, items: list[NamedBackendSection]) -> str:
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        if item.name in seen:
+            raise ConfigurationError(
+                doc.error(("tasks", "backends", index, "name"), f"duplicate name {item.name!r}")
+            )
+        seen.add(item.name)
+    primaries = [i for i, item in enumerate(items) if item.primary]
+    if len(primaries) > 1:
+        names = ", ".join(repr(items[i].name) for i in primaries)
+        raise ConfigurationError(
+            doc.error(
+                ("tasks", "backends", primaries[1], "primary"),
+                f"only one backend can be primary (marked: {names})",
+            )
+        )
+    return items[primaries[0]].name if primaries else items[0].name
+
+
+def _backend(
+    doc: Source,
+    path: KeyPath,
+    section: ComponentSection,
+    registry: TaskBackendRegistry,
+    problems: list[str],
+) -> Component | None:
+    try:
+        factory = resolve_backend(registry, section.type)
+    except BackendNotFoundError as exc:
+        raise BackendNotFoundError(doc.error((*path, "type"), str(exc))) from None
+    try:
+        return _checked(doc, path, section, factory, "backend")
+    except ConfigurationError as exc:
+        problems.append(str(exc))
+        return None
+
+
+def _component(
+    doc: Source, path: KeyPath, section: ComponentSection | None, kind: ComponentKind
+) -> Component | None:
+    if section is None:
+        return None
+    try:
+        factory = kind.resolve(section.type)
+    except ConfigurationError as exc:
+        raise ConfigurationError(doc.error((*path, "type"), str(exc))) from None
+    return _checked(doc, path, section, factory, kind.label)
+
+
+def _checked(
+    doc: Source, path: KeyPath, section: ComponentSection, factory: Callable[..., Any], label: str
+) -> Component:
+    validator = OptionsValidator(factory)
+    options = section.options()
+    try:
+        options = validator.validate(options)
+    except pydantic.ValidationError as exc:
+        hints: dict[tuple[str, ...], list[str]] = {}
+        if not validator.open:
+            hints[()] = validator.accepted
+        raise ConfigurationError(_describe(doc, path, options, exc, hints, section.type)) from None
+    return Component(
+        type=section.type,
+        factory=factory,
+        options=options,
+        where=doc.where(path),
+        key=format_path(path),
+        label=label,
+    )
+
+
+# -- messages ------------------------------------------------------------------
+
+
+def _describe(
+    doc: Source,
+    base: KeyPath,
+    data: Any,
+    exc: pydantic.ValidationError,
+    accepted: Mapping[tuple[str, ...], list[str]],
+    component_type: str | None = None,
+) -> str:
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc = _key_loc(data, error["loc"], error["type"])
+        path = (*base, *loc)
+        problems.append(doc.error(path, _explain(error, path, loc, accepted, component_type)))
+    return _join(problems)
+
+
+def _key_loc(data: Any, loc: tuple[int | str, ...], kind: str) -> KeyPath:
+    """The part of pydantic's ``loc`` that names keys of the document.
+
+    pydantic appends union members and validator names (``int``,
+    ``function-after[...]``) to ``loc``; they are not keys, so the path is
+    cut where the document has no such key, except for the key that is
+    missing or unknown itself.
+    """
+    path: list[str | int] = []
+    current = data
+    for index, part in enumerate(loc):
+        in_mapping = isinstance(current, Mapping) and part in current
+        in_list = isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)
+        if in_mapping or in_list:
+            current = current[part]
+        else:
+            if index == len(loc) - 1 and kind in ("missing", "extra_forbidden"):
+                path.append(part)
+            break
+        path.append(part)
+    return tuple(path)
+
+
+def _explain(
+    error: Any,
+    path: KeyPath,
+    loc: KeyPath,
+    accepted: Mapping[tuple[str, ...], list[str]],
+    component_type: str | None,
+) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        parent = tuple(str(p) for p in path[:-1] if isinstance(p, str))
+        keys = accepted.get(tuple(str(p) for p in loc[:-1]), accepted.get(parent, []))
+        return _unknown_key(str(path[-1]), keys, path, component_type)
+    if kind == "missing":
+        return "required key is missing"
+    message = str(error["msg"])
+    if kind == "value_error":
+        message = message.removeprefix("Value error, ")
+    if not isinstance(error.get("input"), dict | list):
+        message += f" (got {_show(error.get('input'))})"
+    return message
+
+
+def _unknown_key(key: str, accepted: list[str], path: KeyPath, component_type: str | None) -> str:
+    message = "unknown key"
+    if component_type is not None:
+        message += f" for type {component_type!r}"
+    if key in WorkerSettings.model_fields and path[:-1] != ("tasks", "worker"):
+        return f"{message}; worker settings go under tasks.worker ({key} there)"
+    if key == "worker" and path[:1] == ("tasks",):
+        return f"{message}; worker settings go under tasks.worker, beside the backend"
+    close = difflib.get_close_matches(key, accepted, n=1)
+    if close:
+        message += f"; did you mean {close[0]!r}?"
+    if accepted:
+        message += f" (accepted: {', '.join(accepted)})"
+    return message
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    if isinstance(value, str):
+        text = repr(_redact_text(value))
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _redact_text(text: str) -> str:
+    return " ".join(redact_url(word) if "://" in word else word for word in text.split(" "))
+
+
+def _join(problems: list[str]) -> str:
+    if len(problems) == 1:
+        return problems[0]
+    return f"{len(problems)} configuration errors: " + "; ".join(problems)

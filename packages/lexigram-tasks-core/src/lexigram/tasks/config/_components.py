@@ -1,0 +1,90 @@
+"""Turning a ``type:`` string into the factory that builds it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import import_module
+from importlib.metadata import entry_points
+from typing import Any
+
+from lexigram.tasks.errors import BackendNotFoundError, ConfigurationError
+from lexigram.tasks.registry import TaskBackendRegistry, _LazyFactory
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentKind:
+    """A family of pluggable components other than backends (result stores, dead-letter sinks).
+
+    Types come from the entry-point group ``group`` (third-party packages
+    register there) and from ``builtins``: ``type -> ("module:attr", distribution)``.
+    """
+
+    label: str
+    group: str
+    builtins: dict[str, tuple[str, str]]
+
+    def types(self) -> list[str]:
+        return sorted({ep.name for ep in entry_points(group=self.group)} | set(self.builtins))
+
+    def resolve(self, type_name: str) -> Callable[..., Any]:
+        for ep in entry_points(group=self.group):
+            if ep.name == type_name:
+                try:
+                    loaded: Callable[..., Any] = ep.load()
+                except Exception as exc:
+                    raise ConfigurationError(
+                        f"{self.label} type {type_name!r} ({ep.value}) could not be loaded: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
+                return loaded
+        builtin = self.builtins.get(type_name)
+        if builtin is None:
+            known = ", ".join(repr(t) for t in self.types()) or "none"
+            raise ConfigurationError(
+                f"unknown {self.label} type {type_name!r}; known types: {known} "
+                f"(packages add types through the {self.group!r} entry-point group)"
+            )
+        target, dist = builtin
+        module_name, _, attr = target.partition(":")
+        try:
+            module = import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and module_name.startswith(exc.name):
+                raise ConfigurationError(
+                    f"{self.label} type {type_name!r} is provided by {dist}, which is not "
+                    f"installed: pip install {dist}"
+                ) from None
+            raise
+        factory: Callable[..., Any] = getattr(module, attr)
+        return factory
+
+
+RESULT_STORES = ComponentKind(
+    "result store",
+    "lexigram.tasks.result_stores",
+    {
+        "memory": ("lexigram.tasks.results:MemoryResultStore", "lexigram-tasks-core"),
+        "redis": ("lexigram.tasks.redis:CacheBackendResultStore", "lexigram-tasks-redis"),
+    },
+)
+
+DEAD_LETTER_SINKS = ComponentKind(
+    "dead letter queue",
+    "lexigram.tasks.dead_letter",
+    {"memory": ("lexigram.tasks.dlq:DeadLetterQueue", "lexigram-tasks-dlq")},
+)
+
+
+def resolve_backend(registry: TaskBackendRegistry, type_name: str) -> Callable[..., Any]:
+    """The backend factory for ``type_name``, imported now so its signature can be checked."""
+    factory = registry.get(type_name)  # BackendNotFoundError names the registered types
+    if isinstance(factory, _LazyFactory):
+        try:
+            return factory.load()
+        except Exception as exc:
+            raise BackendNotFoundError(
+                f"backend type {type_name!r} ({factory.target}) could not be loaded: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+    return factory

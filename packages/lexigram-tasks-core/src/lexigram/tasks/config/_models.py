@@ -1,0 +1,78 @@
+"""The shape of the ``tasks:`` section, as pydantic models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from lexigram.tasks.ratelimit import Rate
+
+
+class WorkerSettings(BaseModel):
+    """``tasks.worker``: how each worker pool runs (the ``TaskProvider`` keywords)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    worker_count: int = Field(default=1, ge=1)
+    poll_interval: float = Field(default=0.5, gt=0)
+    default_timeout: float = Field(default=300.0, gt=0)
+    shutdown_timeout: float = Field(default=30.0, ge=0)
+    lease_seconds: float = Field(default=30.0, gt=0)
+
+
+class ComponentSection(BaseModel):
+    """A ``type:`` plus the keyword arguments of that type's factory (checked separately)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    type: str = Field(min_length=1)
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class NamedBackendSection(ComponentSection):
+    """One item of ``tasks.backends``."""
+
+    name: str = Field(min_length=1)
+    primary: bool = False
+
+
+class TasksSection(BaseModel):
+    """The ``tasks:`` section."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: ComponentSection | None = None
+    backends: list[NamedBackendSection] | None = Field(default=None, min_length=1)
+    worker: WorkerSettings = WorkerSettings()
+    result_store: ComponentSection | None = None
+    result_ttl: float | None = Field(default=None, gt=0)
+    dead_letter: ComponentSection | None = None
+    global_rate_limit: str | None = None
+    trace_links_only: bool = False
+    environment: str | None = None
+    strict: bool = True
+
+    @field_validator("global_rate_limit")
+    @classmethod
+    def _valid_rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            Rate.parse(value)
+        return value
+
+
+class ConfigDocument(BaseModel):
+    """A whole file: ``tasks:`` plus whatever else the application keeps there."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    tasks: TasksSection
+
+
+#: Keys accepted at each fixed place, for "did you mean" hints.
+SECTION_KEYS: dict[tuple[str, ...], list[str]] = {
+    ("tasks",): list(TasksSection.model_fields),
+    ("tasks", "worker"): list(WorkerSettings.model_fields),
+}
