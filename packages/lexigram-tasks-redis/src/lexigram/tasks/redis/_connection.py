@@ -6,10 +6,28 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from lexigram.tasks.errors import BackendConnectionError
 from lexigram.tasks.redact import redact_text, redact_url
+
+
+#: A command that fails on a dropped connection (CLIENT KILL, a server restart,
+#: a network blip) reconnects and is sent again this many times.
+RETRIES = 3
+
+
+def _retry_policy() -> dict[str, Any]:
+    # from_url leaves redis-py's connections with no retries at all; every
+    # lexigram operation is safe to resend (idempotent, or guarded by tokens).
+    return {
+        "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), RETRIES),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
 
 
 def _password(url: str) -> str | None:
@@ -24,13 +42,13 @@ async def open_client(redis_url: str, **options: Any) -> Redis:
 
     Raises :class:`BackendConnectionError` naming the (redacted) URL when the
     URL is invalid or the server cannot be reached or refuses the credentials.
-    redis-py's default retry policy stays on, so a dropped connection is
-    re-established on the next command.
+    A dropped connection is re-established and the command resent
+    (:data:`RETRIES` times).
     """
     where = redact_url(redis_url)
     secret = _password(redis_url)
     try:
-        client = Redis.from_url(redis_url, **options)
+        client = Redis.from_url(redis_url, **{**_retry_policy(), **options})
     except (ValueError, TypeError) as exc:
         message = redact_text(str(exc), secret)
         raise BackendConnectionError(f"invalid Redis URL {where}: {message}") from None
