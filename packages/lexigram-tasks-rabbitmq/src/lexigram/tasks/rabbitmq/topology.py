@@ -1,0 +1,138 @@
+"""Names and arguments of the broker objects a queue uses.
+
+For a queue ``Q``:
+
+- ``Q``: the work queue (durable; classic with ``x-max-priority``, or quorum),
+  dead-lettering into ``Q.dlx``;
+- ``Q.dlx`` (fanout exchange) and ``Q.dlq`` (queue): the dead letters;
+- ``Q.delay.0`` ... ``Q.delay.31``: the delay ladder, declared on first use.
+
+The delay ladder needs no broker plugin. Level ``L`` is a topic exchange and
+a queue whose messages all live exactly ``2**L`` ms (``x-message-ttl``), so
+they expire in order. A delay of ``d`` ms (made odd, so bit 0 is set) is
+written in binary into the routing key, one word per level. Each level's
+exchange sends the message into its queue when the level's bit is 1, else
+straight to the next level down; each queue dead-letters to the next level
+down, keeping the routing key, and level 0 dead-letters to the destination.
+A delayed message therefore waits the sum of the TTLs of its set bits:
+exactly ``d`` ms plus a little broker time, never less.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+QueueType = Literal["classic", "quorum"]
+
+#: Levels of the delay ladder: level L holds messages for 2**L ms, so the
+#: longest single trip is 2**32 - 1 ms (about 49.7 days); longer delays make
+#: more trips (see ``RabbitMQTaskQueue``).
+LADDER_LEVELS = 32
+MAX_LADDER_DELAY_MS = (1 << LADDER_LEVELS) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where a message goes when it is ready: an exchange and a routing key."""
+
+    exchange: str
+    routing_key: str
+
+    @property
+    def ladder_prefix(self) -> str:
+        """Name prefix of the delay ladder that ends at this destination."""
+        if self.exchange:
+            return f"{self.exchange}.{self.routing_key}.delay"
+        return f"{self.routing_key}.delay"
+
+
+def dead_letter_exchange(queue: str) -> str:
+    return f"{queue}.dlx"
+
+
+def dead_letter_queue(queue: str) -> str:
+    return f"{queue}.dlq"
+
+
+def ladder_name(prefix: str, level: int) -> str:
+    """Name of level ``level``'s exchange and queue (they share it)."""
+    return f"{prefix}.{level}"
+
+
+def ladder_delay_ms(seconds: float) -> int:
+    """The delay the ladder applies for ``seconds``: rounded up to whole ms, made odd, capped."""
+    ms = math.ceil(seconds * 1000)
+    return min(max(ms, 1) | 1, MAX_LADDER_DELAY_MS)
+
+
+def ladder_top_level(delay_ms: int) -> int:
+    """The highest level a delay of ``delay_ms`` passes through (its entry exchange)."""
+    return delay_ms.bit_length() - 1
+
+
+def ladder_routing_key(delay_ms: int) -> str:
+    """The delay in binary, one word per level, highest level first."""
+    return ".".join("1" if delay_ms >> level & 1 else "0" for level in _levels_high_to_low())
+
+
+def ladder_binding_key(level: int, bit: str) -> str:
+    """Topic pattern matching routing keys whose ``level`` bit is ``bit``."""
+    return ".".join(["*"] * (LADDER_LEVELS - 1 - level) + [bit, "#"])
+
+
+def _levels_high_to_low() -> range:
+    return range(LADDER_LEVELS - 1, -1, -1)
+
+
+def work_queue_arguments(
+    queue_type: QueueType,
+    *,
+    queue: str,
+    max_priority: int,
+    message_ttl: float | None,
+    delivery_limit: int | None,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """``x-`` arguments of the work queue."""
+    args: dict[str, Any] = {
+        "x-queue-type": queue_type,
+        "x-dead-letter-exchange": dead_letter_exchange(queue),
+    }
+    if queue_type == "classic" and max_priority > 0:
+        args["x-max-priority"] = max_priority
+    if queue_type == "quorum":
+        args.update(_quorum_safe_dead_lettering())
+        if delivery_limit is not None:
+            args["x-delivery-limit"] = delivery_limit
+    if message_ttl is not None:
+        args["x-message-ttl"] = round(message_ttl * 1000)
+    args.update(extra)
+    return args
+
+
+def dead_letter_queue_arguments(queue_type: QueueType) -> dict[str, Any]:
+    return {"x-queue-type": queue_type}
+
+
+def ladder_queue_arguments(
+    queue_type: QueueType, *, prefix: str, level: int, destination: Destination
+) -> dict[str, Any]:
+    """Level ``level`` holds messages ``2**level`` ms, then passes them one level down."""
+    args: dict[str, Any] = {"x-queue-type": queue_type, "x-message-ttl": 1 << level}
+    if level == 0:
+        args["x-dead-letter-exchange"] = destination.exchange
+        args["x-dead-letter-routing-key"] = destination.routing_key
+    else:
+        # No x-dead-letter-routing-key: the message keeps its binary routing key.
+        args["x-dead-letter-exchange"] = ladder_name(prefix, level - 1)
+    if queue_type == "quorum":
+        args.update(_quorum_safe_dead_lettering())
+    return args
+
+
+def _quorum_safe_dead_lettering() -> dict[str, Any]:
+    # Quorum queues dead-letter at most once by default; at-least-once needs
+    # reject-publish overflow. Classic queues have no such setting.
+    return {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
