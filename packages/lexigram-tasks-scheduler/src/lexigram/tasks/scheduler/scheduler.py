@@ -134,6 +134,11 @@ class TaskScheduler:
     def __repr__(self) -> str:
         return f"TaskScheduler({self.provider!r}, store={self.store!r})"
 
+    @property
+    def next_wakeup(self) -> float | None:
+        """The earliest next tick of the active templates, as of the last :meth:`run_due`."""
+        return self._next_wakeup
+
     @classmethod
     def for_provider(cls, provider: TaskProvider, **options: Any) -> TaskScheduler:
         """The scheduler attached to ``provider``, creating (and attaching) one if needed."""
