@@ -18,6 +18,9 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.InterfaceError,  # "connection is closed", "connection was closed in the middle"
+    # A connection the server just terminated, whose close asyncpg has not
+    # yet processed: "cannot switch to state ...; another operation is in progress".
+    asyncpg.exceptions.InternalClientError,
     ConnectionError,
     OSError,
 )
@@ -31,12 +34,19 @@ def dsn_password(dsn: str) -> str | None:
         return None
 
 
+def redacted(dsn: str) -> str:
+    """``dsn`` without its password, even when it cannot be parsed."""
+    try:
+        return redact_url(dsn)
+    except ValueError:  # e.g. a non-numeric port
+        password = dsn_password(dsn)
+        return redact_text(dsn, password) if password else "<unparseable DSN>"
+
+
 def connection_error(dsn: str, exc: BaseException) -> BackendConnectionError:
     """A :class:`BackendConnectionError` for ``exc`` that never shows the password."""
     detail = redact_text(f"{type(exc).__name__}: {exc}", dsn, dsn_password(dsn))
-    return BackendConnectionError(
-        f"cannot connect to PostgreSQL at {redact_url(dsn)}: {detail}"
-    )
+    return BackendConnectionError(f"cannot connect to PostgreSQL at {redacted(dsn)}: {detail}")
 
 
 _CONNECT_FAILURES: tuple[type[BaseException], ...] = (

@@ -22,6 +22,8 @@ _LISTEN_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     OSError,
 )
+_CONNECT_ERRORS: tuple[type[BaseException], ...] = (BackendConnectionError, *_LISTEN_ERRORS)
+_CLOSE_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *_LISTEN_ERRORS)
 
 
 class Listener:
@@ -64,7 +66,7 @@ class Listener:
         try:
             connection = await open_connection(self._dsn, timeout=self._timeout)
             await connection.add_listener(self._channel, self._on_notify)
-        except (BackendConnectionError, *_LISTEN_ERRORS) as exc:
+        except _CONNECT_ERRORS as exc:
             self._failed_at = time.monotonic()
             logger.warning("LISTEN failed, polling instead until it works again: %s", exc)
             return
@@ -94,7 +96,7 @@ class Listener:
             connection.remove_termination_listener(self._on_terminated)
             try:
                 await asyncio.wait_for(connection.close(), self._timeout)
-            except (TimeoutError, *_LISTEN_ERRORS):
+            except _CLOSE_ERRORS:
                 connection.terminate()
         self._wake()
 

@@ -14,8 +14,8 @@ import sys
 from typing import Any
 
 from lexigram.tasks.errors import BackendConnectionError
+from lexigram.tasks.postgres._connect import redacted
 from lexigram.tasks.postgres.migrate import check_schema_name, latest_version, migrate
-from lexigram.tasks.redact import redact_url
 
 #: Environment variables read, in order, when ``--dsn`` is not given.
 DSN_VARIABLES = ("LEXIGRAM_POSTGRES_DSN", "DATABASE_URL")
@@ -58,7 +58,7 @@ def run_migrate(args: argparse.Namespace) -> int:
     except (BackendConnectionError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    where = f"schema {args.schema} at {redact_url(dsn)}"
+    where = f"schema {args.schema} at {redacted(dsn)}"
     if applied:
         versions = ", ".join(f"{v:04d}" for v in applied)
         print(f"applied migration(s) {versions} to {where}")

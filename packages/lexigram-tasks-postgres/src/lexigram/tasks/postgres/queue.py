@@ -15,7 +15,12 @@ import asyncpg
 
 from lexigram.tasks.errors import BackendConnectionError, MalformedJobError
 from lexigram.tasks.job import Job
-from lexigram.tasks.postgres._connect import CONNECTION_ERRORS, connection_error, open_pool
+from lexigram.tasks.postgres._connect import (
+    CONNECTION_ERRORS,
+    connection_error,
+    open_pool,
+    redacted,
+)
 from lexigram.tasks.postgres._listener import Listener
 from lexigram.tasks.postgres._sql import Statements
 from lexigram.tasks.postgres.migrate import (
@@ -25,14 +30,17 @@ from lexigram.tasks.postgres.migrate import (
     latest_version,
 )
 from lexigram.tasks.protocol import BaseTaskQueue, Capability, DeadLetter, Delivery, QueueCounts
-from lexigram.tasks.redact import redact_url
 
 logger = logging.getLogger("lexigram.tasks.postgres")
 
 T = TypeVar("T")
 
 #: Connections bound with :meth:`PostgresTaskQueue.using`, by queue instance id.
-_BOUND: ContextVar[Mapping[int, Any]] = ContextVar("lexigram_tasks_postgres_bound", default={})
+_BOUND: ContextVar[Mapping[int, Any] | None] = ContextVar(
+    "lexigram_tasks_postgres_bound", default=None
+)
+
+_CLOSE_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *CONNECTION_ERRORS)
 
 #: Attempts for one statement when the connection drops under it.
 _ATTEMPTS = 3
@@ -113,7 +121,7 @@ class PostgresTaskQueue(BaseTaskQueue):
 
     def __repr__(self) -> str:
         return (
-            f"PostgresTaskQueue(postgres_dsn={redact_url(self.postgres_dsn)!r}, "
+            f"PostgresTaskQueue(postgres_dsn={redacted(self.postgres_dsn)!r}, "
             f"queue_name={self.queue_name!r}, schema={self.schema!r})"
         )
 
@@ -154,14 +162,17 @@ class PostgresTaskQueue(BaseTaskQueue):
             for pool in pools:
                 try:
                     await asyncio.wait_for(pool.close(), self.connect_timeout)
-                except (TimeoutError, *CONNECTION_ERRORS):
+                except _CLOSE_ERRORS:
                     pool.terminate()
 
     async def migrate(self) -> list[int]:
         """Create or upgrade this queue's schema; return the versions applied now."""
-        async with (await self._open_pool(synchronous_commit=True)) as pool:
+        pool = await self._open_pool(synchronous_commit=True)
+        try:
             async with pool.acquire() as connection:
                 return await apply_migrations(connection, self.schema)
+        finally:
+            await pool.close()
 
     async def _check_schema(self, connection: asyncpg.Connection) -> None:
         if self.auto_migrate:
@@ -172,7 +183,7 @@ class PostgresTaskQueue(BaseTaskQueue):
         version = await current_version(connection, self.schema)
         if version < latest_version():
             raise BackendConnectionError(
-                f"schema {self.schema!r} at {redact_url(self.postgres_dsn)} is at version "
+                f"schema {self.schema!r} at {redacted(self.postgres_dsn)} is at version "
                 f"{version} but lexigram-tasks-postgres needs {latest_version()}: run "
                 f"'lexigram-tasks postgres migrate --schema {self.schema}' or pass "
                 "auto_migrate=True"
@@ -188,6 +199,7 @@ class PostgresTaskQueue(BaseTaskQueue):
             max_size=self.max_pool_size,
             timeout=self.connect_timeout,
             server_settings=settings,
+            reset=_keep_session,
         )
 
     def _main(self) -> asyncpg.Pool:
@@ -215,17 +227,31 @@ class PostgresTaskQueue(BaseTaskQueue):
         *,
         settling: bool = False,
     ) -> T:
-        """Run ``operation`` on a pooled connection, again on a fresh one if it drops."""
+        """Run ``operation`` on a pooled connection, again on a fresh one if it drops.
+
+        A connection that failed is terminated, never handed out again; a
+        failure while returning a connection to the pool never discards a
+        result already received (leased jobs would otherwise go missing
+        until their lease lapsed).
+        """
         for attempt in range(1, _ATTEMPTS + 1):
             pool = await self._settling() if settling else self._main()
             try:
-                async with pool.acquire() as connection:
-                    return await operation(connection)
+                connection = await pool.acquire()
             except CONNECTION_ERRORS as exc:
-                if attempt == _ATTEMPTS or self._pool is None:
-                    raise connection_error(self.postgres_dsn, exc) from exc
-                logger.warning("PostgreSQL connection lost (%s); retrying", type(exc).__name__)
-                await asyncio.sleep(0.05 * 4**attempt)
+                failure: BaseException = exc
+            else:
+                try:
+                    return await operation(connection)
+                except CONNECTION_ERRORS as exc:
+                    _discard(connection)
+                    failure = exc
+                finally:
+                    await _release(pool, connection)
+            if attempt == _ATTEMPTS or self._pool is None:
+                raise connection_error(self.postgres_dsn, failure) from failure
+            logger.warning("PostgreSQL connection lost (%s); retrying", type(failure).__name__)
+            await asyncio.sleep(0.05 * 4**attempt)
         raise AssertionError("unreachable")
 
     # -- enqueue ---------------------------------------------------------------
@@ -238,7 +264,7 @@ class PostgresTaskQueue(BaseTaskQueue):
         inside (directly, through a provider or a task's ``enqueue``) exist if
         and only if that transaction commits.
         """
-        token = _BOUND.set({**_BOUND.get(), id(self): connection})
+        token = _BOUND.set({**(_BOUND.get() or {}), id(self): connection})
         try:
             yield
         finally:
@@ -265,9 +291,10 @@ class PostgresTaskQueue(BaseTaskQueue):
         return await self._store(list(jobs), connection)
 
     async def _store(self, jobs: list[Job], connection: asyncpg.Connection | None) -> list[str]:
-        bound = connection if connection is not None else _BOUND.get().get(id(self))
-        if bound is not None:
-            return await self._insert(bound, jobs)
+        if connection is None:
+            connection = (_BOUND.get() or {}).get(id(self))
+        if connection is not None:
+            return await self._insert(connection, jobs)
         return await self._run(lambda c: self._insert(c, jobs))
 
     async def _insert(self, connection: asyncpg.Connection, jobs: list[Job]) -> list[str]:
@@ -313,11 +340,7 @@ class PostgresTaskQueue(BaseTaskQueue):
             keys = list({j.dedup_key for j in jobs if j.dedup_key is not None})
             rows = await connection.fetch(self._sql.dedup_holders, self.queue_name, keys)
             holders: dict[str, str] = {row["dedup_key"]: row["job_id"] for row in rows}
-            orphans = [
-                j
-                for j in jobs
-                if j.dedup_key is not None and j.dedup_key not in holders
-            ]
+            orphans = [j for j in jobs if j.dedup_key is not None and j.dedup_key not in holders]
             if not orphans:
                 return [holders[j.dedup_key] if j.dedup_key is not None else j.id for j in jobs]
             await connection.fetch(
@@ -473,17 +496,23 @@ class PostgresTaskQueue(BaseTaskQueue):
             targets.append((self._sql.purge_failed, self.keep_failed))
         for statement, keep in targets:
             while True:
-                status = await self._run(
-                    lambda c, s=statement, k=keep: c.execute(
-                        s, self.queue_name, k, self.cleanup_batch_size
-                    )
-                )
-                count = int(status.split()[-1])
+                count = await self._run(self._purge_batch(statement, keep))
                 deleted += count
                 if count < self.cleanup_batch_size:
                     break
                 await asyncio.sleep(0)
         return deleted
+
+    def _purge_batch(
+        self, statement: str, keep: float
+    ) -> Callable[[asyncpg.Connection], Awaitable[int]]:
+        async def purge(connection: asyncpg.Connection) -> int:
+            status: str = await connection.execute(
+                statement, self.queue_name, keep, self.cleanup_batch_size
+            )
+            return int(status.split()[-1])  # "DELETE <count>"
+
+        return purge
 
     async def _cleanup_loop(self) -> None:
         while True:
@@ -495,6 +524,27 @@ class PostgresTaskQueue(BaseTaskQueue):
             else:
                 if deleted:
                     logger.debug("retention cleanup deleted %d row(s) of %r", deleted, self)
+
+
+def _discard(connection: asyncpg.Connection) -> None:
+    """Make sure a failed connection is closed, not reused."""
+    with contextlib.suppress(asyncpg.InterfaceError):  # already closed and detached
+        connection.terminate()
+
+
+async def _release(pool: asyncpg.Pool, connection: asyncpg.Connection) -> None:
+    try:
+        await pool.release(connection)
+    except Exception as exc:  # the pool has terminated it and opens a new one when needed
+        logger.debug("returning a connection to the pool failed: %s", exc)
+
+
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Pool ``reset`` hook: nothing to undo (the queue leaves no session state behind).
+
+    asyncpg's default reset costs a round trip (``RESET ALL; UNLISTEN *; ...``)
+    on every release, which would double the round trips of every operation.
+    """
 
 
 def _pairs(deliveries: Sequence[Delivery]) -> tuple[list[int], list[int]]:
