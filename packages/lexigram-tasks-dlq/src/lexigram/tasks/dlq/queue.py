@@ -22,9 +22,14 @@ from lexigram.tasks.dlq.errors import (
 from lexigram.tasks.dlq.filters import FailureFilter, Moment
 from lexigram.tasks.dlq.record import FailureRecord
 from lexigram.tasks.dlq.replay import ReplayReport, ReplayTarget, Targets, replay_job
-from lexigram.tasks.dlq.storage import DeadLetterStorage, MemoryDeadLetterStorage
+from lexigram.tasks.dlq.storage import (
+    AtomicReplayStorage,
+    DeadLetterStorage,
+    MemoryDeadLetterStorage,
+)
 from lexigram.tasks.handle import JobHandle
 from lexigram.tasks.job import Job
+from lexigram.tasks.protocol import TaskQueueProtocol
 from lexigram.tasks.worker import JobFailure
 
 logger = logging.getLogger("lexigram.tasks.dlq")
@@ -184,7 +189,8 @@ class DeadLetterQueue:
         The job runs again with attempts reset, under a new id (the handle's),
         in a new trace linked to the failed run. The record is removed once
         the job is enqueued; if removing it fails, :class:`RecordNotRemovedError`
-        is raised and the record stays.
+        is raised and the record stays. A record that is not a valid job
+        raises :class:`NotReplayableError`.
         """
         await self.connect()
         record = await self.storage.get(record_id)
@@ -192,12 +198,14 @@ class DeadLetterQueue:
             return None
         targets = self._targets(target)
         queue = targets.queue_for(record)
-        await targets.connect()
         job = replay_job(record, unique=targets.unique(queue))
-        links = _tracing.links_for(record.trace_context, _headers(record))
-        with _tracing.replay_span(targets.tracer, job, queue.system, record.id, links):
-            job_id = await queue.enqueue(job)
-        await self._remove_replayed(record, job_id)
+        await targets.connect()
+        replayed, not_removed = await self._replay_group(queue, [(record, job)], targets)
+        if record.id in not_removed:
+            raise not_removed[record.id]
+        job_id = replayed.get(record.id)
+        if job_id is None:
+            return None  # replayed or replaced by someone else meanwhile
         logger.info("replayed %s as job %s onto queue %r", record.id, job_id, job.queue)
         return JobHandle(job_id, job.task, job.queue, targets.result_store)
 
@@ -248,7 +256,7 @@ class DeadLetterQueue:
     ) -> int:
         """Replay one page; return how many of its records stay in the storage."""
         kept = 0
-        groups: dict[str, list[tuple[FailureRecord, Job]]] = {}
+        groups: dict[str, builtins.list[tuple[FailureRecord, Job]]] = {}
         for record in page:
             try:
                 queue = targets.queue_for(record)
@@ -259,31 +267,76 @@ class DeadLetterQueue:
                 continue
             groups.setdefault(record.queue, []).append((record, job))
         for queue_name, group in groups.items():
-            queue = targets.queues[queue_name]
-            creates: list[SpanContext] = []
-            for record, job in group:
-                links = _tracing.links_for(record.trace_context, _headers(record))
-                with _tracing.create_span(
-                    targets.tracer, job, queue.system, record.id, links
-                ) as span:
-                    creates.append(span.get_span_context())
             try:
-                with _tracing.batch_span(targets.tracer, queue_name, queue.system, creates):
-                    job_ids = await queue.enqueue_many([job for _, job in group])
+                replayed, not_removed = await self._replay_group(
+                    targets.queues[queue_name], group, targets
+                )
             except Exception as exc:
                 for record, _ in group:
                     report.failed[record.id] = f"enqueue failed: {type(exc).__name__}: {exc}"
                 kept += len(group)
                 continue
-            for (record, _), job_id in zip(group, job_ids, strict=True):
-                try:
-                    await self._remove_replayed(record, job_id)
-                except RecordNotRemovedError as exc:
-                    report.failed[record.id] = str(exc)
-                    kept += 1
-                    continue
-                report.replayed[record.id] = job_id
+            report.replayed.update(replayed)
+            for record_id, error in not_removed.items():
+                report.failed[record_id] = str(error)
+            for record, _ in group:
+                if record.id not in replayed and record.id not in not_removed:
+                    report.skipped[record.id] = "changed by another process during the replay"
+            kept += len(group) - len(replayed)
         return kept
+
+    async def _replay_group(
+        self,
+        queue: TaskQueueProtocol,
+        group: builtins.list[tuple[FailureRecord, Job]],
+        targets: Targets,
+    ) -> tuple[dict[str, str], dict[str, RecordNotRemovedError]]:
+        """Enqueue the jobs of records bound for one queue, then remove the records.
+
+        Returns (record id -> job id for those replayed and removed, record id
+        -> error for those enqueued but not removed). Enqueue errors propagate,
+        and then no record has been removed.
+        """
+        storage = self.storage
+        if isinstance(storage, AtomicReplayStorage) and storage.can_replay_atomically(queue):
+            jobs = {record.id: job for record, job in group}
+
+            async def send(live: builtins.list[FailureRecord]) -> builtins.list[str]:
+                return await self._send(queue, [(r, jobs[r.id]) for r in live], targets)
+
+            done = await storage.replay_atomically(queue, [r for r, _ in group], send)
+            return done, {}
+        job_ids = await self._send(queue, group, targets)
+        replayed: dict[str, str] = {}
+        not_removed: dict[str, RecordNotRemovedError] = {}
+        for (record, _), job_id in zip(group, job_ids, strict=True):
+            try:
+                await self._remove_replayed(record, job_id)
+            except RecordNotRemovedError as exc:
+                not_removed[record.id] = exc
+            else:
+                replayed[record.id] = job_id
+        return replayed, not_removed
+
+    async def _send(
+        self,
+        queue: TaskQueueProtocol,
+        group: builtins.list[tuple[FailureRecord, Job]],
+        targets: Targets,
+    ) -> builtins.list[str]:
+        """Enqueue replayed jobs inside their PRODUCER spans."""
+        if len(group) == 1:
+            [(record, job)] = group
+            links = _tracing.links_for(record.trace_context, _headers(record))
+            with _tracing.replay_span(targets.tracer, job, queue.system, record.id, links):
+                return [await queue.enqueue(job)]
+        creates: builtins.list[SpanContext] = []
+        for record, job in group:
+            links = _tracing.links_for(record.trace_context, _headers(record))
+            with _tracing.create_span(targets.tracer, job, queue.system, record.id, links) as span:
+                creates.append(span.get_span_context())
+        with _tracing.batch_span(targets.tracer, queue.queue_name, queue.system, creates):
+            return await queue.enqueue_many([job for _, job in group])
 
     async def _remove_replayed(self, record: FailureRecord, job_id: str) -> None:
         try:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from lexigram.tasks.dlq.filters import FailureFilter
 from lexigram.tasks.dlq.record import FailureRecord
+from lexigram.tasks.protocol import TaskQueueProtocol
 
 
 @runtime_checkable
@@ -104,3 +106,21 @@ class MemoryDeadLetterStorage:
         for record_id in doomed:
             del self._records[record_id]
         return len(doomed)
+
+
+@runtime_checkable
+class AtomicReplayStorage(Protocol):
+    """Optional: a storage that can enqueue and delete in one transaction.
+
+    ``PostgresDeadLetterStorage`` does so with a ``PostgresTaskQueue`` on the
+    same database; a replay is then exactly once.
+    """
+
+    def can_replay_atomically(self, queue: TaskQueueProtocol) -> bool: ...
+
+    async def replay_atomically(
+        self,
+        queue: TaskQueueProtocol,
+        records: Sequence[FailureRecord],
+        send: Callable[[list[FailureRecord]], Awaitable[list[str]]],
+    ) -> dict[str, str]: ...
