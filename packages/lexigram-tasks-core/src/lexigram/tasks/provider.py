@@ -12,6 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ParamSpec, Protocol, Self, TypeVar, overload
 
+from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
 from lexigram.tasks._otel import Telemetry
@@ -77,6 +78,7 @@ class TaskProvider:
         rate_limiter: RateLimiter | None = None,
         global_rate_limit: str | None = None,
         tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
         trace_links_only: bool = False,
         environment: str | None = None,
         strict: bool = True,
@@ -109,7 +111,9 @@ class TaskProvider:
         self.strict = strict
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.events = EventBus()
-        self.telemetry = Telemetry(tracer_provider, links_only=trace_links_only)
+        self.telemetry = Telemetry(
+            tracer_provider, meter_provider=meter_provider, links_only=trace_links_only
+        )
         self.pools: dict[str, WorkerPool] = {}
         self._services: list[Service] = []
         self._connected = False

@@ -154,6 +154,7 @@ class WorkerPool:
         self._started = True
         self._stopping = False
         self._stopped.clear()
+        span = self._worker_span("start")
         self._executor = ThreadPoolExecutor(self.worker_count, thread_name_prefix="lexigram-task")
         self._fetcher = asyncio.create_task(self._fetch_loop(), name="lexigram-fetch")
         self._background = [
@@ -163,6 +164,7 @@ class WorkerPool:
         if self.blocked_loop_warning > 0:
             self._watchdog = _LoopWatchdog(self.blocked_loop_warning, self._describe_running)
             self._watchdog.start()
+        span.end()
         logger.debug("worker %s started on %r", self.worker_id, self.queue)
 
     async def stop(self) -> None:
@@ -173,6 +175,7 @@ class WorkerPool:
             return
         self._stopping = True
         self._slot_free.set()
+        span = self._worker_span("stop")
         if self._fetcher is not None:
             # On timeout wait_for cancels it; leased-but-unstarted jobs lapse back.
             with contextlib.suppress(TimeoutError):
@@ -198,7 +201,13 @@ class WorkerPool:
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._started = False
         self._stopped.set()
+        span.end()
         logger.debug("worker %s stopped after %d jobs", self.worker_id, self.processed)
+
+    def _worker_span(self, operation: str) -> Span:
+        return self.telemetry.worker_span(
+            operation, self._system, self.queue.queue_name, self.worker_id, self.worker_count
+        )
 
     async def wait_stopped(self) -> None:
         """Return once :meth:`stop` has finished."""
@@ -385,6 +394,10 @@ class WorkerPool:
         reason = f"{error_type}: {message}" if message else error_type
         if span is not None:
             self.telemetry.record_dead_letter(span, reason)
+        else:
+            self.telemetry.record_unprocessed_dead_letter(
+                job, self._system, self.queue.queue_name, error_type, reason
+            )
         if self.dead_letter is not None:
             failure = JobFailure(
                 job=job,

@@ -22,3 +22,13 @@ TASK_OUTCOME = "lexigram.task.outcome"
 RETRY_DELAY_S = "lexigram.retry.delay_s"
 RETRY_REASON = "lexigram.retry.reason"
 DLQ_REASON = "lexigram.dlq.reason"
+WORKER_COUNT = "lexigram.worker.count"
+
+# Metric names (instruments of the "lexigram.tasks" meter).
+METRIC_ENQUEUED = "lexigram.tasks.jobs.enqueued"
+METRIC_COMPLETED = "lexigram.tasks.jobs.completed"
+METRIC_RETRIED = "lexigram.tasks.jobs.retried"
+METRIC_FAILED = "lexigram.tasks.jobs.failed"
+METRIC_IN_FLIGHT = "lexigram.tasks.jobs.in_flight"
+METRIC_DURATION = "lexigram.tasks.job.duration"
+METRIC_QUEUE_WAIT = "lexigram.tasks.job.queue_wait"
