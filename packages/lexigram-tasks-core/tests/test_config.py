@@ -520,3 +520,19 @@ def test_queue_and_backends_cannot_be_overridden() -> None:
     config = load_config({"tasks": {"backend": {"type": "memory"}}})
     with pytest.raises(TypeError, match="queue come"):
         config.create_provider(queue=MemoryTaskQueue())
+
+
+def test_dead_letter_section_goes_to_the_dlq_package(tmp_path: Path) -> None:
+    text = "tasks:\n  backend: {type: memory}\n  dead_letter:\n    storage: memory\n"
+    try:
+        from lexigram.tasks.dlq import DeadLetterQueue  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:  # core installed alone: the error says what to install
+        with pytest.raises(ConfigurationError, match="pip install lexigram-tasks-dlq"):
+            load_config(write(tmp_path, text))
+        return
+    provider = load_config(write(tmp_path, text)).create_provider()
+    assert isinstance(provider.dead_letter, DeadLetterQueue)
+    with pytest.raises(ConfigurationError) as info:
+        load_config(write(tmp_path, text + "    colour: red\n"))
+    assert str(info.value).startswith("lexigram.yaml:3: tasks.dead_letter: storage 'memory'")
+    assert "'colour'" in str(info.value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -16,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import pydantic
 
 from lexigram.tasks.config._components import (
-    DEAD_LETTER_SINKS,
     RESULT_STORES,
     ComponentKind,
+    dead_letter_factory,
     resolve_backend,
 )
 from lexigram.tasks.config._models import (
@@ -69,12 +70,14 @@ class Component:
             f"{k}={_redact_text(v)!r}" if isinstance(v, str) else f"{k}={v!r}"
             for k, v in self.options.items()
         )
-        return f"Component({self.type!r}, {options})"
+        return (
+            f"Component({', '.join([repr(self.type), options] if options else [repr(self.type)])})"
+        )
 
-    def create(self) -> Any:
-        """Call the factory with the configured keyword arguments."""
+    def create(self, **extra: Any) -> Any:
+        """Call the factory with the configured keyword arguments (and ``extra``)."""
         try:
-            return self.factory(**self.options)
+            return self.factory(**self.options, **extra)
         except (ValueError, TypeError, LookupError) as exc:
             raise ConfigurationError(
                 f"{self.where}: {self.key}: cannot create the {self.label} of type "
@@ -100,8 +103,11 @@ class TasksConfig:
     environment: str | None
     strict: bool
 
-    def provider_kwargs(self) -> dict[str, Any]:
-        """The ``TaskProvider`` keyword arguments this configuration gives (backends created)."""
+    def provider_kwargs(self, tracer_provider: Any = None) -> dict[str, Any]:
+        """The ``TaskProvider`` keyword arguments this configuration gives (backends created).
+
+        ``tracer_provider`` also goes to the dead letter queue, which traces replays.
+        """
         kwargs: dict[str, Any] = self.worker.model_dump()
         if self.single:
             kwargs["queue"] = self.backends[self.primary].create()
@@ -113,7 +119,8 @@ class TasksConfig:
         if self.result_ttl is not None:
             kwargs["result_ttl"] = self.result_ttl
         if self.dead_letter is not None:
-            kwargs["dead_letter"] = self.dead_letter.create()
+            extra = {"tracer_provider": tracer_provider} if tracer_provider is not None else {}
+            kwargs["dead_letter"] = self.dead_letter.create(**extra)
         if self.global_rate_limit is not None:
             kwargs["global_rate_limit"] = self.global_rate_limit
         kwargs["trace_links_only"] = self.trace_links_only
@@ -132,7 +139,7 @@ class TasksConfig:
                 f"{', '.join(sorted(fixed))} come(s) from the configuration and cannot be "
                 "overridden; build the TaskProvider directly instead"
             )
-        kwargs = self.provider_kwargs()
+        kwargs = self.provider_kwargs(overrides.get("tracer_provider"))
         kwargs.update(overrides)
         return TaskProvider(**kwargs)
 
@@ -203,7 +210,7 @@ def _build(doc: Source, tasks: TasksSection, registry: TaskBackendRegistry) -> T
             if backend is not None:
                 backends[item.name] = backend
     result_store = _component(doc, ("tasks", "result_store"), tasks.result_store, RESULT_STORES)
-    dead_letter = _component(doc, ("tasks", "dead_letter"), tasks.dead_letter, DEAD_LETTER_SINKS)
+    dead_letter = _dead_letter(doc, ("tasks", "dead_letter"), tasks.dead_letter)
     if problems:
         raise ConfigurationError(_join(problems))
     return TasksConfig(
@@ -270,6 +277,29 @@ def _component(
     except ConfigurationError as exc:
         raise ConfigurationError(doc.error((*path, "type"), str(exc))) from None
     return _checked(doc, path, section, factory, kind.label)
+
+
+def _dead_letter(doc: Source, path: KeyPath, section: dict[str, Any] | None) -> Component | None:
+    if section is None:
+        return None
+    try:
+        factory = dead_letter_factory(section)
+    except ConfigurationError as exc:
+        message = str(exc).removeprefix(format_path(path)).lstrip(".")
+        if message.startswith("storage"):  # "storage: unknown ..." names a key of the section
+            key, _, message = message.partition(": ")
+            raise ConfigurationError(doc.error((*path, key), message)) from None
+        message = re.sub(r"^\((storage '[^']*')\):", r"\1:", message.strip(" :"))
+        raise ConfigurationError(doc.error(path, message)) from None
+    storage = str(section.get("storage", "memory"))
+    return Component(
+        type=storage,
+        factory=factory,
+        options={},
+        where=doc.where(path),
+        key=format_path(path),
+        label="dead letter queue",
+    )
 
 
 def _checked(

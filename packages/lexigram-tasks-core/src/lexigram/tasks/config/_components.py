@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import import_module
@@ -69,11 +70,28 @@ RESULT_STORES = ComponentKind(
     },
 )
 
-DEAD_LETTER_SINKS = ComponentKind(
-    "dead letter queue",
-    "lexigram.tasks.dead_letter",
-    {"memory": ("lexigram.tasks.dlq:DeadLetterQueue", "lexigram-tasks-dlq")},
-)
+DEAD_LETTER_DIST = "lexigram-tasks-dlq"
+
+
+def dead_letter_factory(options: dict[str, Any]) -> Callable[..., Any]:
+    """``DeadLetterQueue.from_config`` bound to the ``tasks.dead_letter`` mapping.
+
+    The section belongs to lexigram-tasks-dlq (``storage:`` plus the storage's
+    keywords); its storage is built once here so that a wrong key fails at
+    load time, and again for each provider.
+    """
+    try:
+        from lexigram.tasks.dlq import DeadLetterQueue  # type: ignore[attr-defined,unused-ignore]
+    except ImportError as exc:
+        if exc.name is not None and "lexigram.tasks.dlq".startswith(exc.name):
+            raise ConfigurationError(
+                f"the dead letter queue is provided by {DEAD_LETTER_DIST}, which is not "
+                f"installed: pip install {DEAD_LETTER_DIST}"
+            ) from None
+        raise
+    from_config: Callable[..., Any] = DeadLetterQueue.from_config
+    from_config(options)
+    return functools.partial(from_config, options)
 
 
 def resolve_backend(registry: TaskBackendRegistry, type_name: str) -> Callable[..., Any]:

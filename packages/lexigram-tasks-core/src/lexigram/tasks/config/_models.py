@@ -49,7 +49,7 @@ class TasksSection(BaseModel):
     worker: WorkerSettings = WorkerSettings()
     result_store: ComponentSection | None = None
     result_ttl: float | None = Field(default=None, gt=0)
-    dead_letter: ComponentSection | None = None
+    dead_letter: dict[str, Any] | None = None
     global_rate_limit: str | None = None
     trace_links_only: bool = False
     environment: str | None = None
