@@ -16,7 +16,7 @@ BERLIN = ZoneInfo("Europe/Berlin")
 
 
 def at(*fields: int, tz: ZoneInfo = BERLIN, fold: int = 0) -> float:
-    return datetime(*fields, tzinfo=tz, fold=fold).timestamp()  # type: ignore[misc]
+    return datetime(*fields, tzinfo=tz, fold=fold).timestamp()  # type: ignore[arg-type,misc]
 
 
 def fires_between(schedule: CronSchedule, start: float, end: float) -> list[datetime]:

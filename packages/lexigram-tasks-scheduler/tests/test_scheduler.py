@@ -41,7 +41,7 @@ class Clock:
 
 
 def at(*fields: int, tz: ZoneInfo = UTC) -> float:  # type: ignore[assignment]
-    return datetime(*fields, tzinfo=tz).timestamp()  # type: ignore[misc]
+    return datetime(*fields, tzinfo=tz).timestamp()  # type: ignore[arg-type,misc]
 
 
 async def drain(queue: MemoryTaskQueue) -> list[Job]:
