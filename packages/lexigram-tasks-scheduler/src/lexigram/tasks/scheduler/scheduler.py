@@ -84,8 +84,10 @@ class TaskScheduler:
     ``registry``, default :data:`default_registry`), registers each function as a
     task of ``provider`` unless it already is one, and attaches itself with
     ``provider.add_service``: it then starts and stops with the provider's
-    workers. ``await scheduler.serve()`` (or ``lexigram-tasks scheduler app:provider``)
-    runs it alone.
+    workers (``attach=False`` only registers the tasks, for worker processes
+    that should not schedule). ``await scheduler.serve()`` (or
+    ``lexigram-tasks scheduler app:provider``) runs it alone. A provider has
+    at most one scheduler: :meth:`for_provider` finds it.
 
     ``store`` keeps runtime templates, pause flags and each template's last
     fire time. Schedulers sharing one Redis or PostgreSQL store enqueue each
@@ -121,14 +123,14 @@ class TaskScheduler:
         self._next_wakeup: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping: asyncio.Event | None = None
+        if provider in _schedulers:
+            raise ValueError(
+                "this provider already has a TaskScheduler; "
+                "use TaskScheduler.for_provider(provider) to get it"
+            )
         self.sync_code_templates()
+        _schedulers[provider] = self
         if attach:
-            if provider in _schedulers:
-                raise ValueError(
-                    "this provider already has a TaskScheduler attached; "
-                    "use TaskScheduler.for_provider(provider) to get it"
-                )
-            _schedulers[provider] = self
             provider.add_service(self)
 
     def __repr__(self) -> str:
@@ -141,9 +143,14 @@ class TaskScheduler:
 
     @classmethod
     def for_provider(cls, provider: TaskProvider, **options: Any) -> TaskScheduler:
-        """The scheduler attached to ``provider``, creating (and attaching) one if needed."""
+        """The scheduler of ``provider``, creating (and attaching) one if it has none."""
         existing = _schedulers.get(provider)
         return existing if existing is not None else cls(provider, **options)
+
+    @staticmethod
+    def of(provider: TaskProvider) -> TaskScheduler | None:
+        """The scheduler created for ``provider``, if any."""
+        return _schedulers.get(provider)
 
     # -- code templates ---------------------------------------------------------
 
@@ -584,8 +591,11 @@ def default_store(queue: TaskQueueProtocol) -> TemplateStore:
 
 
 def auto_attach(provider: TaskProvider) -> TaskScheduler | None:
-    """Attach a scheduler to ``provider`` if ``@scheduled`` templates exist and none
-    is attached yet (for the provider to call when it starts)."""
+    """Give ``provider`` a scheduler if ``@scheduled`` templates exist and it has none.
+
+    Meant for ``TaskProvider.start()`` to call when this module is loaded, so
+    that ``@scheduled`` functions run without an explicit ``TaskScheduler``.
+    """
     if provider in _schedulers:
         return _schedulers[provider]
     if not len(default_registry):
