@@ -403,10 +403,12 @@ class TaskProvider:
             await self.start(backends)
             await stop.wait()
         finally:
-            for handled in installed:
-                loop.remove_signal_handler(handled)
-            await self.stop()
-            self._stop_requested = None
+            try:
+                await self.stop()  # handlers stay installed: a second signal exits at once
+            finally:
+                for handled in installed:
+                    loop.remove_signal_handler(handled)
+                self._stop_requested = None
 
     def run(self, backends: Iterable[str] | None = None) -> None:
         """Blocking worker process: ``provider.run()`` until SIGTERM/SIGINT."""

@@ -1,0 +1,141 @@
+"""``lexigram-tasks worker``: run the worker pools in the foreground until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from lexigram.tasks._version import __version__
+from lexigram.tasks.cli._app import add_app_arguments, load_app
+from lexigram.tasks.cli._errors import EXIT_OK, EXIT_USAGE, CLIError
+from lexigram.tasks.cli._output import status
+from lexigram.tasks.provider import TaskProvider
+from lexigram.tasks.worker import WorkerPool
+
+DESCRIPTION = """\
+Run the worker pools of a TaskProvider in this process until SIGTERM or
+SIGINT. On the first signal the workers stop taking jobs, wait up to
+shutdown_timeout for running ones and return the rest to the queue; a second
+signal exits at once (unfinished jobs come back when their leases lapse).
+"""
+
+EXAMPLES = """\
+examples:
+  lexigram-tasks worker myapp.tasks:provider -c 8
+  lexigram-tasks worker --config lexigram.yaml --tasks-module myapp.tasks
+  lexigram-tasks worker myapp.tasks:create_provider --queues primary,notifications
+"""
+
+
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    parser = subparsers.add_parser(
+        "worker",
+        help="run workers until SIGTERM/SIGINT",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    add_app_arguments(parser, positional=True)
+    parser.add_argument(
+        "-c",
+        "--concurrency",
+        type=_positive_int,
+        metavar="N",
+        help="jobs run at once by each backend's pool (default: the provider's worker_count)",
+    )
+    parser.add_argument(
+        "-Q",
+        "--queues",
+        action="append",
+        metavar="NAMES",
+        help="backend names to run workers for, comma-separated (default: all)",
+    )
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="graceful-shutdown window (default: the provider's shutdown_timeout)",
+    )
+    parser.set_defaults(func=run, default_log_level="info")
+
+
+def run(args: argparse.Namespace) -> int:
+    provider = load_app(args)
+    if args.concurrency is not None:
+        provider.worker_count = args.concurrency
+    if args.shutdown_timeout is not None:
+        provider.shutdown_timeout = args.shutdown_timeout
+    backends = _selected_backends(provider, args.queues)
+    announcer = _Announcer(provider, describe_app(args))
+    provider.add_service(announcer)
+    provider.run(backends)
+    status(f"worker stopped after {announcer.processed()} job(s)")
+    return EXIT_OK
+
+
+def describe_app(args: argparse.Namespace) -> str:
+    target = args.app or args.app_option
+    return (
+        str(target)
+        if target
+        else f"config {args.config or os.environ.get('LEXIGRAM_TASKS_CONFIG') or 'lexigram.yaml'}"
+    )
+
+
+def _selected_backends(provider: TaskProvider, queues: list[str] | None) -> list[str]:
+    if not queues:
+        return list(provider.backends)
+    names = [name.strip() for item in queues for name in item.split(",") if name.strip()]
+    unknown = [name for name in names if name not in provider.backends]
+    if unknown:
+        raise CLIError(
+            f"unknown backend {unknown[0]!r} in --queues "
+            f"(backends: {', '.join(provider.backends)})",
+            EXIT_USAGE,
+        )
+    return names
+
+
+class _Announcer:
+    """A provider service: prints the start-up line once the pools run, and keeps them
+    for the final count."""
+
+    def __init__(self, provider: TaskProvider, app: str) -> None:
+        self.provider = provider
+        self.app = app
+        self.pools: list[WorkerPool] = []
+
+    async def start(self) -> None:
+        self.pools = list(self.provider.pools.values())
+        served = ", ".join(
+            f"{name} ({queue.system}, queue {queue.queue_name!r}: {queue!r})"
+            for name, queue in self.provider.backends.items()
+            if name in self.provider.pools
+        )
+        tasks = ", ".join(sorted(self.provider.tasks)) or "none"
+        status(
+            f"lexigram-tasks {__version__} worker started: app {self.app}; backend {served}; "
+            f"concurrency {self.provider.worker_count}; pid {os.getpid()}; tasks: {tasks}"
+        )
+
+    async def stop(self) -> None:
+        if not self.pools:
+            return  # never started (e.g. a backend could not be reached)
+        running = sum(pool.running for pool in self.pools)
+        status(
+            f"stopping: waiting up to {self.provider.shutdown_timeout:g}s for {running} "
+            "running job(s); a second signal exits at once"
+        )
+
+    def processed(self) -> int:
+        return sum(pool.processed for pool in self.pools)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
