@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aio_pika
 import asyncpg
@@ -39,10 +40,9 @@ class Backend:
     name: str
     queue: TaskQueueProtocol
     storage: DeadLetterStorage
-    push_raw: Callable[[bytes], Awaitable[None]]
-    #: Same parameters, new objects: what another process would build.
-    make_queue: Callable[[], TaskQueueProtocol]
-    make_storage: Callable[[], DeadLetterStorage]
+    push_raw: Callable[[bytes], Awaitable[Any]]
+    #: The parameters, for a subprocess that builds its own queue and storage.
+    spec: dict[str, str]
 
 
 @pytest.fixture
@@ -62,16 +62,11 @@ async def open_backend(kind: str, urls: dict[str, str]) -> AsyncIterator[Backend
         dsn = urls["postgres"]
         schema = f"dlq_it_{uuid.uuid4().hex[:10]}"
 
-        def pg_queue() -> TaskQueueProtocol:
-            return PostgresTaskQueue(dsn, name, schema=schema)
-
-        def pg_storage() -> DeadLetterStorage:
-            return PostgresDeadLetterStorage(dsn, schema=schema)
-
-        queue = pg_queue()
+        queue = PostgresTaskQueue(dsn, name, schema=schema)
         await queue.connect()
-        assert isinstance(queue, PostgresTaskQueue)
-        made = Backend("postgres", queue, pg_storage(), queue.push_raw, pg_queue, pg_storage)
+        spec = {"kind": "postgres", "dsn": dsn, "schema": schema, "queue_name": name}
+        storage = PostgresDeadLetterStorage(dsn, schema=schema)
+        made = Backend("postgres", queue, storage, queue.push_raw, spec)
         await made.storage.connect()
         try:
             yield made
@@ -88,25 +83,13 @@ async def open_backend(kind: str, urls: dict[str, str]) -> AsyncIterator[Backend
     redis_url = urls["redis"]
     prefix = f"test-dlq:{uuid.uuid4().hex}"
 
-    def redis_storage() -> DeadLetterStorage:
-        return RedisDeadLetterStorage(redis_url=redis_url, prefix=prefix)
-
+    storage = RedisDeadLetterStorage(redis_url=redis_url, prefix=prefix)
     if kind == "redis":
-
-        def redis_queue() -> TaskQueueProtocol:
-            return RedisTaskQueue(redis_url=redis_url, queue_name=name)
-
-        async def push_to_redis(payload: bytes) -> None:
-            await rq.push_raw(payload)
-
-        rq = redis_queue()
-        assert isinstance(rq, RedisTaskQueue)
-        made = Backend("redis", rq, redis_storage(), push_to_redis, redis_queue, redis_storage)
+        rq = RedisTaskQueue(redis_url=redis_url, queue_name=name)
+        spec = {"kind": "redis", "redis_url": redis_url, "prefix": prefix, "queue_name": name}
+        made = Backend("redis", rq, storage, rq.push_raw, spec)
     else:
         amqp_url = urls["rabbitmq"]
-
-        def rabbit_queue() -> TaskQueueProtocol:
-            return RabbitMQTaskQueue(amqp_url=amqp_url, queue_name=name)
 
         async def push_to_rabbitmq(payload: bytes) -> None:
             connection = await aio_pika.connect(amqp_url)
@@ -115,14 +98,15 @@ async def open_backend(kind: str, urls: dict[str, str]) -> AsyncIterator[Backend
                 message = aio_pika.Message(payload, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
                 await channel.default_exchange.publish(message, routing_key=name)
 
-        made = Backend(
-            "rabbitmq",
-            rabbit_queue(),
-            redis_storage(),
-            push_to_rabbitmq,
-            rabbit_queue,
-            redis_storage,
-        )
+        spec = {
+            "kind": "rabbitmq",
+            "amqp_url": amqp_url,
+            "redis_url": redis_url,
+            "prefix": prefix,
+            "queue_name": name,
+        }
+        rabbit = RabbitMQTaskQueue(amqp_url=amqp_url, queue_name=name)
+        made = Backend("rabbitmq", rabbit, storage, push_to_rabbitmq, spec)
     await made.queue.connect()
     await made.storage.connect()
     try:
