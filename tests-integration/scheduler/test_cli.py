@@ -133,15 +133,19 @@ def test_mistakes_are_reported_in_one_line(
     assert "Traceback" not in result.stderr
 
 
-async def test_scheduler_command_runs_until_sigterm(app: dict[str, str], tmp_path: Path) -> None:
-    process = subprocess.Popen(
+def start_scheduler(app: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [sys.executable, "-m", "lexigram.tasks.cli", "scheduler", "schedapp:provider"],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
         env=app,
-        cwd=tmp_path,
+        cwd=cwd,
     )
+
+
+async def test_scheduler_command_runs_until_sigterm(app: dict[str, str], tmp_path: Path) -> None:
+    process = start_scheduler(app, tmp_path)
     try:
         async with RedisTaskQueue(
             redis_url=app["LEXIGRAM_TEST_REDIS_URL"], queue_name=app["APP_QUEUE"]

@@ -87,7 +87,7 @@ class TaskScheduler:
     workers (``attach=False`` only registers the tasks, for worker processes
     that should not schedule). ``await scheduler.serve()`` (or
     ``lexigram-tasks scheduler app:provider``) runs it alone. A provider has
-    at most one scheduler: :meth:`for_provider` finds it.
+    at most one attached scheduler; :meth:`for_provider` finds it.
 
     ``store`` keeps runtime templates, pause flags and each template's last
     fire time. Schedulers sharing one Redis or PostgreSQL store enqueue each
@@ -96,6 +96,9 @@ class TaskScheduler:
     :class:`MemoryTemplateStore` (one process only).
     ``clock`` returns the current Unix time (tests inject one).
     """
+
+    #: Whether the provider starts and stops this scheduler with its workers.
+    attached: bool
 
     def __init__(
         self,
@@ -123,13 +126,16 @@ class TaskScheduler:
         self._next_wakeup: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping: asyncio.Event | None = None
-        if provider in _schedulers:
+        existing = _schedulers.get(provider)
+        if attach and existing is not None and existing.attached:
             raise ValueError(
-                "this provider already has a TaskScheduler; "
+                "this provider already has a TaskScheduler attached; "
                 "use TaskScheduler.for_provider(provider) to get it"
             )
         self.sync_code_templates()
-        _schedulers[provider] = self
+        self.attached = attach
+        if existing is None or attach:
+            _schedulers[provider] = self
         if attach:
             provider.add_service(self)
 
@@ -149,7 +155,7 @@ class TaskScheduler:
 
     @staticmethod
     def of(provider: TaskProvider) -> TaskScheduler | None:
-        """The scheduler created for ``provider``, if any."""
+        """The scheduler of ``provider`` (the attached one, else the first created), if any."""
         return _schedulers.get(provider)
 
     # -- code templates ---------------------------------------------------------
