@@ -21,6 +21,7 @@ class Statements:
     channel: str
     insert_one: str
     insert_many: str
+    insert_many_plain: str
     dedup_holders: str
     claim: str
     next_due: str
@@ -40,6 +41,15 @@ class Statements:
         pairs = "unnest($1::bigint[], $2::bigint[]) AS s(id, token)"
         owned = f"{t}.id = s.id AND {t}.lease_token = s.token AND {t}.status = 'running'"
         released = "lease_token = NULL, lease_expires_at = NULL"
+        insert_many = (
+            f"INSERT INTO {t} (queue_name, job_id, priority, run_at, attempt, dedup_key, payload)"
+            " SELECT $1, j.job_id, j.priority, coalesce(to_timestamp(j.run_at), now()),"
+            " j.attempt, j.dedup_key, j.payload"
+            " FROM unnest($2::text[], $3::int2[], $4::float8[], $5::int4[], $6::text[],"
+            " $7::bytea[]) WITH ORDINALITY AS j(job_id, priority, run_at, attempt, dedup_key,"
+            " payload, n)"
+            " ORDER BY j.n"
+        )
         return cls(
             channel=f"{schema}.jobs",
             insert_one=(
@@ -48,16 +58,9 @@ class Statements:
                 " VALUES ($1, $2, $3, coalesce(to_timestamp($4), now()), $5, $6, $7)"
                 f" {_DEDUP_CONFLICT} RETURNING job_id"
             ),
-            insert_many=(
-                f"INSERT INTO {t} (queue_name, job_id, priority, run_at, attempt, dedup_key,"
-                " payload)"
-                " SELECT $1, j.job_id, j.priority, coalesce(to_timestamp(j.run_at), now()),"
-                " j.attempt, j.dedup_key, j.payload"
-                " FROM unnest($2::text[], $3::int2[], $4::float8[], $5::int4[], $6::text[],"
-                " $7::bytea[]) WITH ORDINALITY"
-                " AS j(job_id, priority, run_at, attempt, dedup_key, payload, n)"
-                f" ORDER BY j.n {_DEDUP_CONFLICT} RETURNING job_id"
-            ),
+            insert_many=insert_many + f" {_DEDUP_CONFLICT} RETURNING job_id",
+            # No dedup key in the batch: no conflict to resolve, no ids to send back.
+            insert_many_plain=insert_many,
             dedup_holders=(
                 f"SELECT dedup_key, job_id FROM {t} WHERE queue_name = $1"
                 " AND dedup_key = ANY($2::text[]) AND status IN ('ready', 'running')"

@@ -298,12 +298,11 @@ class PostgresTaskQueue(BaseTaskQueue):
         return await self._run(lambda c: self._insert(c, jobs))
 
     async def _insert(self, connection: asyncpg.Connection, jobs: list[Job]) -> list[str]:
-        queue = self.queue_name
         if len(jobs) == 1:
             job = jobs[0]
             stored = await connection.fetchval(
                 self._sql.insert_one,
-                queue,
+                self.queue_name,
                 job.id,
                 job.priority,
                 job.run_at,
@@ -313,19 +312,14 @@ class PostgresTaskQueue(BaseTaskQueue):
             )
             if stored is not None or job.dedup_key is None:
                 return [job.id]
-        else:
-            rows = await connection.fetch(
-                self._sql.insert_many,
-                queue,
-                [j.id for j in jobs],
-                [j.priority for j in jobs],
-                [j.run_at for j in jobs],
-                [j.attempt for j in jobs],
-                [j.dedup_key for j in jobs],
-                [j.to_bytes() for j in jobs],
-            )
-            if len(rows) == len(jobs):
-                return [j.id for j in jobs]
+            return await self._resolve_duplicates(connection, jobs)
+        columns = _columns(jobs)
+        if not any(columns[4]):  # no dedup keys
+            await connection.execute(self._sql.insert_many_plain, self.queue_name, *columns)
+            return [job.id for job in jobs]
+        rows = await connection.fetch(self._sql.insert_many, self.queue_name, *columns)
+        if len(rows) == len(jobs):
+            return [job.id for job in jobs]
         return await self._resolve_duplicates(connection, jobs)
 
     async def _resolve_duplicates(
@@ -343,16 +337,7 @@ class PostgresTaskQueue(BaseTaskQueue):
             orphans = [j for j in jobs if j.dedup_key is not None and j.dedup_key not in holders]
             if not orphans:
                 return [holders[j.dedup_key] if j.dedup_key is not None else j.id for j in jobs]
-            await connection.fetch(
-                self._sql.insert_many,
-                self.queue_name,
-                [j.id for j in orphans],
-                [j.priority for j in orphans],
-                [j.run_at for j in orphans],
-                [j.attempt for j in orphans],
-                [j.dedup_key for j in orphans],
-                [j.to_bytes() for j in orphans],
-            )
+            await connection.fetch(self._sql.insert_many, self.queue_name, *_columns(orphans))
         raise RuntimeError("dedup keys kept changing hands; enqueue not confirmed")
 
     async def push_raw(self, payload: bytes, *, priority: int = 0) -> None:
@@ -483,6 +468,32 @@ class PostgresTaskQueue(BaseTaskQueue):
             for row in rows
         ]
 
+    async def explain_dequeue(self, max_jobs: int = 100, *, analyze: bool = False) -> str:
+        """The query plan of the dequeue statement, to check it uses ``jobs_ready_idx``.
+
+        With ``analyze=True`` the statement really runs (``EXPLAIN ANALYZE``)
+        inside a transaction that is rolled back, so no job is leased.
+        """
+        options = "ANALYZE, BUFFERS, " if analyze else ""
+
+        async def explain(connection: asyncpg.Connection) -> str:
+            async with connection.transaction():
+                rows = await connection.fetch(
+                    f"EXPLAIN ({options}COSTS OFF) {self._sql.claim}",
+                    self.queue_name,
+                    max_jobs,
+                    0,
+                    30.0,
+                )
+                plan = "\n".join(row[0] for row in rows)
+                raise _RollBack(plan)
+
+        try:
+            await self._run(explain)
+        except _RollBack as done:
+            return done.plan
+        raise AssertionError("unreachable")
+
     async def purge(self) -> int:
         """Delete this queue's finished and failed rows older than their retention.
 
@@ -524,6 +535,32 @@ class PostgresTaskQueue(BaseTaskQueue):
             else:
                 if deleted:
                     logger.debug("retention cleanup deleted %d row(s) of %r", deleted, self)
+
+
+def _columns(jobs: Sequence[Job]) -> tuple[list[Any], ...]:
+    """The column arrays of a multi-row INSERT: id, priority, run_at, attempt, dedup, payload."""
+    ids: list[str] = []
+    priorities: list[int] = []
+    run_ats: list[float | None] = []
+    attempts: list[int] = []
+    dedup_keys: list[str | None] = []
+    payloads: list[bytes] = []
+    for job in jobs:
+        ids.append(job.id)
+        priorities.append(job.priority)
+        run_ats.append(job.run_at)
+        attempts.append(job.attempt)
+        dedup_keys.append(job.dedup_key)
+        payloads.append(job.to_bytes())
+    return ids, priorities, run_ats, attempts, dedup_keys, payloads
+
+
+class _RollBack(Exception):
+    """Leaves a transaction by rollback, carrying what it computed."""
+
+    def __init__(self, plan: str) -> None:
+        super().__init__("rollback")
+        self.plan = plan
 
 
 def _discard(connection: asyncpg.Connection) -> None:
