@@ -141,3 +141,22 @@ async def test_a_missing_dead_letter_queue_is_explained(amqp_url: str) -> None:
     feeder = RabbitMQDeadLetterFeeder(DeadLetterQueue(), amqp_url, ["never-declared-queue"])
     with pytest.raises(ConfigurationError, match=r"connect a RabbitMQTaskQueue"):
         await feeder.drain()
+
+
+async def test_a_configured_feeder_runs_as_a_provider_service(rabbit: RabbitMQTaskQueue) -> None:
+    dlq = DeadLetterQueue.from_config(
+        {"rabbitmq": {"amqp_url": rabbit.amqp_url, "queue_names": [rabbit.queue_name]}}
+    )
+    provider = TaskProvider(queue=rabbit, poll_interval=0.05, strict=False)
+    provider.add_service(dlq)  # starts and stops its feeder with the workers
+    async with provider:
+        handle = await provider.enqueue("nobody.handles_this", 1)
+        record = await eventually(lambda: dlq.get(handle.id), timeout=15)
+    assert record.error_type == "UnknownTaskError"
+    assert record.source == "rabbitmq"
+    assert (await _counts_after(rabbit)).failed == 0
+
+
+async def _counts_after(queue: RabbitMQTaskQueue) -> Any:
+    await queue.connect()
+    return await queue.counts()

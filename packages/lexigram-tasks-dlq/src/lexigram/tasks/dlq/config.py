@@ -5,6 +5,9 @@ tasks:
   dead_letter:
     storage: redis            # memory (default) | redis | postgres | an entry point
     redis_url: "${REDIS_URL}" # the other keys are the storage class's keyword arguments
+    rabbitmq:                 # optional: feed RabbitMQ's dead-letter queues into it
+      amqp_url: "${AMQP_URL}"
+      queue_names: [default]
 ```
 
 Storage types come from the entry-point group ``lexigram.tasks.dlq.storages``
@@ -17,12 +20,16 @@ import inspect
 from collections.abc import Callable, Mapping
 from importlib import import_module
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lexigram.tasks.dlq.storage import DeadLetterStorage
 from lexigram.tasks.errors import ConfigurationError
 
+if TYPE_CHECKING:
+    from lexigram.tasks.dlq.queue import DeadLetterQueue
+
 ENTRY_POINT_GROUP = "lexigram.tasks.dlq.storages"
+FEEDER_KEY = "rabbitmq"
 
 #: Built-in storage types: type -> (import target, extra that brings its client).
 BUILTIN_STORAGES: dict[str, tuple[str, str | None]] = {
@@ -35,6 +42,43 @@ BUILTIN_STORAGES: dict[str, tuple[str, str | None]] = {
 def storage_types() -> list[str]:
     """Every storage type a config may name."""
     return sorted(set(BUILTIN_STORAGES) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+
+
+def dead_letter_queue_from_config(
+    cls: type[DeadLetterQueue],
+    options: Mapping[str, Any],
+    *,
+    key: str = "tasks.dead_letter",
+    **kwargs: Any,
+) -> DeadLetterQueue:
+    """The queue (and its RabbitMQ feeder, if configured) a ``dead_letter`` mapping describes."""
+    if not isinstance(options, Mapping):
+        raise ConfigurationError(f"{key} must be a mapping, got {type(options).__name__}")
+    storage_options = {k: v for k, v in options.items() if k != FEEDER_KEY}
+    dlq = cls(storage_from_config(storage_options, key=key), **kwargs)
+    feed = options.get(FEEDER_KEY)
+    if feed is not None:
+        dlq.feeders.append(_feeder(dlq, feed, f"{key}.{FEEDER_KEY}"))
+    return dlq
+
+
+def _feeder(dlq: DeadLetterQueue, options: Any, key: str) -> Any:
+    if not isinstance(options, Mapping):
+        raise ConfigurationError(f"{key} must be a mapping, got {type(options).__name__}")
+    try:
+        from lexigram.tasks.dlq.rabbitmq import RabbitMQDeadLetterFeeder
+    except ModuleNotFoundError as exc:
+        raise ConfigurationError(
+            f"{key} needs the {exc.name!r} package, which is not installed: "
+            'pip install "lexigram-tasks-dlq[rabbitmq]"'
+        ) from exc
+    kwargs = dict(options)
+    if isinstance(kwargs.get("queue_names"), str):
+        kwargs["queue_names"] = [kwargs["queue_names"]]
+    if "amqp_url" not in kwargs:
+        raise ConfigurationError(f"{key}.amqp_url is required")
+    _check_keywords(RabbitMQDeadLetterFeeder, kwargs, key, skip={"dlq"})
+    return RabbitMQDeadLetterFeeder(dlq, **kwargs)
 
 
 def storage_from_config(
@@ -52,7 +96,7 @@ def storage_from_config(
     if not isinstance(kind, str):
         raise ConfigurationError(f"{key}.storage must be a string, got {kind!r}")
     factory = _factory(kind, key)
-    _check_keywords(factory, kwargs, f"{key} (storage {kind!r})")
+    _check_keywords(factory, kwargs, f"{key} (storage {kind!r})", also=("storage", FEEDER_KEY))
     storage: DeadLetterStorage = factory(**kwargs)
     return storage
 
@@ -82,7 +126,14 @@ def _factory(kind: str, key: str) -> Callable[..., DeadLetterStorage]:
     return factory
 
 
-def _check_keywords(factory: Callable[..., Any], kwargs: Mapping[str, Any], where: str) -> None:
+def _check_keywords(
+    factory: Callable[..., Any],
+    kwargs: Mapping[str, Any],
+    where: str,
+    *,
+    skip: frozenset[str] | set[str] = frozenset(),
+    also: tuple[str, ...] = (),
+) -> None:
     try:
         parameters = inspect.signature(factory).parameters
     except (TypeError, ValueError):
@@ -93,10 +144,11 @@ def _check_keywords(factory: Callable[..., Any], kwargs: Mapping[str, Any], wher
         name
         for name, p in parameters.items()
         if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        and name not in skip
     }
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         raise ConfigurationError(
             f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
-            f"accepted: storage, {', '.join(sorted(accepted)) or '(none)'}"
+            f"accepted: {', '.join([*also, *sorted(accepted)])}"
         )

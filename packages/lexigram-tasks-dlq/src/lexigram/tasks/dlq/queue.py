@@ -6,9 +6,9 @@ import asyncio
 import builtins
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanContext
@@ -35,6 +35,14 @@ from lexigram.tasks.worker import JobFailure
 logger = logging.getLogger("lexigram.tasks.dlq")
 
 
+class Feeder(Protocol):
+    """Something that moves failures into the queue from elsewhere while it runs."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class DeadLetterQueue:
     """Keeps :class:`FailureRecord` s of jobs that failed for good; inspect, replay, purge.
 
@@ -58,9 +66,12 @@ class DeadLetterQueue:
         *,
         target: ReplayTarget | None = None,
         tracer_provider: trace.TracerProvider | None = None,
+        feeders: Sequence[Feeder] = (),
     ) -> None:
         self.storage: DeadLetterStorage = storage or MemoryDeadLetterStorage()
         self.target = target
+        #: Started and stopped with the queue (e.g. ``RabbitMQDeadLetterFeeder``).
+        self.feeders: builtins.list[Feeder] = builtins.list(feeders)
         self.tracer = _tracing.dlq_tracer(tracer_provider)
         self._connected = False
         self._connect_lock = asyncio.Lock()
@@ -70,10 +81,11 @@ class DeadLetterQueue:
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], **kwargs: Any) -> DeadLetterQueue:
-        """Build one from the ``tasks.dead_letter`` config mapping (``storage: redis``, ...)."""
-        from lexigram.tasks.dlq.config import storage_from_config
+        """Build one from the ``tasks.dead_letter`` config mapping (``storage: redis``, ...,
+        and optionally ``rabbitmq: {amqp_url: ..., queue_names: [...]}`` for a feeder)."""
+        from lexigram.tasks.dlq.config import dead_letter_queue_from_config
 
-        return cls(storage_from_config(options), **kwargs)
+        return dead_letter_queue_from_config(cls, options, **kwargs)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -92,10 +104,18 @@ class DeadLetterQueue:
             self._connected = False
             await self.storage.disconnect()
 
-    # A DeadLetterQueue can be a provider service (provider.add_service(dlq)),
-    # so its connections open and close with the workers.
-    start = connect
-    stop = disconnect
+    async def start(self) -> None:
+        """Connect and start the feeders: ``provider.add_service(dlq)`` runs them with
+        the workers."""
+        await self.connect()
+        for feeder in self.feeders:
+            await feeder.start()
+
+    async def stop(self) -> None:
+        """Stop the feeders and disconnect."""
+        for feeder in reversed(self.feeders):
+            await feeder.stop()
+        await self.disconnect()
 
     async def __aenter__(self) -> Self:
         await self.connect()
