@@ -12,7 +12,7 @@ import os
 import sys
 
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))
-import _benchlib as B  # noqa: E402  (found on the PYTHONPATH the runner sets)
+import _benchlib as B  # found on the PYTHONPATH the runner sets
 
 SYSTEM, BACKEND = "lexigram", "postgres"
 DBNAME = "bench_lexigram"

@@ -39,7 +39,10 @@ def test_repr_and_errors_never_show_the_password() -> None:
     error = connection_error(dsn, OSError(f"could not reach {dsn}"))
     assert isinstance(error, BackendConnectionError)
     assert "s3cret" not in str(error)
-    assert redacted("postgresql://app:s3cret@db:notaport/shop") == "postgresql://app:***@db:notaport/shop"
+    assert (
+        redacted("postgresql://app:s3cret@db:notaport/shop")
+        == "postgresql://app:***@db:notaport/shop"
+    )
 
 
 def test_declares_its_capabilities_and_system() -> None:
