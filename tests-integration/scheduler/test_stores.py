@@ -152,3 +152,16 @@ async def test_unreachable_servers_fail_with_redacted_urls() -> None:
         assert "hunter2" not in str(caught.value)
         assert "***" in str(caught.value)
         assert "hunter2" not in repr(store)
+
+
+def test_default_store_follows_the_primary_backend(redis_url: str, postgres_dsn: str) -> None:
+    from lexigram.tasks.postgres import PostgresTaskQueue
+    from lexigram.tasks.redis import RedisTaskQueue
+    from lexigram.tasks.scheduler import MemoryTemplateStore, default_store
+
+    on_redis = default_store(RedisTaskQueue(redis_url=redis_url))
+    assert isinstance(on_redis, RedisTemplateStore) and on_redis.redis_url == redis_url
+    on_postgres = default_store(PostgresTaskQueue(postgres_dsn=postgres_dsn, schema="jobs"))
+    assert isinstance(on_postgres, PostgresTemplateStore)
+    assert (on_postgres.postgres_dsn, on_postgres.schema) == (postgres_dsn, "jobs")
+    assert isinstance(default_store(MemoryTaskQueue()), MemoryTemplateStore)

@@ -31,7 +31,6 @@ from lexigram.tasks.scheduler.scheduler import (
     HEADER_TEMPLATE,
     FiredTick,
     TaskScheduler,
-    auto_attach,
     default_store,
 )
 from lexigram.tasks.scheduler.store import (
@@ -85,7 +84,6 @@ __all__ = [
     "TemplateState",
     "TemplateStore",
     "__version__",
-    "auto_attach",
     "default_registry",
     "default_store",
     "scheduled",

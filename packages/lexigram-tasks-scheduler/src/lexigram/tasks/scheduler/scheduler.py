@@ -94,7 +94,9 @@ class TaskScheduler:
     tick exactly once between them. Without ``store``, the primary backend's
     Redis or PostgreSQL server is used when it has one, else a
     :class:`MemoryTemplateStore` (one process only).
-    ``clock`` returns the current Unix time (tests inject one).
+    ``clock`` returns the current Unix time (tests inject one);
+    ``refresh_interval`` is the longest the scheduler sleeps between reads of
+    the store, i.e. how soon it sees templates added or resumed elsewhere.
     """
 
     #: Whether the provider starts and stops this scheduler with its workers.
@@ -107,7 +109,7 @@ class TaskScheduler:
         store: TemplateStore | None = None,
         registry: ScheduleRegistry | None = None,
         clock: Callable[[], float] = time.time,
-        refresh_interval: float = 5.0,
+        refresh_interval: float = 1.0,
         attach: bool = True,
     ) -> None:
         if refresh_interval <= 0:
@@ -579,7 +581,8 @@ def _is_fire_time(template: ScheduleTemplate, cursor: float) -> bool:
 
 def default_store(queue: TaskQueueProtocol) -> TemplateStore:
     """The store a scheduler uses when none is given: the primary backend's own
-    Redis or PostgreSQL server if it has one, else in-process memory."""
+    Redis server (keys under ``lexigram:scheduler``) or PostgreSQL database
+    (tables in the queue's schema) if it has one, else in-process memory."""
     system = getattr(queue, "system", "")
     if system == "redis":
         url = getattr(queue, "redis_url", None)
@@ -588,22 +591,12 @@ def default_store(queue: TaskQueueProtocol) -> TemplateStore:
 
             return RedisTemplateStore(url)
     if system == "postgresql":
-        dsn = getattr(queue, "postgres_dsn", None) or getattr(queue, "dsn", None)
+        dsn = getattr(queue, "postgres_dsn", None)
         if isinstance(dsn, str):
             from lexigram.tasks.scheduler.postgres_store import PostgresTemplateStore
 
-            return PostgresTemplateStore(dsn)
+            schema = getattr(queue, "schema", None)
+            return PostgresTemplateStore(
+                dsn, schema=schema if isinstance(schema, str) else "public"
+            )
     return MemoryTemplateStore()
-
-
-def auto_attach(provider: TaskProvider) -> TaskScheduler | None:
-    """Give ``provider`` a scheduler if ``@scheduled`` templates exist and it has none.
-
-    Meant for ``TaskProvider.start()`` to call when this module is loaded, so
-    that ``@scheduled`` functions run without an explicit ``TaskScheduler``.
-    """
-    if provider in _schedulers:
-        return _schedulers[provider]
-    if not len(default_registry):
-        return None
-    return TaskScheduler(provider)
