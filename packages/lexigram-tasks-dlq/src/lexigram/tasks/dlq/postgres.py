@@ -10,6 +10,7 @@ the record in one transaction: exactly once, even across crashes.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import hashlib
 import json
 import re
@@ -137,11 +138,14 @@ class PostgresDeadLetterStorage:
             await connection.close()
 
     async def drop(self) -> None:
-        """Drop the table and the migration record (every record is lost): for tests."""
+        """Drop the table and its migration record, and the schema if nothing else is
+        in it. Every record is lost: meant for tests and decommissioning."""
         connection = await self._connect_one()
         try:
             await connection.execute(f"DROP TABLE IF EXISTS {self.table}")
             await connection.execute(f'DROP TABLE IF EXISTS "{self.schema}".dlq_schema_migrations')
+            with contextlib.suppress(asyncpg.DependentObjectsStillExistError):
+                await connection.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" RESTRICT')
         finally:
             await connection.close()
 
