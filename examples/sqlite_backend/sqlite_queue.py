@@ -182,9 +182,9 @@ class SQLiteTaskQueue(BaseTaskQueue):
         with self._transaction() as db:
             rows = db.execute(
                 "SELECT seq, payload, attempt + 1 FROM lexigram_jobs"
-                " WHERE queue = ? AND available_at <= ? AND lease_until <= ?"
-                " ORDER BY priority DESC, available_at, seq LIMIT ?",
-                (self.queue_name, now, now, max_jobs),
+                " WHERE queue = :queue AND available_at <= :now AND lease_until <= :now"
+                " ORDER BY priority DESC, available_at, seq LIMIT :max_jobs",
+                {"queue": self.queue_name, "now": now, "max_jobs": max_jobs},
             ).fetchall()
             leases = [(seq, uuid.uuid4().hex, payload, attempt) for seq, payload, attempt in rows]
             db.executemany(
@@ -247,13 +247,12 @@ class SQLiteTaskQueue(BaseTaskQueue):
     async def counts(self) -> QueueCounts:
         def count() -> QueueCounts:
             assert self._db is not None
-            now = time.time()
             ready, delayed, running = self._db.execute(
-                "SELECT count(*) FILTER (WHERE lease_until <= ? AND available_at <= ?),"
-                " count(*) FILTER (WHERE lease_until <= ? AND available_at > ?),"
-                " count(*) FILTER (WHERE lease_until > ?)"
-                " FROM lexigram_jobs WHERE queue = ?",
-                (now, now, now, now, now, self.queue_name),
+                "SELECT count(*) FILTER (WHERE lease_until <= :now AND available_at <= :now),"
+                " count(*) FILTER (WHERE lease_until <= :now AND available_at > :now),"
+                " count(*) FILTER (WHERE lease_until > :now)"
+                " FROM lexigram_jobs WHERE queue = :queue",
+                {"now": time.time(), "queue": self.queue_name},
             ).fetchone()
             sql = "SELECT count(*) FROM lexigram_dead_letters WHERE queue = ?"
             (failed,) = self._db.execute(sql, (self.queue_name,)).fetchone()
