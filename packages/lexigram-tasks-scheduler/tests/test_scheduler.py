@@ -21,10 +21,12 @@ from lexigram.tasks.scheduler import (
     MemoryTemplateStore,
     ReadOnlyTemplateError,
     ScheduleRegistry,
+    StoreSnapshot,
     TaskScheduler,
     TemplateExistsError,
     TemplateNotFoundError,
 )
+from lexigram.tasks.testing import eventually
 
 BERLIN = ZoneInfo("Europe/Berlin")
 HOUR = 3600.0
@@ -425,3 +427,36 @@ async def test_tick_span_is_a_root_with_the_send_spans_as_children(
     claims = [e.attributes for t in ticks for e in t.events if e.name == "claim"]
     assert [c["lexigram.scheduler.template"] for c in claims] == ["a", "a", "b"]  # type: ignore[index]
     assert all(c["lexigram.scheduler.lock_won"] for c in claims)  # type: ignore[index]
+
+
+async def test_the_loop_survives_a_failing_store_and_stops_cleanly(
+    registry: ScheduleRegistry, queue: MemoryTaskQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    @registry.scheduled(cron="* * * * * *", name="per-second")
+    def beat() -> None: ...
+
+    class FlakyStore(MemoryTemplateStore):
+        failures = 2
+
+        async def load(self) -> StoreSnapshot:
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionError("store unreachable")
+            return await super().load()
+
+    provider = TaskProvider(queue=queue)
+    scheduler = TaskScheduler(provider, registry=registry, store=FlakyStore())
+    await scheduler.start()
+    await scheduler.start()  # idempotent
+    try:
+        await eventually(lambda: _ready(queue), timeout=10)
+    finally:
+        await scheduler.stop()
+    assert caplog.text.count("scheduler tick failed") == 2
+    settled = (await queue.counts()).ready
+    await asyncio.sleep(1.2)  # stopped: no more ticks arrive
+    assert (await queue.counts()).ready == settled
+
+
+async def _ready(queue: MemoryTaskQueue) -> bool:
+    return (await queue.counts()).ready >= 1

@@ -48,6 +48,9 @@ logger = logging.getLogger("lexigram.tasks.scheduler")
 HEADER_TEMPLATE = "lexigram-schedule"
 HEADER_FIRE_TIME = "lexigram-fire-time"
 
+#: How long stop() waits for a tick in progress (a store or broker that hangs).
+_STOP_TIMEOUT = 10.0
+
 _SPAN_TICK = "lexigram.scheduler.tick"
 _ATTR_DUE_COUNT = "lexigram.scheduler.due_count"
 _ATTR_TEMPLATE = "lexigram.scheduler.template"
@@ -264,10 +267,15 @@ class TaskScheduler:
         logger.info("scheduler started with %d code template(s)", len(self._code))
 
     async def stop(self) -> None:
-        """Finish the tick in progress, stop, and disconnect the store."""
+        """Finish the tick in progress (up to ``_STOP_TIMEOUT`` seconds), stop, and
+        disconnect the store."""
         task, self._task = self._task, None
         if task is not None and self._stopping is not None:
             self._stopping.set()
+            done, _ = await asyncio.wait({task}, timeout=_STOP_TIMEOUT)
+            if not done:
+                logger.warning("scheduler tick still running after %gs: cancelled", _STOP_TIMEOUT)
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.disconnect()
