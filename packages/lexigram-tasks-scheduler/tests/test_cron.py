@@ -151,3 +151,10 @@ def test_aliases_and_hashed_fields() -> None:
     one = CronSchedule("H 3 * * *", hash_id="report-a")
     two = CronSchedule("H 3 * * *", hash_id="report-a")
     assert one.next_after(0) == two.next_after(0)
+    # Only explicit H fields are hashed: aliases and day names keep their meaning.
+    named = CronSchedule("@daily", hash_id="report-a")
+    assert named.next_after(at(2024, 1, 1, 12, tz=ZoneInfo("UTC"))) == at(
+        2024, 1, 2, tz=ZoneInfo("UTC")
+    )
+    thursday = CronSchedule("0 9 * * THU", hash_id="report-a")
+    assert thursday.local(thursday.next_after(0)).strftime("%a %H:%M") == "Thu 09:00"

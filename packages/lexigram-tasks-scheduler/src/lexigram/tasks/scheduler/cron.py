@@ -18,6 +18,7 @@ All instants are Unix timestamps (float seconds).
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import deque
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -29,6 +30,8 @@ from croniter import CroniterError, croniter
 from lexigram.tasks.scheduler.errors import InvalidScheduleError
 
 _ONE_SECOND = timedelta(seconds=1)
+#: A Jenkins-style hashed field: ``H``, ``H(0-29)``, ``H/15`` (not the H of ``THU``).
+_HASHED_FIELD = re.compile(r"(?:^|[\s,])H(?:$|[\s,(/])")
 #: How many steps the forward scan may take before jumping close to "now".
 _SCAN_LIMIT = 64
 
@@ -74,7 +77,8 @@ class CronSchedule:
         self.expression = " ".join(expression.split())
         self.timezone = resolve_timezone(timezone)
         # croniter hashes @daily & co. when given a hash_id; only pass it for explicit H fields.
-        self._hash_id = hash_id.encode() if hash_id and "H" in self.expression else None
+        hashed = hash_id is not None and _HASHED_FIELD.search(self.expression) is not None
+        self._hash_id = hash_id.encode() if hash_id and hashed else None
         try:
             parsed = croniter(self.expression, datetime(2000, 1, 1), hash_id=self._hash_id)
         except (CroniterError, ValueError, TypeError, KeyError) as exc:
