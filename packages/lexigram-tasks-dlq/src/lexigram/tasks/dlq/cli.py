@@ -28,7 +28,6 @@ from lexigram.tasks.cli import (
     add_app_arguments,
     load_app,
 )
-from lexigram.tasks.cli._output import status
 from lexigram.tasks.dlq.filters import FailureFilter
 from lexigram.tasks.dlq.queue import DeadLetterQueue
 from lexigram.tasks.dlq.record import FailureRecord
@@ -296,6 +295,11 @@ def _filter(args: argparse.Namespace) -> FailureFilter:
         since=getattr(args, "since", None),
         until=getattr(args, "until", None),
     )
+
+
+def status(message: str) -> None:
+    """A line for people, on stderr (stdout is for data)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def _keywords(where: FailureFilter) -> dict[str, Any]:
