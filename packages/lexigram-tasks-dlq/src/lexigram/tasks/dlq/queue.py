@@ -34,6 +34,9 @@ from lexigram.tasks.worker import JobFailure
 
 logger = logging.getLogger("lexigram.tasks.dlq")
 
+#: Records of one replayed batch removed at once (each removal is a round trip).
+_REMOVE_CONCURRENCY = 16
+
 
 class Feeder(Protocol):
     """Something that moves failures into the queue from elsewhere while it runs."""
@@ -329,13 +332,20 @@ class DeadLetterQueue:
         job_ids = await self._send(queue, group, targets)
         replayed: dict[str, str] = {}
         not_removed: dict[str, RecordNotRemovedError] = {}
-        for (record, _), job_id in zip(group, job_ids, strict=True):
-            try:
-                await self._remove_replayed(record, job_id)
-            except RecordNotRemovedError as exc:
-                not_removed[record.id] = exc
-            else:
-                replayed[record.id] = job_id
+        slots = asyncio.Semaphore(_REMOVE_CONCURRENCY)
+
+        async def remove(record: FailureRecord, job_id: str) -> None:
+            async with slots:
+                try:
+                    await self._remove_replayed(record, job_id)
+                except RecordNotRemovedError as exc:
+                    not_removed[record.id] = exc
+                else:
+                    replayed[record.id] = job_id
+
+        await asyncio.gather(
+            *(remove(record, job_id) for (record, _), job_id in zip(group, job_ids, strict=True))
+        )
         return replayed, not_removed
 
     async def _send(
