@@ -105,9 +105,8 @@ def test_manage_templates_from_the_shell(cli: Run) -> None:
     listing = json.loads(cli("schedule", "list", "schedapp:provider", "--json").stdout)
     assert {t["name"]: t["paused"] for t in listing} == {"heartbeat": False, "eu-report": True}
     assert cli("schedule", "resume", "eu-report", "-A", "schedapp:provider").returncode == 0
-    assert cli("schedule", "remove", "eu-report", "-A", "schedapp:provider").returncode == 0
-    listing = json.loads(cli("schedule", "list", "schedapp:provider", "--json").stdout)
-    assert [t["name"] for t in listing] == ["heartbeat"]
+    removed = cli("schedule", "remove", "eu-report", "-A", "schedapp:provider")
+    assert removed.returncode == 0 and "removed 'eu-report'" in removed.stderr
 
 
 @pytest.mark.parametrize(
@@ -117,11 +116,6 @@ def test_manage_templates_from_the_shell(cli: Run) -> None:
         (["pause", "nope"], 2, "no schedule named 'nope'"),
         (["add", "x", "--task", "nope", "--cron", "* * * * *"], 2, "has no handler"),
         (["add", "x", "--task", "schedapp.report", "--cron", "99 * * * *"], 2, "invalid cron"),
-        (
-            ["add", "x", "--task", "schedapp.report", "--cron", "0 * * * *", "--timezone", "X/Y"],
-            2,
-            "unknown timezone 'X/Y'",
-        ),
     ],
 )
 def test_mistakes_are_reported_in_one_line(
