@@ -8,13 +8,15 @@ queue itself (``basic.nack`` with requeue), so a stuck handler behaves as on
 every other backend.
 
 A delivery tag only means something on the channel that delivered it, so a
-lease remembers its channel; after a reconnect it cannot be acked any more,
-and the broker has already requeued the message.
+lease remembers its channel and that channel's generation; after a reconnect
+(a new generation) it cannot be acked any more, and the broker has already
+requeued the message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -40,17 +42,14 @@ class Lease:
     properties: spec.Basic.Properties = field(repr=False)
     #: The consumer that delivered it (``None`` for ``basic.get``).
     consumer: str | None = None
+    #: Which incarnation of the consumer channel delivered it (bumped on reconnect).
+    generation: int = 0
     state: LeaseState = LeaseState.HELD
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
     @property
     def held(self) -> bool:
         return self.state is LeaseState.HELD
-
-    @property
-    def orphaned(self) -> bool:
-        """Held, but its channel is gone: the broker has requeued the message."""
-        return self.state is LeaseState.HELD and self.channel.is_closed
 
     def stop_timer(self) -> None:
         if self.timer is not None:
@@ -81,3 +80,24 @@ def ack_plan(to_ack: Iterable[int], outstanding: Iterable[int]) -> tuple[int | N
     if prefix_end == acking[0]:  # a prefix of one: a plain ack says the same
         return None, acking
     return prefix_end, rest
+
+
+class BoundedSet:
+    """Message bodies remembered for a while: the oldest go once ``size`` is reached."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+
+    def add(self, item: bytes) -> None:
+        self._items[item] = None
+        self._items.move_to_end(item)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def take(self, item: bytes) -> bool:
+        """Remove ``item``; whether it was there."""
+        return self._items.pop(item, False) is None
+
+    def __len__(self) -> int:
+        return len(self._items)

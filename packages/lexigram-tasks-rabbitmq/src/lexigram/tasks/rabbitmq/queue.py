@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import logging
 import time
@@ -54,7 +55,7 @@ from lexigram.tasks.protocol import (
 )
 from lexigram.tasks.rabbitmq import messages, topology
 from lexigram.tasks.rabbitmq.errors import PublishRefusedError
-from lexigram.tasks.rabbitmq.leases import Lease, LeaseState, ack_plan
+from lexigram.tasks.rabbitmq.leases import BoundedSet, Lease, LeaseState, ack_plan
 from lexigram.tasks.rabbitmq.topology import Destination, QueueType
 from lexigram.tasks.redact import redact_text, redact_url
 
@@ -63,8 +64,10 @@ logger = logging.getLogger("lexigram.tasks.rabbitmq")
 #: A consumer nobody has asked for jobs for this long is cancelled, and the
 #: messages it buffered go back to the queue for other workers.
 IDLE_CONSUMER_SECONDS: Final = 0.25
-#: How many settled-but-unacknowledged messages (lost connection) are remembered.
-_SETTLED_MEMORY: Final = 10_000
+#: How many returned messages (lost connection, idle consumer) are remembered.
+_REMEMBERED: Final = 10_000
+#: Acks sent this recently are treated as lost when the connection drops.
+_RECENT_ACKS: Final = 1024
 #: Publishing retries across a reconnect before giving up.
 _PUBLISH_ATTEMPTS: Final = 3
 
@@ -157,6 +160,7 @@ class RabbitMQTaskQueue(BaseTaskQueue):
         self._consumer: AbstractRobustChannel | None = None
         # Consuming state.
         self._inbox: collections.deque[tuple[str, DeliveredMessage]] = collections.deque()
+        self._generation = 0  # of the consumer channel; a reconnect starts a new one
         self._arrived = asyncio.Event()
         self._queue_of_tag: dict[str, str] = {}  # every consumer tag on the channel
         self._active_tags: set[str] = set()  # consumers not cancelled
@@ -168,7 +172,12 @@ class RabbitMQTaskQueue(BaseTaskQueue):
         # Leases.
         self._held: set[Lease] = set()
         self._outstanding: dict[RawChannel, set[int]] = {}
-        self._settled_unacked: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        # Bodies of messages the broker will redeliver because our connection dropped
+        # or we handed them back: settled here already, or never started.
+        self._settled_unacked = BoundedSet(_REMEMBERED)
+        self._unstarted = BoundedSet(_REMEMBERED)
+        # Acks still on their way when the connection drops are lost with it.
+        self._recent_acks: collections.deque[bytes] = collections.deque(maxlen=_RECENT_ACKS)
         # Topology.
         self._exchanges: dict[str, AbstractExchange] = {}
         self._ladder_levels: dict[str, int] = {}
@@ -202,7 +211,7 @@ class RabbitMQTaskQueue(BaseTaskQueue):
                 publisher_confirms=True, on_return_raises=True
             )
             self._consumer = await connection.channel(publisher_confirms=False)
-            self._consumer.reopen_callbacks.add(self._on_consumer_reopened)
+            connection.close_callbacks.add(self._on_connection_lost)
             self._connection = connection
             await self._declare_topology()
         except BaseException:
@@ -273,21 +282,36 @@ class RabbitMQTaskQueue(BaseTaskQueue):
             return []
         self._dequeuing += 1
         self._cancel_idle_timer()
+        out: list[Delivery] = []
         try:
             if wait > 0:
                 await self._ensure_consuming(max_jobs)
-            return await self._take(max_jobs, lease_seconds, wait)
+            await self._take(out, max_jobs, lease_seconds, wait)
+        except _CONNECTION_ERRORS as exc:
+            # The robust connection is reconnecting: hand out what we have, and
+            # give it up to ``wait`` seconds (at least one) instead of failing.
+            logger.warning(
+                "RabbitMQ connection lost while fetching from %r (%s); reconnecting",
+                self.queue_name,
+                self._redacted(exc) or type(exc).__name__,
+            )
+            if not out:
+                await self._wait_for_reconnect(max(wait, 1.0))
         finally:
             self._dequeuing -= 1
             if self._dequeuing == 0 and self._active_tags:
                 loop = asyncio.get_running_loop()
                 self._idle_timer = loop.call_later(IDLE_CONSUMER_SECONDS, self._on_idle)
+        return out
 
-    async def _take(self, max_jobs: int, lease_seconds: float, wait: float) -> list[Delivery]:
+    async def _take(
+        self, out: list[Delivery], max_jobs: int, lease_seconds: float, wait: float
+    ) -> None:
+        """Lease up to ``max_jobs`` messages into ``out``, waiting up to ``wait`` for the first."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        out: list[Delivery] = []
         while len(out) < max_jobs:
+            self._arrived.clear()  # before looking: a later arrival must wake us
             item = self._pop_buffered()
             if item is None and wait <= 0:
                 item = await self._get_one()
@@ -295,7 +319,9 @@ class RabbitMQTaskQueue(BaseTaskQueue):
                 remaining = deadline - loop.time()
                 if out or remaining <= 0:
                     break
-                self._arrived.clear()
+                if not self._active_tags:  # a reconnect dropped the consumers
+                    await self._ensure_consuming(max_jobs)
+                    continue
                 try:
                     await asyncio.wait_for(self._arrived.wait(), remaining)
                 except TimeoutError:
@@ -304,7 +330,13 @@ class RabbitMQTaskQueue(BaseTaskQueue):
             delivery = await self._admit(*item, lease_seconds=lease_seconds)
             if delivery is not None:
                 out.append(delivery)
-        return out
+
+    async def _wait_for_reconnect(self, timeout: float) -> None:
+        publisher = self._publisher
+        if publisher is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(publisher.ready(), timeout)
 
     def _pop_buffered(self) -> tuple[str, DeliveredMessage] | None:
         while self._inbox:
@@ -349,9 +381,11 @@ class RabbitMQTaskQueue(BaseTaskQueue):
             await self._ack_tags(channel, [tag])
             return None
         messages.adopt_trace_headers(job, properties)
-        job.attempt += 1 + messages.redeliveries(
-            properties, bool(delivery_info.redelivered), quorum=self.queue_type == "quorum"
-        )
+        redelivered = bool(delivery_info.redelivered)
+        earlier = messages.redeliveries(properties, redelivered, quorum=self.queue_type == "quorum")
+        if redelivered and self._unstarted.take(body):
+            earlier = max(earlier - 1, 0)  # we returned it unstarted: not an attempt
+        job.attempt += 1 + earlier
         return Delivery(job, body, self._lease(channel, tag, queue, message, lease_seconds))
 
     def _lease(
@@ -362,8 +396,16 @@ class RabbitMQTaskQueue(BaseTaskQueue):
         message: DeliveredMessage,
         lease_seconds: float,
     ) -> Lease:
-        consumer = getattr(message.delivery, "consumer_tag", None)
-        lease = Lease(channel, tag, queue, message.body, message.header.properties, consumer)
+        consumer = _consumer_tag(message)
+        lease = Lease(
+            channel,
+            tag,
+            queue,
+            message.body,
+            message.header.properties,
+            consumer,
+            self._generation,
+        )
         self._held.add(lease)
         self._arm(lease, lease_seconds)
         return lease
@@ -375,13 +417,13 @@ class RabbitMQTaskQueue(BaseTaskQueue):
         connection) is acked again and dropped; one whose job still runs here
         is attached to the running job's lease, so it is not run twice.
         """
-        if body in self._settled_unacked:
-            del self._settled_unacked[body]
+        if self._settled_unacked.take(body):
             await self._ack_tags(channel, [tag])
             return True
         for lease in self._held:
-            if lease.orphaned and lease.body == body:
+            if lease.generation != self._generation and lease.body == body:
                 lease.channel, lease.tag = channel, tag
+                lease.generation = self._generation
                 return True
         return False
 
@@ -444,8 +486,13 @@ class RabbitMQTaskQueue(BaseTaskQueue):
             self._held.discard(lease)
             by_channel.setdefault(lease.channel, []).append(lease)
         for channel, group in by_channel.items():
+            if group[0].generation != self._generation:
+                for lease in group:  # its channel died: see _settle_known_redelivery
+                    self._remember_settled(lease.body)
+                continue
             try:
                 await self._ack_tags(channel, [lease.tag for lease in group])
+                self._recent_acks.extend(lease.body for lease in group)
             except _CONNECTION_ERRORS:
                 # The broker requeued them with the channel; if they come back to
                 # this process they are acked on arrival instead of run again.
@@ -463,9 +510,7 @@ class RabbitMQTaskQueue(BaseTaskQueue):
             outstanding.discard(tag)
 
     def _remember_settled(self, body: bytes) -> None:
-        self._settled_unacked[body] = None
-        while len(self._settled_unacked) > _SETTLED_MEMORY:
-            self._settled_unacked.popitem(last=False)
+        self._settled_unacked.add(body)
 
     def _arm(self, lease: Lease, lease_seconds: float) -> None:
         lease.stop_timer()
@@ -479,7 +524,7 @@ class RabbitMQTaskQueue(BaseTaskQueue):
         lease.state = LeaseState.LAPSED
         lease.timer = None
         self._held.discard(lease)
-        if not lease.channel.is_closed:
+        if lease.generation == self._generation:
             self._untrack(lease.channel, lease.tag)
             task = asyncio.ensure_future(lease.channel.basic_nack(lease.tag, requeue=True))
             task.add_done_callback(_log_failure)
@@ -499,15 +544,21 @@ class RabbitMQTaskQueue(BaseTaskQueue):
             if self._consumer_has_room(max_jobs):
                 return
             await self._cancel_consumers()
-            await self._start_consumers(self.prefetch or max_jobs)
+            await self._start_consumers(self.prefetch or max(1, max_jobs - len(self._inbox)))
 
     def _consumer_has_room(self, max_jobs: int) -> bool:
+        """Whether buffered messages plus what the consumer may still send cover ``max_jobs``."""
+        buffered = len(self._inbox)
+        if buffered >= max_jobs:
+            return True
         if not self._active_tags:
             return False
         if self.prefetch is not None:
             return True
-        held = sum(1 for lease in self._held if lease.consumer in self._active_tags)
-        return self._consumer_prefetch - held >= max_jobs
+        active = self._active_tags
+        in_flight = sum(1 for lease in self._held if lease.consumer in active)
+        in_flight += sum(1 for _, m in self._inbox if _consumer_tag(m) in active)
+        return buffered + self._consumer_prefetch - in_flight >= max_jobs
 
     async def _start_consumers(self, prefetch: int) -> None:
         assert self._consumer is not None
@@ -561,16 +612,29 @@ class RabbitMQTaskQueue(BaseTaskQueue):
                 _, message = item
                 tag = _tag(message)
                 self._untrack(message.channel, tag)
+                self._unstarted.add(message.body)
                 await message.channel.basic_nack(tag, requeue=True)
 
-    async def _on_consumer_reopened(self, _channel: object) -> None:
-        """After a reconnect: consume again if we were consuming (tags are per channel)."""
-        prefetch = self._consumer_prefetch
+    def _on_connection_lost(self, *_: object) -> None:
+        """The connection dropped: its consumers, buffered deliveries and leases are void.
+
+        The robust connection reconnects by itself; the next ``dequeue`` starts
+        consumers on the new channel. Leases of the old channel stay until
+        settled: the broker has requeued their messages, and a redelivery to
+        this process is matched to them (see ``_settle_known_redelivery``).
+        """
+        self._generation += 1
+        for _queue, message in self._inbox:
+            self._unstarted.add(message.body)
+        for body in self._recent_acks:  # the broker may not have seen these acks
+            self._settled_unacked.add(body)
+        self._recent_acks.clear()
         self._queue_of_tag.clear()
         self._active_tags.clear()
+        self._consumer_prefetch = 0
         self._inbox.clear()
-        if prefetch:
-            await self._start_consumers(prefetch)
+        self._outstanding.clear()
+        self._arrived.set()
 
     def _cancel_idle_timer(self) -> None:
         if self._idle_timer is not None:
@@ -814,6 +878,10 @@ class RabbitMQTaskQueue(BaseTaskQueue):
 
 
 _AuthErrors = aiormq.exceptions.AuthenticationError
+
+
+def _consumer_tag(message: DeliveredMessage) -> str | None:
+    return getattr(message.delivery, "consumer_tag", None)
 
 
 def _tag(message: DeliveredMessage) -> int:
