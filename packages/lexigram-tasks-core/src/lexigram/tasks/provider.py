@@ -10,7 +10,7 @@ import signal
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ParamSpec, Protocol, Self, TypeVar, overload
+from typing import Any, ParamSpec, Protocol, Self, TypeVar, overload, runtime_checkable
 
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
@@ -35,6 +35,7 @@ R = TypeVar("R")
 E = TypeVar("E")
 
 
+@runtime_checkable
 class Service(Protocol):
     """Something that runs beside the workers, e.g. the scheduler."""
 
@@ -116,6 +117,8 @@ class TaskProvider:
         )
         self.pools: dict[str, WorkerPool] = {}
         self._services: list[Service] = []
+        if isinstance(dead_letter, Service):
+            self._services.append(dead_letter)  # e.g. a DLQ feeding from RabbitMQ's DLX
         self._connected = False
         self._stop_requested: asyncio.Event | None = None
 
