@@ -239,22 +239,27 @@ class RabbitMQTaskQueue(BaseTaskQueue):
         await connection.close()
 
     async def delete_topology(self) -> None:
-        """Delete this instance's queues, their dead-letter queues and delay ladders.
+        """Delete what this instance declared: its queues, their dead letters, delay ladders.
 
-        Every message in them is lost; meant for tests and decommissioning.
+        Every message in them is lost; meant for tests and decommissioning. A
+        named ``exchange`` is left alone (other applications may use it).
         """
+        queues = list(self.consumed_queues)
+        if not self.exchange:
+            queues += [q for q in self.routes.values() if q not in queues]
+        prefixes = {Destination("", q).ladder_prefix for q in queues} | set(self._ladder_levels)
+        async with self._consumer_lock:
+            await self._cancel_consumers()
         channel = await self._temporary_channel()
         try:
-            for queue in self.consumed_queues:
-                names = [queue, topology.dead_letter_queue(queue)]
-                prefix = Destination("", queue).ladder_prefix
-                names += [
-                    topology.ladder_name(prefix, lvl) for lvl in range(topology.LADDER_LEVELS)
-                ]
-                for name in names:
-                    await channel.queue_delete(name)
-                    await channel.exchange_delete(name)
+            for queue in queues:
+                await channel.queue_delete(queue)
+                await channel.queue_delete(topology.dead_letter_queue(queue))
                 await channel.exchange_delete(topology.dead_letter_exchange(queue))
+            for prefix in prefixes:
+                for level in range(topology.LADDER_LEVELS):
+                    await channel.queue_delete(topology.ladder_name(prefix, level))
+                    await channel.exchange_delete(topology.ladder_name(prefix, level))
         finally:
             await channel.close()
 
@@ -712,6 +717,8 @@ class RabbitMQTaskQueue(BaseTaskQueue):
         return Destination(self.exchange, self.routes.get(job.task, self.queue_name))
 
     async def _publish_job(self, job: Job, destination: Destination) -> None:
+        if job.task in self.routes and job.queue != destination.routing_key:
+            job = dataclasses.replace(job, queue=destination.routing_key)
         delay = job.run_at - time.time() if job.run_at is not None else 0.0
         ttl = messages.message_ttl_ms(job) if job.headers else None
         properties = messages.job_properties(job, expiration_ms=None if delay > 0 else ttl)
