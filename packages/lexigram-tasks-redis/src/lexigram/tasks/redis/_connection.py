@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 from urllib.parse import urlsplit
 
+from lexigram.tasks.errors import BackendConnectionError
+from lexigram.tasks.redact import redact_text, redact_url
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
@@ -12,22 +15,33 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from lexigram.tasks.errors import BackendConnectionError
-from lexigram.tasks.redact import redact_text, redact_url
-
-
 #: A command that fails on a dropped connection (CLIENT KILL, a server restart,
 #: a network blip) reconnects and is sent again this many times.
 RETRIES = 3
 
 
-def _retry_policy() -> dict[str, Any]:
-    # from_url leaves redis-py's connections with no retries at all; every
-    # lexigram operation is safe to resend (idempotent, or guarded by tokens).
+def client_defaults() -> dict[str, Any]:
+    """The redis-py options lexigram's clients use unless told otherwise."""
     return {
+        # from_url leaves connections with no retries at all; every lexigram
+        # operation is safe to resend (idempotent, or guarded by lease tokens).
         "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), RETRIES),
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        # No read/write timeout: dequeue blocks in BLPOP for as long as it was
+        # asked to wait, and on Python 3.11 redis-py's write timeout goes
+        # through asyncio.wait_for, which can swallow a task's cancellation
+        # (CPython gh-86296) and hang a worker's shutdown. Dead peers are
+        # found by TCP keepalive instead.
+        "socket_timeout": None,
+        "socket_keepalive": True,
+        "socket_keepalive_options": _keepalive_options(),
     }
+
+
+def _keepalive_options() -> dict[int, int]:
+    # Probe after 15 s idle, every 5 s, give up after 4 misses (where the OS allows).
+    wanted = {"TCP_KEEPIDLE": 15, "TCP_KEEPINTVL": 5, "TCP_KEEPCNT": 4}
+    return {getattr(socket, name): value for name, value in wanted.items() if hasattr(socket, name)}
 
 
 def _password(url: str) -> str | None:
@@ -48,7 +62,7 @@ async def open_client(redis_url: str, **options: Any) -> Redis:
     where = redact_url(redis_url)
     secret = _password(redis_url)
     try:
-        client = Redis.from_url(redis_url, **{**_retry_policy(), **options})
+        client = Redis.from_url(redis_url, **{**client_defaults(), **options})
     except (ValueError, TypeError) as exc:
         message = redact_text(str(exc), secret)
         raise BackendConnectionError(f"invalid Redis URL {where}: {message}") from None

@@ -51,10 +51,10 @@ async def run(client: Redis, name: str, keys: list[str], args: list[Any]) -> Any
     """EVALSHA ``name``; after a server restart or SCRIPT FLUSH, load it and retry once."""
     script = SCRIPTS[name]
     try:
-        return await client.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[misc]
+        return await client.evalsha(script.sha, len(keys), *keys, *args)
     except NoScriptError:
         await client.script_load(script.source)
-        return await client.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[misc]
+        return await client.evalsha(script.sha, len(keys), *keys, *args)
 
 
 def queue_run(pipe: Pipeline, name: str, keys: list[str], args: list[Any]) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import astuple, dataclass
 from functools import lru_cache
 
-import redis
 from rq import Queue
 from rq.job import Job as RQJob
 from rq.registry import (
@@ -20,6 +19,8 @@ from rq.registry import (
     ScheduledJobRegistry,
     StartedJobRegistry,
 )
+
+import redis
 
 #: Prefix of the keys rq has no equivalent for (leases, priorities, wake-ups ...).
 OWN_PREFIX = "lexigram:queue:"
@@ -65,7 +66,7 @@ class QueueKeys:
         own = f"{OWN_PREFIX}{name}:"
         return cls(
             ready=rq_queue.key,
-            scheduled=ScheduledJobRegistry(queue=rq_queue).key,
+            scheduled=ScheduledJobRegistry(queue=rq_queue).key,  # type: ignore[no-untyped-call]
             leases=own + "leases",
             started=StartedJobRegistry(queue=rq_queue).key,
             priorities=own + "priorities",

@@ -14,9 +14,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
-
 from lexigram.tasks.errors import MalformedJobError
 from lexigram.tasks.job import Job
 from lexigram.tasks.protocol import (
@@ -30,6 +27,8 @@ from lexigram.tasks.redact import redact_url
 from lexigram.tasks.redis import _scripts
 from lexigram.tasks.redis._connection import open_client
 from lexigram.tasks.redis.keys import JOB_PREFIX, QueueKeys, job_key
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 #: rq's default ``result_ttl``: finished jobs stay visible this long.
 DEFAULT_FINISHED_TTL = 500.0
@@ -47,8 +46,10 @@ class RedisTaskQueue(BaseTaskQueue):
     ``redis_url`` accepts ``redis://``, ``rediss://`` (TLS) and ``unix://``
     URLs. Finished jobs stay in rq's finished registry for ``finished_ttl``
     seconds (0 deletes them at once); dead letters stay ``failure_ttl``
-    seconds. Pass ``client=`` to share an existing ``redis.asyncio.Redis``
-    (the queue then leaves closing it to you).
+    seconds. ``socket_timeout`` bounds every read and write (off by default:
+    TCP keepalive finds dead peers, and a blocking dequeue then never trips
+    it). Pass ``client=`` to share an existing ``redis.asyncio.Redis`` (the
+    queue then leaves closing it to you).
     """
 
     system = "redis"
@@ -62,6 +63,7 @@ class RedisTaskQueue(BaseTaskQueue):
         finished_ttl: float = DEFAULT_FINISHED_TTL,
         failure_ttl: float = DEFAULT_FAILURE_TTL,
         connect_timeout: float = 5.0,
+        socket_timeout: float | None = None,
         max_connections: int | None = None,
         client: Redis | None = None,
     ) -> None:
@@ -72,6 +74,7 @@ class RedisTaskQueue(BaseTaskQueue):
         self.finished_ttl = finished_ttl
         self.failure_ttl = failure_ttl
         self.connect_timeout = connect_timeout
+        self.socket_timeout = socket_timeout
         self.max_connections = max_connections
         self.keys = QueueKeys.for_queue(queue_name)
         self._key_list = self.keys.as_list()
@@ -96,7 +99,10 @@ class RedisTaskQueue(BaseTaskQueue):
 
     async def connect(self) -> None:
         if self._client is None:
-            options: dict[str, Any] = {"socket_connect_timeout": self.connect_timeout}
+            options: dict[str, Any] = {
+                "socket_connect_timeout": self.connect_timeout,
+                "socket_timeout": self.socket_timeout,
+            }
             if self.max_connections is not None:
                 options["max_connections"] = self.max_connections
             self._client = await open_client(self.redis_url, **options)
@@ -166,14 +172,14 @@ class RedisTaskQueue(BaseTaskQueue):
         args = [*self._head, max_jobs, repr(float(lease_seconds))]
         reply = await _scripts.run(client, "lease", self._key_list, args)
         while True:
-            deliveries = [
-                self._delivery(reply[i : i + 5]) for i in range(0, len(reply) - 1, 5)
-            ]
+            deliveries = [self._delivery(reply[i : i + 5]) for i in range(0, len(reply) - 1, 5)]
             remaining = deadline - time.monotonic()
             if deliveries or remaining < _MIN_BLOCK:
                 return deliveries
             next_due = float(reply[-1])
             block = remaining if next_due < 0 else min(remaining, next_due)
+            if self.socket_timeout is not None:
+                block = min(block, self.socket_timeout / 2)  # a read must not time out
             # Sleep on the wake-up list until an enqueue (or the next due job)
             # and lease in the same round trip: the script runs the moment
             # BLPOP returns, so an idle worker picks a new job up at once.

@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from redis.asyncio import Redis
-
 from lexigram.tasks.ratelimit import Rate
 from lexigram.tasks.redact import redact_url
 from lexigram.tasks.redis._connection import open_client
+from redis.asyncio import Redis
 
 # KEYS[1]: the limit's state (its "theoretical arrival time"); ARGV: interval, burst.
 # Returns the seconds to wait as a string (Lua numbers become integer replies).

@@ -12,20 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from typing import Any
-
-from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
 
 from lexigram.tasks.errors import JobSerializationError, MalformedJobError, ResultTimeoutError
 from lexigram.tasks.redact import redact_url
 from lexigram.tasks.redis._connection import open_client
+from lexigram.tasks.redis._listener import ChannelListener
 from lexigram.tasks.results import JobResult
-
-logger = logging.getLogger("lexigram.tasks.redis")
+from redis.asyncio import Redis
 
 #: Results bigger than this (bytes of JSON) are refused by default.
 DEFAULT_MAX_RESULT_BYTES = 1024 * 1024
@@ -60,8 +55,7 @@ class CacheBackendResultStore:
         self.recheck_interval = recheck_interval
         self._client = client
         self._owns_client = client is None
-        self._pubsub: PubSub | None = None
-        self._listener: asyncio.Task[None] | None = None
+        self._listener: ChannelListener | None = None
         self._waiters: dict[str, list[asyncio.Future[JobResult]]] = {}
 
     def __repr__(self) -> str:
@@ -79,12 +73,7 @@ class CacheBackendResultStore:
     async def disconnect(self) -> None:
         listener, self._listener = self._listener, None
         if listener is not None:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            await pubsub.aclose()
+            await listener.close()
         for waiters in self._waiters.values():
             for waiter in waiters:
                 waiter.cancel()
@@ -127,7 +116,7 @@ class CacheBackendResultStore:
         waiters.append(waiter)
         try:
             if len(waiters) == 1:
-                await self._subscribe(self.key(job_id))
+                await self._notifications().subscribe(self.key(job_id))
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
                 # Read after subscribing, so a result stored in between is not missed.
@@ -144,51 +133,35 @@ class CacheBackendResultStore:
                 with contextlib.suppress(TimeoutError):
                     return await asyncio.wait_for(asyncio.shield(waiter), slice_)
         finally:
-            await self._forget(job_id, waiter)
+            self._forget(job_id, waiter)
 
-    async def _subscribe(self, channel: str) -> None:
-        if self._pubsub is None:
-            self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.subscribe(channel)
-        if self._listener is None or self._listener.done():
-            self._listener = asyncio.create_task(self._listen(), name="lexigram-results")
+    def _notifications(self) -> ChannelListener:
+        if self._listener is None:
+            self._listener = ChannelListener(self.client, self._on_message)
+        return self._listener
 
-    async def _forget(self, job_id: str, waiter: asyncio.Future[JobResult]) -> None:
+    def _forget(self, job_id: str, waiter: asyncio.Future[JobResult]) -> None:
         waiters = self._waiters.get(job_id)
         if waiters is None or waiter not in waiters:
             return
         waiters.remove(waiter)
         if not waiters:
             del self._waiters[job_id]
-            if self._pubsub is not None:
-                with contextlib.suppress(RedisError, OSError):
-                    await self._pubsub.unsubscribe(self.key(job_id))
+            if self._listener is not None:
+                self._listener.unsubscribe(self.key(job_id))
 
-    async def _listen(self) -> None:
-        assert self._pubsub is not None
-        pubsub = self._pubsub
-        while True:
-            try:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            except (RedisError, OSError) as exc:
-                # redis-py reconnects and resubscribes on the next read; waiters
-                # re-read their keys meanwhile (recheck_interval).
-                logger.warning("result notifications interrupted (%s); reconnecting", exc)
-                await asyncio.sleep(0.2)
-                continue
-            if message is None or message.get("type") != "message":
-                continue
-            job_id = message["channel"].decode()[len(self.key_prefix) :]
-            waiters = self._waiters.get(job_id, ())
-            if not waiters:
-                continue
-            try:
-                result = _decode(job_id, message["data"])
-            except MalformedJobError:
-                continue  # the waiter's own read reports it
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(result)
+    def _on_message(self, channel: bytes, data: bytes) -> None:
+        job_id = channel.decode()[len(self.key_prefix) :]
+        waiters = self._waiters.get(job_id, ())
+        if not waiters:
+            return
+        try:
+            result = _decode(job_id, data)
+        except MalformedJobError:
+            return  # the waiter's own read reports it
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(result)
 
 
 def _decode(job_id: str, data: Any) -> JobResult:
