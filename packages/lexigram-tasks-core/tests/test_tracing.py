@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from lexigram.tasks import MemoryTaskQueue, TaskFailedError, TaskProvider
+from lexigram.tasks import Job, MemoryTaskQueue, TaskFailedError, TaskProvider
 from lexigram.tasks.testing import eventually
 
 pytestmark = pytest.mark.timeout(30)
@@ -51,13 +51,13 @@ async def test_request_enqueue_retry_fail_is_one_trace(
     provider = TaskProvider(queue=MemoryTaskQueue(), tracer_provider=tracer_provider)
 
     @provider.task(name="shop.charge", max_retries=1, retry_backoff=0.01)
-    async def charge(order: int) -> None:
+    async def charge(order: str) -> None:
         raise ValueError(f"card declined for order {order}")
 
     web = tracer_provider.get_tracer("web")
     async with provider:
         with web.start_as_current_span("POST /checkout", kind=SpanKind.SERVER) as request:
-            handle = await charge.enqueue(42)
+            handle = await charge.enqueue("QX-42")
         with pytest.raises(TaskFailedError):
             await handle.result(timeout=10)
 
@@ -96,10 +96,10 @@ async def test_request_enqueue_retry_fail_is_one_trace(
         assert str(attributes["messaging.client.id"]).count(":") == 2  # host:pid:suffix
         assert attributes["error.type"] == "ValueError"
         assert process.status.status_code is StatusCode.ERROR
-        assert process.status.description == "card declined for order 42"
+        assert process.status.description == "card declined for order QX-42"
         [exception] = [e for e in process.events if e.name == "exception"]
         assert (exception.attributes or {})["exception.type"] == "ValueError"
-        assert "42" not in str(attributes)  # arguments are never recorded
+        assert "QX" not in str(attributes)  # arguments are never recorded
 
     assert first.attributes is not None and second.attributes is not None
     assert (
@@ -112,7 +112,7 @@ async def test_request_enqueue_retry_fail_is_one_trace(
     assert first.attributes["lexigram.task.will_retry"] is True
     [retry] = [e for e in first.events if e.name == "retry"]
     assert retry.attributes is not None
-    assert retry.attributes["lexigram.retry.reason"] == "ValueError: card declined for order 42"
+    assert retry.attributes["lexigram.retry.reason"] == "ValueError: card declined for order QX-42"
     assert 0 <= float(retry.attributes["lexigram.retry.delay_s"]) <= 0.01  # type: ignore[arg-type]
 
     assert second.attributes["lexigram.task.attempt"] == 2
@@ -120,7 +120,7 @@ async def test_request_enqueue_retry_fail_is_one_trace(
     assert second.attributes["lexigram.task.will_retry"] is False
     [dead] = [e for e in second.events if e.name == "dead_letter"]
     assert (dead.attributes or {})["lexigram.dlq.reason"] == (
-        "ValueError: card declined for order 42"
+        "ValueError: card declined for order QX-42"
     )
     assert not [e for e in second.events if e.name == "retry"]
 
@@ -287,3 +287,33 @@ async def test_without_an_sdk_nothing_is_recorded_or_injected() -> None:
         handle = await provider.enqueue_job(job)
         assert await handle.result(timeout=5) == "ok"
     assert job.headers == {}  # no SDK: the job carries no trace context
+
+
+async def test_without_an_sdk_an_upstream_trace_context_still_flows_through_jobs() -> None:
+    provider = TaskProvider(queue=MemoryTaskQueue(), tracer_provider=trace.NoOpTracerProvider())
+    children: list[Job] = []
+
+    @provider.task(name="child")
+    async def child() -> None: ...
+
+    @provider.task(name="parent")
+    async def parent() -> None:
+        job = child.job()
+        await provider.enqueue_job(job)
+        children.append(job)
+
+    upstream = trace.SpanContext(
+        trace_id=0x0AF7651916CD43DD8448EB211C80319C,
+        span_id=0xB7AD6B7169203331,
+        is_remote=True,
+        trace_flags=trace.TraceFlags(1),
+    )
+    async with provider:
+        # e.g. a web framework instrumented with the API only: a non-recording span
+        # carrying the incoming request's context is current
+        with trace.use_span(trace.NonRecordingSpan(upstream)):
+            job = parent.job()
+            await (await provider.enqueue_job(job)).result(timeout=5)
+    assert job.headers["traceparent"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
+    [grandchild] = children
+    assert grandchild.headers["traceparent"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"

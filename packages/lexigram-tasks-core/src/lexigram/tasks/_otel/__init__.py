@@ -17,46 +17,42 @@ jobs in flight, by task name and queue.
 The worker hands the ``process`` span to ``record_*`` calls; the per-job
 state those calls need for metrics (attributes, outcome) travels in a
 context variable set by :meth:`Telemetry.process`, so the calls stay one
-line each. Without an SDK the API's spans do not record, attribute work is
-skipped, and the instruments are no-ops.
+line each.
+
+Cost without an SDK. When no tracer provider is given and no global one is
+set, spans are not created at all (the API's no-op spans would still cost
+microseconds per job through its nested context managers); likewise
+measurements without a meter provider. With neither, ``send`` and
+``process`` do next to nothing: the job's own trace context, if it carries
+one, is still made current while it runs, so the jobs it enqueues continue
+that trace, and an upstream context (or baggage) current at enqueue time is
+still injected. Whether an SDK has been set is looked at again at most once
+a second. The per-job context managers are plain classes, not generators,
+and metric attribute sets are built once per task and queue, for the same
+reason.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
-from opentelemetry import metrics, propagate, trace
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry import context, metrics, propagate, trace
+from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, StatusCode
 
 from lexigram.tasks._otel import attributes as attr
+from lexigram.tasks._otel._metrics import DURATION_BUCKETS, AttributeSets, Instruments
 from lexigram.tasks._version import __version__
 from lexigram.tasks.job import Job
 
-INSTRUMENTATION_NAME = "lexigram.tasks"
+__all__ = ["DURATION_BUCKETS", "INSTRUMENTATION_NAME", "Telemetry"]
 
-#: Histogram buckets in seconds: from a few milliseconds up to the default task timeout.
-DURATION_BUCKETS = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-)
+INSTRUMENTATION_NAME = "lexigram.tasks"
 
 #: Per-job outcomes, as set on process spans and the duration histogram.
 COMPLETED = "completed"
@@ -65,14 +61,15 @@ DEAD_LETTERED = "dead_lettered"
 REQUEUED = "requeued"
 INTERRUPTED = "interrupted"
 
-_MAX_CACHED_ATTRIBUTE_SETS = 1024
+#: Seconds between two looks at the global tracer provider while it is a no-op.
+RECHECK_SECONDS = 1.0
 
 
 @dataclass(slots=True)
 class _JobScope:
     """What the ``record_*`` calls of one execution need for metrics."""
 
-    attributes: Mapping[str, Any]
+    attributes: AttributeSets
     outcome: str | None = None
     error_type: str | None = None
 
@@ -92,51 +89,72 @@ class Telemetry:
     ) -> None:
         self.tracer = trace.get_tracer(INSTRUMENTATION_NAME, __version__, tracer_provider)
         self.links_only = links_only
-        meter = metrics.get_meter(INSTRUMENTATION_NAME, __version__, meter_provider)
-        self.enqueued = meter.create_counter(attr.METRIC_ENQUEUED, "{job}", "Jobs sent to a queue")
-        self.completed = meter.create_counter(
-            attr.METRIC_COMPLETED, "{job}", "Job executions that returned"
+        self.instruments = Instruments(
+            metrics.get_meter(INSTRUMENTATION_NAME, __version__, meter_provider)
         )
-        self.retried = meter.create_counter(
-            attr.METRIC_RETRIED, "{job}", "Failed executions sent back to run again"
+        # An explicit provider decides once; a global one may be set at any time.
+        self._fixed_tracing = (
+            None if tracer_provider is None else not _noop_tracing(tracer_provider)
         )
-        self.failed = meter.create_counter(
-            attr.METRIC_FAILED, "{job}", "Jobs dead-lettered: out of retries, invalid or abandoned"
+        self._fixed_metering = (
+            None if meter_provider is None else not _noop_metering(meter_provider)
         )
-        self.in_flight = meter.create_up_down_counter(
-            attr.METRIC_IN_FLIGHT, "{job}", "Jobs being executed"
-        )
-        self.duration = _histogram(
-            meter, attr.METRIC_DURATION, "Execution time of one attempt, by outcome"
-        )
-        self.queue_wait = _histogram(
-            meter,
-            attr.METRIC_QUEUE_WAIT,
-            "Time from enqueue (or the requested run time) to the start of the first attempt",
-        )
-        self._attribute_sets: dict[tuple[str, str, str], Mapping[str, Any]] = {}
+        self._checked_at = float("-inf")
+        self._global_tracing = False
+        self._global_metering = False
+        self._quiet_until = float("-inf")
+
+    @property
+    def tracing(self) -> bool:
+        """Whether spans are created (an SDK tracer provider is in use)."""
+        if self._fixed_tracing is not None:
+            return self._fixed_tracing
+        if not self._global_tracing:
+            self._look_at_globals()
+        return self._global_tracing
+
+    @property
+    def metering(self) -> bool:
+        """Whether measurements are recorded (an SDK meter provider is in use)."""
+        if self._fixed_metering is not None:
+            return self._fixed_metering
+        if not self._global_metering:
+            self._look_at_globals()
+        return self._global_metering
+
+    def quiet(self) -> bool:
+        """Neither spans nor measurements are recorded: the per-job fast path."""
+        if time.monotonic() < self._quiet_until:
+            return True
+        quiet = not (self.tracing or self.metering)
+        if quiet:
+            fixed = self._fixed_tracing is not None and self._fixed_metering is not None
+            self._quiet_until = float("inf") if fixed else time.monotonic() + RECHECK_SECONDS
+        return quiet
+
+    def _look_at_globals(self) -> None:
+        # Once set, a global provider cannot be replaced, so "on" is final; "off" is
+        # looked at again at most once a second.
+        now = time.monotonic()
+        if now - self._checked_at >= RECHECK_SECONDS:
+            self._checked_at = now
+            self._global_tracing = not _noop_tracing(trace.get_tracer_provider())
+            self._global_metering = not _noop_metering(metrics.get_meter_provider())
 
     # -- producer --------------------------------------------------------------
 
-    @contextmanager
-    def send(self, job: Job, system: str) -> Iterator[Span]:
+    def send(self, job: Job, system: str) -> AbstractContextManager[Span]:
         """PRODUCER span around one enqueue; injects the trace context into the job."""
-        with self.tracer.start_as_current_span(
-            f"send {job.queue}", kind=SpanKind.PRODUCER, record_exception=True
-        ) as span:
-            if span.is_recording():
-                span.set_attributes(_job_attributes(job, system, "send", "send"))
-            if "traceparent" not in job.headers:
-                propagate.inject(job.headers)
-            yield span
-        self.enqueued.add(1, self._attributes(system, job.queue, job.task))
+        if not self.quiet():
+            return _Sending(self, job, system)
+        if "traceparent" not in job.headers and _context_to_pass_on():
+            propagate.inject(job.headers)
+        return _NOTHING
 
     @contextmanager
     def send_many(self, jobs: Sequence[Job], system: str, queue: str) -> Iterator[Span]:
         """One PRODUCER span for a bulk enqueue; each job carries its context."""
-        with self.tracer.start_as_current_span(
-            f"send {queue}", kind=SpanKind.PRODUCER, record_exception=True
-        ) as span:
+        with self._span_or_nothing(f"send {queue}", SpanKind.PRODUCER) as span:
             if span.is_recording():
                 span.set_attributes(
                     {
@@ -151,75 +169,27 @@ class Telemetry:
                 if "traceparent" not in job.headers:
                     propagate.inject(job.headers)
             yield span
+        if not self.metering:
+            return
         per_task: dict[str, int] = {}
         for job in jobs:
             per_task[job.task] = per_task.get(job.task, 0) + 1
         for task, count in per_task.items():
-            self.enqueued.add(count, self._attributes(system, queue, task))
+            self.instruments.enqueued.add(
+                count, self.instruments.attributes(system, queue, task).base
+            )
 
     # -- consumer --------------------------------------------------------------
 
-    @contextmanager
-    def process(self, job: Job, system: str, worker_id: str) -> Iterator[Span]:
+    def process(self, job: Job, system: str, worker_id: str) -> AbstractContextManager[Span]:
         """CONSUMER span around one execution, continuing the producer's trace.
 
         Also counts the job in flight, records its queue wait (first attempt)
         and, on the way out, its duration and outcome.
         """
-        creation = propagate.extract(job.headers) if job.headers else None
-        links: list[Link] = []
-        parent = None
-        if creation is not None:
-            span_context = trace.get_current_span(creation).get_span_context()
-            if span_context.is_valid:
-                links.append(Link(span_context))
-                parent = None if self.links_only else creation
-        metric_attributes = self._attributes(system, job.queue, job.task)
-        scope = _JobScope(metric_attributes)
-        token = _current_job.set(scope)
-        waited = max(0.0, time.time() - (job.run_at or job.enqueued_at))
-        if job.attempt <= 1:
-            self.queue_wait.record(waited, metric_attributes)
-        self.in_flight.add(1, metric_attributes)
-        started = time.monotonic()
-        try:
-            with self.tracer.start_as_current_span(
-                f"process {job.queue}",
-                context=parent,
-                kind=SpanKind.CONSUMER,
-                links=links,
-                record_exception=False,
-                set_status_on_exception=False,
-            ) as span:
-                recording = span.is_recording()
-                if recording:
-                    attributes = _job_attributes(job, system, "process", "process")
-                    attributes[attr.MESSAGING_CLIENT_ID] = worker_id
-                    attributes[attr.TASK_DELAY_S] = waited
-                    span.set_attributes(attributes)
-                try:
-                    yield span
-                except BaseException:
-                    scope.outcome = scope.outcome or INTERRUPTED
-                    raise
-                finally:
-                    if recording:
-                        span.set_attribute(attr.TASK_OUTCOME, scope.outcome or COMPLETED)
-        finally:
-            _current_job.reset(token)
-            self.in_flight.add(-1, metric_attributes)
-            self._finish(scope, time.monotonic() - started)
-
-    def _finish(self, scope: _JobScope, duration: float) -> None:
-        outcome = scope.outcome or COMPLETED
-        base = scope.attributes
-        self.duration.record(duration, {**base, attr.TASK_OUTCOME: outcome})
-        if outcome == COMPLETED:
-            self.completed.add(1, base)
-        elif outcome == RETRIED:
-            self.retried.add(1, _with_error(base, scope.error_type))
-        elif outcome == DEAD_LETTERED:
-            self.failed.add(1, _with_error(base, scope.error_type))
+        if not self.quiet():
+            return _Execution(self, job, system, worker_id)
+        return _Attached(job.headers) if job.headers else _NOTHING
 
     def record_failure(
         self, span: Span, exc: BaseException, error_type: str, will_retry: bool
@@ -236,19 +206,19 @@ class Telemetry:
 
     def record_retry(self, span: Span, delay: float, reason: str) -> None:
         """A ``retry`` event: the job goes back to run again after ``delay`` seconds."""
-        self._set_outcome(RETRIED)
+        _set_outcome(RETRIED)
         if span.is_recording():
             span.add_event("retry", {attr.RETRY_DELAY_S: delay, attr.RETRY_REASON: reason})
 
     def record_dead_letter(self, span: Span, reason: str) -> None:
         """A ``dead_letter`` event: the job failed for good."""
-        self._set_outcome(DEAD_LETTERED)
+        _set_outcome(DEAD_LETTERED)
         if span.is_recording():
             span.add_event("dead_letter", {attr.DLQ_REASON: reason})
 
     def record_outcome(self, span: Span, outcome: str) -> None:
         """How the execution ended when it is not a plain completion (e.g. ``"requeued"``)."""
-        self._set_outcome(outcome)
+        _set_outcome(outcome)
         if span.is_recording():
             span.set_attribute(attr.TASK_OUTCOME, outcome)
 
@@ -261,26 +231,31 @@ class Telemetry:
         ``dead_letter {queue}`` span records it, in the job's trace when the
         job carries one.
         """
-        parent = propagate.extract(job.headers) if job is not None and job.headers else None
-        span = self.tracer.start_span(f"dead_letter {queue}", parent, kind=SpanKind.CLIENT)
-        if span.is_recording():
-            if job is not None:
-                span.set_attributes(_job_attributes(job, system, "dead_letter", "settle"))
-            else:
-                span.set_attributes(
-                    {
-                        attr.MESSAGING_SYSTEM: system,
-                        attr.MESSAGING_OPERATION_NAME: "dead_letter",
-                        attr.MESSAGING_OPERATION_TYPE: "settle",
-                        attr.MESSAGING_DESTINATION_NAME: queue,
-                    }
-                )
-            span.set_attribute(attr.ERROR_TYPE, error_type)
-            span.set_attribute(attr.DLQ_REASON, reason)
-            span.set_status(Status(StatusCode.ERROR, reason))
-        span.end()
+        if self.tracing:
+            parent = propagate.extract(job.headers) if job is not None and job.headers else None
+            span = self.tracer.start_span(f"dead_letter {queue}", parent, kind=SpanKind.CLIENT)
+            if span.is_recording():
+                if job is not None:
+                    span.set_attributes(_job_attributes(job, system, "dead_letter", "settle"))
+                else:
+                    span.set_attributes(
+                        {
+                            attr.MESSAGING_SYSTEM: system,
+                            attr.MESSAGING_OPERATION_NAME: "dead_letter",
+                            attr.MESSAGING_OPERATION_TYPE: "settle",
+                            attr.MESSAGING_DESTINATION_NAME: queue,
+                        }
+                    )
+                span.set_attribute(attr.ERROR_TYPE, error_type)
+                span.set_attribute(attr.DLQ_REASON, reason)
+                span.set_status(Status(StatusCode.ERROR, reason))
+            span.end()
+        if not self.metering:
+            return
         task = job.task if job is not None else ""
-        self.failed.add(1, _with_error(self._attributes(system, queue, task), error_type))
+        self.instruments.failed.add(
+            1, self.instruments.attributes(system, queue, task).error(error_type)
+        )
 
     # -- workers ---------------------------------------------------------------
 
@@ -288,6 +263,8 @@ class Telemetry:
         self, operation: str, system: str, queue: str, worker_id: str, worker_count: int
     ) -> Span:
         """An INTERNAL ``lexigram.worker.{operation}`` span (start, stop); the caller ends it."""
+        if not self.tracing:
+            return INVALID_SPAN
         span = self.tracer.start_span(f"lexigram.worker.{operation}", kind=SpanKind.INTERNAL)
         if span.is_recording():
             span.set_attributes(
@@ -302,38 +279,208 @@ class Telemetry:
 
     # -- helpers ---------------------------------------------------------------
 
-    @staticmethod
-    def _set_outcome(outcome: str) -> None:
-        scope = _current_job.get()
-        if scope is not None:
-            scope.outcome = outcome
+    @contextmanager
+    def _span_or_nothing(self, name: str, kind: SpanKind) -> Iterator[Span]:
+        if not self.tracing:
+            yield INVALID_SPAN
+            return
+        with self.tracer.start_as_current_span(name, kind=kind, record_exception=True) as span:
+            yield span
 
-    def _attributes(self, system: str, queue: str, task: str) -> Mapping[str, Any]:
-        """Metric attributes, cached: the same few sets are used for every job."""
-        key = (system, queue, task)
-        cached = self._attribute_sets.get(key)
-        if cached is None:
-            cached = {
-                attr.MESSAGING_SYSTEM: system,
-                attr.MESSAGING_DESTINATION_NAME: queue,
-                attr.TASK_NAME: task,
-            }
-            if len(self._attribute_sets) < _MAX_CACHED_ATTRIBUTE_SETS:
-                self._attribute_sets[key] = cached
-        return cached
+    def _finish(self, scope: _JobScope, duration: float) -> None:
+        outcome = scope.outcome or COMPLETED
+        sets = scope.attributes
+        instruments = self.instruments
+        instruments.duration.record(duration, sets.outcome(outcome))
+        if outcome == COMPLETED:
+            instruments.completed.add(1, sets.base)
+        elif outcome == RETRIED:
+            instruments.retried.add(1, sets.error(scope.error_type))
+        elif outcome == DEAD_LETTERED:
+            instruments.failed.add(1, sets.error(scope.error_type))
 
 
-def _histogram(meter: metrics.Meter, name: str, description: str) -> metrics.Histogram:
-    try:
-        return meter.create_histogram(
-            name, "s", description, explicit_bucket_boundaries_advisory=DURATION_BUCKETS
+class _Sending:
+    """``Telemetry.send``: the PRODUCER span, context injection, the enqueued count."""
+
+    __slots__ = ("_job", "_span", "_system", "_telemetry")
+
+    def __init__(self, telemetry: Telemetry, job: Job, system: str) -> None:
+        self._telemetry = telemetry
+        self._job = job
+        self._system = system
+        self._span: AbstractContextManager[Span] | None = None
+
+    def __enter__(self) -> Span:
+        job = self._job
+        span: Span = INVALID_SPAN
+        if self._telemetry.tracing:
+            self._span = self._telemetry.tracer.start_as_current_span(
+                f"send {job.queue}", kind=SpanKind.PRODUCER, record_exception=True
+            )
+            span = self._span.__enter__()
+            if span.is_recording():
+                span.set_attributes(_job_attributes(job, self._system, "send", "send"))
+        if "traceparent" not in job.headers and (self._span is not None or _context_to_pass_on()):
+            propagate.inject(job.headers)
+        return span
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._span is not None:
+            self._span.__exit__(exc_type, exc, tb)
+        if exc_type is None and self._telemetry.metering:
+            job = self._job
+            instruments = self._telemetry.instruments
+            instruments.enqueued.add(
+                1, instruments.attributes(self._system, job.queue, job.task).base
+            )
+
+
+class _Attached:
+    """Without spans or metrics: the job's trace context is current while it runs, so
+    the jobs it enqueues carry it on."""
+
+    __slots__ = ("_headers", "_token")
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self._headers = headers
+
+    def __enter__(self) -> Span:
+        self._token = context.attach(propagate.extract(self._headers))
+        return INVALID_SPAN
+
+    def __exit__(self, *exc_info: object) -> None:
+        context.detach(self._token)
+
+
+_NOTHING: AbstractContextManager[Span] = nullcontext(INVALID_SPAN)
+
+
+class _Execution:
+    """``Telemetry.process``: the CONSUMER span and the per-execution metrics."""
+
+    __slots__ = (
+        "_attached",
+        "_job",
+        "_metering",
+        "_scope",
+        "_span",
+        "_span_object",
+        "_started",
+        "_system",
+        "_telemetry",
+        "_token",
+        "_worker_id",
+    )
+
+    def __init__(self, telemetry: Telemetry, job: Job, system: str, worker_id: str) -> None:
+        self._telemetry = telemetry
+        self._job = job
+        self._system = system
+        self._worker_id = worker_id
+        self._span: AbstractContextManager[Span] | None = None
+        self._attached: Token[Any] | None = None
+
+    def __enter__(self) -> Span:
+        telemetry, job = self._telemetry, self._job
+        instruments = telemetry.instruments
+        sets = instruments.attributes(self._system, job.queue, job.task)
+        self._scope = _JobScope(sets)
+        self._token = _current_job.set(self._scope)
+        waited = max(0.0, time.time() - (job.run_at or job.enqueued_at))
+        self._metering = telemetry.metering
+        if self._metering:
+            if job.attempt <= 1:
+                instruments.queue_wait.record(waited, sets.base)
+            instruments.in_flight.add(1, sets.base)
+        self._started = time.monotonic()
+        if telemetry.tracing:
+            return self._start_span(waited)
+        if job.headers:
+            # No span, but the job's trace context is current while it runs, so
+            # the jobs it enqueues carry it on.
+            self._attached = context.attach(propagate.extract(job.headers))
+        return INVALID_SPAN
+
+    def _start_span(self, waited: float) -> Span:
+        telemetry, job = self._telemetry, self._job
+        creation = propagate.extract(job.headers) if job.headers else None
+        links: list[Link] = []
+        parent = None
+        if creation is not None:
+            span_context = trace.get_current_span(creation).get_span_context()
+            if span_context.is_valid:
+                links.append(Link(span_context))
+                parent = None if telemetry.links_only else creation
+        self._span = telemetry.tracer.start_as_current_span(
+            f"process {job.queue}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            links=links,
+            record_exception=False,
+            set_status_on_exception=False,
         )
-    except TypeError:  # opentelemetry-api < 1.23 has no bucket advice
-        return meter.create_histogram(name, "s", description)
+        span = self._span_object = self._span.__enter__()
+        if span.is_recording():
+            attributes = _job_attributes(job, self._system, "process", "process")
+            attributes[attr.MESSAGING_CLIENT_ID] = self._worker_id
+            attributes[attr.TASK_DELAY_S] = waited
+            span.set_attributes(attributes)
+        return span
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        scope = self._scope
+        if exc_type is not None and scope.outcome is None:
+            scope.outcome = INTERRUPTED
+        try:
+            if self._span is not None:
+                span = self._span_object
+                if span.is_recording():
+                    span.set_attribute(attr.TASK_OUTCOME, scope.outcome or COMPLETED)
+                self._span.__exit__(exc_type, exc, tb)
+            elif self._attached is not None:
+                context.detach(self._attached)
+        finally:
+            _current_job.reset(self._token)
+            if self._metering:
+                self._telemetry.instruments.in_flight.add(-1, scope.attributes.base)
+                self._telemetry._finish(scope, time.monotonic() - self._started)
 
 
-def _with_error(base: Mapping[str, Any], error_type: str | None) -> Mapping[str, Any]:
-    return {**base, attr.ERROR_TYPE: error_type} if error_type else base
+def _context_to_pass_on() -> bool:
+    """Without an SDK: is anything current (an upstream span context, baggage) to inject?
+
+    A span or baggage is an entry of the current context, so an empty context
+    means there is nothing to inject; asking every propagator costs more.
+    """
+    return bool(context.get_current())
+
+
+def _set_outcome(outcome: str) -> None:
+    scope = _current_job.get()
+    if scope is not None:
+        scope.outcome = outcome
+
+
+def _noop_tracing(provider: trace.TracerProvider) -> bool:
+    return isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
+def _noop_metering(provider: metrics.MeterProvider) -> bool:
+    # The API's stand-in before an SDK is set is private; its name is the stable part.
+    return isinstance(provider, metrics.NoOpMeterProvider) or (
+        type(provider).__name__ == "_ProxyMeterProvider"
+    )
 
 
 def _job_attributes(job: Job, system: str, op_name: str, op_type: str) -> dict[str, Any]:
