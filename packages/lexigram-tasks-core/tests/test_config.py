@@ -536,3 +536,27 @@ def test_dead_letter_section_goes_to_the_dlq_package(tmp_path: Path) -> None:
         load_config(write(tmp_path, text + "    colour: red\n"))
     assert str(info.value).startswith("lexigram.yaml:3: tasks.dead_letter: storage 'memory'")
     assert "'colour'" in str(info.value)
+
+
+def test_backend_key_errors_come_with_the_other_errors_in_line_order(
+    tmp_path: Path, registry: TaskBackendRegistry
+) -> None:
+    message = error_of(
+        tmp_path,
+        """
+        tasks:
+          worker:
+            worker_count: four
+          backends:
+            - name: a
+              type: acme
+              urll: x
+            - name: b
+              type: kafka
+        """,
+        registry,
+    )
+    assert message.startswith("4 configuration errors: lexigram.yaml:3: tasks.worker.worker_count")
+    assert "; lexigram.yaml:5: tasks.backends[0].url: required key is missing; " in message
+    assert "; lexigram.yaml:7: tasks.backends[0].urll: unknown key for type 'acme'" in message
+    assert "; lexigram.yaml:9: tasks.backends[1].type: unknown backend type 'kafka'" in message

@@ -169,11 +169,15 @@ def load_config(
             "top-level 'tasks:' key)"
         )
     interpolate(doc, os.environ if env is None else env)
+    registry = registry or TaskBackendRegistry.default()
     try:
         tasks = ConfigDocument.model_validate(doc.data).tasks
     except pydantic.ValidationError as exc:
-        raise ConfigurationError(_describe(doc, (), doc.data, exc, SECTION_KEYS)) from None
-    return _build(doc, tasks, registry or TaskBackendRegistry.default())
+        # Report the backends' own key errors in the same pass.
+        problems = _describe(doc, (), doc.data, exc, SECTION_KEYS)
+        problems += _check_raw_backends(doc, registry)
+        raise ConfigurationError(_join(sorted(problems, key=_line_of))) from None
+    return _build(doc, tasks, registry)
 
 
 def provider_from_config(source: ConfigSource, **overrides: Any) -> TaskProvider:
@@ -249,6 +253,36 @@ def _check_names(doc: Source, items: list[NamedBackendSection]) -> str:
     return items[primaries[0]].name if primaries else items[0].name
 
 
+def _check_raw_backends(doc: Source, registry: TaskBackendRegistry) -> list[str]:
+    """Key errors of the backend sections of a document that failed validation elsewhere."""
+    tasks = doc.data.get("tasks")
+    if not isinstance(tasks, Mapping):
+        return []
+    sections: list[tuple[KeyPath, Any]] = [(("tasks", "backend"), tasks.get("backend"))]
+    if isinstance(tasks.get("backends"), list):
+        sections += [(("tasks", "backends", i), b) for i, b in enumerate(tasks["backends"])]
+    problems: list[str] = []
+    for path, raw in sections:
+        if not isinstance(raw, Mapping):
+            continue
+        options = {k: v for k, v in raw.items() if len(path) == 2 or k not in ("name", "primary")}
+        try:
+            section = ComponentSection.model_validate(options)
+        except pydantic.ValidationError:
+            continue  # already reported
+        try:
+            _backend(doc, path, section, registry, problems)
+        except BackendNotFoundError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def _line_of(problem: str) -> int:
+    where = problem.split(": ", 1)[0]
+    line = where.rpartition(":")[2]
+    return int(line) if line.isdigit() else 0
+
+
 def _backend(
     doc: Source,
     path: KeyPath,
@@ -262,8 +296,8 @@ def _backend(
         raise BackendNotFoundError(doc.error((*path, "type"), str(exc))) from None
     try:
         return _checked(doc, path, section, factory, "backend")
-    except ConfigurationError as exc:
-        problems.append(str(exc))
+    except _Problems as exc:
+        problems.extend(exc.problems)
         return None
 
 
@@ -313,7 +347,7 @@ def _checked(
         hints: dict[tuple[str, ...], list[str]] = {}
         if not validator.open:
             hints[()] = validator.accepted
-        raise ConfigurationError(_describe(doc, path, options, exc, hints, section.type)) from None
+        raise _Problems(_describe(doc, path, options, exc, hints, section.type)) from None
     return Component(
         type=section.type,
         factory=factory,
@@ -334,13 +368,13 @@ def _describe(
     exc: pydantic.ValidationError,
     accepted: Mapping[tuple[str, ...], list[str]],
     component_type: str | None = None,
-) -> str:
+) -> list[str]:
     problems = []
     for error in exc.errors(include_url=False):
         loc = _key_loc(data, error["loc"], error["type"])
         path = (*base, *loc)
         problems.append(doc.error(path, _explain(error, path, loc, accepted, component_type)))
-    return _join(problems)
+    return problems
 
 
 def _key_loc(data: Any, loc: tuple[int | str, ...], kind: str) -> KeyPath:
@@ -413,6 +447,14 @@ def _show(value: Any) -> str:
 
 def _redact_text(text: str) -> str:
     return " ".join(redact_url(word) if "://" in word else word for word in text.split(" "))
+
+
+class _Problems(ConfigurationError):
+    """Several problems of one section, kept apart so they can be merged with others."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(_join(problems))
+        self.problems = problems
 
 
 def _join(problems: list[str]) -> str:
