@@ -14,9 +14,11 @@ Variants: (none) = default telemetry, opentelemetry-api only, no SDK in this
 venv; `nootel` = provider.telemetry swapped for a telemetry that makes no
 OpenTelemetry API call at all (the baseline for the API's overhead).
 
-Extra scenario `inproc_noop`: N no-op jobs in the driver process with no
-Redis counter per job, i.e. the framework's per-job cost alone (the worst
-case for any per-job overhead); run it with `--scenarios inproc_noop`.
+Extra scenarios (`--scenarios inproc_noop,otel_calls`): `inproc_noop`
+drains no-op jobs in the driver process with no Redis counter per job (the
+framework's per-job cost alone, the worst case for any per-job overhead),
+with and without the API calls in alternating rounds; `otel_calls` times
+the two per-job hooks (process, send) alone, real vs no-op.
 """
 
 import asyncio
@@ -266,7 +268,52 @@ async def inproc_noop(args):
 ROUNDS = 25
 
 
-EXTRA_SCENARIOS = {"inproc_noop": inproc_noop}
+def otel_calls(args):
+    """The telemetry hooks alone: process() and send() per call, real vs no-op, in a loop.
+
+    The end-to-end figures above move by more than this from run to run on a
+    shared machine; this is the cost the hooks add to each job, measured
+    directly (best of 9 alternating rounds of 20,000 calls, CPU time).
+    """
+    from lexigram.tasks.job import Job
+
+    job = Job(task="bench_job", queue="bench", attempt=1)
+    real, none = Telemetry(), NoTelemetry()
+
+    def per_call(telemetry, hook):
+        c0 = time.process_time()
+        if hook == "process":
+            for _ in range(20_000):
+                with telemetry.process(job, "memory", "worker"):
+                    pass
+        else:
+            for _ in range(20_000):
+                job.headers.clear()
+                with telemetry.send(job, "memory"):
+                    pass
+        return (time.process_time() - c0) / 20_000 * 1e6
+
+    rows = []
+    for hook in ("process", "send"):
+        costs = {True: [], False: []}
+        for i in range(9):
+            for with_api in ((True, False) if i % 2 == 0 else (False, True)):
+                costs[with_api].append(per_call(real if with_api else none, hook))
+        rows.append(
+            {
+                "scenario": f"otel_{hook}_call",
+                "n": 20_000,
+                "concurrency": None,
+                "us_per_call": round(min(costs[True]), 3),
+                "us_per_call_nootel": round(min(costs[False]), 3),
+                "otel_us_added": round(min(costs[True]) - min(costs[False]), 3),
+                "notes": "CPU time per call, best of 9 alternating rounds; opentelemetry-api only",
+            }
+        )
+    return rows
+
+
+EXTRA_SCENARIOS = {"inproc_noop": inproc_noop, "otel_calls": otel_calls}
 
 
 if __name__ == "__main__":
