@@ -290,6 +290,7 @@ def test_template_instantiates_cleanly(tmp_path: Path) -> None:
     files = {str(p.relative_to(project)) for p in project.rglob("*") if p.is_file()}
     assert files == {
         "pyproject.toml",
+        "LICENSE",
         "README.md",
         "CHANGELOG.md",
         "src/lexigram/tasks/demo/__init__.py",
