@@ -21,7 +21,13 @@ from typing import Any
 
 from lexigram.tasks._version import __version__
 from lexigram.tasks.cli import enqueue, info, worker
-from lexigram.tasks.cli._app import add_app_arguments, load_app
+from lexigram.tasks.cli._app import (
+    APP_VARIABLE,
+    CONFIG_VARIABLE,
+    DEFAULT_CONFIG,
+    add_app_arguments,
+    load_app,
+)
 from lexigram.tasks.cli._errors import (
     EXIT_CONFIG,
     EXIT_FAILURE,
@@ -31,7 +37,7 @@ from lexigram.tasks.cli._errors import (
     CLIError,
     redact,
 )
-from lexigram.tasks.cli._output import error, setup_logging
+from lexigram.tasks.cli._output import error, setup_logging, status
 from lexigram.tasks.errors import (
     BackendConnectionError,
     ConfigurationError,
@@ -41,6 +47,9 @@ from lexigram.tasks.errors import (
 )
 
 __all__ = [
+    "APP_VARIABLE",
+    "CONFIG_VARIABLE",
+    "DEFAULT_CONFIG",
     "EXIT_CONFIG",
     "EXIT_FAILURE",
     "EXIT_OK",
@@ -53,6 +62,8 @@ __all__ = [
     "common_options",
     "load_app",
     "main",
+    "redact",
+    "status",
 ]
 
 #: Entry-point group of CLI plugins: ``name = "package.cli:register"``.
