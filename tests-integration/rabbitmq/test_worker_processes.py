@@ -114,18 +114,18 @@ async def test_closed_connection_loses_no_job_and_runs_none_twice_at_once(
 ) -> None:
     worker = spawn(queue.queue_name, workers=20)
     [pid] = await eventually(lambda: broker.connection_pids(ns), timeout=30)
-    await queue.enqueue_many(_jobs(queue, "slow_record", 100, seconds=1.0))
+    await queue.enqueue_many(_jobs(queue, "slow_record", 160, seconds=1.0))
     await eventually(lambda: _started_at_least(client, ns, 30), timeout=30)
 
     await broker.rabbitmqctl("close_connection", pid, "closed by a lexigram test")
     running = await client.scard(f"{ns}:running")
-    remaining = 100 - len(await _done(client, ns))
+    remaining = 160 - len(await _done(client, ns))
     assert running > 0, "the connection should close while jobs run"
     assert remaining > running, "the connection should close while jobs wait"
 
     # The worker reconnects (a new connection under the same name) and carries on.
     await eventually(lambda: _reconnected(broker, ns, pid), timeout=30)
-    done = await eventually(lambda: _complete(client, ns, 100), timeout=60)
+    done = await eventually(lambda: _complete(client, ns, 160), timeout=60)
     assert set(done.values()) == {1}, "a job completed twice"
     assert await client.lrange(f"{ns}:overlaps", 0, -1) == [], "a job ran twice at once"
     await eventually(lambda: _is(queue.counts(), EMPTY), timeout=10)
@@ -150,7 +150,7 @@ async def test_producer_trace_continues_in_the_worker_process(
         with tracing.get_tracer("test").start_as_current_span("GET /signup") as request:
             await producer.enqueue("record", "traced")
         await eventually(lambda: client.hget(f"{ns}:done", "traced"), timeout=30)
-        spans = await eventually(lambda: _worker_spans(client, ns), timeout=10)
+        spans = await eventually(lambda: _worker_spans(client, ns, "CONSUMER"), timeout=10)
     finally:
         await producer.disconnect()
         _stop(worker)
@@ -175,5 +175,7 @@ async def _reconnected(broker: Any, name: str, old_pid: str) -> bool:
     return bool(pids) and old_pid not in pids
 
 
-async def _worker_spans(client: aioredis.Redis, ns: str) -> list[dict[str, Any]]:
-    return [json.loads(raw) for raw in await client.lrange(f"{ns}:spans", 0, -1)]
+async def _worker_spans(client: aioredis.Redis, ns: str, kind: str) -> list[dict[str, Any]]:
+    """The worker's exported spans, once one of ``kind`` is among them."""
+    spans = [json.loads(raw) for raw in await client.lrange(f"{ns}:spans", 0, -1)]
+    return spans if any(span["kind"] == kind for span in spans) else []

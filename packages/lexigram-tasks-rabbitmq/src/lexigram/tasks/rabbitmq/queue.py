@@ -273,8 +273,9 @@ class RabbitMQTaskQueue(BaseTaskQueue):
     async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
         for job in jobs:
             self.check_supported(job)
-        # Publishes are written in order and their confirms awaited together.
-        await asyncio.gather(*(self._publish_job(job, self._destination_for(job)) for job in jobs))
+        # Written in order, then every confirm awaited together.
+        batch = [await self._addressed(job, self._destination_for(job)) for job in jobs]
+        await self._publish_batch(batch)
         return [job.id for job in jobs]
 
     # -- dequeue ---------------------------------------------------------------
@@ -304,9 +305,7 @@ class RabbitMQTaskQueue(BaseTaskQueue):
                 await self._wait_for_reconnect(max(wait, 1.0))
         finally:
             self._dequeuing -= 1
-            if self._dequeuing == 0 and self._active_tags:
-                loop = asyncio.get_running_loop()
-                self._idle_timer = loop.call_later(IDLE_CONSUMER_SECONDS, self._on_idle)
+            self._schedule_idle_check()
         return out
 
     async def _take(
@@ -588,6 +587,22 @@ class RabbitMQTaskQueue(BaseTaskQueue):
         for tag in tags:
             await channel.basic_cancel(tag)
 
+    async def _flush_cancelled_deliveries(self) -> None:
+        """Make sure deliveries sent before a cancel have arrived.
+
+        A quorum queue may send a cancelled consumer's last deliveries after
+        cancel-ok; a ``basic.get`` is ordered after them by the queue, so once
+        it answers they are in the buffer. A message it returns is buffered too.
+        """
+        if self.queue_type != "quorum":
+            return
+        channel = await self._raw_consumer_channel()
+        for queue in self.consumed_queues:
+            message = await channel.basic_get(queue, no_ack=False)
+            if isinstance(message.delivery, spec.Basic.GetOk):
+                self._track(channel, _tag(message))
+                self._inbox.append((queue, message))
+
     async def _on_message(self, message: DeliveredMessage) -> None:
         delivery_info = message.delivery
         assert isinstance(delivery_info, spec.Basic.Deliver)
@@ -601,16 +616,22 @@ class RabbitMQTaskQueue(BaseTaskQueue):
         self._inbox.append((queue, message))
         self._arrived.set()
 
+    def _schedule_idle_check(self) -> None:
+        if self._dequeuing == 0 and (self._active_tags or self._inbox):
+            self._cancel_idle_timer()
+            loop = asyncio.get_running_loop()
+            self._idle_timer = loop.call_later(IDLE_CONSUMER_SECONDS, self._on_idle)
+
     def _on_idle(self) -> None:
         self._idle_timer = None
-        if self._dequeuing == 0 and self._active_tags:
+        if self._dequeuing == 0 and (self._active_tags or self._inbox):
             task = asyncio.ensure_future(self._stop_consuming())
             task.add_done_callback(_log_failure)
 
     async def _stop_consuming(self) -> None:
         """Nobody is asking for jobs: cancel the consumers and return what they buffered."""
         async with self._consumer_lock:
-            if self._dequeuing or not self._active_tags:
+            if self._dequeuing or not (self._active_tags or self._inbox):
                 return
             await self._cancel_consumers()
             while (item := self._pop_buffered()) is not None:
@@ -661,7 +682,14 @@ class RabbitMQTaskQueue(BaseTaskQueue):
 
         ``running`` counts the deliveries this instance holds: AMQP does not
         report other consumers' unacked messages (the management API does).
+        An idle consumer is cancelled first, so that no delivery is in flight
+        while counting; during a ``dequeue`` the counts may be off by those.
         """
+        async with self._consumer_lock:
+            if not self._dequeuing and self._active_tags:
+                await self._cancel_consumers()
+                await self._flush_cancelled_deliveries()
+                self._schedule_idle_check()
         channel = await self._raw_consumer_channel()
         ready = failed = 0
         for queue in self.consumed_queues:
@@ -717,12 +745,15 @@ class RabbitMQTaskQueue(BaseTaskQueue):
         return Destination(self.exchange, self.routes.get(job.task, self.queue_name))
 
     async def _publish_job(self, job: Job, destination: Destination) -> None:
+        await self._publish_confirmed(*await self._addressed(job, destination))
+
+    async def _addressed(self, job: Job, destination: Destination) -> _Publication:
         if job.task in self.routes and job.queue != destination.routing_key:
             job = dataclasses.replace(job, queue=destination.routing_key)
         delay = job.run_at - time.time() if job.run_at is not None else 0.0
         ttl = messages.message_ttl_ms(job) if job.headers else None
         properties = messages.job_properties(job, expiration_ms=None if delay > 0 else ttl)
-        await self._publish(job.to_bytes(), properties, destination, delay)
+        return await self._address(job.to_bytes(), properties, destination, delay)
 
     async def _publish(
         self,
@@ -732,14 +763,45 @@ class RabbitMQTaskQueue(BaseTaskQueue):
         delay: float = 0.0,
     ) -> None:
         """Publish and wait for the broker's confirm; delays go through the ladder."""
-        exchange, routing_key = destination.exchange, destination.routing_key
-        if delay > 0:
-            delay_ms = topology.ladder_delay_ms(delay)
-            top = topology.ladder_top_level(delay_ms)
-            await self._ensure_ladder(destination, top)
-            exchange = topology.ladder_name(destination.ladder_prefix, top)
-            routing_key = topology.ladder_routing_key(delay_ms)
-        await self._publish_confirmed(exchange, routing_key, body, properties)
+        await self._publish_confirmed(*await self._address(body, properties, destination, delay))
+
+    async def _address(
+        self,
+        body: bytes,
+        properties: spec.Basic.Properties,
+        destination: Destination,
+        delay: float,
+    ) -> _Publication:
+        """Exchange and routing key for a message: its destination, or the delay ladder."""
+        if delay <= 0:
+            return destination.exchange, destination.routing_key, body, properties
+        delay_ms = topology.ladder_delay_ms(delay)
+        top = topology.ladder_top_level(delay_ms)
+        await self._ensure_ladder(destination, top)
+        exchange = topology.ladder_name(destination.ladder_prefix, top)
+        return exchange, topology.ladder_routing_key(delay_ms), body, properties
+
+    async def _publish_batch(self, batch: Sequence[_Publication]) -> None:
+        """Write every message, then await all the confirms; retry what a reconnect lost."""
+        if not batch:
+            return
+        publisher = self._require_connection()
+        try:
+            channel = await publisher.get_underlay_channel()
+        except _CONNECTION_ERRORS:
+            retry = list(batch)
+        else:
+            results = await asyncio.gather(
+                *(self._send(channel, *item) for item in batch), return_exceptions=True
+            )
+            retry = []
+            for item, result in zip(batch, results, strict=True):
+                if isinstance(result, _CONNECTION_ERRORS):
+                    retry.append(item)
+                elif isinstance(result, BaseException):
+                    raise self._refusal(result, item[0], item[1]) from None
+        for item in retry:
+            await self._publish_confirmed(*item)
 
     async def _publish_confirmed(
         self, exchange: str, routing_key: str, body: bytes, properties: spec.Basic.Properties
@@ -748,21 +810,10 @@ class RabbitMQTaskQueue(BaseTaskQueue):
         for attempt in range(1, _PUBLISH_ATTEMPTS + 1):
             try:
                 channel = await publisher.get_underlay_channel()
-                await channel.basic_publish(
-                    body,
-                    exchange=exchange,
-                    routing_key=routing_key,
-                    properties=properties,
-                    mandatory=True,
-                )
+                await self._send(channel, exchange, routing_key, body, properties)
                 return
-            except aiormq.exceptions.PublishError as exc:
-                raise PublishRefusedError(
-                    f"RabbitMQ could not route a message to exchange {exchange or '(default)'!r} "
-                    f"with routing key {routing_key!r}: no queue is bound there ({exc})"
-                ) from None
             except aiormq.exceptions.DeliveryError as exc:
-                raise PublishRefusedError(f"RabbitMQ refused a message: {exc}") from None
+                raise self._refusal(exc, exchange, routing_key) from None
             except _CONNECTION_ERRORS as exc:
                 if attempt == _PUBLISH_ATTEMPTS:
                     raise BackendConnectionError(
@@ -772,6 +823,35 @@ class RabbitMQTaskQueue(BaseTaskQueue):
                 # A lost confirm means "unknown", not "refused": publish again once
                 # the robust connection is back (at least once; rarely twice).
                 await asyncio.wait_for(publisher.ready(), self.connect_timeout)
+
+    @staticmethod
+    async def _send(
+        channel: RawChannel,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: spec.Basic.Properties,
+    ) -> None:
+        # wait=False: no need to wait for the socket write, only for the confirm.
+        await cast(aiormq.Channel, channel).basic_publish(
+            body,
+            exchange=exchange,
+            routing_key=routing_key,
+            properties=properties,
+            mandatory=True,
+            wait=False,
+        )
+
+    @staticmethod
+    def _refusal(exc: BaseException, exchange: str, routing_key: str) -> BaseException:
+        if isinstance(exc, aiormq.exceptions.PublishError):
+            return PublishRefusedError(
+                f"RabbitMQ could not route a message to exchange {exchange or '(default)'!r} "
+                f"with routing key {routing_key!r}: no queue is bound there ({exc})"
+            )
+        if isinstance(exc, aiormq.exceptions.DeliveryError):
+            return PublishRefusedError(f"RabbitMQ refused a message: {exc}")
+        return exc
 
     # -- topology ----------------------------------------------------------------
 
@@ -885,6 +965,9 @@ class RabbitMQTaskQueue(BaseTaskQueue):
 
 
 _AuthErrors = aiormq.exceptions.AuthenticationError
+
+#: What to publish: exchange, routing key, body, properties.
+_Publication = tuple[str, str, bytes, spec.Basic.Properties]
 
 
 def _consumer_tag(message: DeliveredMessage) -> str | None:
