@@ -28,12 +28,11 @@ import sys
 import time
 
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))
-import _benchlib as B  # noqa: E402  (found on the PYTHONPATH the runner sets)
+import _benchlib as B
+from opentelemetry.trace import INVALID_SPAN
 
-from opentelemetry.trace import INVALID_SPAN  # noqa: E402
-
-from lexigram.tasks import MemoryTaskQueue, TaskProvider  # noqa: E402
-from lexigram.tasks._otel import Telemetry  # noqa: E402
+from lexigram.tasks import MemoryTaskQueue, TaskProvider
+from lexigram.tasks._otel import Telemetry
 
 SYSTEM, BACKEND = "lexigram", "memory"
 CONCURRENCY = {"noop_drain": 50, "sleep_drain": 100, "latency": 50}
@@ -235,7 +234,7 @@ async def inproc_noop(args):
     drain = {False: [], True: []}
     enq = {False: [], True: []}
     for i in range(ROUNDS):
-        for off in ((False, True) if i % 2 == 0 else (True, False)):
+        for off in (False, True) if i % 2 == 0 else (True, False):
             drain[off].append(await _inproc_round(n, concurrency, off) / n * 1e6)
             enq[off].append(await _inproc_enqueue_round(n, off) / n * 1e6)
     rows = []
@@ -297,7 +296,7 @@ def otel_calls(args):
     for hook in ("process", "send"):
         costs = {True: [], False: []}
         for i in range(9):
-            for with_api in ((True, False) if i % 2 == 0 else (False, True)):
+            for with_api in (True, False) if i % 2 == 0 else (False, True):
                 costs[with_api].append(per_call(real if with_api else none, hook))
         rows.append(
             {
