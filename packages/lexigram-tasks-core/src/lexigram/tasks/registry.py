@@ -65,6 +65,23 @@ class TaskBackendRegistry:
         except KeyError:
             raise BackendNotFoundError(self._explain_missing(type_name)) from None
 
+    def resolve(self, type_name: str) -> BackendFactory:
+        """The factory for ``type_name`` itself, imported now (e.g. to inspect its signature).
+
+        A registered entry point that cannot be imported raises
+        :class:`BackendNotFoundError` naming its target and the import error.
+        """
+        factory = self.get(type_name)
+        if not isinstance(factory, _LazyFactory):
+            return factory
+        try:
+            return factory.load()
+        except Exception as exc:
+            raise BackendNotFoundError(
+                f"backend type {type_name!r} ({factory.target}) could not be loaded: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
     def create(self, type_name: str, **options: Any) -> TaskQueueProtocol:
         """Build a backend of ``type_name`` with ``options`` as keyword arguments."""
         return self.get(type_name)(**options)

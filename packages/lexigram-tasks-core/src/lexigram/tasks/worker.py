@@ -186,7 +186,7 @@ class WorkerPool:
                 task.cancel()
             if pending:
                 logger.warning(
-                    "shutdown timeout (%.0fs) reached: returning %d running job(s) to the queue",
+                    "shutdown timeout (%gs) reached: returning %d running job(s) to the queue",
                     self.shutdown_timeout,
                     len(pending),
                 )

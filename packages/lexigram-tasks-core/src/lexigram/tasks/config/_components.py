@@ -9,8 +9,8 @@ from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any
 
-from lexigram.tasks.errors import BackendNotFoundError, ConfigurationError
-from lexigram.tasks.registry import TaskBackendRegistry, _LazyFactory
+from lexigram.tasks.errors import ConfigurationError
+from lexigram.tasks.registry import TaskBackendRegistry
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,13 +96,4 @@ def dead_letter_factory(options: dict[str, Any]) -> Callable[..., Any]:
 
 def resolve_backend(registry: TaskBackendRegistry, type_name: str) -> Callable[..., Any]:
     """The backend factory for ``type_name``, imported now so its signature can be checked."""
-    factory = registry.get(type_name)  # BackendNotFoundError names the registered types
-    if isinstance(factory, _LazyFactory):
-        try:
-            return factory.load()
-        except Exception as exc:
-            raise BackendNotFoundError(
-                f"backend type {type_name!r} ({factory.target}) could not be loaded: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-    return factory
+    return registry.resolve(type_name)
