@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import aiormq
+
 from lexigram.tasks.errors import TaskError
 
 
@@ -11,3 +13,12 @@ class PublishRefusedError(TaskError):
     An enqueue that raises this stored nothing; one that returns was
     confirmed by the broker.
     """
+
+
+#: What a lost connection or channel raises in aio-pika and aiormq.
+CONNECTION_ERRORS = (
+    aiormq.exceptions.ChannelInvalidStateError,
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelClosed,
+    ConnectionError,
+)

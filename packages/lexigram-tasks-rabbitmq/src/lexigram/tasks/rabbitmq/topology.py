@@ -24,6 +24,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange
+
 QueueType = Literal["classic", "quorum"]
 
 #: Levels of the delay ladder: level L holds messages for 2**L ms, so the
@@ -136,3 +139,50 @@ def _quorum_safe_dead_lettering() -> dict[str, Any]:
     # Quorum queues dead-letter at most once by default; at-least-once needs
     # reject-publish overflow. Classic queues have no such setting.
     return {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+
+
+# -- declaring ---------------------------------------------------------------
+# On a robust channel: aio-pika declares these again after every reconnect.
+
+
+async def declare_work_queue(
+    channel: AbstractChannel,
+    queue: str,
+    *,
+    arguments: dict[str, Any],
+    queue_type: QueueType,
+    exchange: AbstractExchange | None,
+) -> None:
+    """The work queue, its dead-letter exchange and queue; bound to ``exchange`` if given."""
+    dlx = await channel.declare_exchange(
+        dead_letter_exchange(queue), aio_pika.ExchangeType.FANOUT, durable=True
+    )
+    dlq = await channel.declare_queue(
+        dead_letter_queue(queue), durable=True, arguments=dead_letter_queue_arguments(queue_type)
+    )
+    await dlq.bind(dlx, routing_key="")
+    work = await channel.declare_queue(queue, durable=True, arguments=arguments)
+    if exchange is not None:
+        await work.bind(exchange, routing_key=queue)
+
+
+async def declare_ladder_level(
+    channel: AbstractChannel,
+    queue_type: QueueType,
+    *,
+    destination: Destination,
+    level: int,
+    lower: AbstractExchange | None,
+) -> AbstractExchange:
+    """One level of a delay ladder; ``lower`` is the level below (``None`` for level 0)."""
+    prefix = destination.ladder_prefix
+    name = ladder_name(prefix, level)
+    exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
+    arguments = ladder_queue_arguments(
+        queue_type, prefix=prefix, level=level, destination=destination
+    )
+    queue = await channel.declare_queue(name, durable=True, arguments=arguments)
+    await queue.bind(exchange, routing_key=ladder_binding_key(level, "1"))
+    if lower is not None:
+        await lower.bind(exchange, routing_key=ladder_binding_key(level, "0"))
+    return exchange

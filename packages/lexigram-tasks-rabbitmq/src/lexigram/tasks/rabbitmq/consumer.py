@@ -1,0 +1,226 @@
+"""Taking messages from the broker: consumers with a prefetch window, and ``basic.get``.
+
+While someone waits in ``dequeue``, a consumer per queue fills a local
+buffer; its prefetch is the number of jobs the worker asked for (its free
+slots), so a worker never holds more messages than it can start. A consumer
+that nobody has asked for jobs for :data:`IDLE_SECONDS` is cancelled, and
+what it buffered goes back to the queue for other workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Final, cast
+
+from aio_pika.abc import AbstractRobustChannel
+from aiormq.abc import AbstractChannel, DeliveredMessage
+from pamqp import commands as spec
+
+from lexigram.tasks.rabbitmq.leases import LeaseBook, consumer_tag, delivery_tag, log_failure
+
+#: Cancel a consumer after this long without anyone asking for jobs.
+IDLE_SECONDS: Final = 0.25
+
+Received = tuple[str, DeliveredMessage]  # (queue, message)
+
+
+class Consumer:
+    """The consuming side of one connection: consumers, their buffer, their prefetch."""
+
+    def __init__(
+        self,
+        channel: Callable[[], AbstractRobustChannel],
+        queues: Sequence[str],
+        leases: LeaseBook,
+        *,
+        prefetch: int | None,
+        quorum: bool,
+    ) -> None:
+        self._channel = channel
+        self.queues = tuple(queues)
+        self.leases = leases
+        self.prefetch = prefetch
+        self.quorum = quorum
+        self.buffer: collections.deque[Received] = collections.deque()
+        self.arrived = asyncio.Event()
+        self._queue_of_tag: dict[str, str] = {}  # every consumer tag on the channel
+        self.active: set[str] = set()  # consumers not cancelled
+        self._window = 0  # prefetch of the active consumers
+        self._lock = asyncio.Lock()
+        self._takers = 0  # dequeue calls in progress
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._get_cursor = 0
+
+    async def raw_channel(self) -> AbstractChannel:
+        return await self._channel().get_underlay_channel()
+
+    # -- who is asking ---------------------------------------------------------
+
+    def begin(self) -> None:
+        """A ``dequeue`` starts: keep the consumers."""
+        self._takers += 1
+        self._cancel_idle_timer()
+
+    def end(self) -> None:
+        self._takers -= 1
+        self._schedule_idle_check()
+
+    # -- messages --------------------------------------------------------------
+
+    def pop(self) -> Received | None:
+        while self.buffer:
+            queue, message = self.buffer.popleft()
+            if not message.channel.is_closed:
+                return queue, message
+            # Its channel died: the broker has put the message back already.
+        return None
+
+    async def get_one(self) -> Received | None:
+        """``basic.get`` from each queue in turn; ``None`` when all are empty."""
+        channel = await self.raw_channel()
+        for _ in range(len(self.queues)):
+            queue = self.queues[self._get_cursor % len(self.queues)]
+            message = await channel.basic_get(queue, no_ack=False)
+            if isinstance(message.delivery, spec.Basic.GetOk):
+                self.leases.track(channel, delivery_tag(message))
+                return queue, message
+            self._get_cursor += 1
+        return None
+
+    async def _on_message(self, message: DeliveredMessage) -> None:
+        queue = self._queue_of_tag.get(cast(str, consumer_tag(message)))
+        tag = delivery_tag(message)
+        self.leases.track(message.channel, tag)
+        if queue is None:  # not ours (cannot happen): hand it back
+            self.leases.untrack(message.channel, tag)
+            await message.channel.basic_nack(tag, requeue=True)
+            return
+        self.buffer.append((queue, message))
+        self.arrived.set()
+
+    # -- consumers -------------------------------------------------------------
+
+    async def ensure(self, max_jobs: int) -> None:
+        """Consume with room for ``max_jobs`` more deliveries.
+
+        The prefetch window counts a consumer's unacked messages, held leases
+        included, and cannot be changed for a running consumer; when it is too
+        small for the slots the worker has free, a new consumer replaces it.
+        """
+        if self._has_room(max_jobs):
+            return
+        async with self._lock:
+            if self._has_room(max_jobs):
+                return
+            await self._cancel()
+            await self._start(self.prefetch or max(1, max_jobs - len(self.buffer)))
+
+    def _has_room(self, max_jobs: int) -> bool:
+        """Whether buffered messages plus what the consumers may still send cover ``max_jobs``."""
+        buffered = len(self.buffer)
+        if buffered >= max_jobs:
+            return True
+        if not self.active:
+            return False
+        if self.prefetch is not None:
+            return True
+        in_flight = self.leases.held_by(self.active)
+        in_flight += sum(1 for _, m in self.buffer if consumer_tag(m) in self.active)
+        return buffered + self._window - in_flight >= max_jobs
+
+    async def _start(self, prefetch: int) -> None:
+        await self._channel().set_qos(prefetch_count=prefetch)
+        channel = await self.raw_channel()
+        self._window = prefetch
+        for queue in self.queues:
+            # Registered before consuming: deliveries may arrive before consume-ok.
+            tag = f"lexigram.{uuid.uuid4().hex}"
+            self._queue_of_tag[tag] = queue
+            self.active.add(tag)
+            await channel.basic_consume(queue, self._on_message, no_ack=False, consumer_tag=tag)
+
+    async def _cancel(self) -> None:
+        tags, self.active = self.active, set()
+        self._window = 0
+        if not tags:
+            return
+        channel = await self.raw_channel()
+        if channel.is_closed:
+            return
+        for tag in tags:
+            await channel.basic_cancel(tag)
+
+    async def cancel(self) -> None:
+        async with self._lock:
+            await self._cancel()
+
+    async def pause(self) -> None:
+        """Cancel idle consumers so that no delivery is in flight (for exact counts)."""
+        async with self._lock:
+            if self._takers or not self.active:
+                return
+            await self._cancel()
+            if self.quorum:
+                await self._flush_quorum_deliveries()
+            self._schedule_idle_check()
+
+    async def _flush_quorum_deliveries(self) -> None:
+        """Make sure deliveries sent before a cancel have arrived.
+
+        A quorum queue may send a cancelled consumer's last deliveries after
+        cancel-ok; a ``basic.get`` is ordered after them by the queue, so once
+        it answers they are in the buffer. A message it returns is buffered too.
+        """
+        channel = await self.raw_channel()
+        for queue in self.queues:
+            message = await channel.basic_get(queue, no_ack=False)
+            if isinstance(message.delivery, spec.Basic.GetOk):
+                self.leases.track(channel, delivery_tag(message))
+                self.buffer.append((queue, message))
+
+    # -- going idle --------------------------------------------------------------
+
+    def _schedule_idle_check(self) -> None:
+        if self._takers == 0 and (self.active or self.buffer):
+            self._cancel_idle_timer()
+            loop = asyncio.get_running_loop()
+            self._idle_timer = loop.call_later(IDLE_SECONDS, self._on_idle)
+
+    def _on_idle(self) -> None:
+        self._idle_timer = None
+        if self._takers == 0 and (self.active or self.buffer):
+            task = asyncio.ensure_future(self._stop())
+            task.add_done_callback(log_failure)
+
+    async def _stop(self) -> None:
+        """Nobody is asking for jobs: cancel the consumers and return what they buffered."""
+        async with self._lock:
+            if self._takers or not (self.active or self.buffer):
+                return
+            await self._cancel()
+            while (item := self.pop()) is not None:
+                await self.leases.give_back(item[1])
+
+    def _cancel_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def connection_lost(self) -> None:
+        """The channel is gone, with its consumers and everything buffered."""
+        self.leases.connection_lost(message for _, message in self.buffer)
+        self._queue_of_tag.clear()
+        self.active.clear()
+        self._window = 0
+        self.buffer.clear()
+        self.arrived.set()
+
+    def clear(self) -> None:
+        self._cancel_idle_timer()
+        self.buffer.clear()
+        self._queue_of_tag.clear()
+        self.active.clear()
+        self._window = 0
