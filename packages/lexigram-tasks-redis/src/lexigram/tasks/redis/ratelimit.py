@@ -21,13 +21,14 @@ _GCRA = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local next_tat = tat + interval
-local wait = next_tat - now - interval * burst
-if wait > 0 then return tostring(wait) end
-redis.call('SET', KEYS[1], string.format('%.6f', next_tat),
-  'PX', math.ceil((next_tat - now) * 1000) + 1000)
+-- How far the schedule already runs ahead of now. Work with this difference,
+-- never with absolute times alone: at today's epoch a double resolves only
+-- about 0.2 us, and (now + interval) - now - interval is not exactly 0.
+local ahead = math.max((tonumber(redis.call('GET', KEYS[1]) or '0')) - now, 0)
+local wait = ahead + interval - interval * burst
+if wait > 0.000001 then return tostring(wait) end
+redis.call('SET', KEYS[1], string.format('%.6f', now + ahead + interval),
+  'PX', math.ceil((ahead + interval) * 1000) + 1000)
 return '0'
 """
 

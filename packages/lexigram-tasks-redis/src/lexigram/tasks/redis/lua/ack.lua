@@ -14,8 +14,7 @@ for i = 4, #ARGV, 2 do
     redis.call('ZREM', K_STARTED, id .. ':' .. token)
     release_dedup(f[2], id)
     if ttl > 0 then
-      redis.call('HSET', key, 'status', 'finished', 'ended_at', ended_at)
-      redis.call('HDEL', key, 'lx_token')
+      redis.call('HSET', key, 'status', 'finished', 'ended_at', ended_at, 'lx_token', '')
       redis.call('EXPIRE', key, ttl)
       redis.call('ZADD', K_FINISHED, NOW + ttl, id)
     else

@@ -14,16 +14,16 @@ if #ids > 0 then
   for i, id in ipairs(ids) do
     local key = JOB_PREFIX .. id
     local token = tostring(last - #ids + i)
-    local data = redis.call('HGET', key, 'data')
-    local missing = 0
+    local f = redis.call('HMGET', key, 'data', 'lx_attempt')
+    local data, attempt, missing = f[1], (tonumber(f[2]) or 0) + 1, 0
     if not data then
       -- An id without a job (a foreign producer's mistake): keep the entry
       -- itself as the payload so that it is dead-lettered, not lost.
       data, missing = id, 1
       redis.call('HSET', key, 'data', id, 'origin', QUEUE_NAME)
     end
-    local attempt = redis.call('HINCRBY', key, 'lx_attempt', 1)
-    redis.call('HSET', key, 'status', 'started', 'lx_token', token, 'started_at', started_at)
+    redis.call('HSET', key, 'status', 'started', 'lx_attempt', attempt, 'lx_token', token,
+      'started_at', started_at)
     redis.call('ZADD', K_LEASES, deadline, id)
     redis.call('ZADD', K_STARTED, '+inf', id .. ':' .. token)
     out[#out + 1] = id
