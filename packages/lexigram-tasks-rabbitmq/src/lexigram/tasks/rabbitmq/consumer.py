@@ -45,7 +45,7 @@ class Consumer:
         self.prefetch = prefetch
         self.quorum = quorum
         self.buffer: collections.deque[Received] = collections.deque()
-        self.arrived = asyncio.Event()
+        self._waiters: list[asyncio.Future[None]] = []
         self._queue_of_tag: dict[str, str] = {}  # every consumer tag on the channel
         self.active: set[str] = set()  # consumers not cancelled
         self._window = 0  # prefetch of the active consumers
@@ -99,7 +99,27 @@ class Consumer:
             await message.channel.basic_nack(tag, requeue=True)
             return
         self.buffer.append((queue, message))
-        self.arrived.set()
+        self._wake()
+
+    async def wait(self, timeout: float) -> None:
+        """Return when a message arrives (or the connection drops), or after ``timeout``.
+
+        A plain future and timer: ``asyncio.wait_for`` would add a task and two
+        loop turns to every job's pickup latency.
+        """
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(timeout, _resolve, waiter)
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiters.remove(waiter)
+
+    def _wake(self) -> None:
+        for waiter in self._waiters:
+            _resolve(waiter)
 
     # -- consumers -------------------------------------------------------------
 
@@ -216,7 +236,7 @@ class Consumer:
         self.active.clear()
         self._window = 0
         self.buffer.clear()
-        self.arrived.set()
+        self._wake()
 
     def clear(self) -> None:
         self._cancel_idle_timer()
@@ -224,3 +244,8 @@ class Consumer:
         self._queue_of_tag.clear()
         self.active.clear()
         self._window = 0
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -281,7 +281,6 @@ class RabbitMQTaskQueue(BaseTaskQueue):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while len(out) < max_jobs:
-            consumer.arrived.clear()  # before looking: a later arrival must wake us
             item = consumer.pop()
             if item is None and wait <= 0:
                 item = await consumer.get_one()
@@ -292,10 +291,7 @@ class RabbitMQTaskQueue(BaseTaskQueue):
                 if not consumer.active:  # a reconnect dropped the consumers
                     await consumer.ensure(max_jobs)
                     continue
-                try:
-                    await asyncio.wait_for(consumer.arrived.wait(), remaining)
-                except TimeoutError:
-                    break
+                await consumer.wait(remaining)  # no await since pop(): nothing missed
                 continue
             delivery = await self._admit(*item, lease_seconds=lease_seconds)
             if delivery is not None:
