@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -112,7 +114,7 @@ def test_cli_migrate_reports_what_it_did_with_the_password_redacted(
 ) -> None:
     # The test server trusts local connections, so the password is never checked.
     dsn = postgres_dsn.replace("postgresql://postgres@", "postgresql://postgres:s3cret@")
-    command = [sys.executable, "-m", "lexigram.tasks.postgres.cli", "postgres", "migrate"]
+    command = [sys.executable, "-m", "lexigram.tasks.cli", "postgres", "migrate"]
     args = ["--dsn", dsn, "--schema", fresh_schema]
     first = subprocess.run([*command, *args], capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
@@ -125,10 +127,32 @@ def test_cli_migrate_reports_what_it_did_with_the_password_redacted(
         assert "s3cret" not in output
 
 
-def test_cli_migrate_without_a_database_says_how_to_give_one() -> None:
-    command = [sys.executable, "-m", "lexigram.tasks.postgres.cli", "postgres", "migrate"]
+def test_cli_migrate_migrates_the_postgres_backends_of_a_config_file(
+    postgres_dsn: str, fresh_schema: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "lexigram.yaml"
+    config.write_text(
+        "tasks:\n"
+        "  backend:\n"
+        "    type: postgres\n"
+        '    postgres_dsn: "${DATABASE_URL}"\n'
+        f"    schema: {fresh_schema}\n"
+    )
+    command = [sys.executable, "-m", "lexigram.tasks.cli", "postgres", "migrate"]
+    env = {**os.environ, "DATABASE_URL": postgres_dsn}
+    result = subprocess.run(
+        [*command, "--config", str(config)], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"to schema {fresh_schema} at" in result.stdout
+
+
+def test_cli_migrate_without_a_database_says_how_to_give_one(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "lexigram.tasks.cli", "postgres", "migrate"]
     env = {"PATH": "/usr/bin:/bin"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path
+    )
     assert result.returncode == 2
     assert "--dsn" in result.stderr
     assert "DATABASE_URL" in result.stderr

@@ -24,7 +24,6 @@ class Statements:
     insert_many_plain: str
     dedup_holders: str
     claim: str
-    next_due: str
     ack_delete: str
     ack_keep: str
     requeue: str
@@ -41,6 +40,16 @@ class Statements:
         pairs = "unnest($1::bigint[], $2::bigint[]) AS s(id, token)"
         owned = f"{t}.id = s.id AND {t}.lease_token = s.token AND {t}.status = 'running'"
         released = "lease_token = NULL, lease_expires_at = NULL"
+        # Seconds until a delayed job is due or a lease lapses (NULL: never):
+        # one index probe per priority, however many jobs wait.
+        next_due = (
+            "extract(epoch FROM least("
+            " (SELECT min(r.run_at) FROM generate_series(0, 9) AS p(priority),"
+            f" LATERAL (SELECT run_at FROM {t} WHERE queue_name = $1 AND status = 'ready'"
+            " AND priority = p.priority ORDER BY run_at LIMIT 1) AS r),"
+            f" (SELECT min(lease_expires_at) FROM {t}"
+            " WHERE queue_name = $1 AND status = 'running')) - now())::float8"
+        )
         insert_many = (
             f"INSERT INTO {t} (queue_name, job_id, priority, run_at, attempt, dedup_key, payload)"
             " SELECT $1, j.job_id, j.priority, coalesce(to_timestamp(j.run_at), now()),"
@@ -68,7 +77,10 @@ class Statements:
             # Ready jobs, plus running ones whose lease lapsed (their worker
             # died); both locked with SKIP LOCKED so concurrent workers never
             # wait on or share a row. MATERIALIZED keeps each locking scan a
-            # single execution.
+            # single execution. When nothing was leased, the one row returned
+            # instead says in how many seconds something will be (`due`), so
+            # an idle worker knows how long it may sleep without a second
+            # round trip. (UNION ALL keeps the sorted branch's order.)
             claim=(
                 "WITH ready AS MATERIALIZED ("
                 f" SELECT id FROM {t}"
@@ -83,17 +95,10 @@ class Statements:
                 " lease_token = $3, lease_expires_at = now() + make_interval(secs => $4)"
                 " FROM picked WHERE j.id = picked.id"
                 " RETURNING j.id, j.attempt, j.payload, j.priority, j.run_at)"
-                " SELECT id, attempt, payload FROM leased ORDER BY priority DESC, run_at, id"
-            ),
-            # Seconds until a delayed job is due or a lease lapses (NULL: never).
-            # One index probe per priority, however many jobs wait.
-            next_due=(
-                "SELECT extract(epoch FROM least("
-                " (SELECT min(r.run_at) FROM generate_series(0, 9) AS p(priority),"
-                f" LATERAL (SELECT run_at FROM {t} WHERE queue_name = $1 AND status = 'ready'"
-                " AND priority = p.priority ORDER BY run_at LIMIT 1) AS r),"
-                f" (SELECT min(lease_expires_at) FROM {t}"
-                " WHERE queue_name = $1 AND status = 'running')) - now())::float8"
+                " (SELECT id, attempt, payload, NULL::float8 AS due FROM leased"
+                " ORDER BY priority DESC, run_at, id)"
+                f" UNION ALL SELECT NULL, NULL, NULL, {next_due}"
+                " WHERE NOT EXISTS (SELECT FROM leased)"
             ),
             ack_delete=f"DELETE FROM {t} USING {pairs} WHERE {owned}",
             ack_keep=(

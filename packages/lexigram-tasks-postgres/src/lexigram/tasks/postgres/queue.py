@@ -28,6 +28,7 @@ from lexigram.tasks.postgres.migrate import (
     check_schema_name,
     current_version,
     latest_version,
+    migrate,
 )
 from lexigram.tasks.protocol import BaseTaskQueue, Capability, DeadLetter, Delivery, QueueCounts
 
@@ -167,12 +168,7 @@ class PostgresTaskQueue(BaseTaskQueue):
 
     async def migrate(self) -> list[int]:
         """Create or upgrade this queue's schema; return the versions applied now."""
-        pool = await self._open_pool(synchronous_commit=True)
-        try:
-            async with pool.acquire() as connection:
-                return await apply_migrations(connection, self.schema)
-        finally:
-            await pool.close()
+        return await migrate(self.postgres_dsn, self.schema)
 
     async def _check_schema(self, connection: asyncpg.Connection) -> None:
         if self.auto_migrate:
@@ -371,25 +367,30 @@ class PostgresTaskQueue(BaseTaskQueue):
             if wait > 0:
                 await listener.ensure()
             seen = listener.seen
-            deliveries = await self._claim(max_jobs, lease_seconds)
+            deliveries, due = await self._claim(max_jobs, lease_seconds)
             remaining = deadline - time.monotonic()
             if deliveries or remaining <= 0:
                 return deliveries
-            due = await self._run(lambda c: c.fetchval(self._sql.next_due, self.queue_name))
-            timeout = remaining if due is None else min(remaining, max(float(due), 0.005))
+            timeout = remaining if due is None else min(remaining, max(due, 0.005))
             if not listener.listening:
                 timeout = min(timeout, _POLL_WITHOUT_LISTEN)
             await listener.wait_after(seen, timeout)
             if self._listener is not listener:
                 return []  # disconnected meanwhile
 
-    async def _claim(self, max_jobs: int, lease_seconds: float) -> list[Delivery]:
+    async def _claim(
+        self, max_jobs: int, lease_seconds: float
+    ) -> tuple[list[Delivery], float | None]:
+        """Lease up to ``max_jobs``; with none leased, also seconds until one may be due."""
         token = random.getrandbits(63)
         rows = await self._run(
             lambda c: c.fetch(self._sql.claim, self.queue_name, max_jobs, token, lease_seconds),
             settling=True,
         )
-        return [self._delivery(row, token) for row in rows]
+        if len(rows) == 1 and rows[0]["id"] is None:
+            due: float | None = rows[0]["due"]
+            return [], due
+        return [self._delivery(row, token) for row in rows], None
 
     def _delivery(self, row: Any, token: int) -> Delivery:
         raw: bytes = row["payload"]
