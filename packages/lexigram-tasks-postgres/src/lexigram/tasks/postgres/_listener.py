@@ -78,13 +78,15 @@ class Listener:
         """Return on the first notification after ``seen``, or after ``timeout`` seconds."""
         if self.seen != seen or timeout <= 0:
             return
-        waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        # A timer on a plain future: fewer event-loop turns per wake-up than wait_for.
+        timer = loop.call_later(timeout, _resolve, waiter)
         self._waiters.add(waiter)
         try:
-            await asyncio.wait_for(waiter, timeout)
-        except TimeoutError:
-            pass
+            await waiter
         finally:
+            timer.cancel()
             self._waiters.discard(waiter)
 
     async def close(self) -> None:
@@ -112,5 +114,9 @@ class Listener:
     def _wake(self) -> None:
         self.seen += 1
         for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+            _resolve(waiter)
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
