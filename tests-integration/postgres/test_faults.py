@@ -15,6 +15,7 @@ import pytest_asyncio
 from lexigram.tasks import TaskProvider
 from lexigram.tasks.errors import BackendConnectionError
 from lexigram.tasks.postgres import PostgresTaskQueue
+from lexigram.tasks.postgres.migrate import quote_ident
 from lexigram.tasks.protocol import QueueCounts
 from lexigram.tasks.testing import eventually
 
@@ -123,3 +124,33 @@ async def test_terminated_connections_lose_no_job(
 
 async def _is_empty(queue: PostgresTaskQueue) -> bool:
     return await queue.counts() == EMPTY
+
+
+async def test_a_row_that_is_not_a_job_is_dead_lettered_by_the_worker_with_its_reason(
+    postgres_dsn: str, pg_schema: str, admin: asyncpg.Connection
+) -> None:
+    queue = _queue(postgres_dsn, pg_schema)
+    provider = TaskProvider(queue=queue)
+    ran: list[str] = []
+
+    @provider.task(name="work")
+    async def work(key: str) -> None:
+        ran.append(key)
+
+    async with provider:
+        await admin.execute(
+            f"INSERT INTO {quote_ident(pg_schema)}.jobs (queue_name, payload)"
+            ' VALUES ($1, convert_to(\'{"task": "work", "args": ["x"]}\', \'UTF8\'))',
+            queue.queue_name,
+        )
+        await work.enqueue("after")
+        await eventually(lambda: ran == ["after"], timeout=10, message="the worker got stuck")
+        [dead] = await eventually(queue.dead_letters, timeout=10)
+
+        async def settled() -> bool:
+            return await queue.counts() == QueueCounts(ready=0, delayed=0, running=0, failed=1)
+
+        await eventually(settled, timeout=10, message="the valid job was not acked")
+    assert dead.job_id is None
+    assert dead.payload == b'{"task": "work", "args": ["x"]}'
+    assert "missing required field 'id'" in dead.reason
