@@ -190,7 +190,7 @@ class LeaseBook:
         for lease in self.held:
             if lease.generation != self.generation and lease.body == body:
                 lease.channel, lease.tag = channel, tag
-                lease.generation = self.generation
+                lease.consumer, lease.generation = consumer_tag(message), self.generation
                 return True
         return False
 
