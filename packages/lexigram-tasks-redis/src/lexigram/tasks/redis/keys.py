@@ -88,7 +88,8 @@ class QueueKeys:
 
 def job_key(job_id: str) -> str:
     """The hash holding one job (rq's ``Job.key_for``)."""
-    return RQJob.key_for(job_id)
+    key: str | bytes = RQJob.key_for(job_id)  # typed bytes in some rq releases; a str at run time
+    return key if isinstance(key, str) else key.decode()
 
 
 #: Prefix of every job hash, as the scripts need it.

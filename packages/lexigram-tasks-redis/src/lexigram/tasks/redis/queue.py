@@ -8,10 +8,12 @@ batch and settling a failure are each a single round trip. See
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from lexigram.tasks.errors import MalformedJobError
@@ -81,6 +83,10 @@ class RedisTaskQueue(BaseTaskQueue):
         self._head = [JOB_PREFIX, queue_name]
         self._client: Redis | None = client
         self._owns_client = client is None
+        # Set when a lease found the queue empty: when (monotonic) the next
+        # delayed job or lease falls due. dequeue then waits without first
+        # asking again, since any new job leaves a wake-up token.
+        self._idle_until: float | None = None
 
     def __repr__(self) -> str:
         return (
@@ -118,13 +124,13 @@ class RedisTaskQueue(BaseTaskQueue):
 
     async def enqueue(self, job: Job) -> str:
         self.check_supported(job)
-        ids = await self._run("enqueue", self._job_fields(job))
+        ids = await self._run("enqueue", [_rq_time(time.time()), *self._job_fields(job)])
         return str(ids[0].decode())
 
     async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
         holders: list[str] = []
         for start in range(0, len(jobs), ENQUEUE_CHUNK):
-            args: list[Any] = []
+            args: list[Any] = [_rq_time(time.time())]
             for job in jobs[start : start + ENQUEUE_CHUNK]:
                 self.check_supported(job)
                 args += self._job_fields(job)
@@ -170,14 +176,19 @@ class RedisTaskQueue(BaseTaskQueue):
         client = self.client
         deadline = time.monotonic() + wait
         args = [*self._head, max_jobs, repr(float(lease_seconds))]
-        reply = await _scripts.run(client, "lease", self._key_list, args)
-        while True:
-            deliveries = [self._delivery(reply[i : i + 5]) for i in range(0, len(reply) - 1, 5)]
-            remaining = deadline - time.monotonic()
-            if deliveries or remaining < _MIN_BLOCK:
+        if self._idle_until is None or wait < _MIN_BLOCK:
+            deliveries = self._leased(await _scripts.run(client, "lease", self._key_list, args))
+            if deliveries or wait < _MIN_BLOCK:
                 return deliveries
-            next_due = float(reply[-1])
-            block = remaining if next_due < 0 else min(remaining, next_due)
+        else:
+            # The last lease emptied the queue, so go straight to waiting; but
+            # first let the jobs this worker was just handed start running.
+            await asyncio.sleep(0)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining < _MIN_BLOCK:
+                return []
+            block = min(remaining, (self._idle_until or math.inf) - time.monotonic())
             if self.socket_timeout is not None:
                 block = min(block, self.socket_timeout / 2)  # a read must not time out
             # Sleep on the wake-up list until an enqueue (or the next due job)
@@ -191,6 +202,18 @@ class RedisTaskQueue(BaseTaskQueue):
             except NoScriptError:
                 await _scripts.load_all(client)
                 reply = await _scripts.run(client, "lease", self._key_list, args)
+            deliveries = self._leased(reply)
+            if deliveries:
+                return deliveries
+
+    def _leased(self, reply: list[Any]) -> list[Delivery]:
+        """The deliveries of a lease script's reply; notes whether the queue is now empty."""
+        due = float(reply[-1])
+        if due == -2:
+            self._idle_until = None  # jobs are left: lease again before waiting
+        else:
+            self._idle_until = math.inf if due < 0 else time.monotonic() + due
+        return [self._delivery(reply[i : i + 5]) for i in range(0, len(reply) - 1, 5)]
 
     def _delivery(self, item: list[Any]) -> Delivery:
         raw_id, token, attempt, data, missing = item
@@ -293,5 +316,11 @@ class RedisTaskQueue(BaseTaskQueue):
 
 
 def _rq_time(timestamp: float) -> str:
-    """A Unix time in rq's stored format (``rq.utils.utcformat``)."""
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """A Unix time as rq stores it (``rq.utils.utcformat``): ``2026-11-27T21:54:03.123456Z``."""
+    second = int(timestamp)
+    return f"{_rq_second(second)}.{int((timestamp - second) * 1_000_000):06d}Z"
+
+
+@lru_cache(maxsize=4)
+def _rq_second(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))

@@ -81,11 +81,12 @@ local function push_ready(id, priority)
   redis.call('HINCRBY', K_PRIO, priority, 1)
 end
 
+-- Returns the popped ids and how many ready jobs are left.
 local function pop_ready(n)
   local ids = redis.call('LPOP', K_READY, n)
   if not ids then
     redis.call('DEL', K_PRIO)
-    return {}
+    return {}, 0
   end
   local left = #ids
   for _, pc in ipairs(priority_counts()) do
@@ -98,8 +99,9 @@ local function pop_ready(n)
       redis.call('HINCRBY', K_PRIO, pc[1], -take)
     end
   end
-  if redis.call('LLEN', K_READY) == 0 then redis.call('DEL', K_PRIO) end
-  return ids
+  local remaining = redis.call('LLEN', K_READY)
+  if remaining == 0 then redis.call('DEL', K_PRIO) end
+  return ids, remaining
 end
 
 local function release_dedup(dedup, id)

@@ -1,7 +1,9 @@
 -- Ready, delayed, running and failed counts, after lapsed leases and due
 -- delayed jobs were moved to ready (so the figures are current).
-while reclaim(1000) == 1000 do end
-while promote(1000) == 1000 do end
+local moved = 0
+repeat local n = reclaim(1000); moved = moved + n until n < 1000
+repeat local n = promote(1000); moved = moved + n until n < 1000
+if moved > 0 then wake() end
 redis.call('ZREMRANGEBYSCORE', K_FAILED, '-inf', NOW)
 return {
   redis.call('LLEN', K_READY),

@@ -1,11 +1,12 @@
--- Store jobs. ARGV from 3, eight per job: id, payload, priority, run_at
--- (0 = now), dedup key ('' = none), attempt, created_at, description.
+-- Store jobs. ARGV[3] is the enqueue time in rq's format; from ARGV[4],
+-- eight per job: id, payload, priority, run_at (0 = now), dedup key
+-- ('' = none), attempt, created_at, description.
 -- Returns, per job, the id of the job holding its dedup key (its own id
 -- unless a pending job already holds the key). Enqueueing an id that is
 -- still pending changes nothing, so a retried call cannot double a job.
 local ids = {}
-local enqueued_at = now_iso()
-for i = 3, #ARGV, 8 do
+local enqueued_at = ARGV[3]
+for i = 4, #ARGV, 8 do
   local id, payload, priority = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local run_at, dedup = tonumber(ARGV[i + 3]), ARGV[i + 4]
   local key = JOB_PREFIX .. id

@@ -1,12 +1,13 @@
 -- Lease up to ARGV[3] ready jobs for ARGV[4] seconds, after putting lapsed
 -- leases and due delayed jobs back on the ready list. Each leased job's
 -- attempt is incremented here. Returns five items per job (id, lease token,
--- attempt, payload, 1 if the job hash was missing) and, last, the seconds
--- until the next delayed job or lease is due (-1: none).
+-- attempt, payload, 1 if the job hash was missing) and, last: -2 if ready
+-- jobs are left, else the seconds until the next delayed job or lease is
+-- due (-1: none).
 reclaim(100)
 promote(1000)
 local out = {}
-local ids = pop_ready(tonumber(ARGV[3]))
+local ids, remaining = pop_ready(tonumber(ARGV[3]))
 if #ids > 0 then
   local deadline = NOW + tonumber(ARGV[4])
   local last = redis.call('INCRBY', K_SEQ, #ids)
@@ -32,7 +33,11 @@ if #ids > 0 then
     out[#out + 1] = data
     out[#out + 1] = missing
   end
-  if redis.call('LLEN', K_READY) > 0 then wake() end
 end
-out[#out + 1] = tostring(next_due())
+if remaining > 0 then
+  wake()  -- pass the turn on to another waiting consumer
+  out[#out + 1] = '-2'
+else
+  out[#out + 1] = tostring(next_due())
+end
 return out
