@@ -187,3 +187,31 @@ def test_repr_redacts_the_password() -> None:
     queue = RabbitMQTaskQueue("amqp://app:hunter2@rabbit:5672/prod", queue_name="q")
     assert "hunter2" not in repr(queue)
     assert "app:***@rabbit:5672" in repr(queue)
+
+
+def test_every_constructor_argument_is_a_config_key() -> None:
+    from lexigram.tasks import TaskProvider
+
+    provider = TaskProvider.from_config(
+        {
+            "tasks": {
+                "backend": {
+                    "type": "rabbitmq",
+                    "amqp_url": "amqp://guest:guest@localhost:5672/",
+                    "queue_name": "orders",
+                    "queue_type": "quorum",
+                    "queues": ["urgent"],
+                    "routes": {"shop.send_mail": "emails"},
+                    "message_ttl": 60,
+                    "delivery_limit": 5,
+                    "queue_arguments": {"x-max-length": 100_000},
+                }
+            }
+        }
+    )
+    queue = provider.queue
+    assert isinstance(queue, RabbitMQTaskQueue)
+    assert queue.consumed_queues == ("orders", "urgent")
+    assert queue.routes == {"shop.send_mail": "emails"}
+    assert (queue.queue_type, queue.message_ttl, queue.delivery_limit) == ("quorum", 60, 5)
+    assert queue.queue_arguments == {"x-max-length": 100_000}
