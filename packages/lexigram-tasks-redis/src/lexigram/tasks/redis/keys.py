@@ -88,7 +88,7 @@ class QueueKeys:
 
 def job_key(job_id: str) -> str:
     """The hash holding one job (rq's ``Job.key_for``)."""
-    key: str | bytes = RQJob.key_for(job_id)  # typed bytes in some rq releases; a str at run time
+    key: str | bytes = RQJob.key_for(job_id)  # bytes in rq 3, str in rq 2
     return key if isinstance(key, str) else key.decode()
 
 

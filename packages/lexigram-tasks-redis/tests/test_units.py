@@ -1,0 +1,92 @@
+"""Unit tests that need no Redis server: key layout, redaction, scripts, formats."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from rq import Queue
+from rq.job import Job as RQJob
+from rq.registry import FailedJobRegistry, StartedJobRegistry
+
+from lexigram.tasks import CacheBackendResultStore as LazyStore
+from lexigram.tasks import RedisTaskQueue as LazyQueue
+from lexigram.tasks import TaskBackendRegistry
+from lexigram.tasks.protocol import Capability, TaskQueueProtocol
+from lexigram.tasks.ratelimit import RateLimiter
+from lexigram.tasks.redis import CacheBackendResultStore, RedisRateLimiter, RedisTaskQueue
+from lexigram.tasks.redis._scripts import SCRIPTS
+from lexigram.tasks.redis.keys import JOB_PREFIX, QueueKeys, job_key
+from lexigram.tasks.redis.queue import _rq_time
+from lexigram.tasks.results import ResultStore
+
+
+def test_keys_are_rqs_own_names() -> None:
+    keys = QueueKeys.for_queue("emails")
+    rq_queue = Queue("emails", connection=_unused_connection())
+    assert keys.ready == rq_queue.key
+    assert keys.queues == Queue.redis_queues_keys
+    assert keys.started == StartedJobRegistry(queue=rq_queue).key
+    assert keys.failed == FailedJobRegistry(queue=rq_queue).key
+    rq_key = RQJob.key_for("abc")  # bytes in rq 3, str in rq 2
+    assert job_key("abc") == (rq_key.decode() if isinstance(rq_key, bytes) else rq_key)
+    assert job_key("abc") == f"{JOB_PREFIX}abc"
+    assert len(keys.as_list()) == 11
+    assert keys.queues not in keys.queue_owned()
+
+
+def test_backend_declares_what_the_contract_checks() -> None:
+    queue = RedisTaskQueue(redis_url="redis://localhost:6379/0", queue_name="q")
+    assert isinstance(queue, TaskQueueProtocol)
+    assert queue.system == "redis"
+    assert queue.capabilities == {Capability.DELAY, Capability.PRIORITY, Capability.UNIQUE}
+
+
+def test_registered_under_its_type_and_importable_from_lexigram_tasks() -> None:
+    made = TaskBackendRegistry().create("redis", redis_url="redis://h:1/0", queue_name="x")
+    assert isinstance(made, RedisTaskQueue)
+    assert LazyQueue is RedisTaskQueue
+    assert LazyStore is CacheBackendResultStore
+
+
+def test_reprs_never_show_the_password() -> None:
+    url = "redis://user:s3cret@redis.internal:6380/2"
+    for thing in (
+        RedisTaskQueue(redis_url=url, queue_name="q"),
+        CacheBackendResultStore(redis_url=url),
+        RedisRateLimiter(redis_url=url),
+    ):
+        assert "s3cret" not in repr(thing)
+        assert "***" in repr(thing)
+
+
+def test_result_store_and_limiter_satisfy_cores_protocols() -> None:
+    assert isinstance(CacheBackendResultStore(), ResultStore)
+    assert isinstance(RedisRateLimiter(), RateLimiter)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"finished_ttl": -1}, "finished_ttl"), ({"failure_ttl": 0}, "failure_ttl")],
+)
+def test_bad_settings_are_refused(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RedisTaskQueue(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("stamp", [1_700_000_000.125, 1_700_000_000.0, 1_764_281_643.363475])
+def test_times_are_stored_in_rqs_format(stamp: float) -> None:
+    expected = datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert _rq_time(stamp) == expected
+
+
+def test_every_script_starts_with_the_shared_prelude() -> None:
+    for script in SCRIPTS.values():
+        assert script.source.startswith("-- Shared prelude")
+        assert len(script.sha) == 40
+
+
+def _unused_connection() -> object:
+    import redis
+
+    return redis.Redis()  # rq wants a connection object to build names; nothing is sent
