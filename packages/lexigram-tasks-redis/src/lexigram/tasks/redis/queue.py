@@ -213,13 +213,15 @@ class RedisTaskQueue(BaseTaskQueue):
             self._idle_until = None  # jobs are left: lease again before waiting
         else:
             self._idle_until = math.inf if due < 0 else time.monotonic() + due
-        return [self._delivery(reply[i : i + 5]) for i in range(0, len(reply) - 1, 5)]
+        return [self._delivery(item) for item in reply[:-1]]
 
-    def _delivery(self, item: list[Any]) -> Delivery:
-        raw_id, token, attempt, data, missing = item
-        key_id = raw_id.decode()
-        lease = (key_id, token)
-        if missing:
+    def _delivery(self, item: bytes) -> Delivery:
+        # "<token> <attempt> <missing> <len(id)> <id><payload>" (see lease.lua)
+        token, attempt, missing, id_length, rest = item.split(b" ", 4)
+        raw_id, data = rest[: int(id_length)], rest[int(id_length) :]
+        key_id = raw_id.decode(errors="replace")
+        lease = token + b" " + raw_id
+        if missing == b"1":
             problem = (
                 f"queue entry {key_id!r} has no job stored at {job_key(key_id)!r}; "
                 "a producer must write the job hash before pushing its id"
@@ -239,24 +241,19 @@ class RedisTaskQueue(BaseTaskQueue):
         await self.ack_many([delivery])
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
-        if not deliveries:
-            return
-        args: list[Any] = [repr(float(self.finished_ttl))]
-        for delivery in deliveries:
-            args += delivery.token
-        await self._run("ack", args)
+        if deliveries:
+            leases = [delivery.token for delivery in deliveries]
+            await self._run("ack", [repr(float(self.finished_ttl)), *leases])
 
     async def nack(
         self, delivery: Delivery, *, requeue: bool, delay: float = 0.0, reason: str = ""
     ) -> None:
-        key_id, token = delivery.token
         job = delivery.job
         requeue = requeue and job is not None
         await self._run(
             "nack",
             [
-                key_id,
-                token,
+                delivery.token,
                 "1" if requeue else "0",
                 repr(float(max(delay, 0.0))),
                 reason,
@@ -269,12 +266,9 @@ class RedisTaskQueue(BaseTaskQueue):
         )
 
     async def extend_lease(self, deliveries: Sequence[Delivery], lease_seconds: float) -> None:
-        if not deliveries:
-            return
-        args: list[Any] = [repr(float(lease_seconds))]
-        for delivery in deliveries:
-            args += delivery.token
-        await self._run("extend", args)
+        if deliveries:
+            leases = [delivery.token for delivery in deliveries]
+            await self._run("extend", [repr(float(lease_seconds)), *leases])
 
     # -- inspecting ------------------------------------------------------------
 

@@ -1,12 +1,12 @@
 -- Settle finished jobs. ARGV[3] is how long finished jobs stay visible in
--- rq's finished registry (0: delete at once); then id, token pairs. A pair
--- whose token is no longer the job's (the lease lapsed and the job was
--- handed to someone else) is ignored. Returns how many were acked.
+-- rq's finished registry (0: delete at once); then one "<token> <id>" per
+-- job. A job whose token is no longer its lease (the lease lapsed and the job
+-- was handed to someone else) is left alone. Returns how many were acked.
 local ttl = tonumber(ARGV[3])
 local acked = 0
 local ended_at = now_iso()
-for i = 4, #ARGV, 2 do
-  local id, token = ARGV[i], ARGV[i + 1]
+for i = 4, #ARGV do
+  local id, token = split_lease(ARGV[i])
   local key = JOB_PREFIX .. id
   local f = redis.call('HMGET', key, 'lx_token', 'lx_dedup')
   if f[1] == token then

@@ -104,6 +104,12 @@ local function pop_ready(n)
   return ids, remaining
 end
 
+-- A lease as the client sends it back: "<token> <id>".
+local function split_lease(lease)
+  local space = string.find(lease, ' ', 1, true)
+  return string.sub(lease, space + 1), string.sub(lease, 1, space - 1)
+end
+
 local function release_dedup(dedup, id)
   if dedup and redis.call('HGET', K_DEDUP, dedup) == id then
     redis.call('HDEL', K_DEDUP, dedup)

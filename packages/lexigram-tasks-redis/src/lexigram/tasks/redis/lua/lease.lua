@@ -1,9 +1,8 @@
 -- Lease up to ARGV[3] ready jobs for ARGV[4] seconds, after putting lapsed
 -- leases and due delayed jobs back on the ready list. Each leased job's
--- attempt is incremented here. Returns five items per job (id, lease token,
--- attempt, payload, 1 if the job hash was missing) and, last: -2 if ready
--- jobs are left, else the seconds until the next delayed job or lease is
--- due (-1: none).
+-- attempt is incremented here. Returns one item per job (see below) and,
+-- last: -2 if ready jobs are left, else the seconds until the next delayed
+-- job or lease is due (-1: none).
 reclaim(100)
 promote(1000)
 local out = {}
@@ -27,11 +26,9 @@ if #ids > 0 then
       'started_at', started_at)
     redis.call('ZADD', K_LEASES, deadline, id)
     redis.call('ZADD', K_STARTED, '+inf', id .. ':' .. token)
-    out[#out + 1] = id
-    out[#out + 1] = token
-    out[#out + 1] = attempt
-    out[#out + 1] = data
-    out[#out + 1] = missing
+    -- One reply item per job (each item costs the client a parse step):
+    -- "<token> <attempt> <missing> <len(id)> <id><payload>".
+    out[#out + 1] = token .. ' ' .. attempt .. ' ' .. missing .. ' ' .. #id .. ' ' .. id .. data
   end
 end
 if remaining > 0 then
