@@ -1,8 +1,6 @@
-"""Unit tests that need no Redis server: key layout, redaction, scripts, formats."""
+"""Unit tests that need no Redis server: key layout, redaction, scripts, protocols."""
 
 from __future__ import annotations
-
-from datetime import UTC, datetime
 
 import pytest
 from rq import Queue
@@ -17,7 +15,6 @@ from lexigram.tasks.ratelimit import RateLimiter
 from lexigram.tasks.redis import CacheBackendResultStore, RedisRateLimiter, RedisTaskQueue
 from lexigram.tasks.redis._scripts import SCRIPTS
 from lexigram.tasks.redis.keys import JOB_PREFIX, QueueKeys, job_key
-from lexigram.tasks.redis.queue import _rq_time
 from lexigram.tasks.results import ResultStore
 
 
@@ -72,12 +69,6 @@ def test_result_store_and_limiter_satisfy_cores_protocols() -> None:
 def test_bad_settings_are_refused(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         RedisTaskQueue(**kwargs)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize("stamp", [1_700_000_000.125, 1_700_000_000.0, 1_764_281_643.363475])
-def test_times_are_stored_in_rqs_format(stamp: float) -> None:
-    expected = datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    assert _rq_time(stamp) == expected
 
 
 def test_every_script_starts_with_the_shared_prelude() -> None:

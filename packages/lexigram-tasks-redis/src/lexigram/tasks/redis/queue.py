@@ -13,7 +13,6 @@ import math
 import time
 import uuid
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Any
 
 from lexigram.tasks.errors import MalformedJobError
@@ -124,17 +123,17 @@ class RedisTaskQueue(BaseTaskQueue):
 
     async def enqueue(self, job: Job) -> str:
         self.check_supported(job)
-        ids = await self._run("enqueue", [_rq_time(time.time()), *self._job_fields(job)])
+        ids = await self._run("enqueue", [job.to_bytes()])
         return str(ids[0].decode())
 
     async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
         holders: list[str] = []
         for start in range(0, len(jobs), ENQUEUE_CHUNK):
-            args: list[Any] = [_rq_time(time.time())]
-            for job in jobs[start : start + ENQUEUE_CHUNK]:
+            chunk = jobs[start : start + ENQUEUE_CHUNK]
+            for job in chunk:
                 self.check_supported(job)
-                args += self._job_fields(job)
-            holders += [raw.decode() for raw in await self._run("enqueue", args)]
+            ids = await self._run("enqueue", [job.to_bytes() for job in chunk])
+            holders += [raw.decode() for raw in ids]
         return holders
 
     async def push_raw(self, payload: bytes, job_id: str | None = None) -> str:
@@ -155,18 +154,6 @@ class RedisTaskQueue(BaseTaskQueue):
             pipe.sadd(self.keys.queues, self.keys.ready)
             await pipe.execute()
         return job_id
-
-    def _job_fields(self, job: Job) -> list[Any]:
-        return [
-            job.id,
-            job.to_bytes(),
-            job.priority,
-            repr(job.run_at) if job.run_at is not None else "0",
-            job.dedup_key if job.dedup_key is not None else "",
-            job.attempt,
-            _rq_time(job.enqueued_at),
-            job.task,
-        ]
 
     # -- consuming -------------------------------------------------------------
 
@@ -307,14 +294,3 @@ class RedisTaskQueue(BaseTaskQueue):
 
     async def _run(self, name: str, args: list[Any]) -> Any:
         return await _scripts.run(self.client, name, self._key_list, [*self._head, *args])
-
-
-def _rq_time(timestamp: float) -> str:
-    """A Unix time as rq stores it (``rq.utils.utcformat``): ``2026-11-27T21:54:03.123456Z``."""
-    second = int(timestamp)
-    return f"{_rq_second(second)}.{int((timestamp - second) * 1_000_000):06d}Z"
-
-
-@lru_cache(maxsize=4)
-def _rq_second(second: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))

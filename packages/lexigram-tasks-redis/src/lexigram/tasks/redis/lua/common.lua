@@ -18,10 +18,10 @@ local function is_pending(status)
   return status == 'queued' or status == 'scheduled' or status == 'started'
 end
 
--- rq's timestamp format (utcformat): 2026-11-27T21:54:03.123456Z.
-local function now_iso()
-  local days = math.floor(NOW_SEC / 86400)
-  local secs = NOW_SEC - days * 86400
+-- A Unix time in rq's timestamp format (utcformat): 2026-11-27T21:54:03.123456Z.
+local function iso(sec, usec)
+  local days = math.floor(sec / 86400)
+  local secs = sec - days * 86400
   local z = days + 719468
   local era = math.floor(z / 146097)
   local doe = z - era * 146097
@@ -33,7 +33,11 @@ local function now_iso()
   local month = mp < 10 and mp + 3 or mp - 9
   local year = yoe + era * 400 + (month <= 2 and 1 or 0)
   return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%06dZ', year, month, day,
-    math.floor(secs / 3600), math.floor(secs % 3600 / 60), secs % 60, NOW_USEC)
+    math.floor(secs / 3600), math.floor(secs % 3600 / 60), secs % 60, usec)
+end
+
+local function now_iso()
+  return iso(NOW_SEC, NOW_USEC)
 end
 
 -- Wake one blocked consumer (dequeue waits on this list with BLPOP); one

@@ -1,14 +1,15 @@
--- Store jobs. ARGV[3] is the enqueue time in rq's format; from ARGV[4],
--- eight per job: id, payload, priority, run_at (0 = now), dedup key
--- ('' = none), attempt, created_at, description.
+-- Store jobs: ARGV from 3 are the jobs' JSON documents (the wire format).
 -- Returns, per job, the id of the job holding its dedup key (its own id
 -- unless a pending job already holds the key). Enqueueing an id that is
 -- still pending changes nothing, so a retried call cannot double a job.
 local ids = {}
-local enqueued_at = ARGV[3]
-for i = 4, #ARGV, 8 do
-  local id, payload, priority = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local run_at, dedup = tonumber(ARGV[i + 3]), ARGV[i + 4]
+local enqueued_at = now_iso()
+for i = 3, #ARGV do
+  local payload = ARGV[i]
+  local doc = cjson.decode(payload)
+  local id, priority = doc.id, tonumber(doc.priority) or 0
+  local run_at = tonumber(doc.run_at) or 0
+  local dedup = type(doc.dedup_key) == 'string' and doc.dedup_key or ''
   local key = JOB_PREFIX .. id
   local holder = id
   if dedup ~= '' then
@@ -23,9 +24,12 @@ for i = 4, #ARGV, 8 do
     if not is_pending(status) then
       if status then redis.call('DEL', key) end
       local state = run_at > NOW and 'scheduled' or 'queued'
+      local created = tonumber(doc.enqueued_at) or NOW
+      local created_sec = math.floor(created)
       redis.call('HSET', key, 'data', payload, 'status', state, 'origin', QUEUE_NAME,
-        'created_at', ARGV[i + 6], 'enqueued_at', enqueued_at, 'description', ARGV[i + 7],
-        'lx_attempt', ARGV[i + 5], 'lx_priority', priority)
+        'created_at', iso(created_sec, math.floor((created - created_sec) * 1000000)),
+        'enqueued_at', enqueued_at, 'description', doc.task,
+        'lx_attempt', tonumber(doc.attempt) or 0, 'lx_priority', priority)
       if dedup ~= '' then
         redis.call('HSET', key, 'lx_dedup', dedup)
         redis.call('HSET', K_DEDUP, dedup, id)
