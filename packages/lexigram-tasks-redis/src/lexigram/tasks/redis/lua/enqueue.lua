@@ -24,11 +24,8 @@ for i = 3, #ARGV do
     if not is_pending(status) then
       if status then redis.call('DEL', key) end
       local state = run_at > NOW and 'scheduled' or 'queued'
-      local created = tonumber(doc.enqueued_at) or NOW
-      local created_sec = math.floor(created)
       redis.call('HSET', key, 'data', payload, 'status', state, 'origin', QUEUE_NAME,
-        'created_at', iso(created_sec, math.floor((created - created_sec) * 1000000)),
-        'enqueued_at', enqueued_at, 'description', doc.task,
+        'created_at', enqueued_at, 'enqueued_at', enqueued_at, 'description', doc.task,
         'lx_attempt', tonumber(doc.attempt) or 0, 'lx_priority', priority)
       if dedup ~= '' then
         redis.call('HSET', key, 'lx_dedup', dedup)
