@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import uuid
 
@@ -9,8 +10,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from lexigram.tasks import BackendConnectionError, TaskBackendRegistry, TaskProvider
+from lexigram.tasks.job import Job
 from lexigram.tasks.protocol import QueueCounts
-from lexigram.tasks.redis import CacheBackendResultStore, RedisRateLimiter, RedisTaskQueue
+from lexigram.tasks.redis import CacheBackendResultStore, RedisRateLimiter, RedisTaskQueue, _scripts
 from lexigram.tasks.testing import eventually
 
 
@@ -117,3 +119,27 @@ async def test_connect_and_disconnect_are_idempotent(redis_url: str) -> None:
 async def _settled(queue: RedisTaskQueue) -> QueueCounts | None:
     counts = await queue.counts()
     return counts if counts.failed == 2 and counts.pending == 0 else None
+
+
+async def test_scripts_missing_on_the_server_are_loaded_again(
+    queue: RedisTaskQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As after a Redis restart or SCRIPT FLUSH: the server does not know the
+    # lease script's SHA (a unique comment makes a script never loaded before).
+    def unknown_lease_script() -> _scripts.Script:
+        source = f"-- {uuid.uuid4().hex}\n{_scripts.SCRIPTS['lease'].source}"
+        sha = hashlib.sha1(source.encode()).hexdigest()
+        monkeypatch.setitem(_scripts.SCRIPTS, "lease", _scripts.Script("lease", source, sha))
+        return _scripts.SCRIPTS["lease"]
+
+    script = unknown_lease_script()
+    assert await queue.client.script_exists(script.sha) == [False]
+    assert await queue.dequeue(max_jobs=1) == []  # a plain EVALSHA
+    assert await queue.client.script_exists(script.sha) == [True]
+
+    # The queue is empty now, so the next dequeue waits (BLPOP + EVALSHA in one write).
+    script = unknown_lease_script()
+    await queue.enqueue(Job(task="faults.after_restart", queue=queue.queue_name))
+    [delivery] = await queue.dequeue(max_jobs=1, wait=2.0)
+    assert delivery.job is not None
+    assert await queue.client.script_exists(script.sha) == [True]

@@ -12,7 +12,6 @@ from importlib.resources import files
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
 _NAMES = ("enqueue", "lease", "ack", "nack", "extend", "counts", "dead_letters")
@@ -57,7 +56,40 @@ async def run(client: Redis, name: str, keys: list[str], args: list[Any]) -> Any
         return await client.evalsha(script.sha, len(keys), *keys, *args)
 
 
-def queue_run(pipe: Pipeline, name: str, keys: list[str], args: list[Any]) -> None:
-    """Add an EVALSHA of ``name`` to ``pipe`` (the caller handles NoScriptError)."""
+async def run_after_blpop(
+    client: Redis, wake_key: str, timeout: float, name: str, keys: list[str], args: list[Any]
+) -> Any:
+    """BLPOP ``wake_key`` for up to ``timeout`` seconds, then EVALSHA ``name``: one round trip.
+
+    Both commands go out in one write on one connection, so the server runs
+    the script the moment BLPOP returns. This is what a redis-py pipeline
+    does, without its bookkeeping, which costs as much as the commands
+    themselves on a worker's idle path.
+    """
     script = SCRIPTS[name]
-    pipe.evalsha(script.sha, len(keys), *keys, *args)
+    pool = client.connection_pool
+    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    packed = connection.pack_commands(
+        [("BLPOP", wake_key, timeout), ("EVALSHA", script.sha, len(keys), *keys, *args)]
+    )
+
+    async def send_and_read() -> Any:
+        await connection.send_packed_command(packed)
+        await connection.read_response()  # the token, or None when BLPOP timed out
+        return await connection.read_response()
+
+    try:
+        try:
+            return await connection.retry.call_with_retry(
+                send_and_read, lambda _error: connection.disconnect()
+            )
+        except NoScriptError:
+            await client.script_load(script.source)
+            return await client.evalsha(script.sha, len(keys), *keys, *args)
+    except BaseException:
+        # Cancelled or failed between the two replies: drop the connection
+        # rather than hand it back with an unread reply.
+        await connection.disconnect(nowait=True)
+        raise
+    finally:
+        await pool.release(connection)

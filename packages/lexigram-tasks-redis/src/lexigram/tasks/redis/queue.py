@@ -29,7 +29,6 @@ from lexigram.tasks.redis import _scripts
 from lexigram.tasks.redis._connection import open_client
 from lexigram.tasks.redis.keys import JOB_PREFIX, QueueKeys, job_key
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
 #: rq's default ``result_ttl``: finished jobs stay visible this long.
 DEFAULT_FINISHED_TTL = 500.0
@@ -181,14 +180,9 @@ class RedisTaskQueue(BaseTaskQueue):
             # Sleep on the wake-up list until an enqueue (or the next due job)
             # and lease in the same round trip: the script runs the moment
             # BLPOP returns, so an idle worker picks a new job up at once.
-            try:
-                async with client.pipeline(transaction=False) as pipe:
-                    pipe.blpop([self.keys.wake], timeout=max(block, _MIN_BLOCK))
-                    _scripts.queue_run(pipe, "lease", self._key_list, args)
-                    _, reply = await pipe.execute()
-            except NoScriptError:
-                await _scripts.load_all(client)
-                reply = await _scripts.run(client, "lease", self._key_list, args)
+            reply = await _scripts.run_after_blpop(
+                client, self.keys.wake, max(block, _MIN_BLOCK), "lease", self._key_list, args
+            )
             deliveries = self._leased(reply)
             if deliveries:
                 return deliveries
