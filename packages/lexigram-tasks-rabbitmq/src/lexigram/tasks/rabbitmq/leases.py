@@ -98,11 +98,13 @@ class LeaseBook:
         """Ack ``tags`` in as few frames as ``basic.ack(multiple=True)`` safely allows."""
         outstanding = self._outstanding.get(channel, set())
         upto, singles = ack_plan(tags, outstanding)
+        # wait=False: queued for the socket in order; an ack lost with the
+        # connection is covered by the recent-acks memory (connection_lost).
         if upto is not None:
-            await channel.basic_ack(upto, multiple=True)
+            await channel.basic_ack(upto, multiple=True, wait=False)
             outstanding.difference_update([t for t in outstanding if t <= upto])
         for tag in singles:
-            await channel.basic_ack(tag)
+            await channel.basic_ack(tag, wait=False)
             outstanding.discard(tag)
 
     async def give_back(self, message: DeliveredMessage) -> None:
