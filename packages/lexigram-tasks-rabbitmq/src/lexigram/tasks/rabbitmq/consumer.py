@@ -239,11 +239,13 @@ class Consumer:
         self._wake()
 
     def clear(self) -> None:
+        """Forget everything (the connection is being closed); wake waiting ``dequeue`` calls."""
         self._cancel_idle_timer()
         self.buffer.clear()
         self._queue_of_tag.clear()
         self.active.clear()
         self._window = 0
+        self._wake()
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:

@@ -286,7 +286,7 @@ class RabbitMQTaskQueue(BaseTaskQueue):
                 item = await consumer.get_one()
             if item is None:
                 remaining = deadline - loop.time()
-                if out or remaining <= 0:
+                if out or remaining <= 0 or self._connection is None:
                     break
                 if not consumer.active:  # a reconnect dropped the consumers
                     await consumer.ensure(max_jobs)
