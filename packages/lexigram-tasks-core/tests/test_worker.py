@@ -223,10 +223,25 @@ async def test_long_job_keeps_its_lease_and_runs_once() -> None:
     assert runs == [1]
 
 
+async def test_killed_workers_job_runs_again_even_without_retries() -> None:
+    queue = MemoryTaskQueue()
+    await queue.enqueue(Job(task="once", max_retries=0))
+    assert await queue.dequeue(lease_seconds=0.05)  # a worker leases it and is killed
+    await asyncio.sleep(0.06)
+    provider = TaskProvider(queue=queue)
+    ran: list[int] = []
+    provider.task(name="once")(lambda: ran.append(1))
+    async with provider:
+        await eventually(lambda: ran, timeout=5)
+    assert ran == [1]
+    assert not await queue.dead_letters()
+
+
 async def test_job_whose_workers_keep_dying_is_dead_lettered() -> None:
     queue = MemoryTaskQueue()
     await queue.enqueue(Job(task="crashy", max_retries=1))
-    for _ in range(2):  # two workers lease it and die without settling
+    # 1 run + 1 retry + 2 lost-lease retries: four workers lease it and die
+    for _ in range(4):
         assert await queue.dequeue(lease_seconds=0.05)
         await asyncio.sleep(0.06)
     provider = TaskProvider(queue=queue)
@@ -235,7 +250,7 @@ async def test_job_whose_workers_keep_dying_is_dead_lettered() -> None:
     async with provider:
         await eventually(lambda: queue.dead_letters(), timeout=5)
     [letter] = await queue.dead_letters()
-    assert letter.reason.startswith("LeaseExpired: gave up after 2 attempt(s)")
+    assert letter.reason.startswith("LeaseExpired: gave up after 4 attempt(s)")
     assert ran == []
 
 

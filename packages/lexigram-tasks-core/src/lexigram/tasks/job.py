@@ -24,6 +24,9 @@ WIRE_VERSION = 1
 MIN_PRIORITY = 0
 MAX_PRIORITY = 9
 
+# One encoder for every job: json.dumps builds a new one per call when given options.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
 _KNOWN_FIELDS = frozenset(
     {
         "v",
@@ -102,7 +105,7 @@ class Job:
         cannot represent.
         """
         try:
-            return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
+            return _ENCODER.encode(self.to_dict())
         except (TypeError, ValueError) as exc:
             raise JobSerializationError(_describe_unserialisable(self, exc)) from exc
 

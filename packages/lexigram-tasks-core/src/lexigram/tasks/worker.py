@@ -80,7 +80,9 @@ class WorkerPool:
     """Runs jobs from ``queue`` with the handlers in ``tasks``.
 
     Defaults follow the documentation: one worker, 0.5 s poll interval,
-    300 s per-task timeout, 30 s graceful-shutdown window.
+    300 s per-task timeout, 30 s graceful-shutdown window. A job whose worker
+    died (its lease lapsed) may run ``lost_lease_retries`` more times than its
+    own ``max_retries`` allow before it is dead-lettered.
     """
 
     def __init__(
@@ -102,6 +104,7 @@ class WorkerPool:
         global_rate_limit: Rate | None = None,
         worker_id: str | None = None,
         blocked_loop_warning: float = 1.0,
+        lost_lease_retries: int = 2,
     ) -> None:
         if worker_count < 1:
             raise ValueError(f"worker_count must be >= 1, got {worker_count}")
@@ -123,6 +126,7 @@ class WorkerPool:
         self.global_rate_limit = global_rate_limit
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.blocked_loop_warning = blocked_loop_warning
+        self.lost_lease_retries = lost_lease_retries
         self._system = queue.system
         self._can_delay = Capability.DELAY in queue.capabilities
         self._active: dict[asyncio.Task[None], Job | None] = {}
@@ -265,10 +269,13 @@ class WorkerPool:
             await self._dead_letter(delivery, "MalformedJobError", delivery.problem or "", "", None)
             logger.warning("dead-lettered a message that is not a valid job: %s", reason)
             return
-        if job.attempt > job.max_retries + 1:
+        # A job whose worker died comes back with its attempt used up; it gets
+        # ``lost_lease_retries`` extra runs beyond its own retries, so a killed
+        # worker's job still runs, while a job that kills every worker stops.
+        if job.attempt > job.max_retries + 1 + self.lost_lease_retries:
             message = (
-                f"gave up after {job.attempt - 1} attempt(s): the worker running it "
-                "stopped responding (killed, crashed or lost its lease)"
+                f"gave up after {job.attempt - 1} attempt(s): the workers running it "
+                "stopped responding (killed, crashed or lost their lease)"
             )
             await self._dead_letter(delivery, "LeaseExpired", message, "", None)
             return
