@@ -66,7 +66,6 @@ def test_ladder_queues_pass_messages_one_level_down() -> None:
     )
     assert top == {
         "x-queue-type": "classic",
-        "x-queue-version": 2,
         "x-message-ttl": 32,
         "x-dead-letter-exchange": "orders.delay.4",
     }

@@ -135,10 +135,9 @@ def ladder_queue_arguments(
 
 
 def _kind(queue_type: QueueType) -> dict[str, Any]:
-    if queue_type == "classic":
-        # Version 2 of the classic queue storage (RabbitMQ 3.10+, the default from
-        # 3.13): a third more confirmed single publishes per second here than v1.
-        return {"x-queue-type": "classic", "x-queue-version": 2}
+    # The classic storage version is left to the broker (v1 before 3.13, v2 after):
+    # measured on 3.10, v2 confirms single publishes about 40% faster but delivers
+    # to consumers about 0.6 ms later; queue_arguments={"x-queue-version": 2} picks it.
     return {"x-queue-type": queue_type}
 
 
