@@ -4,11 +4,12 @@ in one process, asyncio; ``worker_count`` = the scenario's concurrency.
 Run from the repository root:
     ../shared/bench/run --adapters benchmarks/adapters lexigram-redis redis
 """
+
 import os
 import sys
 
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))
-import _benchlib as B  # noqa: E402
+import _benchlib as B
 
 SYSTEM, BACKEND = "lexigram", "redis"
 DB = 9
