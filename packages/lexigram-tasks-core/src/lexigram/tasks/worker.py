@@ -197,7 +197,9 @@ class WorkerPool:
                 await asyncio.gather(*pending, return_exceptions=True)
         for task in self._background:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        # Bounded: on Python 3.11 a library's asyncio.wait_for can swallow a
+        # cancellation (CPython gh-86296), and an unbounded wait would hang stop().
+        await asyncio.wait(self._background, timeout=5.0)
         await self._flush_acks(retries=3)
         if self._watchdog is not None:
             self._watchdog.stop()
