@@ -1,4 +1,5 @@
-"""The backend contract suite against the real RabbitMQ, on classic and quorum queues."""
+"""The backend contract suite against the real RabbitMQ: classic queues, with and without
+priorities, and quorum queues."""
 
 from __future__ import annotations
 
@@ -12,14 +13,21 @@ from lexigram.tasks.testing import TaskQueueContract, collect, eventually, make_
 
 class _RabbitMQContract(TaskQueueContract):
     queue_type = "classic"
+    priorities = False
 
     @pytest.fixture(autouse=True)
     def _url(self, amqp_url: str) -> None:
         self.url = amqp_url
 
     async def create_queue(self, queue_name: str) -> TaskQueueProtocol:
+        return self._queue(queue_name)
+
+    def _queue(self, queue_name: str) -> RabbitMQTaskQueue:
         return RabbitMQTaskQueue(
-            amqp_url=self.url, queue_name=queue_name, queue_type=self.queue_type
+            amqp_url=self.url,
+            queue_name=queue_name,
+            queue_type=self.queue_type,
+            priorities=self.priorities,
         )
 
     async def push_raw(self, queue: TaskQueueProtocol, payload: bytes) -> None:
@@ -31,9 +39,7 @@ class _RabbitMQContract(TaskQueueContract):
             await channel.default_exchange.publish(message, routing_key=queue.queue_name)
 
     async def drop_queue(self, queue_name: str) -> None:
-        queue = RabbitMQTaskQueue(
-            amqp_url=self.url, queue_name=queue_name, queue_type=self.queue_type
-        )
+        queue = self._queue(queue_name)
         await queue.connect()
         try:
             await queue.delete_topology()
@@ -79,6 +85,11 @@ class _RabbitMQContract(TaskQueueContract):
 
 
 class TestRabbitMQClassicContract(_RabbitMQContract):
+    expected_capabilities = frozenset({Capability.DELAY})
+
+
+class TestRabbitMQClassicPriorityContract(_RabbitMQContract):
+    priorities = True
     expected_capabilities = frozenset({Capability.DELAY, Capability.PRIORITY})
 
 

@@ -10,6 +10,7 @@ import pytest
 from pamqp import commands as spec
 
 import lexigram.tasks.rabbitmq
+from lexigram.tasks.errors import CapabilityNotSupportedError
 from lexigram.tasks.job import Job
 from lexigram.tasks.protocol import Capability
 from lexigram.tasks.rabbitmq import RabbitMQTaskQueue, messages, topology
@@ -173,14 +174,23 @@ def test_dead_letters_read_our_reason_or_the_brokers() -> None:
 
 def test_capabilities_follow_the_queue_type() -> None:
     url = "amqp://guest:guest@localhost/"
-    classic = RabbitMQTaskQueue(url)
-    assert classic.capabilities == {Capability.DELAY, Capability.PRIORITY}
-    assert RabbitMQTaskQueue(url, priorities=False).capabilities == {Capability.DELAY}
+    assert RabbitMQTaskQueue(url).capabilities == {Capability.DELAY}
+    prioritised = RabbitMQTaskQueue(url, priorities=True)
+    assert prioritised.capabilities == {Capability.DELAY, Capability.PRIORITY}
     assert RabbitMQTaskQueue(url, queue_type="quorum").capabilities == {Capability.DELAY}
     with pytest.raises(ValueError, match="quorum queues have no 0-9 priorities"):
         RabbitMQTaskQueue(url, queue_type="quorum", priorities=True)
     with pytest.raises(ValueError, match="delivery_limit needs"):
         RabbitMQTaskQueue(url, delivery_limit=3)
+
+
+def test_a_priority_on_a_plain_classic_queue_names_the_setting() -> None:
+    job = Job(task="report", queue="default", priority=5)
+    with pytest.raises(CapabilityNotSupportedError, match=r"priorities=True"):
+        RabbitMQTaskQueue("amqp://guest:guest@localhost/").check_supported(job)
+    with pytest.raises(CapabilityNotSupportedError, match="does not support priority"):
+        RabbitMQTaskQueue("amqp://localhost/", queue_type="quorum").check_supported(job)
+    RabbitMQTaskQueue("amqp://localhost/", priorities=True).check_supported(job)
 
 
 def test_repr_redacts_the_password() -> None:

@@ -136,7 +136,10 @@ class Consumer:
             if self._has_room(max_jobs):
                 return
             await self._cancel()
-            await self._start(self.prefetch or max(1, max_jobs - len(self.buffer)))
+            # The full request, not minus what is buffered: a window smaller than
+            # the worker's slots would be too small again at its next request,
+            # and each replacement costs three round trips.
+            await self._start(self.prefetch or max_jobs)
 
     def _has_room(self, max_jobs: int) -> bool:
         """Whether buffered messages plus what the consumers may still send cover ``max_jobs``."""

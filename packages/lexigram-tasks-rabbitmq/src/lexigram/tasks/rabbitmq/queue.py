@@ -32,7 +32,12 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp import commands as spec
 
-from lexigram.tasks.errors import BackendConnectionError, ConfigurationError, MalformedJobError
+from lexigram.tasks.errors import (
+    BackendConnectionError,
+    CapabilityNotSupportedError,
+    ConfigurationError,
+    MalformedJobError,
+)
 from lexigram.tasks.job import Job
 from lexigram.tasks.protocol import BaseTaskQueue, Capability, DeadLetter, Delivery, QueueCounts
 from lexigram.tasks.rabbitmq import messages, topology
@@ -52,9 +57,10 @@ class RabbitMQTaskQueue(BaseTaskQueue):
     ``amqp_url`` and ``queue_name`` are all most users set. The keyword names
     are also the ``tasks.backend`` keys of the YAML configuration.
 
-    - ``queue_type``: ``"classic"`` (priorities 0-9 through ``x-max-priority``)
-      or ``"quorum"`` (replicated; no priorities on RabbitMQ 3.x, optional
+    - ``queue_type``: ``"classic"`` or ``"quorum"`` (replicated; optional
       ``delivery_limit``).
+    - ``priorities``: job priorities 0-9 on a classic queue (``x-max-priority``);
+      off by default, since a priority queue delays every delivery a little.
     - ``prefetch``: unacked deliveries this connection may hold per consumed
       queue; by default the ``max_jobs`` a worker asks for, which is its free
       worker slots.
@@ -82,7 +88,7 @@ class RabbitMQTaskQueue(BaseTaskQueue):
         exchange_type: str = "direct",
         message_ttl: float | None = None,
         delivery_limit: int | None = None,
-        priorities: bool | None = None,
+        priorities: bool = False,
         queue_arguments: Mapping[str, Any] | None = None,
         connect_timeout: float = 10.0,
         reconnect_interval: float = 1.0,
@@ -111,7 +117,7 @@ class RabbitMQTaskQueue(BaseTaskQueue):
         self.routes = dict(routes or {})
         self.message_ttl = message_ttl
         self.delivery_limit = delivery_limit
-        self.priorities = queue_type == "classic" if priorities is None else priorities
+        self.priorities = priorities
         self.queue_arguments = dict(queue_arguments or {})
         self.connect_timeout = connect_timeout
         self.reconnect_interval = reconnect_interval
@@ -222,6 +228,14 @@ class RabbitMQTaskQueue(BaseTaskQueue):
             await channel.close()
 
     # -- enqueue ---------------------------------------------------------------
+
+    def _unsupported(self, capability: Capability, what: str) -> None:
+        if capability is Capability.PRIORITY and self.queue_type == "classic":
+            raise CapabilityNotSupportedError(
+                f"{self!r} has no priorities: create it with priorities=True "
+                "(YAML: priorities: true), which declares the queue with x-max-priority 9"
+            )
+        super()._unsupported(capability, what)
 
     async def enqueue(self, job: Job) -> str:
         self.check_supported(job)
