@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import uuid
-from collections.abc import Callable, Sequence
-from typing import Final, cast
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Final, cast
 
 from aio_pika.abc import AbstractRobustChannel
 from aiormq.abc import AbstractChannel, DeliveredMessage
@@ -90,16 +90,21 @@ class Consumer:
             self._get_cursor += 1
         return None
 
-    async def _on_message(self, message: DeliveredMessage) -> None:
+    def _on_message(self, message: DeliveredMessage) -> Coroutine[Any, Any, None]:
+        """Buffer a delivery and wake ``dequeue``, as aiormq reads it.
+
+        A plain function: aiormq wraps what a consumer callback returns in a
+        task, and an ``async def`` would only start on the next loop turn, one
+        turn later for every job.
+        """
         queue = self._queue_of_tag.get(cast(str, consumer_tag(message)))
         tag = delivery_tag(message)
-        self.leases.track(message.channel, tag)
         if queue is None:  # not ours (cannot happen): hand it back
-            self.leases.untrack(message.channel, tag)
-            await message.channel.basic_nack(tag, requeue=True)
-            return
+            return _requeue(message.channel, tag)
+        self.leases.track(message.channel, tag)
         self.buffer.append((queue, message))
         self._wake()
+        return _nothing()
 
     async def wait(self, timeout: float) -> None:
         """Return when a message arrives (or the connection drops), or after ``timeout``.
@@ -249,6 +254,14 @@ class Consumer:
         self.active.clear()
         self._window = 0
         self._wake()
+
+
+async def _nothing() -> None:
+    pass
+
+
+async def _requeue(channel: AbstractChannel, tag: int) -> None:
+    await channel.basic_nack(tag, requeue=True)
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:
