@@ -3,8 +3,10 @@
 Worker: ONE process running provider.serve() with TaskProvider(worker_count=
 concurrency); the backend's prefetch follows the worker's free slots. Every
 publish waits for the broker's confirm (single and bulk enqueue alike);
-persistent messages in a durable classic queue with x-max-priority 9; manual
-acks after the job. No result store.
+persistent messages in a durable classic queue (the default: no priorities);
+manual acks after the job. No result store. Compare the single-enqueue rate
+with the dramatiq-rabbitmq-confirms and celery-amqp-confirms adapters: the
+peers' defaults do not wait for the broker's confirm.
 """
 
 import _benchlib as B  # the harness's adapters/ folder is on the PYTHONPATH the runner sets
