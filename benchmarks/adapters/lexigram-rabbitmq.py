@@ -7,6 +7,10 @@ persistent messages in a durable classic queue (the default: no priorities);
 manual acks after the job. No result store. Compare the single-enqueue rate
 with the dramatiq-rabbitmq-confirms and celery-amqp-confirms adapters: the
 peers' defaults do not wait for the broker's confirm.
+
+Variant ``v2`` (``lexigram-rabbitmq:v2``) declares the queue with
+``queue_arguments={"x-queue-version": 2}``, classic queue storage version 2,
+to measure that option against the default.
 """
 
 import _benchlib as B  # the harness's adapters/ folder is on the PYTHONPATH the runner sets
@@ -30,7 +34,8 @@ bench_job = None
 def configure(args):
     global provider, bench_job
     worker = args.mode == "_worker"
-    queue = RabbitMQTaskQueue(amqp_url=URL, queue_name="bench")
+    extra = {"x-queue-version": 2} if args.variant == "v2" else {}
+    queue = RabbitMQTaskQueue(amqp_url=URL, queue_name="bench", queue_arguments=extra)
     provider = TaskProvider(queue=queue, worker_count=args.concurrency if worker else 1)
 
     @provider.task(name="bench_job")
