@@ -136,8 +136,8 @@ def ladder_queue_arguments(
 
 def _kind(queue_type: QueueType) -> dict[str, Any]:
     # The classic storage version is left to the broker (v1 before 3.13, v2 after):
-    # measured on 3.10, v2 confirms single publishes about 40% faster but delivers
-    # to consumers about 0.6 ms later; queue_arguments={"x-queue-version": 2} picks it.
+    # on 3.10, v2 confirms publishes faster but hands jobs to workers later (figures
+    # in docs/backends/rabbitmq.md); queue_arguments={"x-queue-version": 2} picks it.
     return {"x-queue-type": queue_type}
 
 
