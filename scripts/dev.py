@@ -2,7 +2,9 @@
 """The README's two commands: ``python3 scripts/dev.py demo`` and ``... test``.
 
 Creates ``.venv`` in the repository, installs every package editable with the
-development tools, then runs the demo or the whole test suite. Integration
+development tools at the exact versions of ``requirements-lock.txt``, then
+runs the demo or the whole test suite. ``python3 scripts/dev.py lock``
+re-resolves ``requirements-dev.txt`` into that lock with uv. Integration
 tests need Redis, RabbitMQ and PostgreSQL: when an ``LEXIGRAM_TEST_*``
 variable is unset and the service answers on its standard loopback port,
 that address is used; otherwise the tests start a container (Docker) or fail
@@ -21,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+LOCK = ROOT / "requirements-lock.txt"
 
 SERVICES = {
     "LEXIGRAM_TEST_REDIS_URL": (6379, "redis://127.0.0.1:6379/0"),
@@ -34,8 +37,27 @@ def install() -> None:
         print(f"creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
     pip = [str(BIN / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    print("installing packages (editable) and dev tools", flush=True)
-    subprocess.run([*pip, "-r", str(ROOT / "requirements-dev.txt")], check=True, cwd=ROOT)
+    print("installing packages (editable) and dev tools from the lock", flush=True)
+    subprocess.run([*pip, "-r", str(LOCK)], check=True, cwd=ROOT)
+
+
+def lock() -> int:
+    """Resolve requirements-dev.txt to exact versions for every supported Python."""
+    command = [
+        str(BIN / "uv"),
+        "pip",
+        "compile",
+        "requirements-dev.txt",
+        "--universal",
+        "--python-version",
+        "3.11",
+        "--upgrade",
+        "--custom-compile-command",
+        "python3 scripts/dev.py lock",
+        "--output-file",
+        LOCK.name,
+    ]
+    return subprocess.call(command, cwd=ROOT)
 
 
 def port_open(port: int) -> bool:
@@ -46,10 +68,12 @@ def port_open(port: int) -> bool:
 
 def main() -> int:
     command = sys.argv[1] if len(sys.argv) > 1 else "help"
-    if command not in {"demo", "test"}:
+    if command not in {"demo", "test", "lock"}:
         print(__doc__)
         return 2
     install()
+    if command == "lock":
+        return lock()
     if command == "demo":
         return subprocess.call([str(BIN / "python"), str(ROOT / "examples" / "demo.py")], cwd=ROOT)
     env = dict(os.environ)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -157,6 +158,56 @@ def test_reader_rejects_invalid_documents_naming_the_problem(doc: Any, word: str
 def test_reader_rejects_bytes_that_are_not_json(data: bytes) -> None:
     with pytest.raises(MalformedJobError, match="not valid JSON"):
         Job.from_json(data)
+
+
+def _nested(depth: int) -> str:
+    return '{"id":"a","task":"t","args":' + "[" * depth + "]" * depth + "}"
+
+
+UNDECODABLE = {
+    # Each one used to escape as another exception, or to be read but not writable back.
+    "nested-1000-deep": (_nested(1000).encode(), "nested too deeply"),
+    "nan": (b'{"id":"a","task":"t","args":[NaN]}', "NaN"),
+    "infinity": (b'{"id":"a","task":"t","args":[-Infinity]}', "Infinity"),
+    "float-overflow": (b'{"id":"a","task":"t","args":[1e400]}', "too large for a float"),
+    "long-float": (b'{"id":"a","task":"t","args":[' + b"9" * 400 + b".0]}", "too large"),
+    "int-over-digit-limit": (b'{"id":"a","task":"t","args":[' + b"9" * 5000 + b"]}", "digits"),
+    "lone-surrogate-escape": (b'{"id":"a","task":"t","args":["\\udcff"]}', "lone surrogate"),
+    "encoded-surrogate": (
+        '{"id":"a","task":"t","args":["\udcff"]}'.encode("utf-8", "surrogatepass"),
+        "utf-8|lone surrogate",
+    ),
+    "invalid-utf8": (b'{"id":"a","task":"t","args":["\xff"]}', "utf-8|lone surrogate"),
+}
+
+
+@pytest.mark.parametrize(("data", "word"), UNDECODABLE.values(), ids=list(UNDECODABLE))
+def test_every_decoding_failure_is_a_malformed_job(data: bytes, word: str) -> None:
+    with pytest.raises(MalformedJobError, match=word):
+        Job.from_json(data)
+    with pytest.raises(MalformedJobError, match=word):
+        Job.from_json(data.decode("utf-8", "surrogateescape"))  # the same, handed over as text
+
+
+def test_surrogate_pairs_and_non_ascii_round_trip() -> None:
+    job = Job.from_json(b'{"id":"a","task":"t","args":["\\ud83d\\ude00","caf\xc3\xa9"]}')
+    assert job.args == ["\U0001f600", "caf\u00e9"]
+    assert Job.from_json(job.to_bytes()).args == job.args
+
+
+UNWRITABLE = {
+    "nested-too-deep": (functools.reduce(lambda inner, _: [inner], range(3000), []), "nested"),
+    "lone-surrogate": ("file-\udcff.txt", "lone surrogate"),
+    "infinity": (math.inf, "Out of range float"),
+}
+
+
+@pytest.mark.parametrize(("value", "word"), UNWRITABLE.values(), ids=list(UNWRITABLE))
+def test_every_encoding_failure_is_a_serialization_error(value: Any, word: str) -> None:
+    with pytest.raises(JobSerializationError, match=word):
+        Job(task="app.t", args=[value]).to_bytes()
+    with pytest.raises(JobSerializationError, match=word):
+        Job(task="app.t", kwargs={"v": value}).to_json()
 
 
 def test_malformed_job_error_is_a_value_error() -> None:

@@ -27,6 +27,10 @@ class JobSerializationError(TaskError, TypeError):
     """A job's arguments or result cannot be written as JSON."""
 
 
+class JobTooLargeError(JobSerializationError):
+    """A job's encoded size is over ``max_job_bytes``; the message gives both sizes."""
+
+
 class MalformedJobError(TaskError, ValueError):
     """A message read from a backend is not a valid job."""
 

@@ -9,6 +9,7 @@ a round trip through an older worker.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -24,8 +25,19 @@ WIRE_VERSION = 1
 MIN_PRIORITY = 0
 MAX_PRIORITY = 9
 
+#: Largest encoded job accepted at enqueue unless configured otherwise
+#: (``max_job_bytes``): big payloads belong in object storage, with a key in the job.
+DEFAULT_MAX_JOB_BYTES = 10 * 1024 * 1024
+
 # One encoder for every job: json.dumps builds a new one per call when given options.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+# Non-ASCII text is written as UTF-8 (not \u escapes), so a lone surrogate, which
+# UTF-8 cannot carry, fails here at enqueue instead of in a backend's parser.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+# A surrogate escape or character: the decoded string may hold a lone surrogate,
+# which the encoder refuses. Only documents that contain one pay for
+# _check_writable.
+_SURROGATE = re.compile("\\\\u[dD][89a-fA-F]|[\ud800-\udfff]")
 
 _KNOWN_FIELDS = frozenset(
     {
@@ -102,16 +114,24 @@ class Job:
         """Serialise to the JSON wire format.
 
         Raises :class:`JobSerializationError` naming the argument that JSON
-        cannot represent.
+        cannot represent: an object of another type, NaN or infinity, a
+        string with a lone surrogate, or nesting too deep to encode.
         """
         try:
-            return _ENCODER.encode(self.to_dict())
-        except (TypeError, ValueError) as exc:
+            text = _ENCODER.encode(self.to_dict())
+            if not text.isascii():
+                text.encode()
+        except Exception as exc:
             raise JobSerializationError(_describe_unserialisable(self, exc)) from exc
+        return text
 
     def to_bytes(self) -> bytes:
         """The JSON wire format, UTF-8 encoded."""
-        return self.to_json().encode()
+        try:
+            text = _ENCODER.encode(self.to_dict())
+            return text.encode()
+        except Exception as exc:
+            raise JobSerializationError(_describe_unserialisable(self, exc)) from exc
 
     @classmethod
     def from_dict(cls, doc: Any) -> Job:
@@ -144,12 +164,58 @@ class Job:
 
     @classmethod
     def from_json(cls, data: str | bytes) -> Job:
-        """Parse the JSON wire format; :class:`MalformedJobError` says what is wrong."""
+        """Parse the JSON wire format; :class:`MalformedJobError` says what is wrong.
+
+        Whatever goes wrong while decoding (invalid UTF-8 or JSON, nesting too
+        deep, an integer too long, NaN or infinity, a lone surrogate) is a
+        :class:`MalformedJobError`: a document is accepted only when it can be
+        written back unchanged for its retry or dead letter.
+        """
         try:
-            doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise MalformedJobError(f"not valid JSON: {exc}") from exc
-        return cls.from_dict(doc)
+            # Strict UTF-8: json.loads would let encoded surrogates through.
+            text = data if isinstance(data, str) else data.decode()
+            job = cls.from_dict(_DECODER.decode(text))
+            if _SURROGATE.search(text) is not None:
+                _check_writable(job)
+        except MalformedJobError:
+            raise
+        except Exception as exc:
+            raise MalformedJobError(f"not valid JSON: {_describe_error(exc)}") from exc
+        return job
+
+
+_INFINITY = float("inf")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (_INFINITY, -_INFINITY):
+        raise MalformedJobError(f"not valid JSON: the number {text[:40]} is too large for a float")
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise MalformedJobError(f"not valid JSON: {name} (a job cannot contain NaN or Infinity)")
+
+
+# Built once: json.loads makes a new decoder per call when given options.
+_DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_refuse_constant)
+
+
+def _check_writable(job: Job) -> None:
+    """Refuse a decoded job that the encoder could not write back."""
+    try:
+        job.to_bytes()
+    except JobSerializationError as exc:
+        raise MalformedJobError(f"cannot be written back as JSON: {exc}") from exc
+
+
+def _describe_error(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply to decode"
+    if isinstance(exc, ValueError):  # JSONDecodeError, UnicodeDecodeError, int digit limit
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _well_formed(doc: dict[str, Any]) -> Job | None:
@@ -269,6 +335,10 @@ def _headers(doc: dict[str, Any]) -> dict[str, str]:
 
 def _describe_unserialisable(job: Job, exc: Exception) -> str:
     """Find which argument JSON refused, so the error can name it."""
+    if isinstance(exc, RecursionError):
+        exc = ValueError("nested too deeply to encode")
+    elif isinstance(exc, UnicodeEncodeError):
+        exc = ValueError("a string contains a lone surrogate, which UTF-8 cannot carry")
     for index, value in enumerate(job.args):
         if not _json_ok(value):
             return (
@@ -286,7 +356,7 @@ def _describe_unserialisable(job: Job, exc: Exception) -> str:
 
 def _json_ok(value: Any) -> bool:
     try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
+        _ENCODER.encode(value).encode()
+    except Exception:
         return False
     return True

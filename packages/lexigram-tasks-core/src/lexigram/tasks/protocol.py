@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
-from lexigram.tasks.errors import CapabilityNotSupportedError
-from lexigram.tasks.job import Job
+from lexigram.tasks.errors import CapabilityNotSupportedError, JobTooLargeError
+from lexigram.tasks.job import DEFAULT_MAX_JOB_BYTES, Job
 
 
 class Capability(enum.StrEnum):
@@ -146,6 +146,9 @@ class BaseTaskQueue:
     queue_name: str
     system: str = "unknown"
     capabilities: frozenset[Capability] = frozenset()
+    #: Largest encoded job :meth:`encode_job` accepts (the provider sets it
+    #: from its ``max_job_bytes`` setting).
+    max_job_bytes: int = DEFAULT_MAX_JOB_BYTES
 
     async def connect(self) -> None:
         raise NotImplementedError
@@ -165,6 +168,23 @@ class BaseTaskQueue:
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         for delivery in deliveries:
             await self.ack(delivery)
+
+    def encode_job(self, job: Job) -> bytes:
+        """The wire bytes of a job being enqueued, after every check an enqueue needs.
+
+        Raises :class:`CapabilityNotSupportedError` for an undeclared feature,
+        :class:`JobSerializationError` when the job cannot be written as JSON,
+        and :class:`JobTooLargeError` when it is over ``max_job_bytes``.
+        """
+        self.check_supported(job)
+        data = job.to_bytes()
+        if len(data) > self.max_job_bytes:
+            raise JobTooLargeError(
+                f"job {job.id} of task {job.task!r} is {len(data):,} bytes, over the limit of "
+                f"{self.max_job_bytes:,} (max_job_bytes): pass a reference to large data "
+                "(a key in object storage, a database id) instead of the data itself"
+            )
+        return data
 
     def check_supported(self, job: Job) -> None:
         """Raise :class:`CapabilityNotSupportedError` if ``job`` needs an undeclared capability."""

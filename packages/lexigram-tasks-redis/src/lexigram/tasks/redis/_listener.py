@@ -90,7 +90,7 @@ class ChannelListener:
         finally:
             if self._task is asyncio.current_task():
                 self._task = None  # before awaiting, so a new subscribe starts a new task
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
 
     async def _apply_requests(self, pubsub: PubSub) -> None:
         while self._requests:
