@@ -74,7 +74,13 @@ class MemoryTaskQueue(BaseTaskQueue):
         self._connected = False
 
     async def enqueue(self, job: Job) -> str:
-        self.check_supported(job)
+        return self._store(job, self.encode_job(job))
+
+    async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
+        payloads = [self.encode_job(job) for job in jobs]  # all checked before any is stored
+        return [self._store(job, payload) for job, payload in zip(jobs, payloads, strict=True)]
+
+    def _store(self, job: Job, payload: bytes) -> str:
         if job.dedup_key is not None:
             holder = self._dedup.get(job.dedup_key)
             if holder is not None:
@@ -82,7 +88,7 @@ class MemoryTaskQueue(BaseTaskQueue):
             self._dedup[job.dedup_key] = job.id
         entry = _Entry(
             id=job.id,
-            payload=job.to_bytes(),
+            payload=payload,
             priority=job.priority,
             run_at=job.run_at or 0.0,
             dedup_key=job.dedup_key,
@@ -91,9 +97,6 @@ class MemoryTaskQueue(BaseTaskQueue):
         self._entries[job.id] = entry
         self._schedule(entry)
         return job.id
-
-    async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
-        return [await self.enqueue(job) for job in jobs]
 
     def push_raw(self, payload: bytes) -> str:
         """Store bytes as they are, as a foreign producer would; for tests of bad input."""

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import uuid
 
 import pytest
 
+from lexigram.tasks.errors import JobSerializationError, JobTooLargeError
 from lexigram.tasks.job import Job
-from lexigram.tasks.protocol import Capability, QueueCounts, TaskQueueProtocol
+from lexigram.tasks.protocol import BaseTaskQueue, Capability, QueueCounts, TaskQueueProtocol
 from lexigram.tasks.testing._base import ContractBase
 from lexigram.tasks.testing._helpers import collect, job_ids, make_job
 
@@ -143,6 +145,51 @@ class EnqueueContract(ContractBase):
         deliveries = await collect(queue, 50, lease_seconds=self.lease_seconds * 10, batch=50)
         assert job_ids(deliveries) == [job.id for job in jobs]
         assert [d.job.args for d in deliveries if d.job] == [[n] for n in range(50)]
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize(
+        "bad_arg",
+        [
+            object(),
+            float("nan"),
+            "file-\udcff.txt",
+            functools.reduce(lambda a, _: [a], range(3000), []),
+        ],
+        ids=["object", "nan", "lone-surrogate", "nested-3000-deep"],
+    )
+    async def test_unwritable_job_is_refused_and_nothing_is_stored(
+        self, queue: TaskQueueProtocol, bad_arg: object
+    ) -> None:
+        with pytest.raises(JobSerializationError, match="positional argument 0"):
+            await queue.enqueue(make_job(queue, args=[bad_arg]))
+        assert (await queue.counts()).ready == 0
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize("bad_index", [3, 600], ids=["early", "past-a-chunk"])
+    async def test_enqueue_many_is_all_or_nothing(
+        self, queue: TaskQueueProtocol, bad_index: int
+    ) -> None:
+        jobs = [make_job(queue, args=[f"file-{n}.txt"]) for n in range(bad_index + 10)]
+        jobs[bad_index].args = ["file-\udcff.txt"]  # as os.fsdecode gives for a bad file name
+        with pytest.raises(JobSerializationError, match="lone surrogate"):
+            await queue.enqueue_many(jobs)
+        assert (await queue.counts()).ready == 0
+
+    @pytest.mark.asyncio
+    async def test_job_over_max_job_bytes_is_refused_naming_both_sizes(
+        self, queue: TaskQueueProtocol
+    ) -> None:
+        if not isinstance(queue, BaseTaskQueue):
+            pytest.skip("max_job_bytes is enforced by BaseTaskQueue.encode_job")
+        queue.max_job_bytes = 4096
+        small = make_job(queue, args=["x" * 1000])
+        big = make_job(queue, args=["x" * 5000])
+        with pytest.raises(JobTooLargeError, match=r"5,\d{3} bytes, over the limit of 4,096"):
+            await queue.enqueue(big)
+        with pytest.raises(JobTooLargeError):
+            await queue.enqueue_many([small, big])
+        assert (await queue.counts()).ready == 0
+        assert await queue.enqueue(small) == small.id
 
     @pytest.mark.asyncio
     async def test_enqueue_many_of_nothing(self, queue: TaskQueueProtocol) -> None:

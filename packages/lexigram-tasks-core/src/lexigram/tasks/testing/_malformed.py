@@ -17,6 +17,20 @@ MALFORMED_PAYLOADS = {
     "missing-task": b'{"id": "malformed-missing-task", "args": []}',
     "wrong-type": b'{"id": "malformed-wrong-type", "task": "contract.noop", "args": "nope"}',
     "newer-version": b'{"v": 999, "id": "malformed-newer", "task": "contract.noop"}',
+    # Valid JSON that Python's reader accepts, but no job can be built from or
+    # written back: each used to escape dequeue() or loop on settling.
+    "nested-1000-deep": b'{"id": "malformed-deep", "task": "contract.noop", "args": '
+    + b"[" * 1000
+    + b"]" * 1000
+    + b"}",
+    "nan": b'{"id": "malformed-nan", "task": "contract.noop", "args": [NaN]}',
+    "infinity": b'{"id": "malformed-inf", "task": "contract.noop", "args": [Infinity]}',
+    "float-overflow": b'{"id": "malformed-big", "task": "contract.noop", "args": [1e999]}',
+    "huge-integer": b'{"id": "malformed-int", "task": "contract.noop", "args": ['
+    + b"7" * 5000
+    + b"]}",
+    "lone-surrogate": b'{"id": "malformed-surrogate", "task": "contract.noop", '
+    b'"args": ["file-\\udcff.txt"]}',
 }
 
 
