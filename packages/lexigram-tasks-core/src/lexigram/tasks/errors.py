@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class TaskError(Exception):
     """Base class of every lexigram-tasks error."""
 
 
 class ConfigurationError(TaskError):
-    """A configuration value or file is wrong; the message names the key."""
+    """A configuration value or file is wrong; the message names the key.
+
+    ``problems`` holds one line per problem found (a file with several
+    problems reports all of them in one error, its message listing them).
+    """
+
+    def __init__(self, *args: object, problems: Sequence[str] = ()) -> None:
+        super().__init__(*args)
+        self.problems: tuple[str, ...] = tuple(problems) or ((str(self),) if args else ())
 
 
 class BackendNotFoundError(ConfigurationError):
