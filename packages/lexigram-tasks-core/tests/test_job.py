@@ -33,7 +33,8 @@ def job_shapes() -> dict[str, Job]:
             args=["a@b.c", 3, 2.5, None, True, [1, {"x": []}]],
             kwargs={"subject": "hi", "nested": {"deep": [None]}},
             queue="emails",
-            attempt=2,
+            attempt=3,
+            failures=1,
             max_retries=5,
             enqueued_at=1_700_000_000.25,
             run_at=1_700_000_060.0,
@@ -63,7 +64,7 @@ def test_document_has_version_and_every_field() -> None:
     doc = Job(task="app.noop").to_dict()
     assert doc["v"] == WIRE_VERSION == 1
     assert set(doc) == {
-        "v", "id", "task", "args", "kwargs", "queue", "attempt", "max_retries",
+        "v", "id", "task", "args", "kwargs", "queue", "attempt", "failures", "max_retries",
         "enqueued_at", "run_at", "priority", "timeout", "dedup_key", "headers",
     }  # fmt: skip
 
@@ -309,3 +310,11 @@ def test_job_format_page_documents_every_field() -> None:
     for name in SCHEMA["properties"]:
         assert re.search(rf"^\| `{name}` \|", page, re.MULTILINE), f"field {name!r} undocumented"
     assert "job.schema.json" in page
+
+
+def test_lost_leases_are_the_attempts_that_neither_failed_nor_finished() -> None:
+    assert Job(task="t").lost_leases == 0  # not yet delivered
+    assert Job(task="t", attempt=1).lost_leases == 0
+    assert Job(task="t", attempt=3, failures=1).lost_leases == 1
+    older = Job.from_json(b'{"id": "a", "task": "t", "attempt": 2}')  # no failures field
+    assert (older.failures, older.lost_leases) == (0, 1)

@@ -48,6 +48,7 @@ _KNOWN_FIELDS = frozenset(
         "kwargs",
         "queue",
         "attempt",
+        "failures",
         "max_retries",
         "enqueued_at",
         "run_at",
@@ -71,6 +72,8 @@ class Job:
     ``attempt`` counts deliveries: 0 while the job waits for its first run,
     1 during the first run, and so on. Backends increment it when they lease
     the job, so a job whose worker was killed still uses up an attempt.
+    ``failures`` counts the attempts that raised and were retried, so
+    ``attempt - 1 - failures`` is how many runs were lost with their worker.
     Times are Unix epoch seconds (floats).
     """
 
@@ -88,6 +91,12 @@ class Job:
     dedup_key: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    failures: int = 0
+
+    @property
+    def lost_leases(self) -> int:
+        """Runs of this job that ended without a result: their worker died or lost the lease."""
+        return max(self.attempt - 1 - self.failures, 0)
 
     def to_dict(self) -> dict[str, Any]:
         """The wire document as a dict (unknown fields included)."""
@@ -100,6 +109,7 @@ class Job:
             kwargs=self.kwargs,
             queue=self.queue,
             attempt=self.attempt,
+            failures=self.failures,
             max_retries=self.max_retries,
             enqueued_at=self.enqueued_at,
             run_at=self.run_at,
@@ -152,6 +162,7 @@ class Job:
             kwargs=_optional(doc, "kwargs", dict, {}),
             queue=_optional(doc, "queue", str, "default"),
             attempt=_optional(doc, "attempt", int, 0),
+            failures=_optional(doc, "failures", int, 0),
             max_retries=_optional(doc, "max_retries", int, 0),
             enqueued_at=_number(doc, "enqueued_at", time.time()),
             run_at=_nullable_number(doc, "run_at"),
@@ -234,10 +245,11 @@ def _well_formed(doc: dict[str, Any]) -> Job | None:
         doc.get("priority"),
     )
     run_at, timeout, dedup = doc.get("run_at"), doc.get("timeout"), doc.get("dedup_key")
-    enqueued_at, attempt, retries = (
+    enqueued_at, attempt, retries, failures = (
         doc.get("enqueued_at"),
         doc.get("attempt"),
         doc.get("max_retries"),
+        doc.get("failures"),
     )
     if not (
         type(job_id) is str
@@ -249,6 +261,7 @@ def _well_formed(doc: dict[str, Any]) -> Job | None:
         and type(doc.get("queue")) is str
         and type(attempt) is int
         and type(retries) is int
+        and type(failures) is int
         and type(enqueued_at) is float
         and type(priority) is int
         and MIN_PRIORITY <= priority <= MAX_PRIORITY
@@ -274,6 +287,7 @@ def _well_formed(doc: dict[str, Any]) -> Job | None:
         dedup,
         headers,
         {},
+        failures,
     )
 
 
