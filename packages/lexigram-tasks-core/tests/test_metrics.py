@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -167,3 +169,51 @@ async def test_failed_enqueue_is_not_counted(
     assert "lexigram.tasks.jobs.enqueued" not in collect(reader)
     await t.enqueue("fine")
     assert values(collect(reader), "lexigram.tasks.jobs.enqueued") == {attrs("t"): 1}
+
+
+# Setting a global provider cannot be undone in a process, so this runs in its own.
+GLOBAL_SDK_SET_LATE = """
+import asyncio
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from lexigram.tasks import MemoryTaskQueue, TaskProvider
+
+provider = TaskProvider(queue=MemoryTaskQueue())
+
+
+@provider.task(name="t")
+async def t() -> None: ...
+
+
+async def main() -> None:
+    reader = InMemoryMetricReader()
+    async with provider:
+        await t.enqueue()  # no SDK yet, and the provider has seen that
+        metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+        await t.enqueue()
+    data = reader.get_metrics_data()
+    if data is None:  # nothing recorded
+        print([])
+        return
+    enqueued = [
+        point.value
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "lexigram.tasks.jobs.enqueued"
+        for point in metric.data.data_points
+    ]
+    print(enqueued)
+
+
+asyncio.run(main())
+"""
+
+
+def test_a_global_sdk_set_after_the_provider_counts_the_very_next_enqueue() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", GLOBAL_SDK_SET_LATE], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[1]"]

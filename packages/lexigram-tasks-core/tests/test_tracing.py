@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -318,3 +321,62 @@ async def test_without_an_sdk_an_upstream_trace_context_still_flows_through_jobs
     assert job.headers["traceparent"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
     [grandchild] = children
     assert grandchild.headers["traceparent"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
+
+
+# Setting a global provider cannot be undone in a process, so this runs in its own.
+GLOBAL_SDK_SET_LATE = """
+import asyncio, json
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from lexigram.tasks import MemoryTaskQueue, TaskProvider
+
+provider = TaskProvider(queue=MemoryTaskQueue())
+
+
+@provider.task(name="t")
+async def t() -> None: ...
+
+
+async def main() -> None:
+    exporter = InMemorySpanExporter()
+    async with provider:
+        before = await t.enqueue()  # no SDK yet, and the provider has seen that
+        sdk = TracerProvider()
+        sdk.add_span_processor(SimpleSpanProcessor(exporter))
+        trace.set_tracer_provider(sdk)
+        after = await t.enqueue()
+        await after.result(timeout=5)
+    spans = exporter.get_finished_spans()
+    print(json.dumps({
+        "before": before.id,
+        "after": after.id,
+        "sent": [s.attributes["messaging.message.id"] for s in spans if s.name == "send default"],
+        "processed": [
+            s.attributes["messaging.message.id"] for s in spans if s.name == "process default"
+        ],
+    }))
+
+
+asyncio.run(main())
+"""
+
+
+def test_a_global_sdk_set_after_the_provider_records_the_very_next_enqueue() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", GLOBAL_SDK_SET_LATE], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["sent"] == [seen["after"]]
+    assert seen["after"] in seen["processed"]
+
+
+def test_the_global_providers_are_followed_by_pointer_comparison() -> None:
+    # Without these private globals of opentelemetry-api the library still follows the
+    # global providers, through the public getters, but pays about 2 us per job for it.
+    from opentelemetry.metrics import _internal as metrics_globals
+
+    assert hasattr(trace, "_TRACER_PROVIDER")
+    assert hasattr(metrics_globals, "_METER_PROVIDER")

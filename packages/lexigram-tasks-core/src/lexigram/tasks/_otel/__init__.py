@@ -26,10 +26,21 @@ measurements without a meter provider. With neither, ``send`` and
 ``process`` do next to nothing: the job's own trace context, if it carries
 one, is still made current while it runs, so the jobs it enqueues continue
 that trace, and an upstream context (or baggage) current at enqueue time is
-still injected. Whether an SDK has been set is looked at again at most once
-a second. The per-job context managers are plain classes, not generators,
-and metric attribute sets are built once per task and queue, for the same
-reason.
+still injected. The per-job context managers are plain classes, not
+generators, and metric attribute sets are built once per task and queue, for
+the same reason.
+
+Following the global providers. A provider may be set as the global one at
+any time, also after the ``TaskProvider`` exists (an SDK configured later at
+start-up). The tracer and meter come from the API's proxies, which forward to
+a global provider once one is set; what has to follow is the decision whether
+to record at all. It is cached together with the two global provider objects
+it was made for, and each job compares those with opentelemetry-api's module
+globals by identity: two pointer comparisons, cheaper than reading a clock,
+where the public ``get_tracer_provider()`` and ``get_meter_provider()`` cost
+close to a microsecond each. The globals are private names of the API
+(unchanged since 1.0 and 1.12); should they disappear, the public getters are
+called on every job instead, which is slower but just as correct.
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ from types import TracebackType
 from typing import Any
 
 from opentelemetry import context, metrics, propagate, trace
+from opentelemetry.metrics import _internal as _metrics_globals
 from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, StatusCode
 
 from lexigram.tasks._otel import attributes as attr
@@ -61,8 +73,7 @@ DEAD_LETTERED = "dead_lettered"
 REQUEUED = "requeued"
 INTERRUPTED = "interrupted"
 
-#: Seconds between two looks at the global tracer provider while it is a no-op.
-RECHECK_SECONDS = 1.0
+_NOT_LOOKED = object()
 
 
 @dataclass(slots=True)
@@ -99,47 +110,53 @@ class Telemetry:
         self._fixed_metering = (
             None if meter_provider is None else not _noop_metering(meter_provider)
         )
-        self._checked_at = float("-inf")
-        self._global_tracing = False
-        self._global_metering = False
-        self._quiet_until = float("-inf")
+        self._seen_tracer_provider: object = _NOT_LOOKED
+        self._seen_meter_provider: object = _NOT_LOOKED
+        self._tracing = False
+        self._metering = False
+        self._quiet = True
 
     @property
     def tracing(self) -> bool:
         """Whether spans are created (an SDK tracer provider is in use)."""
-        if self._fixed_tracing is not None:
-            return self._fixed_tracing
-        if not self._global_tracing:
-            self._look_at_globals()
-        return self._global_tracing
+        self.quiet()
+        return self._tracing
 
     @property
     def metering(self) -> bool:
         """Whether measurements are recorded (an SDK meter provider is in use)."""
-        if self._fixed_metering is not None:
-            return self._fixed_metering
-        if not self._global_metering:
-            self._look_at_globals()
-        return self._global_metering
+        self.quiet()
+        return self._metering
 
     def quiet(self) -> bool:
         """Neither spans nor measurements are recorded: the per-job fast path."""
-        if time.monotonic() < self._quiet_until:
-            return True
-        quiet = not (self.tracing or self.metering)
-        if quiet:
-            fixed = self._fixed_tracing is not None and self._fixed_metering is not None
-            self._quiet_until = float("inf") if fixed else time.monotonic() + RECHECK_SECONDS
-        return quiet
+        try:
+            if (
+                trace._TRACER_PROVIDER is self._seen_tracer_provider
+                and _metrics_globals._METER_PROVIDER is self._seen_meter_provider
+            ):
+                return self._quiet
+        except AttributeError:  # an opentelemetry-api without these private globals
+            pass
+        self._look_at_globals()
+        return self._quiet
 
     def _look_at_globals(self) -> None:
-        # Once set, a global provider cannot be replaced, so "on" is final; "off" is
-        # looked at again at most once a second.
-        now = time.monotonic()
-        if now - self._checked_at >= RECHECK_SECONDS:
-            self._checked_at = now
-            self._global_tracing = not _noop_tracing(trace.get_tracer_provider())
-            self._global_metering = not _noop_metering(metrics.get_meter_provider())
+        # Remember what was seen before deciding: a provider set meanwhile differs
+        # from it, so the next job decides again.
+        self._seen_tracer_provider = getattr(trace, "_TRACER_PROVIDER", _NOT_LOOKED)
+        self._seen_meter_provider = getattr(_metrics_globals, "_METER_PROVIDER", _NOT_LOOKED)
+        self._tracing = (
+            self._fixed_tracing
+            if self._fixed_tracing is not None
+            else not _noop_tracing(trace.get_tracer_provider())
+        )
+        self._metering = (
+            self._fixed_metering
+            if self._fixed_metering is not None
+            else not _noop_metering(metrics.get_meter_provider())
+        )
+        self._quiet = not (self._tracing or self._metering)
 
     # -- producer --------------------------------------------------------------
 
