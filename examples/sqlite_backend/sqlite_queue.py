@@ -139,9 +139,9 @@ class SQLiteTaskQueue(BaseTaskQueue):
         return (await self.enqueue_many([job]))[0]
 
     async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
-        for job in jobs:
-            self.check_supported(job)  # refuses what `capabilities` does not declare
-        return await self._call(self._insert, [(job, job.to_bytes()) for job in jobs])
+        # encode_job refuses what `capabilities` does not declare, what cannot be
+        # written as JSON and what is over max_job_bytes; all before any write.
+        return await self._call(self._insert, [(job, self.encode_job(job)) for job in jobs])
 
     def _insert(self, jobs: list[tuple[Job, bytes]]) -> list[str]:
         ids = []

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from lexigram.tasks.errors import BackendConnectionError
+from lexigram.tasks.errors import BackendConnectionError, ConfigurationError
 from lexigram.tasks.redact import redact_text, redact_url
 
 #: Errors after which the statement may simply be retried on a fresh connection.
@@ -24,6 +24,26 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     OSError,
 )
+
+
+#: The URL schemes asyncpg connects with.
+SCHEMES = ("postgres", "postgresql")
+
+
+def validate_url(url: str) -> None:
+    """Raise :class:`ConfigurationError` unless ``url`` starts with ``postgres(ql)://``.
+
+    The message names the URL (password hidden) and the accepted schemes; a
+    wrong scheme would otherwise only show at connect time, looking like an
+    unreachable server.
+    """
+    scheme, separator, _ = url.partition("://")
+    if separator and scheme.lower() in SCHEMES:
+        return
+    raise ConfigurationError(
+        f"{redacted(url)!r} is not a PostgreSQL URL: it must start with "
+        + " or ".join(f"{s}://" for s in SCHEMES)
+    )
 
 
 def dsn_password(dsn: str) -> str | None:

@@ -35,8 +35,11 @@ class Listener:
     restart) every waiter is woken, and the next :meth:`ensure` reconnects.
     """
 
-    def __init__(self, dsn: str, channel: str, queue_name: str, timeout: float) -> None:
+    def __init__(
+        self, dsn: str, channel: str, queue_name: str, timeout: float, *, application_name: str
+    ) -> None:
         self._dsn = dsn
+        self._application_name = application_name
         self._channel = channel
         self._queue_name = queue_name
         self._timeout = timeout
@@ -64,7 +67,11 @@ class Listener:
 
     async def _connect(self) -> None:
         try:
-            connection = await open_connection(self._dsn, timeout=self._timeout)
+            connection = await open_connection(
+                self._dsn,
+                timeout=self._timeout,
+                server_settings={"application_name": self._application_name},
+            )
             await connection.add_listener(self._channel, self._on_notify)
         except _CONNECT_ERRORS as exc:
             self._failed_at = time.monotonic()

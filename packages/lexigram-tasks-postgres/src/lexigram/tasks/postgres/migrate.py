@@ -16,7 +16,7 @@ from importlib.resources import files
 
 import asyncpg
 
-from lexigram.tasks.postgres._connect import open_connection
+from lexigram.tasks.postgres._connect import open_connection, validate_url
 
 _FILE_NAME = re.compile(r"^(\d{4})_(\w+)\.sql$")
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
@@ -121,8 +121,10 @@ async def migrate(dsn: str, schema: str = "lexigram_tasks") -> list[int]:
     Safe to call from several processes at once and idempotent; returns the
     migration versions this call applied (empty when already up to date).
     Connection failures raise :class:`~lexigram.tasks.BackendConnectionError`
-    with the password redacted.
+    with the password redacted; a URL that is not ``postgres://`` or
+    ``postgresql://`` raises :class:`~lexigram.tasks.ConfigurationError`.
     """
+    validate_url(dsn)
     check_schema_name(schema)
     connection = await open_connection(dsn)
     try:

@@ -14,12 +14,13 @@ from typing import Any, TypeVar
 import asyncpg
 
 from lexigram.tasks.errors import BackendConnectionError, MalformedJobError
-from lexigram.tasks.job import Job
+from lexigram.tasks.job import DEFAULT_MAX_JOB_BYTES, Job
 from lexigram.tasks.postgres._connect import (
     CONNECTION_ERRORS,
     connection_error,
     open_pool,
     redacted,
+    validate_url,
 )
 from lexigram.tasks.postgres._listener import Listener
 from lexigram.tasks.postgres._sql import Statements
@@ -35,6 +36,8 @@ from lexigram.tasks.protocol import BaseTaskQueue, Capability, DeadLetter, Deliv
 logger = logging.getLogger("lexigram.tasks.postgres")
 
 T = TypeVar("T")
+#: A job with its encoded payload, checked by ``encode_job`` before any write.
+_Encoded = tuple[Job, bytes]
 
 #: Connections bound with :meth:`PostgresTaskQueue.using`, by queue instance id.
 _BOUND: ContextVar[Mapping[int, Any] | None] = ContextVar(
@@ -58,7 +61,8 @@ class PostgresTaskQueue(BaseTaskQueue):
     or :meth:`using`), so a job exists if and only if that transaction commits.
 
     :param postgres_dsn: ``postgresql://user:password@host:port/database``
-        (``sslmode`` and the other libpq URL options pass through to asyncpg).
+        (``sslmode`` and the other libpq URL options pass through to asyncpg);
+        any other scheme raises :class:`~lexigram.tasks.ConfigurationError`.
     :param queue_name: the queue this instance reads and writes.
     :param schema: the schema holding the tables; created by the migrations.
     :param auto_migrate: create or upgrade the schema on :meth:`connect`
@@ -73,6 +77,8 @@ class PostgresTaskQueue(BaseTaskQueue):
         workers' connections). Enqueues always wait. A database crash can then
         forget the last moments of settlements, which only makes those jobs
         run again: at-least-once delivery is kept.
+    :param max_job_bytes: largest encoded job an enqueue accepts; a bigger one
+        raises :class:`~lexigram.tasks.JobTooLargeError` and nothing is written.
     """
 
     system = "postgresql"
@@ -95,11 +101,15 @@ class PostgresTaskQueue(BaseTaskQueue):
         cleanup_interval: float = 60.0,
         cleanup_batch_size: int = 1000,
         async_commit: bool = True,
+        max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
     ) -> None:
+        validate_url(postgres_dsn)
         if not queue_name:
             raise ValueError("queue_name must not be empty")
         if keep_finished < 0 or (keep_failed is not None and keep_failed < 0):
             raise ValueError("keep_finished and keep_failed must be >= 0")
+        if max_job_bytes < 1:
+            raise ValueError("max_job_bytes must be >= 1")
         self.postgres_dsn = postgres_dsn
         self.queue_name = queue_name
         self.schema = check_schema_name(schema)
@@ -112,6 +122,7 @@ class PostgresTaskQueue(BaseTaskQueue):
         self.cleanup_interval = cleanup_interval
         self.cleanup_batch_size = cleanup_batch_size
         self.async_commit = async_commit
+        self.max_job_bytes = max_job_bytes
         self._sql = Statements.for_schema(schema)
         self._application_name = f"lexigram-tasks:{queue_name}"[:63]
         self._pool: asyncpg.Pool | None = None
@@ -142,7 +153,11 @@ class PostgresTaskQueue(BaseTaskQueue):
                 raise
             self._pool = pool
             self._listener = Listener(
-                self.postgres_dsn, self._sql.channel, self.queue_name, self.connect_timeout
+                self.postgres_dsn,
+                self._sql.channel,
+                self.queue_name,
+                self.connect_timeout,
+                application_name=self._application_name,
             )
             if self.keep_finished > 0 or self.keep_failed is not None:
                 self._cleanup = asyncio.create_task(self._cleanup_loop(), name="lexigram-pg-clean")
@@ -270,32 +285,37 @@ class PostgresTaskQueue(BaseTaskQueue):
         """Store ``job``; with ``connection``, inside that connection's transaction.
 
         Returns the id of the job holding ``job.dedup_key`` (``job.id`` when
-        it was stored).
+        it was stored). Raises :class:`~lexigram.tasks.JobSerializationError`
+        (or its :class:`~lexigram.tasks.JobTooLargeError`) before any write.
         """
-        self.check_supported(job)
-        ids = await self._store([job], connection)
+        ids = await self._store([(job, self.encode_job(job))], connection)
         return ids[0]
 
     async def enqueue_many(
         self, jobs: Sequence[Job], *, connection: asyncpg.Connection | None = None
     ) -> list[str]:
-        """Store ``jobs`` with one multi-row INSERT (one round trip, atomic)."""
+        """Store ``jobs`` with one multi-row INSERT (one round trip, atomic).
+
+        Every job is encoded and checked first: one that cannot be stored
+        raises before anything is written.
+        """
         if not jobs:
             return []
-        for job in jobs:
-            self.check_supported(job)
-        return await self._store(list(jobs), connection)
+        encoded = [(job, self.encode_job(job)) for job in jobs]
+        return await self._store(encoded, connection)
 
-    async def _store(self, jobs: list[Job], connection: asyncpg.Connection | None) -> list[str]:
+    async def _store(
+        self, encoded: list[_Encoded], connection: asyncpg.Connection | None
+    ) -> list[str]:
         if connection is None:
             connection = (_BOUND.get() or {}).get(id(self))
         if connection is not None:
-            return await self._insert(connection, jobs)
-        return await self._run(lambda c: self._insert(c, jobs))
+            return await self._insert(connection, encoded)
+        return await self._run(lambda c: self._insert(c, encoded))
 
-    async def _insert(self, connection: asyncpg.Connection, jobs: list[Job]) -> list[str]:
-        if len(jobs) == 1:
-            job = jobs[0]
+    async def _insert(self, connection: asyncpg.Connection, encoded: list[_Encoded]) -> list[str]:
+        if len(encoded) == 1:
+            job, payload = encoded[0]
             stored = await connection.fetchval(
                 self._sql.insert_one,
                 self.queue_name,
@@ -304,22 +324,22 @@ class PostgresTaskQueue(BaseTaskQueue):
                 job.run_at,
                 job.attempt,
                 job.dedup_key,
-                job.to_bytes(),
+                payload,
             )
             if stored is not None or job.dedup_key is None:
                 return [job.id]
-            return await self._resolve_duplicates(connection, jobs)
-        columns = _columns(jobs)
+            return await self._resolve_duplicates(connection, encoded)
+        columns = _columns(encoded)
         if not any(columns[4]):  # no dedup keys
             await connection.execute(self._sql.insert_many_plain, self.queue_name, *columns)
-            return [job.id for job in jobs]
+            return [job.id for job, _ in encoded]
         rows = await connection.fetch(self._sql.insert_many, self.queue_name, *columns)
-        if len(rows) == len(jobs):
-            return [job.id for job in jobs]
-        return await self._resolve_duplicates(connection, jobs)
+        if len(rows) == len(encoded):
+            return [job.id for job, _ in encoded]
+        return await self._resolve_duplicates(connection, encoded)
 
     async def _resolve_duplicates(
-        self, connection: asyncpg.Connection, jobs: list[Job]
+        self, connection: asyncpg.Connection, encoded: list[_Encoded]
     ) -> list[str]:
         """Ids for a batch where some dedup keys were taken: the holders' ids.
 
@@ -327,12 +347,16 @@ class PostgresTaskQueue(BaseTaskQueue):
         its key; such jobs are inserted again.
         """
         for _ in range(5):
-            keys = list({j.dedup_key for j in jobs if j.dedup_key is not None})
+            keys = list({j.dedup_key for j, _ in encoded if j.dedup_key is not None})
             rows = await connection.fetch(self._sql.dedup_holders, self.queue_name, keys)
             holders: dict[str, str] = {row["dedup_key"]: row["job_id"] for row in rows}
-            orphans = [j for j in jobs if j.dedup_key is not None and j.dedup_key not in holders]
+            orphans = [
+                (j, p) for j, p in encoded if j.dedup_key is not None and j.dedup_key not in holders
+            ]
             if not orphans:
-                return [holders[j.dedup_key] if j.dedup_key is not None else j.id for j in jobs]
+                return [
+                    holders[j.dedup_key] if j.dedup_key is not None else j.id for j, _ in encoded
+                ]
             await connection.fetch(self._sql.insert_many, self.queue_name, *_columns(orphans))
         raise RuntimeError("dedup keys kept changing hands; enqueue not confirmed")
 
@@ -398,6 +422,9 @@ class PostgresTaskQueue(BaseTaskQueue):
             job = Job.from_json(raw)
         except MalformedJobError as exc:
             return Delivery(None, raw, (row["id"], token), str(exc))
+        except Exception as exc:  # never let one row fail the batch it was leased with
+            problem = f"cannot be decoded: {type(exc).__name__}: {exc}"
+            return Delivery(None, raw, (row["id"], token), problem)
         job.attempt = row["attempt"]
         return Delivery(job, raw, (row["id"], token))
 
@@ -538,7 +565,7 @@ class PostgresTaskQueue(BaseTaskQueue):
                     logger.debug("retention cleanup deleted %d row(s) of %r", deleted, self)
 
 
-def _columns(jobs: Sequence[Job]) -> tuple[list[Any], ...]:
+def _columns(encoded: Sequence[_Encoded]) -> tuple[list[Any], ...]:
     """The column arrays of a multi-row INSERT: id, priority, run_at, attempt, dedup, payload."""
     ids: list[str] = []
     priorities: list[int] = []
@@ -546,13 +573,13 @@ def _columns(jobs: Sequence[Job]) -> tuple[list[Any], ...]:
     attempts: list[int] = []
     dedup_keys: list[str | None] = []
     payloads: list[bytes] = []
-    for job in jobs:
+    for job, payload in encoded:
         ids.append(job.id)
         priorities.append(job.priority)
         run_ats.append(job.run_at)
         attempts.append(job.attempt)
         dedup_keys.append(job.dedup_key)
-        payloads.append(job.to_bytes())
+        payloads.append(payload)
     return ids, priorities, run_ats, attempts, dedup_keys, payloads
 
 
