@@ -556,7 +556,230 @@ def test_backend_key_errors_come_with_the_other_errors_in_line_order(
         """,
         registry,
     )
-    assert message.startswith("4 configuration errors: lexigram.yaml:3: tasks.worker.worker_count")
-    assert "; lexigram.yaml:5: tasks.backends[0].url: required key is missing; " in message
-    assert "; lexigram.yaml:7: tasks.backends[0].urll: unknown key for type 'acme'" in message
-    assert "; lexigram.yaml:9: tasks.backends[1].type: unknown backend type 'kafka'" in message
+    heading, *lines = message.splitlines()
+    assert heading == "4 configuration errors:"
+    assert lines[0].startswith("  lexigram.yaml:3: tasks.worker.worker_count")
+    assert lines[1] == "  lexigram.yaml:5: tasks.backends[0].url: required key is missing"
+    assert lines[2].startswith("  lexigram.yaml:7: tasks.backends[0].urll: unknown key for type")
+    assert lines[3].startswith("  lexigram.yaml:9: tasks.backends[1].type: unknown backend type")
+
+
+def test_every_problem_is_one_line_of_one_public_error(
+    tmp_path: Path, registry: TaskBackendRegistry
+) -> None:
+    """A bad result_store used to raise a private class and hide the other problems."""
+    with pytest.raises(ConfigurationError) as info:
+        load(
+            tmp_path,
+            """
+            tasks:
+              backends:
+                - {name: a, type: memory, queue: x}
+                - {name: a, type: memory}
+              result_store: {type: memory, size: 3}
+              dead_letter: {storage: nowhere}
+            """,
+            registry,
+        )
+    error = info.value
+    assert type(error) is ConfigurationError
+    assert error.problems[0].startswith("lexigram.yaml:3: tasks.backends[0].queue: unknown key")
+    assert error.problems[1] == "lexigram.yaml:4: tasks.backends[1].name: duplicate name 'a'"
+    assert error.problems[2].startswith("lexigram.yaml:5: tasks.result_store.size: unknown key")
+    assert error.problems[3].startswith("lexigram.yaml:6: tasks.dead_letter")
+    assert len(error.problems) == 4
+    assert str(error) == "4 configuration errors:\n" + "\n".join(
+        f"  {problem}" for problem in error.problems
+    )
+
+
+def test_problems_of_a_result_store_come_with_those_of_a_file_failing_elsewhere(
+    tmp_path: Path, registry: TaskBackendRegistry
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        load(
+            tmp_path,
+            """
+            tasks:
+              backend: {type: memory}
+              worker: {worker_count: 0}
+              result_store: {type: memory, size: 3}
+            """,
+            registry,
+        )
+    assert [p.split(": ")[1] for p in info.value.problems] == [
+        "tasks.worker.worker_count",
+        "tasks.result_store.size",
+    ]
+
+
+def test_one_problem_is_the_message_itself(tmp_path: Path, registry: TaskBackendRegistry) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        load(tmp_path, "tasks:\n  backend: {type: memory, queue: x}\n", registry)
+    assert info.value.problems == (str(info.value),)
+    assert "\n" not in str(info.value)
+
+
+def test_an_unknown_backend_type_among_other_problems_is_a_backend_not_found_error(
+    tmp_path: Path, registry: TaskBackendRegistry
+) -> None:
+    with pytest.raises(BackendNotFoundError) as info:
+        load(
+            tmp_path,
+            "tasks:\n  backend: {type: kafka}\n  result_store: {type: memory, size: 3}\n",
+            registry,
+        )
+    assert len(info.value.problems) == 2
+
+
+# -- connection URLs ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        (
+            "backend: {type: redis, redis_url: 'http://h:6379/0'}",
+            "tasks.backend.redis_url",
+            "'http://h:6379/0' is not a Redis URL: it must start with redis://, rediss:// or unix://",
+        ),
+        (
+            "backend: {type: rabbitmq, amqp_url: 'http://guest:pw@h/'}",
+            "tasks.backend.amqp_url",
+            "'http://guest:***@h/' is not a RabbitMQ URL: it must start with amqp:// or amqps://",
+        ),
+        (
+            "backend: {type: postgres, postgres_dsn: 'redis://h/0'}",
+            "tasks.backend.postgres_dsn",
+            "is not a PostgreSQL URL: it must start with postgres:// or postgresql://",
+        ),
+        (
+            "backend: {type: postgres, postgres_dsn: 'host=db dbname=app'}",
+            "tasks.backend.postgres_dsn",
+            "'host=db dbname=app' is not a PostgreSQL URL",
+        ),
+        (
+            "backend: {type: redis, redis_url: '${EMPTY:-}'}",
+            "tasks.backend.redis_url",
+            "'' is not a Redis URL",
+        ),
+        (
+            "backends: [{name: a, type: memory}, {name: b, type: rabbitmq, amqp_url: 'amqp:/h'}]",
+            "tasks.backends[1].amqp_url",
+            "'amqp:/h' is not a RabbitMQ URL",
+        ),
+    ],
+)
+def test_a_bad_url_scheme_is_reported_at_load_with_file_line_and_key(
+    tmp_path: Path,
+    registry: TaskBackendRegistry,
+    section: str,
+    key: str,
+    value: str,
+) -> None:
+    message = error_of(tmp_path, f"tasks:\n  {section}\n", registry)
+    assert message.startswith(f"lexigram.yaml:2: {key}: ")
+    assert value in message
+    assert "pw" not in message
+
+
+def test_a_bad_result_store_url_is_reported_with_the_backend_url(
+    tmp_path: Path, registry: TaskBackendRegistry
+) -> None:
+    pytest.importorskip("lexigram.tasks.redis")
+    with pytest.raises(ConfigurationError) as info:
+        load(
+            tmp_path,
+            """
+            tasks:
+              backend: {type: redis, redis_url: 'https://cache'}
+              result_store: {type: redis, redis_url: 'cache:6379'}
+            """,
+            registry,
+        )
+    assert [p.split(": ", 2)[:2] for p in info.value.problems] == [
+        ["lexigram.yaml:2", "tasks.backend.redis_url"],
+        ["lexigram.yaml:3", "tasks.result_store.redis_url"],
+    ]
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        "backend: {type: redis, redis_url: 'rediss://:pw@h:6380/0'}",
+        "backend: {type: redis, redis_url: 'unix:///run/redis.sock'}",
+        "backend: {type: redis, redis_url: 'REDIS://h'}",
+        "backend: {type: redis}",  # the constructor's default
+        "backend: {type: rabbitmq, amqp_url: 'amqps://u:p@h/vhost'}",
+        "backend: {type: postgres, postgres_dsn: 'postgres://u@h/db'}",
+        "backend: {type: postgres, postgres_dsn: 'postgresql://u@h/db'}",
+        "backend: {type: acme, url: 'http://anything'}",  # not a built-in type: not checked
+    ],
+)
+def test_accepted_url_schemes(tmp_path: Path, section: str) -> None:
+    reg = TaskBackendRegistry(load_entry_points=False)
+    reg.register("redis", lambda redis_url="redis://localhost": UrlQueue(redis_url))
+    reg.register("rabbitmq", amqp_like)
+    reg.register("postgres", postgres_like)
+    reg.register("acme", UrlQueue)
+    load(tmp_path, f"tasks:\n  {section}\n", reg)
+
+
+def test_a_configuration_error_of_a_constructor_names_the_section(tmp_path: Path) -> None:
+    def strict_url(url: str) -> MemoryTaskQueue:
+        raise ConfigurationError(f"unsupported scheme in {url}")
+
+    reg = TaskBackendRegistry(load_entry_points=False)
+    reg.register("strict", strict_url)
+    config = load_config(
+        write(tmp_path, "tasks:\n  backend: {type: strict, url: 'x://:pw@h'}\n"),
+        env={},
+        registry=reg,
+    )
+    with pytest.raises(ConfigurationError) as info:
+        config.create_provider()
+    assert str(info.value) == (
+        "lexigram.yaml:2: tasks.backend: cannot create the backend of type 'strict': "
+        "unsupported scheme in x://:***@h"
+    )
+
+
+# -- max_job_bytes ------------------------------------------------------------------------
+
+
+def test_max_job_bytes_goes_to_every_backend(tmp_path: Path, registry: TaskBackendRegistry) -> None:
+    config = load(
+        tmp_path,
+        """
+        tasks:
+          backends:
+            - {name: a, type: memory}
+            - {name: b, type: redis, redis_url: "${REDIS_URL}"}
+          max_job_bytes: ${LIMIT}
+        """,
+        registry,
+        LIMIT="65536",
+    )
+    provider = config.create_provider()
+    assert provider.max_job_bytes == 65536
+    assert [q.max_job_bytes for q in provider.backends.values()] == [65536, 65536]  # type: ignore[attr-defined]
+    default = load(tmp_path, "tasks:\n  backend: {type: memory}\n", registry).create_provider()
+    assert default.max_job_bytes is None
+    assert default.queue.max_job_bytes == 10 * 1024 * 1024  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("10MiB", "tasks.max_job_bytes: Input should be a valid integer"),
+        ("0", "tasks.max_job_bytes: Input should be greater than 0"),
+        ("1.5", "tasks.max_job_bytes: Input should be a valid integer"),
+    ],
+)
+def test_max_job_bytes_is_a_positive_number_of_bytes(
+    tmp_path: Path, registry: TaskBackendRegistry, value: str, expected: str
+) -> None:
+    message = error_of(
+        tmp_path, f"tasks:\n  backend: {{type: memory}}\n  max_job_bytes: {value}\n", registry
+    )
+    assert message.startswith(f"lexigram.yaml:3: {expected}")

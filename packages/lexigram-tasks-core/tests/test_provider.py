@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import re
 import threading
 from typing import Any
 
 import pytest
 
 from lexigram.tasks import (
+    ConfigurationError,
     JobSerializationError,
+    JobTooLargeError,
     MemoryTaskQueue,
     NoResultStoreError,
     TaskFailedError,
@@ -213,6 +216,7 @@ async def test_memory_queue_outside_development_logs_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     provider = TaskProvider(queue=MemoryTaskQueue(), environment="production")
+    provider.task(name="t")(lambda: None)
     with caplog.at_level(logging.WARNING, logger="lexigram.tasks"):
         async with provider:
             pass
@@ -223,8 +227,10 @@ async def test_memory_queue_in_testing_environment_does_not_warn(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("LEXIGRAM_ENV", "testing")
+    provider = TaskProvider(queue=MemoryTaskQueue())
+    provider.task(name="t")(lambda: None)
     with caplog.at_level(logging.WARNING, logger="lexigram.tasks"):
-        async with TaskProvider(queue=MemoryTaskQueue()):
+        async with provider:
             pass
     assert "MemoryTaskQueue" not in caplog.text
 
@@ -243,3 +249,76 @@ async def test_serve_stops_on_request() -> None:
         await provider.enqueue("t", i)
     await asyncio.wait_for(provider.serve(), 10)
     assert 3 in done
+
+
+# -- a provider without tasks, max_job_bytes ------------------------------------------------
+
+
+class CountingQueue(MemoryTaskQueue):
+    """Records connects, to show that a refused start opened nothing."""
+
+    connects = 0
+
+    async def connect(self) -> None:
+        self.connects += 1
+        await super().connect()
+
+
+async def test_workers_without_tasks_refuse_to_start_before_connecting() -> None:
+    queue = CountingQueue()
+    provider = TaskProvider(queue=queue)
+    await provider.enqueue("elsewhere.task")  # no tasks: any name goes, for other workers
+    message = "no tasks are registered with this provider"
+    with pytest.raises(ConfigurationError, match=message):
+        async with provider:
+            pass
+    with pytest.raises(ConfigurationError, match=message):
+        await asyncio.wait_for(provider.serve(), 10)
+    assert provider.pools == {}
+    assert (await queue.counts()).ready == 1  # the job waits for a worker that has the task
+    assert queue.connects == 1  # the enqueue's; neither start connected
+    await provider.start(backends=[])  # no pool asked for: nothing to refuse
+    await provider.stop()
+
+
+async def test_max_job_bytes_is_checked_at_enqueue_naming_both_sizes() -> None:
+    queue = MemoryTaskQueue()
+    provider = TaskProvider(queue=queue, max_job_bytes=2048)
+
+    @provider.task(name="store")
+    async def store(data: str) -> None: ...
+
+    assert provider.max_job_bytes == queue.max_job_bytes == 2048
+    await store.enqueue("x" * 1000)
+    with pytest.raises(JobTooLargeError) as info:
+        await store.enqueue("x" * 4000)
+    assert re.search(
+        r" is 4,\d{3} bytes, over the limit of 2,048 \(max_job_bytes\)", str(info.value)
+    )
+    with pytest.raises(JobTooLargeError):
+        await provider.enqueue_many([store.job("small"), store.job("x" * 4000)])
+    assert (await queue.counts()).ready == 1  # only the first, small job
+
+
+def test_max_job_bytes_is_a_positive_number_of_bytes() -> None:
+    for bad in (0, -1, 1.5, "10MiB", True):
+        with pytest.raises(ValueError, match="max_job_bytes must be a positive number of bytes"):
+            TaskProvider(queue=MemoryTaskQueue(), max_job_bytes=bad)  # type: ignore[arg-type]
+
+
+def test_max_job_bytes_defaults_to_the_backend_s_own() -> None:
+    queue = MemoryTaskQueue()
+    queue.max_job_bytes = 777
+    TaskProvider(queue=queue)
+    assert queue.max_job_bytes == 777
+
+
+def test_max_job_bytes_cannot_reach_a_backend_not_deriving_from_base_task_queue(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Foreign:
+        queue_name = "foreign"
+
+    with caplog.at_level(logging.WARNING, logger="lexigram.tasks"):
+        TaskProvider(queue=Foreign(), max_job_bytes=4096)  # type: ignore[arg-type]
+    assert "backend 'default' (Foreign) does not derive from BaseTaskQueue" in caplog.text

@@ -17,12 +17,12 @@ from opentelemetry.trace import TracerProvider
 
 from lexigram.tasks._otel import Telemetry
 from lexigram.tasks.environment import current_environment, is_development
-from lexigram.tasks.errors import UnknownTaskError
+from lexigram.tasks.errors import ConfigurationError, UnknownTaskError
 from lexigram.tasks.events import EventBus, Handler
 from lexigram.tasks.handle import JobHandle
 from lexigram.tasks.job import Job
 from lexigram.tasks.memory import MemoryTaskQueue
-from lexigram.tasks.protocol import QueueCounts, TaskQueueProtocol
+from lexigram.tasks.protocol import BaseTaskQueue, QueueCounts, TaskQueueProtocol
 from lexigram.tasks.ratelimit import Rate, RateLimiter
 from lexigram.tasks.results import MemoryResultStore, ResultStore
 from lexigram.tasks.task import EnqueueOptions, RetryPolicy, Task
@@ -59,7 +59,9 @@ class TaskProvider:
     ``TaskProvider(backends={"primary": q1, "notifications": q2})`` several,
     the first (or ``primary=``) being the default route. ``async with provider``
     connects and runs the workers; ``await provider.connect()`` only connects,
-    for processes that enqueue but do not run jobs.
+    for processes that enqueue but do not run jobs. ``max_job_bytes`` caps the
+    encoded size of a job at enqueue on every backend deriving from
+    :class:`~lexigram.tasks.protocol.BaseTaskQueue` (default: theirs, 10 MiB).
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class TaskProvider:
         trace_links_only: bool = False,
         environment: str | None = None,
         strict: bool = True,
+        max_job_bytes: int | None = None,
     ) -> None:
         if (queue is None) == (backends is None):
             raise ValueError("give either queue=... or backends={name: queue, ...}")
@@ -94,6 +97,9 @@ class TaskProvider:
         self.primary = primary or next(iter(self.backends))
         if self.primary not in self.backends:
             raise ValueError(f"primary backend {self.primary!r} is not in backends")
+        if max_job_bytes is not None:
+            _apply_max_job_bytes(self.backends, max_job_bytes)
+        self.max_job_bytes = max_job_bytes
         if result_store is None and any(
             isinstance(q, MemoryTaskQueue) for q in self.backends.values()
         ):
@@ -327,12 +333,23 @@ class TaskProvider:
             await queue.disconnect()
 
     async def start(self, backends: Iterable[str] | None = None) -> None:
-        """Connect and start a worker pool per backend (or only those named)."""
-        await self.connect()
+        """Connect and start a worker pool per backend (or only those named).
+
+        Raises :class:`~lexigram.tasks.ConfigurationError` before connecting
+        when no task is registered: such workers could run no job they take.
+        """
         names = list(backends) if backends is not None else list(self.backends)
         for name in names:
             if name not in self.backends:
                 raise ValueError(f"unknown backend {name!r} (backends: {', '.join(self.backends)})")
+        if names and not self.tasks:
+            raise ConfigurationError(
+                "no tasks are registered with this provider, so its workers could run no job: "
+                "register them (@provider.task) before starting workers; a process that only "
+                "enqueues calls provider.connect() instead"
+            )
+        await self.connect()
+        for name in names:
             queue = self.backends[name]
             if isinstance(queue, MemoryTaskQueue) and not is_development(self.environment):
                 logger.warning(
@@ -428,3 +445,20 @@ class TaskProvider:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def _apply_max_job_bytes(backends: Mapping[str, TaskQueueProtocol], limit: int) -> None:
+    """Set ``max_job_bytes`` on every backend that enforces it (a :class:`BaseTaskQueue`)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"max_job_bytes must be a positive number of bytes, got {limit!r}")
+    for name, queue in backends.items():
+        if isinstance(queue, BaseTaskQueue):
+            queue.max_job_bytes = limit
+        else:
+            logger.warning(
+                "backend %r (%s) does not derive from BaseTaskQueue, so max_job_bytes=%d is "
+                "not applied to it: its enqueue enforces its own limit, if any",
+                name,
+                type(queue).__name__,
+                limit,
+            )

@@ -8,11 +8,12 @@ import sys
 from typing import Any
 
 from lexigram.tasks.cli._app import add_app_arguments, load_app
-from lexigram.tasks.cli._errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CLIError
+from lexigram.tasks.cli._errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CLIError
 from lexigram.tasks.cli._output import status
 from lexigram.tasks.errors import TaskFailedError
 from lexigram.tasks.memory import MemoryTaskQueue
 from lexigram.tasks.provider import TaskProvider
+from lexigram.tasks.results import MemoryResultStore
 from lexigram.tasks.task import EnqueueOptions
 
 DESCRIPTION = """\
@@ -56,7 +57,8 @@ def register(
         "--wait",
         type=float,
         metavar="SECONDS",
-        help="wait this long for the result and print it as JSON (needs a shared result store)",
+        help="wait this long for the result and print it as JSON (needs a result store shared "
+        "with the workers; checked before enqueueing)",
     )
     parser.add_argument("--json", action="store_true", help="print the job as a JSON object")
     add_app_arguments(parser)
@@ -76,6 +78,8 @@ async def run(args: argparse.Namespace) -> int:
             f"unknown backend {args.backend!r} (backends: {', '.join(provider.backends)})",
             EXIT_USAGE,
         )
+    if args.wait is not None:
+        _check_can_wait(provider, args.name)
     job = provider.build_job(args.name, positional, keywords, options)
     try:
         handle = await provider.enqueue_job(job, backend=args.backend)
@@ -102,6 +106,30 @@ async def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         await provider.disconnect()
+
+
+def _check_can_wait(provider: TaskProvider, task_name: str) -> None:
+    """Refuse ``--wait`` before enqueueing when the result could never be read here,
+    so that running the command again does not enqueue the job twice."""
+    store = provider.result_store
+    if store is None:
+        problem = "the provider has no result store"
+    elif isinstance(store, MemoryResultStore):
+        problem = (
+            "the result store is in memory (MemoryResultStore): results written by the "
+            "workers are not visible to this command"
+        )
+    else:
+        task = provider.tasks.get(task_name)
+        if task is None or task.store_result:
+            return
+        problem = f"task {task_name!r} is registered with store_result=False"
+    raise CLIError(
+        f"--wait cannot get a result: {problem}. Nothing was enqueued. Configure a result "
+        "store shared with the workers (tasks.result_store, e.g. type: redis, or "
+        "TaskProvider(result_store=...)), or leave out --wait",
+        EXIT_CONFIG,
+    )
 
 
 def _backend_name(provider: TaskProvider, task_name: str, backend: str | None) -> str:

@@ -6,8 +6,8 @@ import argparse
 import os
 
 from lexigram.tasks._version import __version__
-from lexigram.tasks.cli._app import add_app_arguments, load_app
-from lexigram.tasks.cli._errors import EXIT_OK, EXIT_USAGE, CLIError
+from lexigram.tasks.cli._app import REGISTER_FUNCTION, add_app_arguments, load_app
+from lexigram.tasks.cli._errors import EXIT_CONFIG, EXIT_OK, EXIT_USAGE, CLIError
 from lexigram.tasks.cli._output import status
 from lexigram.tasks.provider import TaskProvider
 from lexigram.tasks.worker import WorkerPool
@@ -69,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     if args.shutdown_timeout is not None:
         provider.shutdown_timeout = args.shutdown_timeout
     backends = _selected_backends(provider, args.queues)
+    if not provider.tasks:
+        raise CLIError(_no_tasks_message(args), EXIT_CONFIG)
     announcer = _Announcer(provider, describe_app(args))
     provider.add_service(announcer)
     provider.run(backends)
@@ -82,6 +84,25 @@ def describe_app(args: argparse.Namespace) -> str:
         str(target)
         if target
         else f"config {args.config or os.environ.get('LEXIGRAM_TASKS_CONFIG') or 'lexigram.yaml'}"
+    )
+
+
+def _no_tasks_message(args: argparse.Namespace) -> str:
+    """Why the worker refuses to start with no tasks, and how to register them."""
+    problem = (
+        f"no tasks are registered ({describe_app(args)}): this worker could run no job, so it "
+        "does not start"
+    )
+    if args.app or args.app_option:
+        return (
+            f"{problem}; register them with @provider.task in the module that defines the "
+            "provider (or in modules it imports)"
+        )
+    return (
+        f"{problem}; pass the module defining the provider and its tasks as APP "
+        "(lexigram-tasks worker myapp.tasks:provider), or keep --config and add "
+        f"--tasks-module MODULE[:FUNCTION] (FUNCTION(provider) registers them, "
+        f"{REGISTER_FUNCTION!r} by default)"
     )
 
 

@@ -11,7 +11,7 @@ import difflib
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pydantic
@@ -31,7 +31,15 @@ from lexigram.tasks.config._models import (
     WorkerSettings,
 )
 from lexigram.tasks.config._signature import OptionsValidator
-from lexigram.tasks.config._source import KeyPath, Source, format_path, interpolate, read_source
+from lexigram.tasks.config._source import (
+    KeyPath,
+    Source,
+    format_path,
+    interpolate,
+    join_problems,
+    read_source,
+)
+from lexigram.tasks.config._urls import url_problems
 from lexigram.tasks.errors import BackendNotFoundError, ConfigurationError
 from lexigram.tasks.redact import redact_url
 from lexigram.tasks.registry import TaskBackendRegistry
@@ -78,7 +86,7 @@ class Component:
         """Call the factory with the configured keyword arguments (and ``extra``)."""
         try:
             return self.factory(**self.options, **extra)
-        except (ValueError, TypeError, LookupError) as exc:
+        except (ValueError, TypeError, LookupError, ConfigurationError) as exc:
             raise ConfigurationError(
                 f"{self.where}: {self.key}: cannot create the {self.label} of type "
                 f"{self.type!r}: {_redact_text(str(exc))}"
@@ -102,6 +110,7 @@ class TasksConfig:
     trace_links_only: bool
     environment: str | None
     strict: bool
+    max_job_bytes: int | None = None
 
     def provider_kwargs(self, tracer_provider: Any = None) -> dict[str, Any]:
         """The ``TaskProvider`` keyword arguments this configuration gives (backends created).
@@ -126,6 +135,8 @@ class TasksConfig:
         kwargs["trace_links_only"] = self.trace_links_only
         kwargs["environment"] = self.environment
         kwargs["strict"] = self.strict
+        if self.max_job_bytes is not None:
+            kwargs["max_job_bytes"] = self.max_job_bytes
         return kwargs
 
     def create_provider(self, **overrides: Any) -> TaskProvider:
@@ -153,9 +164,10 @@ def load_config(
     """Read and validate a configuration file (or mapping) without creating anything.
 
     ``env`` replaces ``os.environ`` for ``${VAR}`` interpolation; ``registry``
-    replaces the default backend registry. Every problem raises
-    :class:`~lexigram.tasks.ConfigurationError` (an unknown backend type
-    :class:`~lexigram.tasks.BackendNotFoundError`) naming the file, line and key.
+    replaces the default backend registry. Every problem found is reported in
+    one :class:`~lexigram.tasks.ConfigurationError` (its ``problems`` one line
+    each, naming the file, line and key); it is a
+    :class:`~lexigram.tasks.BackendNotFoundError` when a backend type is unknown.
     """
     doc = read_source(source)
     if not isinstance(doc.data, Mapping):
@@ -170,14 +182,15 @@ def load_config(
         )
     interpolate(doc, os.environ if env is None else env)
     registry = registry or TaskBackendRegistry.default()
+    report = _Report()
     try:
         tasks = ConfigDocument.model_validate(doc.data).tasks
     except pydantic.ValidationError as exc:
-        # Report the backends' own key errors in the same pass.
-        problems = _describe(doc, (), doc.data, exc, SECTION_KEYS)
-        problems += _check_raw_backends(doc, registry)
-        raise ConfigurationError(_join(sorted(problems, key=_line_of))) from None
-    return _build(doc, tasks, registry)
+        # Report the components' own key errors in the same pass.
+        report.problems += _describe(doc, (), doc.data, exc, SECTION_KEYS)
+        _check_raw_components(doc, registry, report)
+        raise report.error() from None
+    return _build(doc, tasks, registry, report)
 
 
 def provider_from_config(source: ConfigSource, **overrides: Any) -> TaskProvider:
@@ -188,35 +201,53 @@ def provider_from_config(source: ConfigSource, **overrides: Any) -> TaskProvider
 # -- building ------------------------------------------------------------------
 
 
-def _build(doc: Source, tasks: TasksSection, registry: TaskBackendRegistry) -> TasksConfig:
+@dataclass(slots=True)
+class _Report:
+    """The problems found so far, all raised together at the end."""
+
+    problems: list[str] = field(default_factory=list)
+    unknown_backend: bool = False
+
+    def error(self) -> ConfigurationError:
+        problems = sorted(self.problems, key=_line_of)
+        kind = BackendNotFoundError if self.unknown_backend else ConfigurationError
+        return kind(join_problems(problems), problems=problems)
+
+    def raise_if_any(self) -> None:
+        if self.problems:
+            raise self.error()
+
+
+def _build(
+    doc: Source, tasks: TasksSection, registry: TaskBackendRegistry, report: _Report
+) -> TasksConfig:
     has_one, has_many = tasks.backend is not None, tasks.backends is not None
     if has_one == has_many:
-        raise ConfigurationError(
+        report.problems.append(
             doc.error(
                 ("tasks",),
                 "give either 'backend' (one backend) or 'backends' (a list with name/primary)"
                 + (", not both" if has_one else ""),
             )
         )
-    problems: list[str] = []
     backends: dict[str, Component] = {}
-    if tasks.backend is not None:
+    primary = "default"
+    if tasks.backend is not None and not has_many:
         section: ComponentSection = tasks.backend
-        backend = _backend(doc, ("tasks", "backend"), section, registry, problems)
-        primary = "default"
+        backend = _backend(doc, ("tasks", "backend"), section, registry, report)
         if backend is not None:
             backends[primary] = backend
-    else:
-        assert tasks.backends is not None
-        primary = _check_names(doc, tasks.backends)
+    elif tasks.backends is not None and not has_one:
+        primary = _check_names(doc, tasks.backends, report)
         for index, item in enumerate(tasks.backends):
-            backend = _backend(doc, ("tasks", "backends", index), item, registry, problems)
+            backend = _backend(doc, ("tasks", "backends", index), item, registry, report)
             if backend is not None:
                 backends[item.name] = backend
-    result_store = _component(doc, ("tasks", "result_store"), tasks.result_store, RESULT_STORES)
-    dead_letter = _dead_letter(doc, ("tasks", "dead_letter"), tasks.dead_letter)
-    if problems:
-        raise ConfigurationError(_join(problems))
+    result_store = _component(
+        doc, ("tasks", "result_store"), tasks.result_store, RESULT_STORES, report
+    )
+    dead_letter = _dead_letter(doc, ("tasks", "dead_letter"), tasks.dead_letter, report)
+    report.raise_if_any()
     return TasksConfig(
         origin=doc.origin,
         backends=backends,
@@ -230,21 +261,22 @@ def _build(doc: Source, tasks: TasksSection, registry: TaskBackendRegistry) -> T
         trace_links_only=tasks.trace_links_only,
         environment=tasks.environment,
         strict=tasks.strict,
+        max_job_bytes=tasks.max_job_bytes,
     )
 
 
-def _check_names(doc: Source, items: list[NamedBackendSection]) -> str:
+def _check_names(doc: Source, items: list[NamedBackendSection], report: _Report) -> str:
     seen: set[str] = set()
     for index, item in enumerate(items):
         if item.name in seen:
-            raise ConfigurationError(
+            report.problems.append(
                 doc.error(("tasks", "backends", index, "name"), f"duplicate name {item.name!r}")
             )
         seen.add(item.name)
     primaries = [i for i, item in enumerate(items) if item.primary]
     if len(primaries) > 1:
         names = ", ".join(repr(items[i].name) for i in primaries)
-        raise ConfigurationError(
+        report.problems.append(
             doc.error(
                 ("tasks", "backends", primaries[1], "primary"),
                 f"only one backend can be primary (marked: {names})",
@@ -253,15 +285,15 @@ def _check_names(doc: Source, items: list[NamedBackendSection]) -> str:
     return items[primaries[0]].name if primaries else items[0].name
 
 
-def _check_raw_backends(doc: Source, registry: TaskBackendRegistry) -> list[str]:
-    """Key errors of the backend sections of a document that failed validation elsewhere."""
+def _check_raw_components(doc: Source, registry: TaskBackendRegistry, report: _Report) -> None:
+    """Key errors of the component sections of a document that failed validation elsewhere."""
     tasks = doc.data.get("tasks")
     if not isinstance(tasks, Mapping):
-        return []
+        return
     sections: list[tuple[KeyPath, Any]] = [(("tasks", "backend"), tasks.get("backend"))]
     if isinstance(tasks.get("backends"), list):
         sections += [(("tasks", "backends", i), b) for i, b in enumerate(tasks["backends"])]
-    problems: list[str] = []
+    sections.append((("tasks", "result_store"), tasks.get("result_store")))
     for path, raw in sections:
         if not isinstance(raw, Mapping):
             continue
@@ -270,11 +302,13 @@ def _check_raw_backends(doc: Source, registry: TaskBackendRegistry) -> list[str]
             section = ComponentSection.model_validate(options)
         except pydantic.ValidationError:
             continue  # already reported
-        try:
-            _backend(doc, path, section, registry, problems)
-        except BackendNotFoundError as exc:
-            problems.append(str(exc))
-    return problems
+        if path[-1] == "result_store":
+            _component(doc, path, section, RESULT_STORES, report)
+        else:
+            _backend(doc, path, section, registry, report)
+    dead_letter = tasks.get("dead_letter")
+    if isinstance(dead_letter, Mapping):
+        _dead_letter(doc, ("tasks", "dead_letter"), dict(dead_letter), report)
 
 
 def _line_of(problem: str) -> int:
@@ -288,32 +322,37 @@ def _backend(
     path: KeyPath,
     section: ComponentSection,
     registry: TaskBackendRegistry,
-    problems: list[str],
+    report: _Report,
 ) -> Component | None:
     try:
         factory = resolve_backend(registry, section.type)
     except BackendNotFoundError as exc:
-        raise BackendNotFoundError(doc.error((*path, "type"), str(exc))) from None
-    try:
-        return _checked(doc, path, section, factory, "backend")
-    except _Problems as exc:
-        problems.extend(exc.problems)
+        report.problems.append(doc.error((*path, "type"), str(exc)))
+        report.unknown_backend = True
         return None
+    return _checked(doc, path, section, factory, "backend", report)
 
 
 def _component(
-    doc: Source, path: KeyPath, section: ComponentSection | None, kind: ComponentKind
+    doc: Source,
+    path: KeyPath,
+    section: ComponentSection | None,
+    kind: ComponentKind,
+    report: _Report,
 ) -> Component | None:
     if section is None:
         return None
     try:
         factory = kind.resolve(section.type)
     except ConfigurationError as exc:
-        raise ConfigurationError(doc.error((*path, "type"), str(exc))) from None
-    return _checked(doc, path, section, factory, kind.label)
+        report.problems.append(doc.error((*path, "type"), str(exc)))
+        return None
+    return _checked(doc, path, section, factory, kind.label, report)
 
 
-def _dead_letter(doc: Source, path: KeyPath, section: dict[str, Any] | None) -> Component | None:
+def _dead_letter(
+    doc: Source, path: KeyPath, section: dict[str, Any] | None, report: _Report
+) -> Component | None:
     if section is None:
         return None
     try:
@@ -322,9 +361,11 @@ def _dead_letter(doc: Source, path: KeyPath, section: dict[str, Any] | None) -> 
         message = str(exc).removeprefix(format_path(path)).lstrip(".")
         if message.startswith("storage"):  # "storage: unknown ..." names a key of the section
             key, _, message = message.partition(": ")
-            raise ConfigurationError(doc.error((*path, key), message)) from None
-        message = re.sub(r"^\((storage '[^']*')\):", r"\1:", message.strip(" :"))
-        raise ConfigurationError(doc.error(path, message)) from None
+            report.problems.append(doc.error((*path, key), message))
+        else:
+            message = re.sub(r"^\((storage '[^']*')\):", r"\1:", message.strip(" :"))
+            report.problems.append(doc.error(path, message))
+        return None
     storage = str(section.get("storage", "memory"))
     return Component(
         type=storage,
@@ -337,8 +378,13 @@ def _dead_letter(doc: Source, path: KeyPath, section: dict[str, Any] | None) -> 
 
 
 def _checked(
-    doc: Source, path: KeyPath, section: ComponentSection, factory: Callable[..., Any], label: str
-) -> Component:
+    doc: Source,
+    path: KeyPath,
+    section: ComponentSection,
+    factory: Callable[..., Any],
+    label: str,
+    report: _Report,
+) -> Component | None:
     validator = OptionsValidator(factory)
     options = section.options()
     try:
@@ -347,7 +393,13 @@ def _checked(
         hints: dict[tuple[str, ...], list[str]] = {}
         if not validator.open:
             hints[()] = validator.accepted
-        raise _Problems(_describe(doc, path, options, exc, hints, section.type)) from None
+        report.problems += _describe(doc, path, options, exc, hints, section.type)
+        return None
+    bad_urls = url_problems(label, section.type, options)
+    for key, message in bad_urls:
+        report.problems.append(doc.error((*path, key), message))
+    if bad_urls:
+        return None
     return Component(
         type=section.type,
         factory=factory,
@@ -447,17 +499,3 @@ def _show(value: Any) -> str:
 
 def _redact_text(text: str) -> str:
     return " ".join(redact_url(word) if "://" in word else word for word in text.split(" "))
-
-
-class _Problems(ConfigurationError):
-    """Several problems of one section, kept apart so they can be merged with others."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__(_join(problems))
-        self.problems = problems
-
-
-def _join(problems: list[str]) -> str:
-    if len(problems) == 1:
-        return problems[0]
-    return f"{len(problems)} configuration errors: " + "; ".join(problems)

@@ -54,6 +54,7 @@ class TasksSection(BaseModel):
     trace_links_only: bool = False
     environment: str | None = None
     strict: bool = True
+    max_job_bytes: int | None = Field(default=None, gt=0)
 
     @field_validator("global_rate_limit")
     @classmethod

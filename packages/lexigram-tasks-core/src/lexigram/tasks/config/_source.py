@@ -106,7 +106,7 @@ def interpolate(source: Source, env: Mapping[str, str]) -> None:
     problems: list[str] = []
     source.data = _walk(source.data, (), env, source, problems)
     if problems:
-        raise ConfigurationError(_join(problems))
+        raise ConfigurationError(join_problems(problems), problems=problems)
 
 
 def _walk(
@@ -159,7 +159,8 @@ def _substitute(
     return _VARIABLE.sub(replace, text)
 
 
-def _join(problems: list[str]) -> str:
+def join_problems(problems: list[str]) -> str:
+    """The message of an error with these problems: one line per problem."""
     if len(problems) == 1:
         return problems[0]
-    return f"{len(problems)} configuration errors: " + "; ".join(problems)
+    return f"{len(problems)} configuration errors:\n" + "\n".join(f"  {p}" for p in problems)
