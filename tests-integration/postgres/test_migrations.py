@@ -156,3 +156,14 @@ def test_cli_migrate_without_a_database_says_how_to_give_one(tmp_path: Path) -> 
     assert result.returncode == 2
     assert "--dsn" in result.stderr
     assert "DATABASE_URL" in result.stderr
+
+
+def test_cli_migrate_with_a_dsn_that_is_not_postgresql_is_a_configuration_error() -> None:
+    command = [sys.executable, "-m", "lexigram.tasks.cli", "postgres", "migrate"]
+    dsn = "http://app:s3cret@127.0.0.1:5432/test"
+    result = subprocess.run([*command, "--dsn", dsn], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3, result.stderr  # bad configuration, not "unreachable" (4)
+    assert "is not a PostgreSQL URL: it must start with postgres:// or postgresql://" in (
+        result.stderr
+    )
+    assert "s3cret" not in result.stderr + result.stdout

@@ -7,9 +7,11 @@ import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
+import pytest
 import pytest_asyncio
 
 from lexigram.tasks import TaskProvider
+from lexigram.tasks.errors import JobSerializationError, JobTooLargeError
 from lexigram.tasks.job import Job
 from lexigram.tasks.postgres import PostgresTaskQueue
 from lexigram.tasks.postgres.migrate import quote_ident
@@ -128,3 +130,25 @@ async def test_dedup_key_inside_a_transaction(
         assert await queue.enqueue(_job(queue, dedup_key="order-42"), connection=conn) == first.id
     assert await queue.enqueue(_job(queue, dedup_key="order-42")) == first.id
     assert (await queue.counts()).ready == 1
+
+
+async def test_a_job_the_queue_refuses_never_reaches_the_callers_transaction(
+    queue: PostgresTaskQueue, conn: asyncpg.Connection, pg_schema: str
+) -> None:
+    """Size and encoding are checked before any statement, so the caller's
+    transaction stays usable and commits only what was accepted."""
+    queue.max_job_bytes = 4096
+    small, big = _job(queue, args=["x" * 100]), _job(queue, args=["x" * 5000])
+    orders = f"{quote_ident(pg_schema)}.orders"
+    async with conn.transaction():
+        await conn.execute(f"INSERT INTO {orders} (id) VALUES ('o-refused')")
+        with pytest.raises(JobTooLargeError, match=r"5,\d{3} bytes, over the limit of 4,096"):
+            await queue.enqueue(big, connection=conn)
+        with pytest.raises(JobTooLargeError):
+            await queue.enqueue_many([small, big], connection=conn)
+        with queue.using(conn), pytest.raises(JobSerializationError, match="lone surrogate"):
+            await queue.enqueue(_job(queue, args=["file-\udcff.txt"]))
+        assert await queue.enqueue(small, connection=conn) == small.id
+    assert await conn.fetchval(f"SELECT count(*) FROM {orders} WHERE id = 'o-refused'") == 1
+    [delivery] = await collect(queue, 1, lease_seconds=5)
+    assert delivery.job_id == small.id
