@@ -94,6 +94,8 @@ class Unreachable(BaseTaskQueue):
 
 
 down = TaskProvider(queue=Unreachable())
+down.task(name="noop")(lambda: None)
+empty = TaskProvider(queue=MemoryTaskQueue("empty"))
 '''
 
 TASKS_MODULE = """
@@ -338,6 +340,8 @@ def test_worker_from_a_config_file_with_a_tasks_module(
         (["worker", "--config", "bad.yaml"], 3, "bad.yaml:3: tasks.backend.type: unknown backend"),
         (["worker", "app:down"], 4, "cannot connect to redis://:***@db.internal:6379/0"),
         (["worker"], 2, "no application given"),
+        (["worker", "--config", "jobs.yaml"], 3, "no tasks are registered (config jobs.yaml)"),
+        (["worker", "app:empty"], 3, "register them with @provider.task in the module"),
         (["worker", "app", "--config", "jobs.yaml"], 2, "not both"),
         (["worker", "app", "-Q", "default,nope"], 2, "unknown backend 'nope' in --queues"),
         (["info", "app:down"], 4, "redis://:***@db.internal"),
@@ -359,6 +363,40 @@ def test_errors_are_one_line_with_an_exit_code(
     assert message in line
     assert "Traceback" not in result.stderr
     assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_worker_without_tasks_says_how_to_register_them(app_dir: Path) -> None:
+    result = run("worker", "--config", "jobs.yaml", cwd=app_dir)
+    assert result.returncode == 3
+    [line] = error_lines(result.stderr)
+    assert "APP (lexigram-tasks worker myapp.tasks:provider)" in line
+    assert "--tasks-module MODULE[:FUNCTION]" in line and "'register_tasks' by default" in line
+    assert "worker started" not in result.stderr
+
+
+def test_a_configuration_error_lists_every_problem_one_per_line(app_dir: Path) -> None:
+    (app_dir / "two.yaml").write_text(
+        "tasks:\n  backend: {type: memory, queue: x}\n  result_store: {type: memory, size: 1}\n"
+    )
+    result = run("info", "--config", "two.yaml", cwd=app_dir)
+    assert result.returncode == 3
+    assert result.stderr.splitlines() == [
+        "error: 2 configuration errors:",
+        "  two.yaml:2: tasks.backend.queue: unknown key for type 'memory'; did you mean "
+        "'queue_name'? (accepted: queue_name)",
+        "  two.yaml:3: tasks.result_store.size: unknown key for type 'memory' "
+        "(accepted: ttl, max_entries)",
+    ]
+
+
+def test_enqueue_wait_without_a_shared_result_store_enqueues_nothing(app_dir: Path) -> None:
+    # app.py's provider has the in-memory result store a memory backend gets by default
+    result = run("enqueue", "quick", "-A", "app", "--args", "[1]", "--wait", "5", cwd=app_dir)
+    assert result.returncode == 3, result.stderr
+    [line] = error_lines(result.stderr)
+    assert "--wait cannot get a result: the result store is in memory" in line
+    assert "Nothing was enqueued" in line
+    assert result.stdout.splitlines() == ["at exit: ready=0 running=0"]  # no job id either
 
 
 def test_debug_shows_the_traceback(app_dir: Path) -> None:
