@@ -8,9 +8,16 @@ process of a deployment.
 
 from __future__ import annotations
 
+from lexigram.tasks.redis._connection import validate_url
 from lexigram.tasks.redis._version import __version__
 from lexigram.tasks.redis.queue import RedisTaskQueue
 from lexigram.tasks.redis.ratelimit import RedisRateLimiter
 from lexigram.tasks.redis.results import CacheBackendResultStore
 
-__all__ = ["CacheBackendResultStore", "RedisRateLimiter", "RedisTaskQueue", "__version__"]
+__all__ = [
+    "CacheBackendResultStore",
+    "RedisRateLimiter",
+    "RedisTaskQueue",
+    "__version__",
+    "validate_url",
+]

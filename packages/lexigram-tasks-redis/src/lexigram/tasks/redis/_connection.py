@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from lexigram.tasks.errors import BackendConnectionError
+from lexigram.tasks.errors import BackendConnectionError, ConfigurationError
 from lexigram.tasks.redact import redact_text, redact_url
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -18,6 +20,24 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 #: A command that fails on a dropped connection (CLIENT KILL, a server restart,
 #: a network blip) reconnects and is sent again this many times.
 RETRIES = 3
+
+#: The URL schemes redis-py connects with.
+SCHEMES = ("redis", "rediss", "unix")
+
+
+def validate_url(url: str) -> None:
+    """Raise :class:`ConfigurationError` unless ``url`` is a redis://, rediss:// or unix:// URL.
+
+    Only the scheme is checked (nothing is contacted), so a configuration
+    loader can call it before connecting; the message never shows a password.
+    """
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme not in SCHEMES:
+        found = f"scheme {scheme!r}" if scheme else "no scheme"
+        raise ConfigurationError(
+            f"Redis URL {redact_url(url)!r} has {found}; use redis://host:port/db, "
+            "rediss:// (TLS) or unix:///path/to/socket"
+        )
 
 
 def client_defaults() -> dict[str, Any]:
@@ -73,3 +93,19 @@ async def open_client(redis_url: str, **options: Any) -> Redis:
         message = redact_text(str(exc), secret) or type(exc).__name__
         raise BackendConnectionError(f"cannot connect to Redis at {where}: {message}") from None
     return client
+
+
+@contextlib.contextmanager
+def reported(redis_url: str) -> Iterator[None]:
+    """Turn redis-py's connection and timeout errors into :class:`BackendConnectionError`.
+
+    They are raised once redis-py's own retries (:data:`RETRIES`) are spent;
+    the message names the (redacted) URL.
+    """
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        message = redact_text(str(exc), _password(redis_url)) or type(exc).__name__
+        raise BackendConnectionError(
+            f"Redis at {redact_url(redis_url)} did not answer: {message}"
+        ) from None

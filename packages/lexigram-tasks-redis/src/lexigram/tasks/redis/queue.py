@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lexigram.tasks.errors import MalformedJobError
-from lexigram.tasks.job import Job
+from lexigram.tasks.job import DEFAULT_MAX_JOB_BYTES, Job
 from lexigram.tasks.protocol import (
     BaseTaskQueue,
     Capability,
@@ -26,7 +26,7 @@ from lexigram.tasks.protocol import (
 )
 from lexigram.tasks.redact import redact_url
 from lexigram.tasks.redis import _scripts
-from lexigram.tasks.redis._connection import open_client
+from lexigram.tasks.redis._connection import open_client, reported, validate_url
 from lexigram.tasks.redis.keys import JOB_PREFIX, QueueKeys, job_key
 from redis.asyncio import Redis
 
@@ -36,6 +36,9 @@ DEFAULT_FINISHED_TTL = 500.0
 DEFAULT_FAILURE_TTL = 365 * 24 * 3600.0
 #: Jobs per script call in ``enqueue_many`` (bounds how long one call holds the server).
 ENQUEUE_CHUNK = 500
+#: Redis refuses a string (and a command argument) longer than this by default
+#: (``proto-max-bulk-len``), so ``max_job_bytes`` cannot exceed it.
+REDIS_MAX_STRING = 512 * 1024 * 1024
 # BLPOP treats 0 as "forever"; never block for less than this.
 _MIN_BLOCK = 0.01
 
@@ -50,6 +53,12 @@ class RedisTaskQueue(BaseTaskQueue):
     TCP keepalive finds dead peers, and a blocking dequeue then never trips
     it). Pass ``client=`` to share an existing ``redis.asyncio.Redis`` (the
     queue then leaves closing it to you).
+
+    An enqueue refuses a job whose JSON is over ``max_job_bytes``
+    (:class:`~lexigram.tasks.errors.JobTooLargeError`); a URL with another
+    scheme raises :class:`~lexigram.tasks.errors.ConfigurationError` here,
+    and a server that stops answering gives
+    :class:`~lexigram.tasks.errors.BackendConnectionError` from any call.
     """
 
     system = "redis"
@@ -65,10 +74,17 @@ class RedisTaskQueue(BaseTaskQueue):
         connect_timeout: float = 5.0,
         socket_timeout: float | None = None,
         max_connections: int | None = None,
+        max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
         client: Redis | None = None,
     ) -> None:
+        validate_url(redis_url)
         if finished_ttl < 0 or failure_ttl <= 0:
             raise ValueError("finished_ttl must be >= 0 and failure_ttl > 0")
+        if not 1 <= max_job_bytes <= REDIS_MAX_STRING:
+            raise ValueError(
+                f"max_job_bytes must be between 1 and {REDIS_MAX_STRING:,} "
+                f"(Redis's largest string), got {max_job_bytes:,}"
+            )
         self.redis_url = redis_url
         self.queue_name = queue_name
         self.finished_ttl = finished_ttl
@@ -76,6 +92,7 @@ class RedisTaskQueue(BaseTaskQueue):
         self.connect_timeout = connect_timeout
         self.socket_timeout = socket_timeout
         self.max_connections = max_connections
+        self.max_job_bytes = max_job_bytes
         self.keys = QueueKeys.for_queue(queue_name)
         self._key_list = self.keys.as_list()
         self._head = [JOB_PREFIX, queue_name]
@@ -111,7 +128,8 @@ class RedisTaskQueue(BaseTaskQueue):
                 options["max_connections"] = self.max_connections
             self._client = await open_client(self.redis_url, **options)
             self._owns_client = True
-        await _scripts.load_all(self._client)
+        with reported(self.redis_url):
+            await _scripts.load_all(self._client)
 
     async def disconnect(self) -> None:
         client, self._client = self._client, None
@@ -121,19 +139,27 @@ class RedisTaskQueue(BaseTaskQueue):
     # -- producing -------------------------------------------------------------
 
     async def enqueue(self, job: Job) -> str:
-        self.check_supported(job)
-        ids = await self._run("enqueue", [job.to_bytes()])
+        ids = await self._run("enqueue", self._enqueue_args(job))
         return str(ids[0].decode())
 
     async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
+        # Every job is checked and encoded before the first write, so a bad
+        # job stores nothing. Only a lost connection between two chunks can
+        # leave part of the batch stored (sending the same jobs again is safe).
+        chunks = [
+            [arg for job in jobs[start : start + ENQUEUE_CHUNK] for arg in self._enqueue_args(job)]
+            for start in range(0, len(jobs), ENQUEUE_CHUNK)
+        ]
         holders: list[str] = []
-        for start in range(0, len(jobs), ENQUEUE_CHUNK):
-            chunk = jobs[start : start + ENQUEUE_CHUNK]
-            for job in chunk:
-                self.check_supported(job)
-            ids = await self._run("enqueue", [job.to_bytes() for job in chunk])
-            holders += [raw.decode() for raw in ids]
+        for chunk in chunks:
+            holders += [raw.decode() for raw in await self._run("enqueue", chunk)]
         return holders
+
+    def _enqueue_args(self, job: Job) -> list[Any]:
+        """The enqueue script's seven arguments for ``job`` (see enqueue.lua)."""
+        data = self.encode_job(job)
+        run_at = repr(float(job.run_at)) if job.run_at is not None else "0"
+        return [job.id, data, job.task, job.priority, run_at, job.dedup_key or "", job.attempt]
 
     async def push_raw(self, payload: bytes, job_id: str | None = None) -> str:
         """Store ``payload`` byte for byte as a foreign producer would (for tests of bad input).
@@ -144,6 +170,11 @@ class RedisTaskQueue(BaseTaskQueue):
         """
         job_id = job_id or uuid.uuid4().hex
         client = self.client
+        with reported(self.redis_url):
+            await self._push_raw(client, payload, job_id)
+        return job_id
+
+    async def _push_raw(self, client: Redis, payload: bytes, job_id: str) -> None:
         async with client.pipeline(transaction=True) as pipe:
             pipe.hset(
                 job_key(job_id),
@@ -152,13 +183,16 @@ class RedisTaskQueue(BaseTaskQueue):
             pipe.rpush(self.keys.ready, job_id)
             pipe.sadd(self.keys.queues, self.keys.ready)
             await pipe.execute()
-        return job_id
 
     # -- consuming -------------------------------------------------------------
 
     async def dequeue(
         self, *, max_jobs: int = 1, lease_seconds: float = 30.0, wait: float = 0.0
     ) -> list[Delivery]:
+        with reported(self.redis_url):
+            return await self._dequeue(max_jobs, lease_seconds, wait)
+
+    async def _dequeue(self, max_jobs: int, lease_seconds: float, wait: float) -> list[Delivery]:
         client = self.client
         deadline = time.monotonic() + wait
         args = [*self._head, max_jobs, repr(float(lease_seconds))]
@@ -270,7 +304,10 @@ class RedisTaskQueue(BaseTaskQueue):
 
     async def purge(self) -> None:
         """Delete this queue and every job in it (ready, delayed, running, finished, failed)."""
-        client = self.client
+        with reported(self.redis_url):
+            await self._purge(self.client)
+
+    async def _purge(self, client: Redis) -> None:
         keys = self.keys
         async with client.pipeline(transaction=False) as pipe:
             pipe.lrange(keys.ready, 0, -1)
@@ -287,4 +324,5 @@ class RedisTaskQueue(BaseTaskQueue):
             await pipe.execute()
 
     async def _run(self, name: str, args: list[Any]) -> Any:
-        return await _scripts.run(self.client, name, self._key_list, [*self._head, *args])
+        with reported(self.redis_url):
+            return await _scripts.run(self.client, name, self._key_list, [*self._head, *args])

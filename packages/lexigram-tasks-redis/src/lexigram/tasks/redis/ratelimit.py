@@ -12,7 +12,7 @@ from typing import Any
 
 from lexigram.tasks.ratelimit import Rate
 from lexigram.tasks.redact import redact_url
-from lexigram.tasks.redis._connection import open_client
+from lexigram.tasks.redis._connection import open_client, reported, validate_url
 from redis.asyncio import Redis
 
 # KEYS[1]: the limit's state (its "theoretical arrival time"); ARGV: interval, burst.
@@ -51,6 +51,7 @@ class RedisRateLimiter:
         burst: int = 1,
         client: Redis | None = None,
     ) -> None:
+        validate_url(redis_url)
         if burst < 1:
             raise ValueError(f"burst must be >= 1, got {burst}")
         self.redis_url = redis_url
@@ -89,5 +90,6 @@ class RedisRateLimiter:
         """Take a slot under ``key`` and return 0, or return the seconds to wait first."""
         if self._script is None:
             await self.connect()
-        wait = await self._script(keys=[self.key(key)], args=[repr(rate.interval), self.burst])
+        with reported(self.redis_url):
+            wait = await self._script(keys=[self.key(key)], args=[repr(rate.interval), self.burst])
         return float(wait)

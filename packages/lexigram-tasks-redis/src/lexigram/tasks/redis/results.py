@@ -17,7 +17,7 @@ from typing import Any
 
 from lexigram.tasks.errors import JobSerializationError, MalformedJobError, ResultTimeoutError
 from lexigram.tasks.redact import redact_url
-from lexigram.tasks.redis._connection import open_client
+from lexigram.tasks.redis._connection import open_client, reported, validate_url
 from lexigram.tasks.redis._listener import ChannelListener
 from lexigram.tasks.results import JobResult
 from redis.asyncio import Redis
@@ -46,6 +46,7 @@ class CacheBackendResultStore:
         recheck_interval: float = 5.0,
         client: Redis | None = None,
     ) -> None:
+        validate_url(redis_url)
         if ttl <= 0 or recheck_interval <= 0:
             raise ValueError("ttl and recheck_interval must be > 0")
         self.redis_url = redis_url
@@ -98,13 +99,15 @@ class CacheBackendResultStore:
             )
         ttl_ms = max(1, round((self.ttl if ttl is None else ttl) * 1000))
         key = self.key(job_id)
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.set(key, data, px=ttl_ms)
-            pipe.publish(key, data)
-            await pipe.execute()
+        with reported(self.redis_url):
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.set(key, data, px=ttl_ms)
+                pipe.publish(key, data)
+                await pipe.execute()
 
     async def get(self, job_id: str) -> JobResult | None:
-        data = await self.client.get(self.key(job_id))
+        with reported(self.redis_url):
+            data = await self.client.get(self.key(job_id))
         return None if data is None else _decode(job_id, data)
 
     async def wait(self, job_id: str, timeout: float | None = None) -> JobResult:

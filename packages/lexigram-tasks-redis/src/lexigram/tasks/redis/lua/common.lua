@@ -85,6 +85,27 @@ local function push_ready(id, priority)
   redis.call('HINCRBY', K_PRIO, priority, 1)
 end
 
+-- Put a job back at the front of its priority band: after every ready job of
+-- a higher priority, before those of its own (a reclaimed job has waited its
+-- turn already; it must not wait behind the backlog again).
+local function push_front(id, priority)
+  local ahead = 0
+  for _, pc in ipairs(priority_counts()) do
+    if pc[1] > priority then ahead = ahead + pc[2] end
+  end
+  if ahead == 0 then
+    redis.call('LPUSH', K_READY, id)
+  else
+    local pivot = redis.call('LINDEX', K_READY, ahead - 1)
+    if pivot then
+      redis.call('LINSERT', K_READY, 'AFTER', pivot, id)
+    else
+      redis.call('RPUSH', K_READY, id)
+    end
+  end
+  if priority > 0 then redis.call('HINCRBY', K_PRIO, priority, 1) end
+end
+
 -- Returns the popped ids and how many ready jobs are left.
 local function pop_ready(n)
   local ids = redis.call('LPOP', K_READY, n)
@@ -120,10 +141,12 @@ local function release_dedup(dedup, id)
   end
 end
 
--- Leases that lapsed (their worker died or stalled) go back to ready.
+-- Leases that lapsed (their worker died or stalled) go back to the front of
+-- the ready list, the longest-lapsed first.
 local function reclaim(limit)
   local lapsed = redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', NOW, 'LIMIT', 0, limit)
-  for _, id in ipairs(lapsed) do
+  for i = #lapsed, 1, -1 do
+    local id = lapsed[i]
     local key = JOB_PREFIX .. id
     redis.call('ZREM', K_LEASES, id)
     if redis.call('EXISTS', key) == 1 then
@@ -131,7 +154,7 @@ local function reclaim(limit)
       if f[1] then redis.call('ZREM', K_STARTED, id .. ':' .. f[1]) end
       redis.call('HDEL', key, 'lx_token')
       redis.call('HSET', key, 'status', 'queued')
-      push_ready(id, tonumber(f[2]) or 0)
+      push_front(id, tonumber(f[2]) or 0)
     end
   end
   return #lapsed

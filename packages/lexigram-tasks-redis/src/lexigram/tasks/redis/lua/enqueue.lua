@@ -1,15 +1,17 @@
--- Store jobs: ARGV from 3 are the jobs' JSON documents (the wire format).
+-- Store jobs: ARGV from 3 are seven values per job: id, payload (the JSON
+-- document, stored byte for byte), task, priority, run_at (0: now), dedup key
+-- ('' for none), attempt. The client sends the fields it has already
+-- validated, so the document is never parsed here: Lua's JSON parser neither
+-- refuses a job Python accepted nor turns its big numbers into doubles.
 -- Returns, per job, the id of the job holding its dedup key (its own id
 -- unless a pending job already holds the key). Enqueueing an id that is
 -- still pending changes nothing, so a retried call cannot double a job.
 local ids = {}
 local enqueued_at = now_iso()
-for i = 3, #ARGV do
-  local payload = ARGV[i]
-  local doc = cjson.decode(payload)
-  local id, priority = doc.id, tonumber(doc.priority) or 0
-  local run_at = tonumber(doc.run_at) or 0
-  local dedup = type(doc.dedup_key) == 'string' and doc.dedup_key or ''
+for i = 3, #ARGV, 7 do
+  local id, payload, task = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local priority, run_at = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+  local dedup, attempt = ARGV[i + 5], ARGV[i + 6]
   local key = JOB_PREFIX .. id
   local holder = id
   if dedup ~= '' then
@@ -25,8 +27,8 @@ for i = 3, #ARGV do
       if status then redis.call('DEL', key) end
       local state = run_at > NOW and 'scheduled' or 'queued'
       redis.call('HSET', key, 'data', payload, 'status', state, 'origin', QUEUE_NAME,
-        'created_at', enqueued_at, 'enqueued_at', enqueued_at, 'description', doc.task,
-        'lx_attempt', tonumber(doc.attempt) or 0, 'lx_priority', priority)
+        'created_at', enqueued_at, 'enqueued_at', enqueued_at, 'description', task,
+        'lx_attempt', attempt, 'lx_priority', priority)
       if dedup ~= '' then
         redis.call('HSET', key, 'lx_dedup', dedup)
         redis.call('HSET', K_DEDUP, dedup, id)
