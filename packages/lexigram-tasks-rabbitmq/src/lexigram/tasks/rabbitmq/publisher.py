@@ -9,6 +9,7 @@ is published again after the reconnect (at least once, rarely twice).
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Sequence
 from typing import Final, cast
 
@@ -17,13 +18,20 @@ from aio_pika.abc import AbstractExchange, AbstractRobustChannel
 from aiormq.abc import AbstractChannel
 from pamqp import commands as spec
 
-from lexigram.tasks.errors import BackendConnectionError
+from lexigram.tasks.errors import BackendConnectionError, JobTooLargeError
 from lexigram.tasks.rabbitmq import topology
 from lexigram.tasks.rabbitmq.errors import CONNECTION_ERRORS, PublishRefusedError
 from lexigram.tasks.rabbitmq.topology import Destination, QueueType
 
 #: Publishing attempts across reconnects before giving up.
 PUBLISH_ATTEMPTS: Final = 3
+
+#: The broker's answers that mean "not this message" rather than "connection lost".
+#: A refused publish closes the channel (``PRECONDITION_FAILED``, e.g. over
+#: ``max_message_size``), which would otherwise look like a lost connection.
+REFUSALS = (aiormq.exceptions.DeliveryError, aiormq.exceptions.ChannelPreconditionFailed)
+
+_TOO_LARGE = re.compile(r"message size (\d+) is larger than configured max size (\d+)")
 
 #: What to publish: exchange, routing key, body, properties.
 Publication = tuple[str, str, bytes, spec.Basic.Properties]
@@ -97,12 +105,18 @@ class Publisher:
             results = await asyncio.gather(
                 *(_send(channel, item) for item in batch), return_exceptions=True
             )
+            refused = [(len(batch[i][2]), i) for i, r in enumerate(results) if _is_refusal(r)]
+            if refused:
+                # A refusal closes the channel, failing the messages in flight with it
+                # too: the largest is the one most likely refused for its size.
+                culprit = max(refused)[1]
+                raise _refusal(cast(BaseException, results[culprit]), batch[culprit]) from None
             retry = []
             for item, result in zip(batch, results, strict=True):
                 if isinstance(result, CONNECTION_ERRORS):
                     retry.append(item)
                 elif isinstance(result, BaseException):
-                    raise _refusal(result, item) from None
+                    raise result
         for item in retry:
             await self.publish_confirmed(item)
 
@@ -112,7 +126,7 @@ class Publisher:
             try:
                 await _send(await publisher.get_underlay_channel(), item)
                 return
-            except aiormq.exceptions.DeliveryError as exc:
+            except REFUSALS as exc:
                 raise _refusal(exc, item) from None
             except CONNECTION_ERRORS as exc:
                 if attempt == PUBLISH_ATTEMPTS:
@@ -154,13 +168,23 @@ async def _send(channel: AbstractChannel, item: Publication) -> None:
     )
 
 
+def _is_refusal(result: object) -> bool:
+    return isinstance(result, REFUSALS)
+
+
 def _refusal(exc: BaseException, item: Publication) -> BaseException:
-    exchange, routing_key = item[0], item[1]
+    exchange, routing_key, _, properties = item
+    if (too_large := _TOO_LARGE.search(str(exc))) is not None:
+        size, limit = (int(group) for group in too_large.groups())
+        return JobTooLargeError(
+            f"RabbitMQ refused job {properties.message_id} of task {properties.message_type!r}: "
+            f"the message is {size:,} bytes, over the broker's max_message_size of {limit:,} "
+            "(a hard limit set in rabbitmq.conf; max_job_bytes is above it): pass a reference "
+            "to large data instead of the data itself"
+        )
     if isinstance(exc, aiormq.exceptions.PublishError):
         return PublishRefusedError(
             f"RabbitMQ could not route a message to exchange {exchange or '(default)'!r} "
             f"with routing key {routing_key!r}: no queue is bound there ({exc})"
         )
-    if isinstance(exc, aiormq.exceptions.DeliveryError):
-        return PublishRefusedError(f"RabbitMQ refused a message: {exc}")
-    return exc
+    return PublishRefusedError(f"RabbitMQ refused a message: {exc}")

@@ -238,14 +238,12 @@ class RabbitMQTaskQueue(BaseTaskQueue):
         super()._unsupported(capability, what)
 
     async def enqueue(self, job: Job) -> str:
-        self.check_supported(job)
         await self._publisher.publish_confirmed(await self._addressed(job))
         return job.id
 
     async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
-        for job in jobs:
-            self.check_supported(job)
-        # Written in order, then every confirm awaited together.
+        # Every job is checked and encoded before the first is written; then
+        # they are written in order and every confirm is awaited together.
         await self._publisher.publish_batch([await self._addressed(job) for job in jobs])
         return [job.id for job in jobs]
 
@@ -254,10 +252,11 @@ class RabbitMQTaskQueue(BaseTaskQueue):
         destination = Destination(self.exchange, self.routes.get(job.task, self.queue_name))
         if job.task in self.routes and job.queue != destination.routing_key:
             job = dataclasses.replace(job, queue=destination.routing_key)
+        body = self.encode_job(job)
         delay = job.run_at - time.time() if job.run_at is not None else 0.0
         ttl = messages.message_ttl_ms(job) if job.headers else None
         properties = messages.job_properties(job, expiration_ms=None if delay > 0 else ttl)
-        return await self._publisher.address(job.to_bytes(), properties, destination, delay)
+        return await self._publisher.address(body, properties, destination, delay)
 
     # -- dequeue ---------------------------------------------------------------
 
