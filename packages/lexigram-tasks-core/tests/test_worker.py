@@ -142,15 +142,21 @@ async def test_handler_raising_timeouterror_is_not_reported_as_a_timeout() -> No
     assert info.value.error_type == "TimeoutError"
 
 
-async def test_unknown_task_on_worker_is_dead_lettered_with_reason() -> None:
+async def test_unknown_task_on_worker_is_dead_lettered_with_reason_after_the_grace() -> None:
+    from lexigram.tasks import WorkerPool
+
     queue = MemoryTaskQueue()
     await queue.enqueue(Job(task="nobody.registered.this"))
     provider = TaskProvider(queue=queue)
     provider.task(name="other")(lambda: None)
-    async with provider:
+    pool = WorkerPool(queue, provider.tasks, unknown_task_grace=0)
+    async with queue:
+        await pool.start()
         await eventually(lambda: queue.dead_letters(), timeout=5)
+        await pool.stop()
     [letter] = await queue.dead_letters()
     assert "UnknownTaskError" in letter.reason and "nobody.registered.this" in letter.reason
+    assert "unknown_task_grace" in letter.reason
 
 
 async def test_malformed_message_is_dead_lettered_and_the_worker_goes_on() -> None:

@@ -49,6 +49,10 @@ class UnknownTaskError(TaskError, LookupError):
     """No task is registered under the given name."""
 
 
+class TaskArgumentsError(TaskError, TypeError):
+    """A job's arguments do not fit its task's signature; the message names both."""
+
+
 class TaskTimeoutError(TaskError, TimeoutError):
     """A task ran longer than its timeout and was cancelled."""
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from lexigram.tasks.errors import TaskArgumentsError
 from lexigram.tasks.job import MAX_PRIORITY, MIN_PRIORITY, Job
 from lexigram.tasks.ratelimit import Rate
 
@@ -107,6 +109,19 @@ class Task(Generic[P, R]):
         self.rate_limit = rate_limit
         self.store_result = store_result
         functools.update_wrapper(self, fn)
+        self._signature: inspect.Signature | None = None
+        # (fewest, most) positional arguments when the signature is plain
+        # positional-or-keyword parameters: then a call without keywords is
+        # checked by counting, the common case at enqueue.
+        self._arity: tuple[int, int] | None = None
+        try:
+            self._signature = inspect.signature(fn)
+        except (TypeError, ValueError):  # some builtins and C callables have none
+            return
+        params = self._signature.parameters.values()
+        if all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params):
+            required = sum(1 for p in params if p.default is p.empty)
+            self._arity = (required, len(self._signature.parameters))
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
@@ -114,8 +129,35 @@ class Task(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         return self.fn(*args, **kwargs)
 
+    def argument_problem(self, args: Any, kwargs: Any) -> str | None:
+        """Why ``args`` and ``kwargs`` cannot be passed to the handler, or None if they can."""
+        arity = self._arity
+        if arity is not None and not kwargs and arity[0] <= len(args) <= arity[1]:
+            return None
+        if self._signature is None:
+            return None
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            return str(exc)
+        return None
+
+    def check_arguments(self, args: Any, kwargs: Any) -> None:
+        """Raise :class:`TaskArgumentsError` if the handler cannot take these arguments."""
+        problem = self.argument_problem(args, kwargs)
+        if problem is not None:
+            raise TaskArgumentsError(
+                f"task {self.name!r} cannot take these arguments: {problem} "
+                f"(signature: {self.name}{self._signature})"
+            )
+
     def job(self, *args: P.args, **kwargs: P.kwargs) -> Job:
-        """Build the job this call would enqueue (for ``provider.enqueue_many``)."""
+        """Build the job this call would enqueue (for ``provider.enqueue_many``).
+
+        Raises :class:`TaskArgumentsError` if the arguments do not fit the
+        handler's signature.
+        """
+        self.check_arguments(args, kwargs)
         return self.provider.build_job(self.name, args, kwargs, EnqueueOptions())
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
@@ -154,6 +196,7 @@ class BoundTask(Generic[P, R]):
         return BoundTask(self._task, replace(self._options, **changes))
 
     def job(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        self._task.check_arguments(args, kwargs)
         return self._task.provider.build_job(self._task.name, args, kwargs, self._options)
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:

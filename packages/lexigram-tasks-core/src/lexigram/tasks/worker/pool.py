@@ -1,9 +1,11 @@
 """WorkerPool: runs jobs from one queue with bounded concurrency.
 
 One fetch loop leases as many jobs as there are free slots; each job runs in
-its own asyncio task (plain functions in a thread pool); finished jobs are
+its own asyncio task (plain functions in daemon threads); finished jobs are
 acked in batches by one ack loop, and a heartbeat extends the leases of
-every job still held. Retry policy, events, tracing and dead-lettering live
+every job still held. A job that was running when a worker died (a
+"suspect") runs alone, so that a job that kills its worker takes no innocent
+job with it. Retry policy, events, tracing and dead-lettering live
 here, once, so every backend gets them.
 """
 
@@ -16,19 +18,21 @@ import functools
 import logging
 import os
 import socket
-import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Mapping
+from typing import Any
 
 from opentelemetry.trace import Span
 
 from lexigram.tasks._otel import Telemetry
-from lexigram.tasks.errors import JobSerializationError, TaskTimeoutError, UnknownTaskError
+from lexigram.tasks.errors import (
+    ConfigurationError,
+    JobSerializationError,
+    TaskArgumentsError,
+    TaskTimeoutError,
+)
 from lexigram.tasks.events import (
     EventBus,
     TaskCompletedEvent,
@@ -42,38 +46,17 @@ from lexigram.tasks.protocol import Capability, Delivery, TaskQueueProtocol
 from lexigram.tasks.ratelimit import LocalRateLimiter, Rate, RateLimiter
 from lexigram.tasks.results import JobResult, ResultStore
 from lexigram.tasks.task import Task
+from lexigram.tasks.worker._support import DaemonThreads, DeadLetterSink, JobFailure, LoopWatchdog
 
 logger = logging.getLogger("lexigram.tasks.worker")
 
 GLOBAL_RATE_KEY = "lexigram:global"
 
+#: Extra job field: when a worker first saw the job's task as unknown (Unix time).
+UNKNOWN_SINCE_FIELD = "unknown_task_since"
 
-@dataclass(frozen=True, slots=True)
-class JobFailure:
-    """A job (or undecodable message) that failed for good, as given to a dead-letter sink."""
-
-    job: Job | None
-    payload: bytes
-    queue: str
-    reason: str
-    error_type: str
-    error_message: str
-    traceback: str
-    attempts: int
-    worker_id: str
-    failed_at: float = field(default_factory=time.time)
-    trace_context: dict[str, str] = field(default_factory=dict)
-
-
-@runtime_checkable
-class DeadLetterSink(Protocol):
-    """Receives jobs that exhausted their retries and messages that are not valid jobs.
-
-    ``lexigram-tasks-dlq``'s ``DeadLetterQueue`` is one. Without a sink the
-    backend keeps such messages itself (``queue.dead_letters()``).
-    """
-
-    async def add(self, failure: JobFailure) -> None: ...
+#: Longest a job for an unknown task waits before it is offered again.
+_UNKNOWN_RETRY_DELAY = 30.0
 
 
 class WorkerPool:
@@ -81,8 +64,10 @@ class WorkerPool:
 
     Defaults follow the documentation: one worker, 0.5 s poll interval,
     300 s per-task timeout, 30 s graceful-shutdown window. A job whose worker
-    died (its lease lapsed) may run ``lost_lease_retries`` more times than its
-    own ``max_retries`` allow before it is dead-lettered.
+    died (its lease lapsed) runs again alone, up to ``lost_lease_retries``
+    times, before it is dead-lettered as ``LeaseExpired``. A job for a task
+    this worker does not have goes back to the queue for other workers, and is
+    dead-lettered once no worker has run it for ``unknown_task_grace`` seconds.
     """
 
     def __init__(
@@ -105,11 +90,14 @@ class WorkerPool:
         worker_id: str | None = None,
         blocked_loop_warning: float = 1.0,
         lost_lease_retries: int = 2,
+        unknown_task_grace: float = 300.0,
     ) -> None:
         if worker_count < 1:
             raise ValueError(f"worker_count must be >= 1, got {worker_count}")
         if lease_seconds <= 0 or poll_interval <= 0:
             raise ValueError("lease_seconds and poll_interval must be > 0")
+        if unknown_task_grace < 0 or lost_lease_retries < 0:
+            raise ValueError("unknown_task_grace and lost_lease_retries must be >= 0")
         self.queue = queue
         self.tasks = tasks
         self.worker_count = worker_count
@@ -127,20 +115,27 @@ class WorkerPool:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.blocked_loop_warning = blocked_loop_warning
         self.lost_lease_retries = lost_lease_retries
+        self.unknown_task_grace = unknown_task_grace
         self._system = queue.system
         self._can_delay = Capability.DELAY in queue.capabilities
         self._active: dict[asyncio.Task[None], Job | None] = {}
         self._held: dict[int, Delivery] = {}
         self._to_ack: list[Delivery] = []
         self._ack_wakeup = asyncio.Event()
+        self._ack_lock = asyncio.Lock()
+        self._acks_closing = False
+        # Deliveries whose handler returned: on cancellation they are acked, not returned.
+        self._finished: set[int] = set()
+        self._suspect: Delivery | None = None
+        self._job_done = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._stopping = False
         self._started = False
         self._stopped = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         self._fetcher: asyncio.Task[None] | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._watchdog: _LoopWatchdog | None = None
+        self._threads: DaemonThreads | None = None
+        self._watchdog: LoopWatchdog | None = None
         self.processed = 0
 
     def __repr__(self) -> str:
@@ -152,28 +147,46 @@ class WorkerPool:
         return len(self._active)
 
     async def start(self) -> None:
-        """Start fetching and running jobs (the queue must be connected)."""
+        """Start fetching and running jobs (the queue must be connected).
+
+        Raises :class:`ConfigurationError` when no task is registered: such a
+        worker could only hand every job back.
+        """
         if self._started:
             return
+        if not self.tasks:
+            raise ConfigurationError(
+                f"the worker for {self.queue!r} has no tasks registered, so it cannot run any "
+                "job. Register tasks with @provider.task in a module the worker imports: pass "
+                "--tasks-module MODULE to 'lexigram-tasks worker', or list the modules under "
+                "tasks.modules in lexigram.yaml"
+            )
         self._started = True
+        self._acks_closing = False
         self._stopping = False
         self._stopped.clear()
         span = self._worker_span("start")
-        self._executor = ThreadPoolExecutor(self.worker_count, thread_name_prefix="lexigram-task")
+        self._threads = DaemonThreads("lexigram-task")
         self._fetcher = asyncio.create_task(self._fetch_loop(), name="lexigram-fetch")
         self._background = [
             asyncio.create_task(self._ack_loop(), name="lexigram-ack"),
             asyncio.create_task(self._heartbeat_loop(), name="lexigram-heartbeat"),
         ]
         if self.blocked_loop_warning > 0:
-            self._watchdog = _LoopWatchdog(self.blocked_loop_warning, self._describe_running)
+            self._watchdog = LoopWatchdog(self.blocked_loop_warning, self._describe_running)
             self._watchdog.start()
         span.end()
         logger.debug("worker %s started on %r", self.worker_id, self.queue)
 
     async def stop(self) -> None:
         """Stop taking jobs, let running ones finish within ``shutdown_timeout``,
-        return the rest to the queue, and flush pending acks."""
+        return the rest to the queue, and ack every job that finished.
+
+        A plain ``def`` task still running in its thread at the deadline is
+        returned to the queue like any other: its thread cannot be stopped and
+        goes on in the background, its result is discarded, and it dies with
+        the process.
+        """
         if not self._started or self._stopping:
             await self._stopped.wait()
             return
@@ -181,7 +194,8 @@ class WorkerPool:
         self._slot_free.set()
         span = self._worker_span("stop")
         if self._fetcher is not None:
-            # On timeout wait_for cancels it; leased-but-unstarted jobs lapse back.
+            # The fetch loop returns what it leases once stopping; cancelling it is a
+            # last resort (a dequeue that hangs), its in-flight leases then lapse.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._fetcher, self.poll_interval + 5)
         if self._active:
@@ -195,16 +209,25 @@ class WorkerPool:
                     len(pending),
                 )
                 await asyncio.gather(*pending, return_exceptions=True)
-        for task in self._background:
+        # The ack loop is asked to stop, not cancelled: cancelling it inside
+        # ack_many would drop the batch it is sending.
+        self._acks_closing = True
+        self._ack_wakeup.set()
+        ack_loop, *others = self._background
+        for task in others:
             task.cancel()
         # Bounded: on Python 3.11 a library's asyncio.wait_for can swallow a
         # cancellation (CPython gh-86296), and an unbounded wait would hang stop().
-        await asyncio.wait(self._background, timeout=5.0)
-        await self._flush_acks(retries=3)
+        _, pending_loops = await asyncio.wait(self._background, timeout=5.0)
+        if ack_loop in pending_loops:
+            ack_loop.cancel()  # ack_many hangs; _flush_acks keeps its batch for the last try
+            await asyncio.wait([ack_loop], timeout=1.0)
+        async with self._ack_lock:
+            await self._flush_acks(retries=3)
         if self._watchdog is not None:
             self._watchdog.stop()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._threads is not None:
+            self._threads.shutdown()
         self._started = False
         self._stopped.set()
         span.end()
@@ -225,7 +248,8 @@ class WorkerPool:
         failures = 0
         while not self._stopping:
             free = self.worker_count - len(self._active)
-            if free <= 0:
+            if free <= 0 or self._suspect is not None:
+                # A suspect runs alone: lease nothing more until it is done.
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
@@ -248,108 +272,239 @@ class WorkerPool:
             failures = 0
             for delivery in deliveries:
                 self._held[id(delivery)] = delivery
-                if self._stopping:
-                    await self._return_to_queue(delivery)
+            if self._stopping:
+                # Shielded: a cancellation must not leave some of them to lapse.
+                await asyncio.shield(self._return_all(deliveries))
+                break
+            suspect = None
+            for delivery in deliveries:
+                if self._is_suspect(delivery):
+                    if suspect is None:
+                        suspect = delivery
+                        continue
+                    # One suspect at a time; the others wait in the queue, unharmed
+                    # if this one kills the worker.
+                    await self._return_to_queue(delivery, reason="another suspect runs alone")
                     continue
-                task = asyncio.create_task(self._execute(delivery))
-                self._active[task] = delivery.job
-                task.add_done_callback(self._on_done)
+                self._start(delivery)
+            if suspect is not None:
+                # Started last, it waits for the jobs leased with it to finish first.
+                self._suspect = suspect
+                self._start(suspect)
             if deliveries:
                 # Let the new jobs start before going back for more: fetching
                 # again first would delay every job by the cost of a dequeue.
                 await asyncio.sleep(0)
 
+    def _start(self, delivery: Delivery) -> None:
+        task = asyncio.create_task(self._execute(delivery))
+        self._active[task] = delivery.job
+        task.add_done_callback(self._on_done)
+
+    def _is_suspect(self, delivery: Delivery) -> bool:
+        """Its last run ended with its worker: it may be what killed it."""
+        job = delivery.job
+        return job is not None and 0 < job.lost_leases <= self.lost_lease_retries
+
+    async def _return_all(self, deliveries: list[Delivery]) -> None:
+        await asyncio.gather(*(self._return_to_queue(d) for d in deliveries))
+
     def _on_done(self, task: asyncio.Task[None]) -> None:
         self._active.pop(task, None)
         self.processed += 1
         self._slot_free.set()
+        self._job_done.set()
         if not task.cancelled() and task.exception() is not None:
             logger.error("job runner crashed", exc_info=task.exception())
 
     # -- running one job -------------------------------------------------------
 
     async def _execute(self, delivery: Delivery) -> None:
+        try:
+            await self._handle(delivery)
+        except asyncio.CancelledError:
+            if self._stopping:
+                key = id(delivery)
+                if key in self._finished:
+                    self._to_ack.append(delivery)  # the final flush acks it
+                elif key in self._held:
+                    await self._return_to_queue(delivery)
+            raise
+        finally:
+            self._finished.discard(id(delivery))
+            if self._suspect is delivery:
+                self._suspect = None
+
+    async def _handle(self, delivery: Delivery) -> None:
         job = delivery.job
         if job is None:
             reason = f"malformed: {delivery.problem}"
             await self._dead_letter(delivery, "MalformedJobError", delivery.problem or "", "", None)
             logger.warning("dead-lettered a message that is not a valid job: %s", reason)
             return
-        # A job whose worker died comes back with its attempt used up; it gets
-        # ``lost_lease_retries`` extra runs beyond its own retries, so a killed
-        # worker's job still runs, while a job that kills every worker stops.
-        if job.attempt > job.max_retries + 1 + self.lost_lease_retries:
+        # A job whose worker died comes back with a lost lease. It runs again,
+        # alone, ``lost_lease_retries`` times, so a killed worker's job still
+        # runs while a job that kills every worker stops, and takes no other job with it.
+        if job.lost_leases > self.lost_lease_retries:
             message = (
                 f"gave up after {job.attempt - 1} attempt(s): the workers running it "
-                "stopped responding (killed, crashed or lost their lease)"
+                f"stopped responding {job.lost_leases} time(s) (killed, crashed or lost "
+                "their lease)"
             )
             await self._dead_letter(delivery, "LeaseExpired", message, "", None)
             return
         task = self.tasks.get(job.task)
-        if task is not None and not await self._within_rate_limit(task, delivery):
+        if task is None:
+            await self._unknown_task(delivery, job)
+            return
+        if self._suspect is delivery:
+            await self._wait_alone()
+            if self._stopping:
+                await self._return_to_queue(delivery)
+                return
+        if not await self._within_rate_limit(task, delivery):
             return
         with self.telemetry.process(job, self._system, self.worker_id) as span:
             try:
                 await self._run(job, task, delivery, span)
             except asyncio.CancelledError:
-                if self._stopping:
+                if self._stopping and id(delivery) not in self._finished:
                     self.telemetry.record_outcome(span, "requeued")
-                    await self._return_to_queue(delivery)
                 raise
 
-    async def _run(
-        self, job: Job, task: Task[Any, Any] | None, delivery: Delivery, span: Span
-    ) -> None:
+    async def _wait_alone(self) -> None:
+        """Wait until no other job of this pool runs and every finished one is acked."""
+        while len(self._active) > 1:
+            self._job_done.clear()
+            await self._job_done.wait()
+        async with self._ack_lock:
+            await self._flush_acks(retries=3)
+
+    async def _unknown_task(self, delivery: Delivery, job: Job) -> None:
+        """Hand the job back for a worker that has its task, until the grace period ends."""
+        now = time.time()
+        since = job.extra.get(UNKNOWN_SINCE_FIELD)
+        if isinstance(since, bool) or not isinstance(since, int | float) or since > now:
+            since = job.extra[UNKNOWN_SINCE_FIELD] = now
+        registered = ", ".join(sorted(self.tasks))
+        if now - since >= self.unknown_task_grace:
+            message = (
+                f"no worker ran task {job.task!r} within unknown_task_grace "
+                f"({self.unknown_task_grace:g}s) after a worker first found it unknown; "
+                f"is it registered on any worker? (this worker has: {registered})"
+            )
+            logger.error("job %s dead-lettered: %s", job.id, message)
+            await self._dead_letter(delivery, "UnknownTaskError", message, "", None)
+            return
+        delay = min(_UNKNOWN_RETRY_DELAY, self.unknown_task_grace / 10)
+        logger.warning(
+            "job %s is for task %r, which this worker does not have (it has: %s); returned "
+            "to the queue for other workers, dead-lettered if none runs it within %.0fs",
+            job.id,
+            job.task,
+            registered,
+            since + self.unknown_task_grace - now,
+        )
+        if not self._can_delay:
+            # No delayed requeue: hold it briefly instead, so it does not bounce back at once.
+            await asyncio.sleep(min(delay, 1.0))
+            delay = 0.0
+        await self._return_to_queue(delivery, delay=delay, reason=f"unknown task {job.task!r}")
+
+    async def _run(self, job: Job, task: Task[Any, Any], delivery: Delivery, span: Span) -> None:
         events = self.events
         if events.wants(TaskStartedEvent):
             await events.emit(TaskStartedEvent(job, job.queue, self.worker_id))
         started = time.monotonic()
-        timeout = job.timeout or (task.timeout if task is not None else None)
-        timeout = timeout or self.default_timeout
-        deadline = asyncio.timeout(timeout)
+        timeout = job.timeout or task.timeout or self.default_timeout
         try:
-            if task is None:
-                raise UnknownTaskError(
-                    f"no task named {job.task!r} is registered with this worker "
-                    f"(registered: {', '.join(sorted(self.tasks)) or 'none'})"
-                )
-            async with deadline:
-                if task.is_async:
-                    result = await task.fn(*job.args, **job.kwargs)
-                else:
-                    result = await self._run_in_thread(task.fn, job)
+            if task.is_async:
+                deadline = asyncio.timeout(timeout)
+                try:
+                    async with deadline:
+                        result = await task.fn(*job.args, **job.kwargs)
+                except TimeoutError:
+                    if deadline.expired():
+                        raise self._timed_out(job, timeout) from None
+                    raise
+            else:
+                result = await self._run_in_thread(task, job, timeout)
         except Exception as exc:
-            if isinstance(exc, TimeoutError) and deadline.expired():
-                exc = TaskTimeoutError(f"task {job.task!r} exceeded its timeout of {timeout:g}s")
+            if isinstance(exc, TypeError) and not isinstance(exc, TaskArgumentsError):
+                problem = task.argument_problem(job.args, job.kwargs)
+                if problem is not None:
+                    exc = TaskArgumentsError(
+                        f"task {job.task!r} cannot take the job's arguments: {problem}"
+                    )
             await self._failed(job, task, delivery, span, exc, time.monotonic() - started)
             return
-        if self.result_store is not None and task.store_result:  # task is set here
-            await self._store_result(JobResult.success(job.id, result))
+        self._finished.add(id(delivery))
+        if self.result_store is not None and task.store_result:
+            # Shielded: a job that finished is acked, so its result must be stored.
+            await asyncio.shield(self._store_result(JobResult.success(job.id, result)))
         if events.wants(TaskCompletedEvent):
             duration = time.monotonic() - started
             await events.emit(
                 TaskCompletedEvent(job, job.queue, self.worker_id, duration=duration, result=result)
             )
+        self._finished.discard(id(delivery))
         self._to_ack.append(delivery)
         self._ack_wakeup.set()
 
-    async def _run_in_thread(self, fn: Callable[..., Any], job: Job) -> Any:
-        loop = asyncio.get_running_loop()
-        call = functools.partial(contextvars.copy_context().run, fn, *job.args, **job.kwargs)
-        return await loop.run_in_executor(self._executor, call)
+    @staticmethod
+    def _timed_out(job: Job, timeout: float) -> TaskTimeoutError:
+        return TaskTimeoutError(f"task {job.task!r} exceeded its timeout of {timeout:g}s")
+
+    async def _run_in_thread(self, task: Task[Any, Any], job: Job, timeout: float) -> Any:
+        """Run a plain function in a thread; past its timeout, wait for the thread to end.
+
+        A thread cannot be cancelled. Until it ends, the job keeps its slot and
+        its lease, and is neither retried nor reported as failed, so two runs
+        of one job never overlap.
+        """
+        assert self._threads is not None
+        call = functools.partial(contextvars.copy_context().run, task.fn, *job.args, **job.kwargs)
+        future = self._threads.run(call)
+        await asyncio.wait([future], timeout=timeout)
+        if future.done():
+            return future.result()
+        deadline = time.monotonic()
+        logger.warning(
+            "task %r (job %s) exceeded its timeout of %gs; it runs in a thread, which cannot "
+            "be stopped: it keeps its worker slot, and its retry waits until it returns",
+            job.task,
+            job.id,
+            timeout,
+        )
+        await asyncio.wait([future])
+        logger.warning(
+            "task %r (job %s) returned %.2fs after its timeout of %gs; its result is discarded",
+            job.task,
+            job.id,
+            time.monotonic() - deadline,
+            timeout,
+        )
+        raise self._timed_out(job, timeout)
 
     async def _failed(
         self,
         job: Job,
-        task: Task[Any, Any] | None,
+        task: Task[Any, Any],
         delivery: Delivery,
         span: Span,
         exc: Exception,
         duration: float,
     ) -> None:
         error_type = type(exc).__qualname__
-        policy = task.retry if task is not None else None
-        will_retry = job.attempt <= job.max_retries and (policy is None or policy.should_retry(exc))
+        policy = task.retry
+        # Wrong arguments fail the same way every time: retrying them is pointless.
+        # Runs lost with a worker are not the task's own (lost_lease_retries bounds
+        # them): a job gets 1 + max_retries runs that end in a result or an error.
+        will_retry = (
+            job.failures < job.max_retries
+            and policy.should_retry(exc)
+            and not isinstance(exc, TaskArgumentsError)
+        )
         tb = "".join(traceback.format_exception(exc))
         self.telemetry.record_failure(span, exc, error_type, will_retry)
         if self.events.wants(TaskFailedEvent):
@@ -370,7 +525,7 @@ class WorkerPool:
             logger.error("job %s (%s) failed for good: %s: %s", job.id, job.task, error_type, exc)
             await self._dead_letter(delivery, error_type, str(exc), tb, span)
             return
-        delay = (policy.delay(job.attempt) if policy else 1.0) if self._can_delay else 0.0
+        delay = policy.delay(job.failures + 1) if self._can_delay else 0.0
         reason = f"{error_type}: {exc}"
         logger.warning(
             "job %s (%s) attempt %d failed (%s); retrying in %.1fs",
@@ -381,6 +536,7 @@ class WorkerPool:
             delay,
         )
         self.telemetry.record_retry(span, delay, reason)
+        job.failures += 1  # written back with the job: this attempt was not a lost lease
         await self._settle(self.queue.nack(delivery, requeue=True, delay=delay, reason=reason))
         self._held.pop(id(delivery), None)
         if self.events.wants(TaskRetryingEvent):
@@ -500,10 +656,12 @@ class WorkerPool:
     # -- acks and leases -------------------------------------------------------
 
     async def _ack_loop(self) -> None:
-        while True:
+        """Ack finished jobs in batches; on stop it finishes the batch in hand, then returns."""
+        while not self._acks_closing:
             await self._ack_wakeup.wait()
             self._ack_wakeup.clear()
-            await self._flush_acks(retries=None)
+            async with self._ack_lock:
+                await self._flush_acks(retries=None)
 
     async def _flush_acks(self, retries: int | None) -> None:
         attempt = 0
@@ -511,6 +669,11 @@ class WorkerPool:
             batch, self._to_ack = self._to_ack, []
             try:
                 await self.queue.ack_many(batch)
+            except asyncio.CancelledError:
+                # Kept for the last flush in stop(): acking a job twice is harmless,
+                # dropping an ack runs a finished job again.
+                self._to_ack[:0] = batch
+                raise
             except Exception as exc:
                 attempt += 1
                 self._to_ack[:0] = batch
@@ -543,49 +706,3 @@ class WorkerPool:
     def _describe_running(self) -> str:
         names = [job.task for job in list(self._active.values()) if job is not None]
         return ", ".join(sorted(set(names))) or "no task"
-
-
-class _LoopWatchdog:
-    """Warns when the event loop stops turning: a handler doing blocking work in ``async def``."""
-
-    def __init__(self, threshold: float, describe: Callable[[], str]) -> None:
-        self.threshold = threshold
-        self.describe = describe
-        self._loop = asyncio.get_running_loop()
-        self._last = time.monotonic()
-        self._timer: asyncio.TimerHandle | None = None
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="lexigram-watchdog", daemon=True)
-
-    def start(self) -> None:
-        self._tick()
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._done.set()
-        if self._timer is not None:
-            self._timer.cancel()
-
-    def _tick(self) -> None:
-        self._last = time.monotonic()
-        self._timer = self._loop.call_later(self.threshold / 4, self._tick)
-
-    def _watch(self) -> None:
-        warned = False
-        while not self._done.wait(self.threshold / 2):
-            lag = time.monotonic() - self._last
-            if lag > self.threshold and not warned:
-                warned = True
-                try:
-                    running = self.describe()
-                except RuntimeError:
-                    running = "unknown"
-                logger.warning(
-                    "the event loop has been blocked for %.1fs (running: %s). A task doing "
-                    "blocking work should be a plain 'def' (it then runs in a thread) or await "
-                    "non-blocking calls",
-                    lag,
-                    running,
-                )
-            elif lag <= self.threshold:
-                warned = False

@@ -1,0 +1,162 @@
+"""What the worker pool is built from: dead-letter types, daemon threads, the loop watchdog."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from lexigram.tasks.job import Job
+
+logger = logging.getLogger("lexigram.tasks.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class JobFailure:
+    """A job (or undecodable message) that failed for good, as given to a dead-letter sink."""
+
+    job: Job | None
+    payload: bytes
+    queue: str
+    reason: str
+    error_type: str
+    error_message: str
+    traceback: str
+    attempts: int
+    worker_id: str
+    failed_at: float = field(default_factory=time.time)
+    trace_context: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class DeadLetterSink(Protocol):
+    """Receives jobs that exhausted their retries and messages that are not valid jobs.
+
+    ``lexigram-tasks-dlq``'s ``DeadLetterQueue`` is one. Without a sink the
+    backend keeps such messages itself (``queue.dead_letters()``).
+    """
+
+    async def add(self, failure: JobFailure) -> None: ...
+
+
+class DaemonThreads:
+    """Runs plain functions in daemon threads, started on demand and reused.
+
+    Not a ``ThreadPoolExecutor``: its threads are joined at interpreter exit,
+    so one task that overran would hold the process past its shutdown window.
+    A thread cannot be stopped; a daemon thread at least dies with the process.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._threads = 0
+        self._numbers = itertools.count(1)
+
+    def run(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+        """Start ``fn`` in a thread; the future completes on the calling loop."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        # Whoever stopped waiting (a returned job) never reads it: do not log it as lost.
+        future.add_done_callback(_mark_retrieved)
+
+        def call() -> None:
+            try:
+                outcome: tuple[Callable[[Any], None], Any] = (future.set_result, fn())
+            except Exception as exc:
+                outcome = (future.set_exception, exc)
+            except BaseException as exc:  # SystemExit and the like must not kill the thread
+                outcome = (future.set_exception, RuntimeError(f"task raised {exc!r}"))
+            # A closed loop raises RuntimeError: nobody waits for this result any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, future, *outcome)
+
+        with self._lock:
+            spawn = self._idle == 0
+            if spawn:
+                self._threads += 1
+            else:
+                self._idle -= 1
+        if spawn:
+            name = f"{self._name}-{next(self._numbers)}"
+            threading.Thread(target=self._serve, name=name, daemon=True).start()
+        self._work.put(call)
+        return future
+
+    def shutdown(self) -> None:
+        """Let every thread exit once it has finished what it runs (does not wait)."""
+        with self._lock:
+            threads, self._threads, self._idle = self._threads, 0, 0
+        for _ in range(threads):
+            self._work.put(None)
+
+    def _serve(self) -> None:
+        while (call := self._work.get()) is not None:
+            call()
+            with self._lock:
+                self._idle += 1
+
+
+def _settle(future: asyncio.Future[Any], setter: Callable[[Any], None], value: Any) -> None:
+    if not future.done():
+        setter(value)
+
+
+def _mark_retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class LoopWatchdog:
+    """Warns when the event loop stops turning: a handler doing blocking work in ``async def``."""
+
+    def __init__(self, threshold: float, describe: Callable[[], str]) -> None:
+        self.threshold = threshold
+        self.describe = describe
+        self._loop = asyncio.get_running_loop()
+        self._last = time.monotonic()
+        self._timer: asyncio.TimerHandle | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="lexigram-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._tick()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _tick(self) -> None:
+        self._last = time.monotonic()
+        self._timer = self._loop.call_later(self.threshold / 4, self._tick)
+
+    def _watch(self) -> None:
+        warned = False
+        while not self._done.wait(self.threshold / 2):
+            lag = time.monotonic() - self._last
+            if lag > self.threshold and not warned:
+                warned = True
+                try:
+                    running = self.describe()
+                except RuntimeError:
+                    running = "unknown"
+                logger.warning(
+                    "the event loop has been blocked for %.1fs (running: %s). A task doing "
+                    "blocking work should be a plain 'def' (it then runs in a thread) or await "
+                    "non-blocking calls",
+                    lag,
+                    running,
+                )
+            elif lag <= self.threshold:
+                warned = False
