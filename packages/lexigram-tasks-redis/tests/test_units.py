@@ -8,11 +8,17 @@ from rq.job import Job as RQJob
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from lexigram.tasks import CacheBackendResultStore as LazyStore
+from lexigram.tasks import ConfigurationError, TaskBackendRegistry
 from lexigram.tasks import RedisTaskQueue as LazyQueue
-from lexigram.tasks import TaskBackendRegistry
+from lexigram.tasks.job import DEFAULT_MAX_JOB_BYTES
 from lexigram.tasks.protocol import Capability, TaskQueueProtocol
 from lexigram.tasks.ratelimit import RateLimiter
-from lexigram.tasks.redis import CacheBackendResultStore, RedisRateLimiter, RedisTaskQueue
+from lexigram.tasks.redis import (
+    CacheBackendResultStore,
+    RedisRateLimiter,
+    RedisTaskQueue,
+    validate_url,
+)
 from lexigram.tasks.redis._scripts import SCRIPTS
 from lexigram.tasks.redis.keys import JOB_PREFIX, QueueKeys, job_key
 from lexigram.tasks.results import ResultStore
@@ -81,3 +87,41 @@ def _unused_connection() -> object:
     import redis
 
     return redis.Redis()  # rq wants a connection object to build names; nothing is sent
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://localhost:6379/0", "rediss://:pw@host:6380/1", "unix:///tmp/redis.sock?db=0"],
+)
+def test_redis_urls_are_accepted(url: str) -> None:
+    validate_url(url)
+    RedisTaskQueue(redis_url=url)
+    CacheBackendResultStore(redis_url=url)
+    RedisRateLimiter(redis_url=url)
+
+
+@pytest.mark.parametrize(
+    ("url", "found"),
+    [
+        ("http://:hunter2@localhost:6379/0", "scheme 'http'"),
+        ("amqp://guest:guest@localhost:5672/", "scheme 'amqp'"),
+        ("localhost:6379", "no scheme"),
+    ],
+)
+def test_other_url_schemes_are_refused_at_construction(url: str, found: str) -> None:
+    for build in (validate_url, RedisTaskQueue, CacheBackendResultStore, RedisRateLimiter):
+        with pytest.raises(ConfigurationError) as caught:
+            build(url)
+        message = str(caught.value)
+        assert found in message
+        assert "redis://" in message and "rediss://" in message and "unix://" in message
+        assert "hunter2" not in message
+
+
+def test_max_job_bytes_is_bounded_by_the_redis_string_limit() -> None:
+    assert RedisTaskQueue(max_job_bytes=1024).max_job_bytes == 1024
+    assert RedisTaskQueue().max_job_bytes == DEFAULT_MAX_JOB_BYTES
+    with pytest.raises(ValueError, match="536,870,912"):
+        RedisTaskQueue(max_job_bytes=600 * 1024 * 1024)
+    with pytest.raises(ValueError, match="max_job_bytes"):
+        RedisTaskQueue(max_job_bytes=0)

@@ -31,12 +31,13 @@ def validate_url(url: str) -> None:
     Only the scheme is checked (nothing is contacted), so a configuration
     loader can call it before connecting; the message never shows a password.
     """
-    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    scheme, separator, _ = url.partition("://")
+    scheme = scheme.lower() if separator else ""
     if scheme not in SCHEMES:
         found = f"scheme {scheme!r}" if scheme else "no scheme"
         raise ConfigurationError(
-            f"Redis URL {redact_url(url)!r} has {found}; use redis://host:port/db, "
-            "rediss:// (TLS) or unix:///path/to/socket"
+            f"{redact_url(url)!r} is not a Redis URL ({found}): it must start with "
+            "redis://, rediss:// (TLS) or unix:// (a socket)"
         )
 
 
