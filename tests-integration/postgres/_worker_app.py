@@ -46,6 +46,13 @@ async def record(key: str) -> None:
     await _log("done", key)
 
 
+@provider.task(name="slow")
+async def slow(key: str, seconds: float) -> None:
+    await _log("started", key)
+    await asyncio.sleep(seconds)
+    await _log("done", key)
+
+
 @provider.task(name="hang_once")
 async def hang_once(key: str) -> None:
     """Hangs on its first run (the test SIGKILLs that process); completes on the next."""

@@ -131,3 +131,69 @@ async def test_sigkilled_workers_job_is_redelivered_after_its_lease_and_runs_onc
 
 async def _counts_are_empty(queue: PostgresTaskQueue) -> bool:
     return await queue.counts() == EMPTY
+
+
+async def test_good_jobs_behind_poison_rows_all_run_and_the_poison_is_dead_lettered(
+    queue: PostgresTaskQueue, db: asyncpg.Connection, pg_schema: str, spawn: Callable[..., Any]
+) -> None:
+    """Rows a foreign producer wrote, first in line: one nested 1,000 levels
+    deep (once a RecursionError escaping dequeue, so no job ran) and one with
+    NaN (readable by Python, but not writable back for its retry)."""
+    deep = b'{"id": "poison-deep", "task": "record", "args": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+    nan = b'{"id": "poison-nan", "task": "record", "args": [NaN]}'
+    for payload in (deep, nan):
+        await queue.push_raw(payload)
+    keys = [f"good-{n}" for n in range(200)]
+    await queue.enqueue_many([Job(task="record", args=[k], queue=queue.queue_name) for k in keys])
+    worker = spawn(queue)
+
+    async def all_done() -> bool:
+        return len(await _log(db, pg_schema, "done")) >= len(keys)
+
+    await eventually(all_done, timeout=60, interval=0.1, message="good jobs behind poison")
+    dead = await eventually(
+        lambda: _dead_letters(queue, 2), timeout=15, message="poison not dead-lettered"
+    )
+    _stop(worker)
+    done = await _log(db, pg_schema, "done")
+    assert sorted(row["key"] for row in done) == sorted(keys)
+    reasons = {letter.payload: letter.reason for letter in dead}
+    assert reasons.keys() == {deep, nan}
+    assert "nested too deeply" in reasons[deep]
+    assert "NaN" in reasons[nan]
+    assert await queue.counts() == QueueCounts(ready=0, delayed=0, running=0, failed=2)
+
+
+async def _dead_letters(queue: PostgresTaskQueue, count: int) -> list[Any]:
+    letters = await queue.dead_letters()
+    return letters if len(letters) >= count else []
+
+
+async def test_sigterm_acks_every_job_that_finished_before_the_process_exits(
+    queue: PostgresTaskQueue, db: asyncpg.Connection, pg_schema: str, spawn: Callable[..., Any]
+) -> None:
+    """8 jobs running at SIGTERM all finish inside the shutdown window: each is
+    acked before the process exits, so none is left to run again. The jobs end
+    together after the worker stopped fetching, so their acks are in flight
+    when stop() ends the ack loop (which used to drop that batch)."""
+    for round_ in range(3):
+        worker = spawn(queue)
+        keys = [f"r{round_}-job-{n}" for n in range(8)]
+        await queue.enqueue_many(
+            [Job(task="slow", args=[key, 1.5], queue=queue.queue_name) for key in keys]
+        )
+
+        async def all_started(prefix: str = f"r{round_}-") -> bool:
+            started = await _log(db, pg_schema, "started")
+            return sum(row["key"].startswith(prefix) for row in started) == 8
+
+        await eventually(all_started, timeout=30, message="the 8 jobs never all started")
+        _stop(worker)
+        done = [r["key"] for r in await _log(db, pg_schema, "done") if r["key"] in keys]
+        assert sorted(done) == sorted(keys), "a job did not finish inside the shutdown window"
+        left = await db.fetch(
+            f"SELECT job_id, status, attempt FROM {quote_ident(pg_schema)}.jobs"
+            " WHERE queue_name = $1",
+            queue.queue_name,
+        )
+        assert [dict(row) for row in left] == [], f"round {round_}: finished jobs not acked"
