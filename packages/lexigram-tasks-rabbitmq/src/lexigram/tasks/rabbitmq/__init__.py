@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from lexigram.tasks.rabbitmq._version import __version__
 from lexigram.tasks.rabbitmq.errors import PublishRefusedError
+from lexigram.tasks.rabbitmq.logs import CLIENT_LOG_FILTER
 from lexigram.tasks.rabbitmq.queue import RabbitMQTaskQueue
 
-__all__ = ["PublishRefusedError", "RabbitMQTaskQueue", "__version__"]
+__all__ = ["CLIENT_LOG_FILTER", "PublishRefusedError", "RabbitMQTaskQueue", "__version__"]

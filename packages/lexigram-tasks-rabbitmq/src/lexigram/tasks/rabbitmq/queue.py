@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aiormq
@@ -44,6 +44,7 @@ from lexigram.tasks.rabbitmq import messages, topology
 from lexigram.tasks.rabbitmq.consumer import Consumer
 from lexigram.tasks.rabbitmq.errors import CONNECTION_ERRORS
 from lexigram.tasks.rabbitmq.leases import LeaseBook, delivery_tag
+from lexigram.tasks.rabbitmq.logs import OutageLog, install_client_log_filter
 from lexigram.tasks.rabbitmq.publisher import Publication, Publisher
 from lexigram.tasks.rabbitmq.topology import Destination, QueueType
 from lexigram.tasks.redact import redact_text, redact_url
@@ -94,6 +95,7 @@ class RabbitMQTaskQueue(BaseTaskQueue):
         reconnect_interval: float = 1.0,
         connection_name: str | None = None,
     ) -> None:
+        self.validate_url(amqp_url)
         if queue_type not in ("classic", "quorum"):
             raise ValueError(f"queue_type must be 'classic' or 'quorum', got {queue_type!r}")
         if prefetch is not None and prefetch < 1:
@@ -132,6 +134,8 @@ class RabbitMQTaskQueue(BaseTaskQueue):
         self._publishing: AbstractRobustChannel | None = None
         self._consuming: AbstractRobustChannel | None = None
         self._leases = LeaseBook()
+        install_client_log_filter()
+        self._outage = OutageLog(self._connection_label(), redact_url(amqp_url), reconnect_interval)
         self._consumer = Consumer(
             self._consuming_channel,
             self.consumed_queues,
@@ -146,6 +150,20 @@ class RabbitMQTaskQueue(BaseTaskQueue):
             describe_failure=self._describe_publish_failure,
             reconnect_timeout=connect_timeout,
         )
+
+    @staticmethod
+    def validate_url(url: str) -> None:
+        """Raise :class:`ConfigurationError` unless ``url`` is an ``amqp://`` or ``amqps://`` URL.
+
+        The configuration loader calls it for ``amqp_url``; the message redacts the password.
+        """
+        scheme, separator, _ = url.partition("://") if isinstance(url, str) else ("", "", "")
+        if not separator or scheme.lower() not in ("amqp", "amqps"):
+            shown = redact_url(url) if isinstance(url, str) else type(url).__name__
+            raise ConfigurationError(
+                f"amqp_url {shown!r} is not a RabbitMQ URL: it must start with amqp:// or "
+                "amqps:// (amqp://user:password@host:5672/vhost)"
+            )
 
     def __repr__(self) -> str:
         return (
@@ -169,6 +187,8 @@ class RabbitMQTaskQueue(BaseTaskQueue):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if _vhost_refused(exc):
+                raise ConfigurationError(self._describe_vhost_refusal()) from None
             raise BackendConnectionError(self._describe_failure(exc)) from None
         try:
             self._publishing = await connection.channel(
@@ -176,6 +196,7 @@ class RabbitMQTaskQueue(BaseTaskQueue):
             )
             self._consuming = await connection.channel(publisher_confirms=False)
             connection.close_callbacks.add(self._on_connection_lost)
+            connection.reconnect_callbacks.add(self._on_reconnected)
             self._connection = connection
             await self._declare_topology()
         except BaseException:
@@ -194,7 +215,7 @@ class RabbitMQTaskQueue(BaseTaskQueue):
         self._publishing = self._consuming = None
         await connection.close()
 
-    def _on_connection_lost(self, *_: object) -> None:
+    def _on_connection_lost(self, _sender: object, cause: BaseException | None = None) -> None:
         """The connection dropped (the robust connection reconnects by itself).
 
         Consumers, buffered deliveries and the channel's delivery tags are void;
@@ -203,6 +224,11 @@ class RabbitMQTaskQueue(BaseTaskQueue):
         matched to them (see :meth:`LeaseBook.settle_known_redelivery`).
         """
         self._consumer.connection_lost()
+        if self._connection is not None:  # not our own disconnect()
+            self._outage.lost(cause, self._redacted(cause) if cause is not None else "")
+
+    def _on_reconnected(self, *_: object) -> None:
+        self._outage.restored()
 
     async def delete_topology(self) -> None:
         """Delete what this instance declared: its queues, their dead letters, delay ladders.
@@ -275,7 +301,8 @@ class RabbitMQTaskQueue(BaseTaskQueue):
         except CONNECTION_ERRORS as exc:
             # The robust connection is reconnecting: hand out what we have, and
             # give it up to ``wait`` seconds (at least one) instead of failing.
-            logger.warning(
+            # Logged at DEBUG: the outage itself is logged once (see logs.py).
+            logger.debug(
                 "RabbitMQ connection lost while fetching from %r (%s); reconnecting",
                 self.queue_name,
                 self._redacted(exc) or type(exc).__name__,
@@ -534,8 +561,33 @@ class RabbitMQTaskQueue(BaseTaskQueue):
             f"{type(exc).__name__}: {detail}{hint}"
         )
 
+    def _describe_vhost_refusal(self) -> str:
+        parts = urlsplit(self.amqp_url)
+        vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+        user = unquote(parts.username) if parts.username else "guest"
+        return (
+            f"cannot connect to RabbitMQ at {redact_url(self.amqp_url)}: vhost {vhost!r} "
+            f"does not exist or access refused for user {user!r} (create it with "
+            f"`rabbitmqctl add_vhost {vhost}` and grant access with `rabbitmqctl "
+            f"set_permissions -p {vhost} {user} '.*' '.*' '.*'`, or fix the URL's path)"
+        )
+
     def _describe_publish_failure(self, exc: BaseException) -> str:
         return (
             f"publishing to {redact_url(self.amqp_url)} failed: "
             f"{type(exc).__name__}: {self._redacted(exc)}"
         )
+
+
+def _vhost_refused(exc: BaseException) -> bool:
+    """Whether the broker answered ``connection.open`` with ``connection.close``.
+
+    RabbitMQ does that for a vhost that does not exist or that the user may not
+    access; aiormq reports it as an unexpected frame, without the broker's text.
+    """
+    text = str(exc)
+    return (
+        isinstance(exc, aiormq.exceptions.InvalidFrameError)
+        and "Connection.OpenOk" in text
+        and "Connection.Close" in text
+    )
