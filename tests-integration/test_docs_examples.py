@@ -124,3 +124,18 @@ def _run_blocks(page: Path, namespace: dict[str, object], loop: asyncio.Abstract
         result = eval(compiled, namespace)
         if asyncio.iscoroutine(result):
             loop.run_until_complete(result)
+
+
+def test_demo_example_runs_as_a_script(tmp_path: Path) -> None:
+    """``examples/demo.py`` (what ``scripts/dev.py demo`` runs) finishes cleanly on its own."""
+    env = {k: v for k, v in os.environ.items() if k != "LEXIGRAM_ENV"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "demo.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "worker pool stopped cleanly" in result.stdout
