@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 import uuid
+from typing import Any
 
 import pytest
 
@@ -43,6 +43,13 @@ def assert_same_job(received: Job | None, sent: Job, *, attempt: int) -> None:
         if want is not None:
             assert got == pytest.approx(want, abs=1e-3), f"field {name!r} changed"
     assert received.attempt == attempt
+
+
+def _nested_list(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
 
 
 def full_job(queue: TaskQueueProtocol) -> Job:
@@ -153,7 +160,7 @@ class EnqueueContract(ContractBase):
             object(),
             float("nan"),
             "file-\udcff.txt",
-            functools.reduce(lambda a, _: [a], range(3000), []),
+            _nested_list(3000),
         ],
         ids=["object", "nan", "lone-surrogate", "nested-3000-deep"],
     )
