@@ -341,16 +341,19 @@ async def t() -> None: ...
 
 async def main() -> None:
     exporter = InMemorySpanExporter()
-    async with provider:
-        before = await t.enqueue()  # no SDK yet, and the provider has seen that
-        sdk = TracerProvider()
-        sdk.add_span_processor(SimpleSpanProcessor(exporter))
-        trace.set_tracer_provider(sdk)
-        after = await t.enqueue()
-        await after.result(timeout=5)
+    sdk = TracerProvider()
+    sdk.add_span_processor(SimpleSpanProcessor(exporter))
+    if USED_BEFORE:
+        await provider.start()  # the workers start, and enqueue, before there is an SDK
+        await t.enqueue()
+    trace.set_tracer_provider(sdk)
+    after = await t.enqueue()
+    await provider.start()
+    await after.result(timeout=5)
+    await provider.stop()
+    await provider.disconnect()
     spans = exporter.get_finished_spans()
     print(json.dumps({
-        "before": before.id,
         "after": after.id,
         "sent": [s.attributes["messaging.message.id"] for s in spans if s.name == "send default"],
         "processed": [
@@ -363,9 +366,13 @@ asyncio.run(main())
 """
 
 
-def test_a_global_sdk_set_after_the_provider_records_the_very_next_enqueue() -> None:
+@pytest.mark.parametrize("used_before", [False, True], ids=["fresh", "already-used"])
+def test_a_global_sdk_set_after_the_provider_records_the_very_next_enqueue(
+    used_before: bool,
+) -> None:
+    script = f"USED_BEFORE = {used_before}\n{GLOBAL_SDK_SET_LATE}"
     result = subprocess.run(
-        [sys.executable, "-c", GLOBAL_SDK_SET_LATE], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout)
