@@ -39,6 +39,16 @@ SCRIPTS_MARKER = "<!-- examples: scripts -->"
 SCRIPT_PAGES = {ROOT / "README.md", DOCS / "index.md"}
 
 
+#: Session pages that do not say yet how to run their examples; no page may join them.
+NOT_YET_SAYING_HOW = {
+    "docs/backends/custom.md",
+    "docs/backends/rabbitmq.md",
+    "docs/job-format.md",
+    "docs/workers.md",
+}
+SAYS_HOW = re.compile(r"running-the-examples|python -m asyncio")
+
+
 def pages_with_examples() -> list[Path]:
     pages = sorted(p for p in DOCS.rglob("*.md") if FENCE.search(p.read_text()))
     return [ROOT / "README.md", *pages]
@@ -70,6 +80,28 @@ def service_env(
 def test_first_pages_promise_scripts(page: Path) -> None:
     assert SCRIPTS_MARKER in page.read_text()
     assert blocks(page), f"{page_id(page)} has no python example"
+
+
+def test_pages_needing_top_level_await_say_how_to_run_them() -> None:
+    silent = set()
+    for page in pages_with_examples():
+        text = page.read_text()
+        if SCRIPTS_MARKER in text or SAYS_HOW.search(text):
+            continue
+        if any(_needs_top_level_await(code) for _, code in blocks(page)):
+            silent.add(page_id(page))
+    assert silent <= NOT_YET_SAYING_HOW, (
+        f"{sorted(silent - NOT_YET_SAYING_HOW)} use top-level await without saying how to run "
+        "the examples: link to index.md#running-the-examples"
+    )
+
+
+def _needs_top_level_await(code: str) -> bool:
+    try:
+        compile(code, "<example>", "exec", dont_inherit=True)
+    except SyntaxError:
+        return True
+    return False
 
 
 @pytest.mark.parametrize("page", pages_with_examples(), ids=page_id)
