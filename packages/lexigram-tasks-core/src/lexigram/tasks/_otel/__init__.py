@@ -38,9 +38,10 @@ to record at all. It is cached together with the two global provider objects
 it was made for, and each job compares those with opentelemetry-api's module
 globals by identity: two pointer comparisons, cheaper than reading a clock,
 where the public ``get_tracer_provider()`` and ``get_meter_provider()`` cost
-close to a microsecond each. The globals are private names of the API
-(unchanged since 1.0 and 1.12); should they disappear, the public getters are
-called on every job instead, which is slower but just as correct.
+close to a microsecond each. The globals are private names of the API,
+present in every version this package supports (the tests check the
+installed one); should they disappear, the public getters are called on
+every job instead, which is slower but just as correct.
 """
 
 from __future__ import annotations
