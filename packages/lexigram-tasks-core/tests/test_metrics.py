@@ -148,6 +148,7 @@ async def test_invalid_messages_count_as_failed(
 ) -> None:
     queue = MemoryTaskQueue("raw")
     provider = TaskProvider(queue=queue, meter_provider=meter_provider)
+    provider.task(name="t")(lambda: None)  # workers start only with a task to run
     async with provider:
         queue.push_raw(b"not json")
         await eventually(lambda: "lexigram.tasks.jobs.failed" in collect(reader), timeout=5)

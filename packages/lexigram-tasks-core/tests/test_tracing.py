@@ -223,6 +223,7 @@ async def test_invalid_message_gets_a_dead_letter_span(
 ) -> None:
     queue = MemoryTaskQueue()
     provider = TaskProvider(queue=queue, tracer_provider=tracer_provider)
+    provider.task(name="t")(lambda: None)  # workers start only with a task to run
     async with provider:
         queue.push_raw(b'{"task": 5}')
         await eventually(lambda: spans(exporter, "dead_letter default"), timeout=5)
