@@ -9,9 +9,10 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from lexigram.tasks.errors import ConfigurationError
+from lexigram.tasks.errors import ConfigurationError, JobTooLargeError
 from lexigram.tasks.job import Job
 from lexigram.tasks.postgres import PostgresTaskQueue, migrate, validate_url
+from lexigram.tasks.postgres import queue as queue_module
 from lexigram.tasks.testing import eventually
 
 
@@ -111,3 +112,47 @@ async def test_a_row_whose_decoding_fails_unexpectedly_does_not_fail_its_batch(
     [dead] = await queue.dead_letters()
     assert dead.reason == bad.problem
     assert dead.payload == jobs[2].to_bytes()
+
+
+async def test_enqueue_many_of_more_than_a_gigabyte_stores_every_job(
+    queue: PostgresTaskQueue,
+) -> None:
+    """Each job is under the default max_job_bytes (10 MiB), but together they
+    are over PostgreSQL's 1 GB per value and per message: sent as one INSERT,
+    the server dropped the connection and the caller saw 'cannot connect'."""
+    argument = "x" * 10_000_000
+    jobs = [Job(task="t", args=[argument], queue=queue.queue_name) for _ in range(110)]
+    assert await queue.enqueue_many(jobs) == [job.id for job in jobs]
+    del jobs
+    assert (await queue.counts()).ready == 110
+    [first] = await queue.dequeue(max_jobs=1, lease_seconds=30)
+    assert first.job is not None
+    assert first.job.args == [argument]
+
+
+async def test_a_batch_split_into_several_statements_is_still_all_or_nothing(
+    queue: PostgresTaskQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(queue_module, "_STATEMENT_BYTES", 2000)  # a few jobs per INSERT
+    jobs = [Job(task="t", args=[n], queue=queue.queue_name) for n in range(40)]
+    jobs[35].run_at = 1e300  # a timestamp PostgreSQL cannot store: the last INSERT fails
+    with pytest.raises(asyncpg.DataError, match="out of range"):
+        await queue.enqueue_many(jobs)
+    assert (await queue.counts()).pending == 0
+
+    jobs[35].run_at = None
+    jobs[30].dedup_key = jobs[2].dedup_key = "same-key"  # a duplicate in a later statement
+    ids = await queue.enqueue_many(jobs)
+    assert ids == [job.id if n != 30 else jobs[2].id for n, job in enumerate(jobs)]
+    deliveries = await queue.dequeue(max_jobs=50, lease_seconds=30)
+    assert [d.job.args[0] for d in deliveries if d.job] == [n for n in range(40) if n != 30]
+
+
+async def test_a_job_over_postgresqls_one_gigabyte_is_refused_even_when_max_job_bytes_allows_it(
+    queue: PostgresTaskQueue,
+) -> None:
+    queue.max_job_bytes = 2 * 1024**3
+    job = Job(task="t", args=["x" * 1024**3], queue=queue.queue_name)
+    with pytest.raises(JobTooLargeError, match=r"over PostgreSQL's limit of 1,072,693,248"):
+        await queue.enqueue(job)
+    assert (await queue.counts()).pending == 0

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from lexigram.tasks.errors import BackendConnectionError, MalformedJobError
+from lexigram.tasks.errors import BackendConnectionError, JobTooLargeError, MalformedJobError
 from lexigram.tasks.job import DEFAULT_MAX_JOB_BYTES, Job
 from lexigram.tasks.postgres._connect import (
     CONNECTION_ERRORS,
@@ -50,6 +50,12 @@ _CLOSE_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *CONNECTION_ERRO
 _ATTEMPTS = 3
 #: Longest wait between polls while no LISTEN connection is up.
 _POLL_WITHOUT_LISTEN = 1.0
+#: Payload bytes per INSERT of a bulk enqueue. PostgreSQL takes at most 1 GB
+#: in one value (the statement's bytea[] of payloads) and one protocol
+#: message: a bigger batch is split into several INSERTs in one transaction.
+_STATEMENT_BYTES = 64 * 1024 * 1024
+#: The largest payload PostgreSQL can take: 1 GB, less room for the rest of the row.
+_PAYLOAD_LIMIT = 1024**3 - 1024**2
 
 
 class PostgresTaskQueue(BaseTaskQueue):
@@ -307,6 +313,13 @@ class PostgresTaskQueue(BaseTaskQueue):
     async def _store(
         self, encoded: list[_Encoded], connection: asyncpg.Connection | None
     ) -> list[str]:
+        for job, payload in encoded:
+            if len(payload) > _PAYLOAD_LIMIT:
+                raise JobTooLargeError(
+                    f"job {job.id} of task {job.task!r} is {len(payload):,} bytes, over "
+                    f"PostgreSQL's limit of {_PAYLOAD_LIMIT:,} for one value: lower "
+                    "max_job_bytes and pass a reference to large data instead"
+                )
         if connection is None:
             connection = (_BOUND.get() or {}).get(id(self))
         if connection is not None:
@@ -314,6 +327,18 @@ class PostgresTaskQueue(BaseTaskQueue):
         return await self._run(lambda c: self._insert(c, encoded))
 
     async def _insert(self, connection: asyncpg.Connection, encoded: list[_Encoded]) -> list[str]:
+        chunks = _chunks(encoded)
+        if len(chunks) == 1:
+            return await self._insert_chunk(connection, encoded)
+        ids: list[str] = []
+        async with connection.transaction():  # a savepoint inside the caller's transaction
+            for chunk in chunks:
+                ids += await self._insert_chunk(connection, chunk)
+        return ids
+
+    async def _insert_chunk(
+        self, connection: asyncpg.Connection, encoded: list[_Encoded]
+    ) -> list[str]:
         if len(encoded) == 1:
             job, payload = encoded[0]
             stored = await connection.fetchval(
@@ -581,6 +606,19 @@ def _columns(encoded: Sequence[_Encoded]) -> tuple[list[Any], ...]:
         dedup_keys.append(job.dedup_key)
         payloads.append(payload)
     return ids, priorities, run_ats, attempts, dedup_keys, payloads
+
+
+def _chunks(encoded: list[_Encoded]) -> list[list[_Encoded]]:
+    """``encoded`` in runs of at most ``_STATEMENT_BYTES`` of payload (at least one job each)."""
+    chunks: list[list[_Encoded]] = [[]]
+    size = 0
+    for item in encoded:
+        if chunks[-1] and size + len(item[1]) > _STATEMENT_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(item)
+        size += len(item[1])
+    return chunks
 
 
 class _RollBack(Exception):
