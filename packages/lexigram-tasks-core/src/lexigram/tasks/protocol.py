@@ -163,6 +163,13 @@ class BaseTaskQueue:
         raise NotImplementedError
 
     async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
+        """Enqueue one by one, after checking every job: a refused job stores nothing.
+
+        Encodes each job twice; a backend that can write a batch should
+        override this with one :meth:`encode_job` per job and one write.
+        """
+        for job in jobs:
+            self.encode_job(job)
         return [await self.enqueue(job) for job in jobs]
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
