@@ -11,59 +11,39 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import hashlib
 import json
-import re
-import socket
 from collections.abc import Awaitable, Callable, Sequence
-from importlib.resources import files
 from typing import Any
 
 import asyncpg
 
 from lexigram.tasks.dlq.filters import FailureFilter
 from lexigram.tasks.dlq.record import FailureRecord
-from lexigram.tasks.errors import BackendConnectionError
 from lexigram.tasks.job import Job
+from lexigram.tasks.postgres.connection import open_connection, open_pool, redacted
+from lexigram.tasks.postgres.schema import (
+    Migration,
+    check_schema_name,
+    load_migrations,
+    quote_ident,
+    run_migrations,
+)
 from lexigram.tasks.protocol import Capability, TaskQueueProtocol
-from lexigram.tasks.redact import redact_text, redact_url
-
-_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
-_MIGRATION_FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
 
 _COLUMNS = (
     "id, revision, task, queue_name, error_type, error_message, reason, traceback, attempts,"
     " worker_id, failed_at, job, payload, trace_context, source, details"
 )
 
-_CONNECT_FAILURES: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    OSError,
-    socket.gaierror,
-    TimeoutError,
-    ValueError,
-)
+#: Where applied versions are recorded (beside the queue's ``schema_migrations``).
+_VERSIONS_TABLE = "dlq_schema_migrations"
+#: What the connection is for, in connection error messages.
+_PURPOSE = "the dead letter queue"
 
 
-def check_schema_name(schema: str) -> str:
-    """Return ``schema`` if it is a plain lower-case identifier of at most 48 characters."""
-    if not _SCHEMA_NAME.match(schema):
-        raise ValueError(
-            f"invalid schema name {schema!r}: use lower-case letters, digits and '_' "
-            "(at most 48 characters, not starting with a digit)"
-        )
-    return schema
-
-
-def migrations() -> list[tuple[int, str, str]]:
-    """The shipped migrations as ``(version, name, sql)``, oldest first."""
-    found = []
-    for entry in files("lexigram.tasks.dlq").joinpath("migrations").iterdir():
-        match = _MIGRATION_FILE.match(entry.name)
-        if match is not None:
-            found.append((int(match[1]), match[2], entry.read_text(encoding="utf-8")))
-    return sorted(found)
+def migrations() -> list[Migration]:
+    """The shipped migrations, oldest first."""
+    return load_migrations("lexigram.tasks.dlq")
 
 
 class PostgresDeadLetterStorage:
@@ -91,12 +71,12 @@ class PostgresDeadLetterStorage:
         self.min_pool_size = min_pool_size
         self.max_pool_size = max_pool_size
         self.connect_timeout = connect_timeout
-        self.table = f'"{self.schema}".failure_records'
+        self.table = f"{quote_ident(self.schema)}.failure_records"
         self._pool: asyncpg.Pool | None = None
 
     def __repr__(self) -> str:
         return (
-            f"PostgresDeadLetterStorage(postgres_dsn={_redacted(self.postgres_dsn)!r}, "
+            f"PostgresDeadLetterStorage(postgres_dsn={redacted(self.postgres_dsn)!r}, "
             f"schema={self.schema!r})"
         )
 
@@ -105,15 +85,13 @@ class PostgresDeadLetterStorage:
     async def connect(self) -> None:
         if self._pool is not None:
             return
-        try:
-            pool: asyncpg.Pool = await asyncpg.create_pool(
-                self.postgres_dsn,
-                min_size=self.min_pool_size,
-                max_size=self.max_pool_size,
-                timeout=self.connect_timeout,
-            )
-        except _CONNECT_FAILURES as exc:
-            raise self._connection_error(exc) from None
+        pool = await open_pool(
+            self.postgres_dsn,
+            min_size=self.min_pool_size,
+            max_size=self.max_pool_size,
+            timeout=self.connect_timeout,
+            purpose=_PURPOSE,
+        )
         try:
             if self.auto_migrate:
                 async with pool.acquire() as connection:
@@ -143,9 +121,10 @@ class PostgresDeadLetterStorage:
         connection = await self._connect_one()
         try:
             await connection.execute(f"DROP TABLE IF EXISTS {self.table}")
-            await connection.execute(f'DROP TABLE IF EXISTS "{self.schema}".dlq_schema_migrations')
+            quoted = quote_ident(self.schema)
+            await connection.execute(f"DROP TABLE IF EXISTS {quoted}.{_VERSIONS_TABLE}")
             with contextlib.suppress(asyncpg.DependentObjectsStillExistError):
-                await connection.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" RESTRICT')
+                await connection.execute(f"DROP SCHEMA IF EXISTS {quoted} RESTRICT")
         finally:
             await connection.close()
 
@@ -253,50 +232,17 @@ class PostgresDeadLetterStorage:
     # -- helpers ---------------------------------------------------------------
 
     async def _connect_one(self) -> asyncpg.Connection:
-        try:
-            connection: asyncpg.Connection = await asyncpg.connect(
-                self.postgres_dsn, timeout=self.connect_timeout
-            )
-        except _CONNECT_FAILURES as exc:
-            raise self._connection_error(exc) from None
-        return connection
+        return await open_connection(
+            self.postgres_dsn, timeout=self.connect_timeout, purpose=_PURPOSE
+        )
 
     async def _migrate(self, connection: asyncpg.Connection) -> builtins.list[int]:
-        quoted = f'"{self.schema}"'
-        versions = f"{quoted}.dlq_schema_migrations"
-        pending = migrations()
-        if await connection.fetchval("SELECT to_regclass($1) IS NOT NULL", versions):
-            latest = await connection.fetchval(f"SELECT coalesce(max(version), 0) FROM {versions}")
-            if latest >= pending[-1][0]:
-                return []  # the common case: no lock, no transaction
-        applied: builtins.list[int] = []
-        async with connection.transaction():
-            await connection.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(self.schema))
-            await connection.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
-            await connection.execute(
-                f"CREATE TABLE IF NOT EXISTS {versions} ("
-                " version integer PRIMARY KEY, name text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            done = {r["version"] for r in await connection.fetch(f"SELECT version FROM {versions}")}
-            await connection.execute(f"SET LOCAL search_path TO {quoted}, pg_catalog")
-            for version, name, sql in pending:
-                if version in done:
-                    continue
-                await connection.execute(sql)
-                await connection.execute(
-                    f"INSERT INTO {versions} (version, name) VALUES ($1, $2)", version, name
-                )
-                applied.append(version)
-        return applied
-
-    def _connection_error(self, exc: BaseException) -> BackendConnectionError:
-        detail = redact_text(
-            f"{type(exc).__name__}: {exc}", self.postgres_dsn, _password(self.postgres_dsn)
-        )
-        return BackendConnectionError(
-            f"cannot connect to PostgreSQL at {_redacted(self.postgres_dsn)} for the dead "
-            f"letter queue: {detail}"
+        return await run_migrations(
+            connection,
+            self.schema,
+            migrations(),
+            table=_VERSIONS_TABLE,
+            lock_namespace="lexigram.tasks.dlq",
         )
 
 
@@ -356,25 +302,3 @@ def _record(row: Any) -> FailureRecord:
         source=row["source"],
         details=json.loads(row["details"]),
     )
-
-
-def _lock_key(schema: str) -> int:
-    digest = hashlib.blake2b(f"lexigram.tasks.dlq:{schema}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
-def _password(dsn: str) -> str | None:
-    from urllib.parse import urlsplit
-
-    try:
-        return urlsplit(dsn).password if "://" in dsn else None
-    except ValueError:
-        return None
-
-
-def _redacted(dsn: str) -> str:
-    try:
-        return redact_url(dsn)
-    except ValueError:
-        password = _password(dsn)
-        return redact_text(dsn, password) if password else "<unparseable DSN>"

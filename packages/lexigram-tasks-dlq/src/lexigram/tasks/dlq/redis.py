@@ -21,12 +21,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from lexigram.tasks.dlq.filters import FailureFilter
 from lexigram.tasks.dlq.record import FailureRecord
-from lexigram.tasks.errors import BackendConnectionError
-from lexigram.tasks.redact import redact_text, redact_url
+from lexigram.tasks.redact import redact_url
+from lexigram.tasks.redis.connection import open_client
 
 _PUT = """
 local prefix, id = ARGV[1], ARGV[2]
@@ -92,15 +91,9 @@ class RedisDeadLetterStorage:
     async def connect(self) -> None:
         if self._client is not None:
             return
-        client: aioredis.Redis = aioredis.Redis.from_url(self.redis_url, decode_responses=False)
-        try:
-            await client.ping()
-        except (RedisError, OSError) as exc:
-            await client.aclose()
-            raise BackendConnectionError(
-                f"cannot connect to Redis at {redact_url(self.redis_url)} for the dead letter "
-                f"queue: {redact_text(str(exc), _password(self.redis_url))}"
-            ) from None
+        client = await open_client(
+            self.redis_url, purpose="the dead letter queue", decode_responses=False
+        )
         self._put = client.register_script(_PUT)
         self._delete = client.register_script(_DELETE)
         self._client = client
@@ -256,12 +249,3 @@ def _bounds(where: FailureFilter) -> tuple[str, str]:
     low = "-inf" if where.since is None else repr(where.since)
     high = "+inf" if where.until is None else f"({where.until!r}"
     return low, high
-
-
-def _password(url: str) -> str | None:
-    from urllib.parse import urlsplit
-
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None

@@ -63,10 +63,14 @@ def redacted(dsn: str) -> str:
         return redact_text(dsn, password) if password else "<unparseable DSN>"
 
 
-def connection_error(dsn: str, exc: BaseException) -> BackendConnectionError:
-    """A :class:`BackendConnectionError` for ``exc`` that never shows the password."""
+def connection_error(dsn: str, exc: BaseException, *, purpose: str = "") -> BackendConnectionError:
+    """A :class:`BackendConnectionError` for ``exc`` that never shows the password.
+
+    ``purpose`` (e.g. ``"the dead letter queue"``) says what the connection was for.
+    """
     detail = redact_text(f"{type(exc).__name__}: {exc}", dsn, dsn_password(dsn))
-    return BackendConnectionError(f"cannot connect to PostgreSQL at {redacted(dsn)}: {detail}")
+    where = f"{redacted(dsn)} for {purpose}" if purpose else redacted(dsn)
+    return BackendConnectionError(f"cannot connect to PostgreSQL at {where}: {detail}")
 
 
 _CONNECT_FAILURES: tuple[type[BaseException], ...] = (
@@ -78,16 +82,24 @@ _CONNECT_FAILURES: tuple[type[BaseException], ...] = (
 )
 
 
-async def open_connection(dsn: str, *, timeout: float = 10.0, **kwargs: Any) -> asyncpg.Connection:
+async def open_connection(
+    dsn: str, *, timeout: float = 10.0, purpose: str = "", **kwargs: Any
+) -> asyncpg.Connection:
     """One connection to ``dsn``; failures become :class:`BackendConnectionError`."""
     try:
         return await asyncpg.connect(dsn, timeout=timeout, **kwargs)
     except _CONNECT_FAILURES as exc:
-        raise connection_error(dsn, exc) from None
+        raise connection_error(dsn, exc, purpose=purpose) from None
 
 
 async def open_pool(
-    dsn: str, *, min_size: int, max_size: int, timeout: float, **kwargs: Any
+    dsn: str,
+    *,
+    min_size: int,
+    max_size: int,
+    timeout: float,
+    purpose: str = "",
+    **kwargs: Any,
 ) -> asyncpg.Pool:
     """A connection pool to ``dsn``; failures become :class:`BackendConnectionError`."""
     try:
@@ -95,5 +107,5 @@ async def open_pool(
             dsn, min_size=min_size, max_size=max_size, timeout=timeout, **kwargs
         )
     except _CONNECT_FAILURES as exc:
-        raise connection_error(dsn, exc) from None
+        raise connection_error(dsn, exc, purpose=purpose) from None
     return pool

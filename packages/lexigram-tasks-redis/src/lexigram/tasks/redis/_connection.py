@@ -72,15 +72,16 @@ def _password(url: str) -> str | None:
         return None
 
 
-async def open_client(redis_url: str, **options: Any) -> Redis:
+async def open_client(redis_url: str, *, purpose: str = "", **options: Any) -> Redis:
     """A connected client for ``redis_url``, checked with a PING.
 
-    Raises :class:`BackendConnectionError` naming the (redacted) URL when the
-    URL is invalid or the server cannot be reached or refuses the credentials.
+    Raises :class:`BackendConnectionError` naming the (redacted) URL, and
+    ``purpose`` when given (e.g. ``"the dead letter queue"``), when the URL is
+    invalid or the server cannot be reached or refuses the credentials.
     A dropped connection is re-established and the command resent
-    (:data:`RETRIES` times).
+    (:data:`RETRIES` times). ``options`` go to ``Redis.from_url``.
     """
-    where = redact_url(redis_url)
+    where = f"{redact_url(redis_url)} for {purpose}" if purpose else redact_url(redis_url)
     secret = _password(redis_url)
     try:
         client = Redis.from_url(redis_url, **{**client_defaults(), **options})

@@ -15,8 +15,6 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
-from lexigram.tasks.errors import BackendConnectionError
-from lexigram.tasks.redact import redact_url
 from lexigram.tasks.scheduler._optional import require
 from lexigram.tasks.scheduler.errors import TemplateExistsError
 from lexigram.tasks.scheduler.store import StoreSnapshot, TemplateState
@@ -26,6 +24,10 @@ if TYPE_CHECKING:
     import asyncpg
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
+#: What the connection is for, in connection error messages.
+_PURPOSE = "the scheduler store"
+#: asyncpg's own default, which this store has always used.
+_CONNECT_TIMEOUT = 60.0
 
 
 class PostgresTemplateStore:
@@ -39,7 +41,7 @@ class PostgresTemplateStore:
         schema: str = "public",
         table_prefix: str = "lexigram_schedule",
     ) -> None:
-        require("asyncpg", "postgres")
+        require("lexigram.tasks.postgres", "postgres")
         for what, value in (("schema", schema), ("table_prefix", table_prefix)):
             if not _IDENTIFIER.match(value):
                 raise ValueError(f"{what} must be a plain SQL identifier, got {value!r}")
@@ -51,23 +53,25 @@ class PostgresTemplateStore:
         self._pool: asyncpg.Pool | None = None
 
     def __repr__(self) -> str:
+        from lexigram.tasks.postgres.connection import redacted
+
         return (
-            f"PostgresTemplateStore({redact_url(self.postgres_dsn)!r}, "
+            f"PostgresTemplateStore({redacted(self.postgres_dsn)!r}, "
             f"schema={self.schema!r}, table_prefix={self.table_prefix!r})"
         )
 
     async def connect(self) -> None:
         if self._pool is not None:
             return
-        import asyncpg
+        from lexigram.tasks.postgres.connection import open_pool
 
-        try:
-            pool = await asyncpg.create_pool(self.postgres_dsn, min_size=1, max_size=4)
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise BackendConnectionError(
-                f"scheduler store cannot reach PostgreSQL at {redact_url(self.postgres_dsn)}: "
-                f"{type(exc).__name__}"
-            ) from None
+        pool = await open_pool(
+            self.postgres_dsn,
+            min_size=1,
+            max_size=4,
+            timeout=_CONNECT_TIMEOUT,
+            purpose=_PURPOSE,
+        )
         try:
             await self._create_tables(pool)
         except BaseException:
@@ -76,12 +80,12 @@ class PostgresTemplateStore:
         self._pool = pool
 
     async def _create_tables(self, pool: asyncpg.Pool) -> None:
+        from lexigram.tasks.postgres.schema import advisory_lock_key
+
+        key = advisory_lock_key("lexigram.tasks.scheduler", f"{self.schema}.{self.table_prefix}")
         async with pool.acquire() as conn, conn.transaction():
             # Concurrent CREATE ... IF NOT EXISTS can still collide; serialise them.
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtext($1))",
-                f"lexigram-scheduler:{self.schema}.{self.table_prefix}",
-            )
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", key)
             await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
             await conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {self._templates} ("

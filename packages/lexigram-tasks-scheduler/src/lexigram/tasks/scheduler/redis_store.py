@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from lexigram.tasks.errors import BackendConnectionError
 from lexigram.tasks.redact import redact_url
 from lexigram.tasks.scheduler._optional import require
 from lexigram.tasks.scheduler.errors import TemplateExistsError
@@ -63,6 +62,10 @@ return 1
 """
 
 
+#: What the connection is for, in connection error messages.
+_PURPOSE = "the scheduler store"
+
+
 def _number(value: float) -> str:
     return repr(float(value))
 
@@ -72,7 +75,7 @@ class RedisTemplateStore:
     ``redis_url`` and ``prefix`` fires each tick once."""
 
     def __init__(self, redis_url: str, *, prefix: str = "lexigram:scheduler") -> None:
-        require("redis", "redis")
+        require("lexigram.tasks.redis", "redis")
         self.redis_url = redis_url
         self.prefix = prefix
         self._keys = {part: f"{prefix}:{part}" for part in ("templates", "cursor", "paused")}
@@ -85,18 +88,9 @@ class RedisTemplateStore:
     async def connect(self) -> None:
         if self._client is not None:
             return
-        from redis.asyncio import Redis
-        from redis.exceptions import RedisError
+        from lexigram.tasks.redis.connection import open_client
 
-        client: Redis = Redis.from_url(self.redis_url, decode_responses=True)
-        try:
-            await client.ping()
-        except (RedisError, OSError) as exc:
-            await client.aclose()
-            raise BackendConnectionError(
-                f"scheduler store cannot reach Redis at {redact_url(self.redis_url)}: "
-                f"{type(exc).__name__}"
-            ) from None
+        client = await open_client(self.redis_url, purpose=_PURPOSE, decode_responses=True)
         self._client = client
         self._scripts = {
             name: client.register_script(source)

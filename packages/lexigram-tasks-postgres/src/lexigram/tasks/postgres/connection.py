@@ -1,0 +1,30 @@
+"""Opening asyncpg connections and pools the way this backend does, for the packages
+built on it (the dead letter queue's and the scheduler's PostgreSQL storages).
+
+Every failure to connect becomes :class:`~lexigram.tasks.BackendConnectionError`
+naming the DSN with its password hidden.
+"""
+
+from __future__ import annotations
+
+from lexigram.tasks.postgres._connect import (
+    CONNECTION_ERRORS,
+    SCHEMES,
+    connection_error,
+    dsn_password,
+    open_connection,
+    open_pool,
+    redacted,
+    validate_url,
+)
+
+__all__ = [
+    "CONNECTION_ERRORS",
+    "SCHEMES",
+    "connection_error",
+    "dsn_password",
+    "open_connection",
+    "open_pool",
+    "redacted",
+    "validate_url",
+]
