@@ -115,6 +115,31 @@ async def test_a_job_whose_worker_died_runs_alone_after_the_jobs_leased_with_it(
     assert any(others for key, others in alongside.items() if key != "suspect")
 
 
+async def test_a_suspect_waiting_to_run_alone_at_shutdown_goes_back_unharmed() -> None:
+    queue = MemoryTaskQueue()
+    provider = TaskProvider(queue=queue, worker_count=2, shutdown_timeout=0.2)
+    started: list[str] = []
+
+    @provider.task(name="hang")
+    async def hang(key: str) -> None:
+        started.append(key)
+        await asyncio.sleep(30)
+
+    await queue.enqueue(hang.job("suspect"))
+    await _lose_lease(queue)
+    await provider.start()
+    await hang.enqueue("busy")
+    await eventually(lambda: started == ["busy"], timeout=5)
+    # the suspect is leased and waits for "busy" to finish, which it never does
+    await eventually(lambda: provider.pools["default"].running == 2, timeout=5)
+    await provider.stop()
+    assert started == ["busy"]
+    counts = await queue.counts()
+    assert (counts.ready, counts.running, counts.failed) == (2, 0, 0)
+    attempts = {d.job.args[0]: d.job.attempt for d in await queue.dequeue(max_jobs=2) if d.job}
+    assert attempts == {"busy": 1, "suspect": 2}  # neither lost an attempt to the shutdown
+
+
 async def test_only_the_runs_lost_with_a_worker_count_against_lost_lease_retries() -> None:
     queue = MemoryTaskQueue()
     provider = TaskProvider(queue=queue)
@@ -195,6 +220,7 @@ async def test_a_worker_without_tasks_refuses_to_start() -> None:
     with pytest.raises(ConfigurationError, match="--tasks-module") as info:
         await pool.start()
     assert "@provider.task" in str(info.value) and "tasks.modules" in str(info.value)
+    await asyncio.wait_for(pool.stop(), 1)  # stopping a pool that never started returns
 
 
 # -- arguments that do not fit the signature ------------------------------------------------

@@ -187,7 +187,9 @@ class WorkerPool:
         goes on in the background, its result is discarded, and it dies with
         the process.
         """
-        if not self._started or self._stopping:
+        if not self._started:
+            return  # never started (or start() refused): nothing to stop
+        if self._stopping:
             await self._stopped.wait()
             return
         self._stopping = True
