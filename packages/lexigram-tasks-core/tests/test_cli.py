@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from lexigram.tasks import cli
+from lexigram.tasks import plugins as plugins_module
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -506,7 +507,7 @@ def plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[En
         assert group == cli.PLUGIN_GROUP
         return installed
 
-    monkeypatch.setattr(cli, "entry_points", fake_entry_points)
+    monkeypatch.setattr(plugins_module, "entry_points", fake_entry_points)
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
     yield installed

@@ -455,7 +455,7 @@ def test_worker_settings_in_the_wrong_place_get_a_hint(
         ("tasks:\n  backend: {type: memory\n", "lexigram.yaml:3: invalid YAML"),
         (
             "tasks:\n  backend: {type: memory}\n  result_store: {type: nope}\n",
-            "tasks.result_store.type: unknown result store type 'nope'; known types: ",
+            "tasks.result_store.type: unknown result store type 'nope'; registered types: 'memory'",
         ),
         (
             "tasks:\n  backend: {type: memory}\n  result_store: {type: memory, size: 3}\n",

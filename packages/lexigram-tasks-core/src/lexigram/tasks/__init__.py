@@ -8,7 +8,6 @@ with the pip command that installs it.
 
 from __future__ import annotations
 
-from importlib import import_module
 from pkgutil import extend_path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +43,7 @@ from lexigram.tasks.events import (
 from lexigram.tasks.handle import JobHandle
 from lexigram.tasks.job import Job
 from lexigram.tasks.memory import MemoryTaskQueue
+from lexigram.tasks.optional import import_optional as _import_optional
 from lexigram.tasks.protocol import (
     BaseTaskQueue,
     Capability,
@@ -83,17 +83,7 @@ def __getattr__(name: str) -> Any:
         module_name, dist = _LAZY[name]
     except KeyError:
         raise AttributeError(f"module 'lexigram.tasks' has no attribute {name!r}") from None
-    try:
-        module = import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and module_name.startswith(exc.name):
-            raise ImportError(
-                f"{name} is provided by the {dist} distribution, which is not installed: "
-                f"pip install {dist}",
-                name=module_name,
-            ) from exc
-        raise
-    value = getattr(module, name)
+    value = getattr(_import_optional(module_name, dist, feature=name), name)
     globals()[name] = value
     return value
 

@@ -1,31 +1,27 @@
 """TaskBackendRegistry: the ``type:`` string of a config to a backend factory.
 
-Built-in and third-party backends register through the
-``lexigram.tasks.backends`` entry-point group, so installing a package is
-enough to make its type available; :meth:`TaskBackendRegistry.register` adds
-one at run time.
+Built-in and third-party backends register the same way, through the
+``lexigram.tasks.backends`` entry-point group (:data:`lexigram.tasks.plugins.BACKENDS`),
+so installing a package is enough to make its type available;
+:meth:`TaskBackendRegistry.register` adds one at run time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint
 from typing import Any, ClassVar
 
 from lexigram.tasks.errors import BackendNotFoundError
+from lexigram.tasks.plugins import BACKENDS
 from lexigram.tasks.protocol import TaskQueueProtocol
 
 BackendFactory = Callable[..., TaskQueueProtocol]
 
-ENTRY_POINT_GROUP = "lexigram.tasks.backends"
+ENTRY_POINT_GROUP = BACKENDS.group
 
 #: Built-in backend types and the distribution that provides each.
-BUILTIN_BACKENDS: dict[str, str] = {
-    "memory": "lexigram-tasks-core",
-    "redis": "lexigram-tasks-redis",
-    "rabbitmq": "lexigram-tasks-rabbitmq",
-    "postgres": "lexigram-tasks-postgres",
-}
+BUILTIN_BACKENDS: dict[str, str] = dict(BACKENDS.provided_by)
 
 
 class TaskBackendRegistry:
@@ -63,24 +59,17 @@ class TaskBackendRegistry:
         try:
             return self._factories[type_name]
         except KeyError:
-            raise BackendNotFoundError(self._explain_missing(type_name)) from None
+            raise BackendNotFoundError(BACKENDS.not_found(type_name, self.types())) from None
 
     def resolve(self, type_name: str) -> BackendFactory:
         """The factory for ``type_name`` itself, imported now (e.g. to inspect its signature).
 
         A registered entry point that cannot be imported raises
-        :class:`BackendNotFoundError` naming its target and the import error.
+        :class:`BackendNotFoundError` naming its target and the import error
+        (and the pip command when a distribution or client library is missing).
         """
         factory = self.get(type_name)
-        if not isinstance(factory, _LazyFactory):
-            return factory
-        try:
-            return factory.load()
-        except Exception as exc:
-            raise BackendNotFoundError(
-                f"backend type {type_name!r} ({factory.target}) could not be loaded: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+        return factory.load() if isinstance(factory, _LazyFactory) else factory
 
     def create(self, type_name: str, **options: Any) -> TaskQueueProtocol:
         """Build a backend of ``type_name`` with ``options`` as keyword arguments."""
@@ -90,35 +79,22 @@ class TaskBackendRegistry:
         if self._loaded or not self._load_entry_points:
             return
         self._loaded = True
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            if ep.name not in self._factories:
-                self._factories[ep.name] = _LazyFactory(ep.name, ep.value)
-
-    def _explain_missing(self, type_name: str) -> str:
-        known = ", ".join(repr(t) for t in self.types()) or "none"
-        message = f"unknown backend type {type_name!r}; registered types: {known}"
-        dist = BUILTIN_BACKENDS.get(type_name)
-        if dist is not None:
-            message += f". Type {type_name!r} is provided by {dist}: pip install {dist}"
-        return message
+        for name, ep in BACKENDS.entry_points().items():
+            self._factories.setdefault(name, _LazyFactory(ep))
 
 
 class _LazyFactory:
     """Imports an entry point's target only when a backend is created."""
 
-    def __init__(self, name: str, target: str) -> None:
-        self.name = name
-        self.target = target
+    def __init__(self, ep: EntryPoint) -> None:
+        self.name = ep.name
+        self.target = ep.value
+        self._ep = ep
         self._loaded: BackendFactory | None = None
 
     def load(self) -> BackendFactory:
         if self._loaded is None:
-            module_name, _, attr = self.target.partition(":")
-            module = __import__(module_name, fromlist=[attr])
-            obj: Any = module
-            for part in attr.split("."):
-                obj = getattr(obj, part)
-            self._loaded = obj
+            self._loaded = BACKENDS.load_entry_point(self._ep)
         return self._loaded
 
     def __call__(self, **options: Any) -> TaskQueueProtocol:

@@ -16,7 +16,6 @@ import socket
 import sys
 import traceback
 from collections.abc import Sequence
-from importlib.metadata import entry_points
 from typing import Any
 
 from lexigram.tasks._version import __version__
@@ -45,6 +44,7 @@ from lexigram.tasks.errors import (
     TaskError,
     UnknownTaskError,
 )
+from lexigram.tasks.plugins import CLI_COMMANDS
 
 __all__ = [
     "APP_VARIABLE",
@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 #: Entry-point group of CLI plugins: ``name = "package.cli:register"``.
-PLUGIN_GROUP = "lexigram.tasks.cli"
+PLUGIN_GROUP = CLI_COMMANDS.group
 
 _BUILTIN_COMMANDS = (worker, enqueue, info)
 
@@ -104,12 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in _BUILTIN_COMMANDS:
         command.register(subparsers, common_options())
-    for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+    for _, ep in sorted(CLI_COMMANDS.entry_points().items()):
         try:
-            ep.load()(subparsers)
-        except Exception as exc:  # a broken plugin must not take the other commands down
+            CLI_COMMANDS.load_entry_point(ep)(subparsers)
+        except ConfigurationError as exc:  # a broken plugin must not take the others down
+            print(f"warning: {exc}", file=sys.stderr)
+        except Exception as exc:
             print(
-                f"warning: CLI plugin {ep.name!r} ({ep.value}) could not be loaded: "
+                f"warning: CLI plugin {ep.name!r} ({ep.value}) failed to register: "
                 f"{type(exc).__name__}: {exc}",
                 file=sys.stderr,
             )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 import pydantic
 
 from lexigram.tasks.config._components import (
-    RESULT_STORES,
-    ComponentKind,
-    dead_letter_factory,
+    ConfigKeyError,
     resolve_backend,
+    resolve_component,
+    resolve_section,
 )
 from lexigram.tasks.config._models import (
     SECTION_KEYS,
@@ -41,6 +40,7 @@ from lexigram.tasks.config._source import (
 )
 from lexigram.tasks.config._urls import url_problems
 from lexigram.tasks.errors import BackendNotFoundError, ConfigurationError
+from lexigram.tasks.plugins import RATE_LIMITERS, RESULT_STORES, PluginGroup
 from lexigram.tasks.redact import redact_url
 from lexigram.tasks.registry import TaskBackendRegistry
 
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Component",
+    "ConfigKeyError",
     "TasksConfig",
     "WorkerSettings",
     "load_config",
@@ -63,7 +64,7 @@ _FROM_CONFIG_ONLY = frozenset({"queue", "backends", "primary"})
 
 @dataclass(frozen=True, slots=True)
 class Component:
-    """A configured backend, result store or dead-letter sink, not yet created."""
+    """A configured backend, result store, rate limiter or dead-letter sink, not yet created."""
 
     type: str
     factory: Callable[..., Any]
@@ -111,6 +112,7 @@ class TasksConfig:
     environment: str | None
     strict: bool
     max_job_bytes: int | None = None
+    rate_limiter: Component | None = None
 
     def provider_kwargs(self, tracer_provider: Any = None) -> dict[str, Any]:
         """The ``TaskProvider`` keyword arguments this configuration gives (backends created).
@@ -132,6 +134,8 @@ class TasksConfig:
             kwargs["dead_letter"] = self.dead_letter.create(**extra)
         if self.global_rate_limit is not None:
             kwargs["global_rate_limit"] = self.global_rate_limit
+        if self.rate_limiter is not None:
+            kwargs["rate_limiter"] = self.rate_limiter.create()
         kwargs["trace_links_only"] = self.trace_links_only
         kwargs["environment"] = self.environment
         kwargs["strict"] = self.strict
@@ -200,6 +204,12 @@ def provider_from_config(source: ConfigSource, **overrides: Any) -> TaskProvider
 
 # -- building ------------------------------------------------------------------
 
+#: ``tasks:`` keys holding a ``type:`` component, and the plugin group of their types.
+_COMPONENT_GROUPS: dict[str, PluginGroup] = {
+    "result_store": RESULT_STORES,
+    "rate_limiter": RATE_LIMITERS,
+}
+
 
 @dataclass(slots=True)
 class _Report:
@@ -246,6 +256,9 @@ def _build(
     result_store = _component(
         doc, ("tasks", "result_store"), tasks.result_store, RESULT_STORES, report
     )
+    rate_limiter = _component(
+        doc, ("tasks", "rate_limiter"), tasks.rate_limiter, RATE_LIMITERS, report
+    )
     dead_letter = _dead_letter(doc, ("tasks", "dead_letter"), tasks.dead_letter, report)
     report.raise_if_any()
     return TasksConfig(
@@ -262,6 +275,7 @@ def _build(
         environment=tasks.environment,
         strict=tasks.strict,
         max_job_bytes=tasks.max_job_bytes,
+        rate_limiter=rate_limiter,
     )
 
 
@@ -293,7 +307,8 @@ def _check_raw_components(doc: Source, registry: TaskBackendRegistry, report: _R
     sections: list[tuple[KeyPath, Any]] = [(("tasks", "backend"), tasks.get("backend"))]
     if isinstance(tasks.get("backends"), list):
         sections += [(("tasks", "backends", i), b) for i, b in enumerate(tasks["backends"])]
-    sections.append((("tasks", "result_store"), tasks.get("result_store")))
+    for key in _COMPONENT_GROUPS:
+        sections.append((("tasks", key), tasks.get(key)))
     for path, raw in sections:
         if not isinstance(raw, Mapping):
             continue
@@ -302,8 +317,8 @@ def _check_raw_components(doc: Source, registry: TaskBackendRegistry, report: _R
             section = ComponentSection.model_validate(options)
         except pydantic.ValidationError:
             continue  # already reported
-        if path[-1] == "result_store":
-            _component(doc, path, section, RESULT_STORES, report)
+        if path[-1] in _COMPONENT_GROUPS:
+            _component(doc, path, section, _COMPONENT_GROUPS[str(path[-1])], report)
         else:
             _backend(doc, path, section, registry, report)
     dead_letter = tasks.get("dead_letter")
@@ -337,17 +352,17 @@ def _component(
     doc: Source,
     path: KeyPath,
     section: ComponentSection | None,
-    kind: ComponentKind,
+    group: PluginGroup,
     report: _Report,
 ) -> Component | None:
     if section is None:
         return None
     try:
-        factory = kind.resolve(section.type)
+        factory = resolve_component(group, section.type)
     except ConfigurationError as exc:
         report.problems.append(doc.error((*path, "type"), str(exc)))
         return None
-    return _checked(doc, path, section, factory, kind.label, report)
+    return _checked(doc, path, section, factory, group.label.removesuffix(" type"), report)
 
 
 def _dead_letter(
@@ -356,19 +371,15 @@ def _dead_letter(
     if section is None:
         return None
     try:
-        factory = dead_letter_factory(section)
-    except ConfigurationError as exc:
-        message = str(exc).removeprefix(format_path(path)).lstrip(".")
-        if message.startswith("storage"):  # "storage: unknown ..." names a key of the section
-            key, _, message = message.partition(": ")
-            report.problems.append(doc.error((*path, key), message))
-        else:
-            message = re.sub(r"^\((storage '[^']*')\):", r"\1:", message.strip(" :"))
-            report.problems.append(doc.error(path, message))
+        factory = resolve_section(str(path[-1]), section)
+    except ConfigKeyError as exc:  # the plugin names the key; report it at that key's line
+        report.problems.append(doc.error((*path, *exc.key), exc.reason))
         return None
-    storage = str(section.get("storage", "memory"))
+    except (ConfigurationError, ValueError, TypeError) as exc:
+        report.problems.append(doc.error(path, _redact_text(str(exc))))
+        return None
     return Component(
-        type=storage,
+        type=str(path[-1]),
         factory=factory,
         options={},
         where=doc.where(path),

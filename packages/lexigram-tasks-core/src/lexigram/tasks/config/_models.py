@@ -51,6 +51,7 @@ class TasksSection(BaseModel):
     result_ttl: float | None = Field(default=None, gt=0)
     dead_letter: dict[str, Any] | None = None
     global_rate_limit: str | None = None
+    rate_limiter: ComponentSection | None = None
     trace_links_only: bool = False
     environment: str | None = None
     strict: bool = True

@@ -20,6 +20,7 @@ URL_KEYS: dict[tuple[str, str], dict[str, tuple[str, tuple[str, ...]]]] = {
     ("backend", "rabbitmq"): {"amqp_url": ("RabbitMQ", ("amqp", "amqps"))},
     ("backend", "postgres"): {"postgres_dsn": ("PostgreSQL", ("postgres", "postgresql"))},
     ("result store", "redis"): {"redis_url": _REDIS},
+    ("rate limiter", "redis"): {"redis_url": _REDIS},
 }
 
 

@@ -10,7 +10,6 @@ when used (extras ``[redis]``, ``[postgres]``, ``[rabbitmq]``).
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from lexigram.tasks.dlq._version import __version__
@@ -25,6 +24,7 @@ from lexigram.tasks.dlq.queue import DeadLetterQueue
 from lexigram.tasks.dlq.record import FailureRecord
 from lexigram.tasks.dlq.replay import REPLAY_COUNT_HEADER, REPLAY_OF_HEADER, ReplayReport
 from lexigram.tasks.dlq.storage import DeadLetterStorage, MemoryDeadLetterStorage
+from lexigram.tasks.optional import import_optional
 
 if TYPE_CHECKING:
     from lexigram.tasks.dlq.postgres import PostgresDeadLetterStorage
@@ -44,15 +44,7 @@ def __getattr__(name: str) -> Any:
         module_name, extra = _LAZY[name]
     except KeyError:
         raise AttributeError(f"module 'lexigram.tasks.dlq' has no attribute {name!r}") from None
-    try:
-        module = import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and not exc.name.startswith("lexigram"):
-            raise ImportError(
-                f'{name} needs the {exc.name!r} package: pip install "lexigram-tasks-dlq[{extra}]"',
-                name=module_name,
-            ) from exc
-        raise
+    module = import_optional(module_name, "lexigram-tasks-dlq", extra=extra, feature=name)
     value = getattr(module, name)
     globals()[name] = value
     return value

@@ -25,10 +25,12 @@ from lexigram.tasks.cli import (
     load_app,
 )
 from lexigram.tasks.cli._output import status
+from lexigram.tasks.errors import ConfigurationError
 from lexigram.tasks.provider import TaskProvider
 from lexigram.tasks.scheduler.errors import InvalidScheduleError, TemplateNotFoundError
 from lexigram.tasks.scheduler.scheduler import TaskScheduler
 from lexigram.tasks.scheduler.store import MemoryTemplateStore, TemplateStore
+from lexigram.tasks.scheduler.store import store_from_url as _store_from_url
 from lexigram.tasks.scheduler.template import CatchUp, TemplateInfo
 
 #: Read when ``--store`` is not given and the application attached no scheduler.
@@ -238,22 +240,12 @@ def scheduler_for(provider: TaskProvider, store_url: str | None) -> TaskSchedule
 
 
 def store_from_url(url: str) -> TemplateStore:
-    """A template store from ``redis://``, ``rediss://``, ``postgres(ql)://`` or ``memory``."""
-    scheme = url.partition("://")[0].lower()
-    if url == "memory":
-        return MemoryTemplateStore()
-    if scheme in ("redis", "rediss", "unix"):
-        from lexigram.tasks.scheduler.redis_store import RedisTemplateStore
-
-        return RedisTemplateStore(url)
-    if scheme in ("postgres", "postgresql"):
-        from lexigram.tasks.scheduler.postgres_store import PostgresTemplateStore
-
-        return PostgresTemplateStore(url)
-    raise CLIError(
-        f"unknown template store {scheme or url!r}: use redis://..., postgresql://... or memory",
-        EXIT_USAGE,
-    )
+    """A template store from ``redis://``, ``rediss://``, ``postgres(ql)://``, ``memory``
+    or a scheme that an installed package registers."""
+    try:
+        return _store_from_url(url)
+    except ConfigurationError as exc:
+        raise CLIError(f"--store: {exc}", EXIT_USAGE) from None
 
 
 async def _change(args: argparse.Namespace, action: str, done: str) -> int:

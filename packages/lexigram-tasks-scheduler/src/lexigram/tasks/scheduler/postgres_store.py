@@ -15,7 +15,7 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
-from lexigram.tasks.scheduler._optional import require
+from lexigram.tasks.optional import import_optional
 from lexigram.tasks.scheduler.errors import TemplateExistsError
 from lexigram.tasks.scheduler.store import StoreSnapshot, TemplateState
 from lexigram.tasks.scheduler.template import ScheduleTemplate
@@ -41,7 +41,12 @@ class PostgresTemplateStore:
         schema: str = "public",
         table_prefix: str = "lexigram_schedule",
     ) -> None:
-        require("lexigram.tasks.postgres", "postgres")
+        import_optional(
+            "lexigram.tasks.postgres",
+            "lexigram-tasks-scheduler",
+            extra="postgres",
+            feature="PostgresTemplateStore",
+        )
         for what, value in (("schema", schema), ("table_prefix", table_prefix)):
             if not _IDENTIFIER.match(value):
                 raise ValueError(f"{what} must be a plain SQL identifier, got {value!r}")

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from lexigram.tasks.optional import import_optional
 from lexigram.tasks.redact import redact_url
-from lexigram.tasks.scheduler._optional import require
 from lexigram.tasks.scheduler.errors import TemplateExistsError
 from lexigram.tasks.scheduler.store import StoreSnapshot, TemplateState
 from lexigram.tasks.scheduler.template import ScheduleTemplate
@@ -75,7 +75,12 @@ class RedisTemplateStore:
     ``redis_url`` and ``prefix`` fires each tick once."""
 
     def __init__(self, redis_url: str, *, prefix: str = "lexigram:scheduler") -> None:
-        require("lexigram.tasks.redis", "redis")
+        import_optional(
+            "lexigram.tasks.redis",
+            "lexigram-tasks-scheduler",
+            extra="redis",
+            feature="RedisTemplateStore",
+        )
         self.redis_url = redis_url
         self.prefix = prefix
         self._keys = {part: f"{prefix}:{part}" for part in ("templates", "cursor", "paused")}

@@ -38,6 +38,7 @@ from lexigram.tasks.scheduler.store import (
     StoreSnapshot,
     TemplateState,
     TemplateStore,
+    store_from_url,
 )
 from lexigram.tasks.scheduler.template import CatchUp, ScheduleTemplate, TemplateInfo, positional
 from lexigram.tasks.task import EnqueueOptions, Task
@@ -595,16 +596,10 @@ def default_store(queue: TaskQueueProtocol) -> TemplateStore:
     if system == "redis":
         url = getattr(queue, "redis_url", None)
         if isinstance(url, str):
-            from lexigram.tasks.scheduler.redis_store import RedisTemplateStore
-
-            return RedisTemplateStore(url)
+            return store_from_url(url)
     if system == "postgresql":
         dsn = getattr(queue, "postgres_dsn", None)
         if isinstance(dsn, str):
-            from lexigram.tasks.scheduler.postgres_store import PostgresTemplateStore
-
             schema = getattr(queue, "schema", None)
-            return PostgresTemplateStore(
-                dsn, schema=schema if isinstance(schema, str) else "public"
-            )
+            return store_from_url(dsn, schema=schema if isinstance(schema, str) else "public")
     return MemoryTemplateStore()

@@ -10,10 +10,11 @@ PostgreSQL); :class:`MemoryTemplateStore` is shared only inside one process.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from lexigram.tasks.plugins import TEMPLATE_STORES
 from lexigram.tasks.scheduler.errors import TemplateExistsError
 from lexigram.tasks.scheduler.template import ScheduleTemplate
 
@@ -138,3 +139,30 @@ class MemoryTemplateStore:
             self._states[name] = TemplateState(state.last_fire, True)
         else:
             self._states[name] = TemplateState(max(state.last_fire, now), False)
+
+
+#: URL schemes and the template store type (entry point name) that serves each;
+#: any other scheme is looked up as a type of its own name.
+URL_SCHEMES: dict[str, str] = {
+    "redis": "redis",
+    "rediss": "redis",
+    "unix": "redis",
+    "postgres": "postgres",
+    "postgresql": "postgres",
+}
+
+
+def store_from_url(url: str, **options: Any) -> TemplateStore:
+    """A template store: ``"memory"``, or a URL whose scheme names the store type.
+
+    Types come from the ``lexigram.tasks.scheduler.stores`` entry-point group
+    (the built-ins too); the store is called with the URL and ``options``.
+    Raises :class:`~lexigram.tasks.ConfigurationError` for an unknown type or,
+    with the pip command, a store whose extra is not installed.
+    """
+    if url == "memory":
+        factory: Callable[..., TemplateStore] = TEMPLATE_STORES.load("memory")
+        return factory(**options)
+    scheme = url.partition("://")[0].lower()
+    factory = TEMPLATE_STORES.load(URL_SCHEMES.get(scheme, scheme))
+    return factory(url, **options)
