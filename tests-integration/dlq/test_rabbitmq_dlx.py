@@ -148,11 +148,18 @@ async def test_a_configured_feeder_runs_as_a_provider_service(rabbit: RabbitMQTa
         {"rabbitmq": {"amqp_url": rabbit.amqp_url, "queue_names": [rabbit.queue_name]}}
     )
     provider = TaskProvider(queue=rabbit, poll_interval=0.05, strict=False)
+
+    # A job for a task no worker has now waits for other workers, so the job that
+    # fails for good is one whose task raises (no retries).
+    @provider.task(name="dlq_test.lookup")
+    async def lookup(record_id: int) -> None:
+        raise LookupError(f"no record {record_id}")
+
     provider.add_service(dlq)  # starts and stops its feeder with the workers
     async with provider:
-        handle = await provider.enqueue("nobody.handles_this", 1)
+        handle = await provider.enqueue("dlq_test.lookup", 1)
         record = await eventually(lambda: dlq.get(handle.id), timeout=15)
-    assert record.error_type == "UnknownTaskError"
+    assert record.error_type == "LookupError"
     assert record.source == "rabbitmq"
     assert (await _counts_after(rabbit)).failed == 0
 
