@@ -1,0 +1,253 @@
+"""Settling jobs: acks in batches, retries, returns to the queue, dead letters, leases.
+
+The state these methods share lives on :class:`Settling`; :class:`WorkerPool`
+builds on it and decides which of them a job gets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from typing import Any
+
+from opentelemetry.trace import Span
+
+from lexigram.tasks._otel import Telemetry
+from lexigram.tasks.errors import JobSerializationError, TaskArgumentsError
+from lexigram.tasks.events import (
+    EventBus,
+    TaskDeadLetteredEvent,
+    TaskFailedEvent,
+    TaskRetryingEvent,
+)
+from lexigram.tasks.job import Job
+from lexigram.tasks.protocol import Delivery, TaskQueueProtocol
+from lexigram.tasks.results import JobResult, ResultStore
+from lexigram.tasks.task import Task
+from lexigram.tasks.worker._support import DeadLetterSink, JobFailure
+
+logger = logging.getLogger("lexigram.tasks.worker")
+
+
+class Settling:
+    """Acks, nacks and dead letters of one pool's jobs (the base of :class:`WorkerPool`)."""
+
+    queue: TaskQueueProtocol
+    events: EventBus
+    telemetry: Telemetry
+    dead_letter: DeadLetterSink | None
+    result_store: ResultStore | None
+    result_ttl: float | None
+    lease_seconds: float
+    worker_id: str
+    _system: str
+    _can_delay: bool
+    _held: dict[int, Delivery]
+    _to_ack: list[Delivery]
+    _ack_wakeup: asyncio.Event
+    _ack_lock: asyncio.Lock
+    _acks_closing: bool
+
+    async def _failed(
+        self,
+        job: Job,
+        task: Task[Any, Any],
+        delivery: Delivery,
+        span: Span,
+        exc: Exception,
+        duration: float,
+    ) -> None:
+        error_type = type(exc).__qualname__
+        policy = task.retry
+        # Wrong arguments fail the same way every time: retrying them is pointless.
+        # Runs lost with a worker are not the task's own (lost_lease_retries bounds
+        # them): a job gets 1 + max_retries runs that end in a result or an error.
+        will_retry = (
+            job.failures < job.max_retries
+            and policy.should_retry(exc)
+            and not isinstance(exc, TaskArgumentsError)
+        )
+        tb = "".join(traceback.format_exception(exc))
+        self.telemetry.record_failure(span, exc, error_type, will_retry)
+        if self.events.wants(TaskFailedEvent):
+            await self.events.emit(
+                TaskFailedEvent(
+                    job,
+                    job.queue,
+                    self.worker_id,
+                    error=exc,
+                    error_type=error_type,
+                    error_message=str(exc),
+                    traceback=tb,
+                    duration=duration,
+                    will_retry=will_retry,
+                )
+            )
+        if not will_retry:
+            logger.error("job %s (%s) failed for good: %s: %s", job.id, job.task, error_type, exc)
+            await self._dead_letter(delivery, error_type, str(exc), tb, span)
+            return
+        delay = policy.delay(job.failures + 1) if self._can_delay else 0.0
+        reason = f"{error_type}: {exc}"
+        logger.warning(
+            "job %s (%s) attempt %d failed (%s); retrying in %.1fs",
+            job.id,
+            job.task,
+            job.attempt,
+            reason,
+            delay,
+        )
+        self.telemetry.record_retry(span, delay, reason)
+        job.failures += 1  # written back with the job: this attempt was not a lost lease
+        await self._settle(self.queue.nack(delivery, requeue=True, delay=delay, reason=reason))
+        self._held.pop(id(delivery), None)
+        if self.events.wants(TaskRetryingEvent):
+            await self.events.emit(
+                TaskRetryingEvent(
+                    job,
+                    job.queue,
+                    self.worker_id,
+                    delay=delay,
+                    error_type=error_type,
+                    error_message=str(exc),
+                )
+            )
+
+    async def _dead_letter(
+        self,
+        delivery: Delivery,
+        error_type: str,
+        message: str,
+        tb: str,
+        span: Span | None,
+    ) -> None:
+        job = delivery.job
+        reason = f"{error_type}: {message}" if message else error_type
+        if span is not None:
+            self.telemetry.record_dead_letter(span, reason)
+        else:
+            self.telemetry.record_unprocessed_dead_letter(
+                job, self._system, self.queue.queue_name, error_type, reason
+            )
+        if self.dead_letter is not None:
+            failure = JobFailure(
+                job=job,
+                payload=delivery.raw,
+                queue=self.queue.queue_name,
+                reason=reason,
+                error_type=error_type,
+                error_message=message,
+                traceback=tb,
+                attempts=job.attempt if job is not None else 0,
+                worker_id=self.worker_id,
+                trace_context=dict(job.headers) if job is not None else {},
+            )
+            try:
+                await self.dead_letter.add(failure)
+            except Exception:
+                logger.exception("dead-letter sink failed; the backend keeps the message instead")
+            else:
+                self._to_ack.append(delivery)
+                self._ack_wakeup.set()
+                await self._after_dead_letter(delivery, reason, error_type, message)
+                return
+        await self._settle(self.queue.nack(delivery, requeue=False, reason=reason))
+        self._held.pop(id(delivery), None)
+        await self._after_dead_letter(delivery, reason, error_type, message)
+
+    async def _after_dead_letter(
+        self, delivery: Delivery, reason: str, error_type: str, message: str
+    ) -> None:
+        job = delivery.job
+        if job is not None and self.result_store is not None:
+            await self._store_result(JobResult.failure(job.id, error_type, message))
+        if self.events.wants(TaskDeadLetteredEvent):
+            await self.events.emit(
+                TaskDeadLetteredEvent(
+                    job, delivery.raw, reason, self.queue.queue_name, self.worker_id
+                )
+            )
+
+    async def _store_result(self, result: JobResult) -> None:
+        assert self.result_store is not None
+        try:
+            await self.result_store.set(result.job_id, result, self.result_ttl)
+        except JobSerializationError as exc:
+            logger.error("%s", exc)
+            failure = JobResult.failure(result.job_id, "JobSerializationError", str(exc))
+            await self.result_store.set(result.job_id, failure, self.result_ttl)
+        except Exception:
+            logger.exception("storing the result of job %s failed", result.job_id)
+
+    async def _return_to_queue(
+        self, delivery: Delivery, *, delay: float = 0.0, reason: str = "worker shutdown"
+    ) -> None:
+        """Give a job back without using up an attempt."""
+        if delivery.job is not None:
+            delivery.job.attempt -= 1
+            await self._settle(self.queue.nack(delivery, requeue=True, delay=delay, reason=reason))
+        self._held.pop(id(delivery), None)
+
+    async def _settle(self, operation: Any) -> None:
+        """Run an ack/nack; a failure leaves the lease to lapse, so the job is not lost."""
+        try:
+            await asyncio.shield(operation)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.error(
+                "settling a job failed (%s: %s); it will be redelivered when its lease lapses",
+                type(exc).__name__,
+                exc,
+            )
+
+    # -- acks and leases -------------------------------------------------------
+
+    async def _ack_loop(self) -> None:
+        """Ack finished jobs in batches; on stop it finishes the batch in hand, then returns."""
+        while not self._acks_closing:
+            await self._ack_wakeup.wait()
+            self._ack_wakeup.clear()
+            async with self._ack_lock:
+                await self._flush_acks(retries=None)
+
+    async def _flush_acks(self, retries: int | None) -> None:
+        attempt = 0
+        while self._to_ack:
+            batch, self._to_ack = self._to_ack, []
+            try:
+                await self.queue.ack_many(batch)
+            except asyncio.CancelledError:
+                # Kept for the last flush in stop(): acking a job twice is harmless,
+                # dropping an ack runs a finished job again.
+                self._to_ack[:0] = batch
+                raise
+            except Exception as exc:
+                attempt += 1
+                self._to_ack[:0] = batch
+                if retries is not None and attempt > retries:
+                    logger.error(
+                        "could not ack %d job(s) (%s); they will run again after their lease",
+                        len(batch),
+                        exc,
+                    )
+                    self._to_ack.clear()
+                    return
+                logger.warning("ack failed (%s: %s); retrying", type(exc).__name__, exc)
+                await asyncio.sleep(min(0.1 * 2**attempt, 5.0))
+                continue
+            for delivery in batch:
+                self._held.pop(id(delivery), None)
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            held = list(self._held.values())
+            if not held:
+                continue
+            try:
+                await self.queue.extend_lease(held, self.lease_seconds)
+            except Exception as exc:
+                logger.warning("extending %d lease(s) failed: %s", len(held), exc)
