@@ -17,14 +17,6 @@ def unique_schema() -> str:
     return f"dlq_test_{uuid.uuid4().hex[:12]}"
 
 
-async def drop_schema(dsn: str, schema: str) -> None:
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await connection.close()
-
-
 class TestPostgresStorage(DeadLetterStorageContract):
     @pytest.fixture(autouse=True)
     def _dsn(self, postgres_dsn: str) -> None:
@@ -39,7 +31,7 @@ class TestPostgresStorage(DeadLetterStorageContract):
             yield storage
         finally:
             await storage.disconnect()
-            await drop_schema(self.dsn, schema)
+            await storage.drop()  # the table, its migration record and the emptied schema
 
 
 async def test_migrations_run_once_and_the_table_is_readable_with_sql(postgres_dsn: str) -> None:
@@ -66,7 +58,7 @@ async def test_migrations_run_once_and_the_table_is_readable_with_sql(postgres_d
         assert row["failed_time"].timestamp() == pytest.approx(record.failed_at, abs=1e-5)
     finally:
         await storage.disconnect()
-        await drop_schema(postgres_dsn, schema)
+        await storage.drop()
 
 
 async def test_a_bad_password_is_redacted_in_the_error(postgres_dsn: str) -> None:

@@ -22,11 +22,8 @@ def unique(prefix: str) -> str:
 
 
 async def drop_schema(dsn: str, schema: str) -> None:
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await connection.close()
+    async with asyncpg.create_pool(dsn, min_size=1, max_size=1) as pool:
+        await pool.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 async def delete_prefix(redis_url: str, prefix: str) -> None:
