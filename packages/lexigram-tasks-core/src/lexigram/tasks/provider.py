@@ -23,7 +23,7 @@ from lexigram.tasks.handle import JobHandle
 from lexigram.tasks.job import Job
 from lexigram.tasks.memory import MemoryTaskQueue
 from lexigram.tasks.protocol import BaseTaskQueue, QueueCounts, TaskQueueProtocol
-from lexigram.tasks.ratelimit import Rate, RateLimiter
+from lexigram.tasks.ratelimit import LocalRateLimiter, Rate, RateLimiter
 from lexigram.tasks.results import MemoryResultStore, ResultStore
 from lexigram.tasks.task import EnqueueOptions, RetryPolicy, Task
 from lexigram.tasks.worker import DeadLetterSink, WorkerPool
@@ -114,6 +114,7 @@ class TaskProvider:
         self.dead_letter = dead_letter
         self.rate_limiter = rate_limiter
         self.global_rate_limit = Rate.parse(global_rate_limit) if global_rate_limit else None
+        self._global_rate_text = global_rate_limit
         self.environment = environment
         self.strict = strict
         self.tasks: dict[str, Task[Any, Any]] = {}
@@ -329,6 +330,9 @@ class TaskProvider:
         self._connected = False
         if self.result_store is not None:
             await self.result_store.disconnect()
+        closer = getattr(self.rate_limiter, "disconnect", None)
+        if closer is not None:  # e.g. RedisRateLimiter, which connects on first use
+            await closer()
         for queue in self.backends.values():
             await queue.disconnect()
 
@@ -377,8 +381,26 @@ class TaskProvider:
             )
             self.pools[name] = pool
             await pool.start()
+        if names:
+            self._report_local_rate_limits(names)
         for service in self._services:
             await service.start()
+
+    def _report_local_rate_limits(self, names: list[str]) -> None:
+        """Say at start-up when rate limits are counted per process, not per deployment."""
+        if self.rate_limiter is not None and not isinstance(self.rate_limiter, LocalRateLimiter):
+            return
+        limited = [f"global_rate_limit {self._global_rate_text}"] if self.global_rate_limit else []
+        limited += [f"rate_limit of {n}" for n, t in sorted(self.tasks.items()) if t.rate_limit]
+        if not limited:
+            return
+        single = all(isinstance(self.backends[n], MemoryTaskQueue) for n in names)
+        logger.log(
+            logging.INFO if single else logging.WARNING,
+            "%s: counted per worker process (in-process limiter); set tasks.rate_limiter "
+            "(e.g. type: redis) or rate_limiter= for a limit shared by every process",
+            ", ".join(limited),
+        )
 
     async def stop(self) -> None:
         """Stop services and workers gracefully, then disconnect."""
