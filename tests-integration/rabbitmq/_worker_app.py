@@ -1,11 +1,12 @@
 """A worker process for the multi-process RabbitMQ tests (not a test module).
 
-    python _worker_app.py AMQP_URL REDIS_URL QUEUE NAMESPACE LEASE WORKERS CONNECTION_NAME
+    python _worker_app.py AMQP_URL REDIS_URL QUEUE NAMESPACE LEASE WORKERS CONNECTION_NAME [TYPE]
 
 Runs ``provider.run()`` until SIGTERM. Its AMQP connection is named
 ``CONNECTION_NAME`` (so a test can close exactly it with ``rabbitmqctl``).
 Tasks record what they do in Redis under ``NAMESPACE:`` keys: that is only
-the tests' bookkeeping, the jobs travel through RabbitMQ. Spans are exported
+the tests' bookkeeping, the jobs travel through RabbitMQ. ``TYPE`` is the
+queue type, ``classic`` (default) or ``quorum``. Spans are exported
 as JSON to the Redis list ``NAMESPACE:spans`` for the cross-process trace test.
 """
 
@@ -27,6 +28,7 @@ from lexigram.tasks.rabbitmq import RabbitMQTaskQueue
 
 AMQP_URL, REDIS_URL, QUEUE, NS = sys.argv[1:5]
 LEASE, WORKERS, CONNECTION_NAME = float(sys.argv[5]), int(sys.argv[6]), sys.argv[7]
+QUEUE_TYPE = sys.argv[8] if len(sys.argv) > 8 else "classic"
 
 
 class RedisSpanExporter(SpanExporter):
@@ -59,6 +61,7 @@ provider = TaskProvider(
         queue_name=QUEUE,
         connection_name=CONNECTION_NAME,
         reconnect_interval=0.2,
+        queue_type="quorum" if QUEUE_TYPE == "quorum" else "classic",
     ),
     worker_count=WORKERS,
     lease_seconds=LEASE,
@@ -100,6 +103,21 @@ async def hang_once(key: str) -> None:
         await store.set(f"{NS}:hanging", os.getpid())
         await asyncio.sleep(3600)
     await _done(key)
+
+
+@provider.task(name="exit_worker")
+async def exit_worker(key: str) -> None:
+    """Kills the whole worker process, every time (a segfaulting C extension, say)."""
+    await store.incr(f"{NS}:started:{key}")
+    os._exit(70)
+
+
+@provider.task(name="spoils_its_args", max_retries=3, retry_backoff=0.1)
+async def spoils_its_args(key: str, seen: list[float]) -> None:
+    """Puts NaN into its own arguments, then fails: the job cannot be written back."""
+    await store.incr(f"{NS}:started:{key}")
+    seen.append(float("nan"))
+    raise RuntimeError(f"failed after spoiling {key}")
 
 
 @provider.task(name="always_fails", max_retries=1, retry_backoff=0.1)

@@ -67,10 +67,16 @@ def spawn(amqp_url: str, redis_url: str, ns: str) -> Iterator[Spawn]:
     started: list[subprocess.Popen[bytes]] = []
 
     def start(
-        queue_name: str, *, lease_seconds: float = 30.0, workers: int = 10, name: str = ""
+        queue_name: str,
+        *,
+        lease_seconds: float = 30.0,
+        workers: int = 10,
+        name: str = "",
+        queue_type: str = "classic",
     ) -> subprocess.Popen[bytes]:
         args = [amqp_url, redis_url, queue_name, ns, str(lease_seconds), str(workers)]
-        process = subprocess.Popen([sys.executable, str(WORKER_APP), *args, name or ns])
+        command = [sys.executable, str(WORKER_APP), *args, name or ns, queue_type]
+        process = subprocess.Popen(command)
         started.append(process)
         return process
 

@@ -195,6 +195,20 @@ class Consumer:
                 await self._flush_quorum_deliveries()
             self._schedule_idle_check()
 
+    async def stop_now(self) -> list[Received]:
+        """Cancel the consumers at once if nobody waits for jobs; take what they buffered."""
+        async with self._lock:
+            if self._takers:
+                return []
+            self._cancel_idle_timer()
+            await self._cancel()
+            if self.quorum:
+                await self._flush_quorum_deliveries()
+            taken = []
+            while (item := self.pop()) is not None:
+                taken.append(item)
+            return taken
+
     async def _flush_quorum_deliveries(self) -> None:
         """Make sure deliveries sent before a cancel have arrived.
 

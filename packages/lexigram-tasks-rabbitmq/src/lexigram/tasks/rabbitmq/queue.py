@@ -36,6 +36,7 @@ from lexigram.tasks.errors import (
     BackendConnectionError,
     CapabilityNotSupportedError,
     ConfigurationError,
+    JobSerializationError,
     MalformedJobError,
 )
 from lexigram.tasks.job import Job
@@ -311,7 +312,31 @@ class RabbitMQTaskQueue(BaseTaskQueue):
                 await self._wait_for_reconnect(max(wait, 1.0))
         finally:
             self._consumer.end()
+        if any(d.job is not None and d.job.lost_leases > 0 for d in out):
+            await self._hold_nothing_more()
         return out
+
+    async def _hold_nothing_more(self) -> None:
+        """Stop consuming, and return what the buffer holds, while a suspect job runs.
+
+        A job whose last run was lost with its worker may kill this process too
+        (the worker runs it alone). Messages the broker pushed into the prefetch
+        window meanwhile would die with the process unstarted, and come back
+        counted as lost runs of innocent jobs. So the consumers are cancelled and
+        buffered messages are published again (confirmed) and acked: a message
+        handed back with ``basic.nack`` would carry the redelivered flag, which
+        reads as a lost run. Redeliveries keep their flag (they were one).
+        """
+        for queue, message in await self._consumer.stop_now():
+            if message.channel.is_closed:
+                continue  # the broker has put it back already
+            tag = delivery_tag(message)
+            if getattr(message.delivery, "redelivered", False):
+                await self._leases.give_back(message)
+                continue
+            properties = message.header.properties
+            await self._publisher.publish(message.body, properties, Destination("", queue))
+            await self._leases.ack_tags(message.channel, [tag])
 
     async def _take(
         self, out: list[Delivery], max_jobs: int, lease_seconds: float, wait: float
@@ -358,12 +383,41 @@ class RabbitMQTaskQueue(BaseTaskQueue):
             await self._publisher.publish(body, properties, Destination("", queue), delay)
             await self._leases.ack_tags(message.channel, [delivery_tag(message)])
             return None
+        returned_unstarted = redelivered and self._leases.was_returned_unstarted(body)
+        if self.queue_type == "classic" and redelivered and not returned_unstarted:
+            await self._count_lost_delivery(queue, message, job)
+            return None
         messages.adopt_trace_headers(job, properties)
         earlier = messages.redeliveries(properties, redelivered, quorum=self.queue_type == "quorum")
-        if redelivered and self._leases.was_returned_unstarted(body):
+        if returned_unstarted:
             earlier = max(earlier - 1, 0)  # we returned it unstarted: not an attempt
         job.attempt += 1 + earlier
         return Delivery(job, body, self._leases.lease(queue, message, lease_seconds))
+
+    async def _count_lost_delivery(self, queue: str, message: DeliveredMessage, job: Job) -> None:
+        """Write a classic queue's redelivered message back with its lost delivery counted.
+
+        A classic queue only flags a redelivery, however many there were; a job
+        that kills every worker would never use up its attempts. So the message
+        is published again (confirmed) with ``attempt`` one higher, then the
+        original is acked: a crash in between duplicates the job, never loses
+        it. The copy joins the back of the queue.
+        """
+        tag = delivery_tag(message)
+        try:
+            recounted = dataclasses.replace(job, attempt=job.attempt + 1).to_bytes()
+            await self._publisher.publish(
+                recounted, message.header.properties, Destination("", queue)
+            )
+        except Exception as exc:
+            # Not confirmed (or, for a job that was read, cannot happen: unwritable):
+            # put it back as it is; its next delivery tries again.
+            logger.warning("counting a redelivery of job %s failed: %s", job.id, exc)
+            self._leases.untrack(message.channel, tag)
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await message.channel.basic_nack(tag, requeue=True)
+            return
+        await self._leases.ack_tags(message.channel, [tag])
 
     async def _wait_for_reconnect(self, timeout: float) -> None:
         if self._publishing is not None:
@@ -390,12 +444,23 @@ class RabbitMQTaskQueue(BaseTaskQueue):
         if lease is None:
             return  # settled already, or the lease lapsed
         job = delivery.job
+        if requeue and job is not None and delay > 0:
+            job = dataclasses.replace(job, run_at=time.time() + delay)
+        body = delivery.raw
+        if job is not None:
+            try:
+                body = job.to_bytes()
+            except JobSerializationError as exc:
+                # Left unsettled, the job would run again at every lease: keep
+                # the message as it was received, in the dead letters.
+                reason = (
+                    f"JobSerializationError: the job could not be written back ({exc}); "
+                    f"the message as received is kept (was: {reason or 'rejected'})"
+                )
+                requeue = False
         if requeue and job is not None:
-            if delay > 0:
-                job = dataclasses.replace(job, run_at=time.time() + delay)
-            await self._publisher.publish(
-                job.to_bytes(), messages.job_properties(job), Destination("", lease.queue), delay
-            )
+            properties = messages.job_properties(job)
+            await self._publisher.publish(body, properties, Destination("", lease.queue), delay)
         else:
             properties = messages.dead_letter_properties(
                 lease.properties,
@@ -404,7 +469,6 @@ class RabbitMQTaskQueue(BaseTaskQueue):
                 attempt=job.attempt if job is not None else None,
                 job_id=job.id if job is not None else None,
             )
-            body = job.to_bytes() if job is not None else delivery.raw
             exchange = topology.dead_letter_exchange(lease.queue)
             await self._publisher.publish(body, properties, Destination(exchange, lease.queue))
         await self._leases.finish([lease])
