@@ -39,7 +39,7 @@ from lexigram.tasks.errors import (
     JobSerializationError,
     MalformedJobError,
 )
-from lexigram.tasks.job import Job
+from lexigram.tasks.job import DEFAULT_MAX_JOB_BYTES, Job
 from lexigram.tasks.protocol import BaseTaskQueue, Capability, DeadLetter, Delivery, QueueCounts
 from lexigram.tasks.rabbitmq import messages, topology
 from lexigram.tasks.rabbitmq.consumer import Consumer
@@ -73,6 +73,8 @@ class RabbitMQTaskQueue(BaseTaskQueue):
     - ``message_ttl``: seconds a ready job may wait before the broker
       dead-letters it (per message: the job header ``x-message-ttl``, ms).
     - ``queue_arguments``: extra ``x-`` arguments for the work queues.
+    - ``max_job_bytes``: largest encoded job an enqueue accepts (the broker's
+      own ``max_message_size``, 128 MiB by default, is a hard limit above it).
     """
 
     system = "rabbitmq"
@@ -95,6 +97,7 @@ class RabbitMQTaskQueue(BaseTaskQueue):
         connect_timeout: float = 10.0,
         reconnect_interval: float = 1.0,
         connection_name: str | None = None,
+        max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
     ) -> None:
         self.validate_url(amqp_url)
         if queue_type not in ("classic", "quorum"):
@@ -111,6 +114,9 @@ class RabbitMQTaskQueue(BaseTaskQueue):
             )
         if not queue_name:
             raise ValueError("queue_name must not be empty")
+        if max_job_bytes < 1:
+            raise ValueError(f"max_job_bytes must be >= 1, got {max_job_bytes}")
+        self.max_job_bytes = max_job_bytes
         self.amqp_url = amqp_url
         self.queue_name = queue_name
         self.queue_type: QueueType = queue_type
