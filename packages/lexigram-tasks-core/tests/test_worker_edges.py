@@ -245,6 +245,20 @@ async def test_enqueue_with_arguments_the_task_cannot_take_is_refused() -> None:
     assert (await provider.queue.counts()).ready == 1
 
 
+async def test_enqueue_by_name_checks_the_arguments_of_a_registered_task() -> None:
+    provider = TaskProvider(queue=MemoryTaskQueue(), strict=False)
+
+    @provider.task(name="add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    with pytest.raises(TaskArgumentsError, match=r"'add'.*too many positional"):
+        await provider.enqueue("add", 1, 2, 3)
+    await provider.enqueue("add", 1, 2)
+    await provider.enqueue("elsewhere.defined", 1, 2, 3)  # not registered here: not checked
+    assert (await provider.queue.counts()).ready == 2
+
+
 async def test_wrong_arguments_from_another_producer_are_dead_lettered_without_retries() -> None:
     queue = MemoryTaskQueue()
     provider = TaskProvider(queue=queue)

@@ -241,9 +241,15 @@ class TaskProvider:
         kwargs: Mapping[str, Any],
         options: EnqueueOptions,
     ) -> Job:
-        """The job ``enqueue(name, *args, **kwargs)`` would send, without sending it."""
+        """The job ``enqueue(name, *args, **kwargs)`` would send, without sending it.
+
+        Raises :class:`TaskArgumentsError` when the task is registered here and
+        its handler cannot take these arguments.
+        """
         task = self.tasks.get(name)
-        if task is None and self.strict and self.tasks:
+        if task is not None:
+            task.check_arguments(args, kwargs)
+        elif self.strict and self.tasks:
             raise UnknownTaskError(
                 f"no task named {name!r} is registered with this provider "
                 f"(registered: {', '.join(sorted(self.tasks))}); "

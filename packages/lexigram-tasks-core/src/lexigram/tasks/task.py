@@ -157,7 +157,6 @@ class Task(Generic[P, R]):
         Raises :class:`TaskArgumentsError` if the arguments do not fit the
         handler's signature.
         """
-        self.check_arguments(args, kwargs)
         return self.provider.build_job(self.name, args, kwargs, EnqueueOptions())
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
@@ -196,7 +195,6 @@ class BoundTask(Generic[P, R]):
         return BoundTask(self._task, replace(self._options, **changes))
 
     def job(self, *args: P.args, **kwargs: P.kwargs) -> Job:
-        self._task.check_arguments(args, kwargs)
         return self._task.provider.build_job(self._task.name, args, kwargs, self._options)
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:

@@ -66,6 +66,7 @@ def replay_job(record: FailureRecord, *, unique: bool) -> Job:
         job,
         id=replay_job_id(record),
         attempt=0,
+        failures=0,
         enqueued_at=time.time(),
         run_at=None,
         dedup_key=dedup_key,
