@@ -26,7 +26,10 @@ from lexigram.tasks.dlq import (
     RecordNotRemovedError,
     ReplayTargetError,
 )
+from lexigram.tasks.dlq.replay import replay_job
+from lexigram.tasks.dlq.testing import make_record
 from lexigram.tasks.testing import eventually
+from lexigram.tasks.worker import UNKNOWN_SINCE_FIELD
 
 
 async def test_the_seed_example_returns_none_for_an_unknown_job() -> None:
@@ -318,3 +321,13 @@ async def test_dead_letter_queue_works_as_a_provider_service() -> None:
     async with provider:
         handle = await provider.enqueue("billing.charge", "ada", cents=1)
         assert await eventually(lambda: dlq.get(handle.id)) is not None
+
+
+def test_a_replayed_job_starts_afresh_on_every_counter() -> None:
+    record = make_record()
+    assert record.job is not None
+    record.job.failures = 2
+    record.job.extra[UNKNOWN_SINCE_FIELD] = 1.0  # from an earlier unknown-task grace
+    job = replay_job(record, unique=False)
+    assert (job.attempt, job.failures) == (0, 0)
+    assert job.extra == {"tenant": "acme"}  # other unknown fields are kept

@@ -17,6 +17,7 @@ from lexigram.tasks.protocol import Capability, TaskQueueProtocol
 from lexigram.tasks.provider import TaskProvider
 from lexigram.tasks.redact import redact_url
 from lexigram.tasks.results import ResultStore
+from lexigram.tasks.worker import UNKNOWN_SINCE_FIELD
 
 #: Where replayed jobs go: a provider (each record to the backend serving its
 #: queue), one queue, or queues by queue name.
@@ -71,7 +72,8 @@ def replay_job(record: FailureRecord, *, unique: bool) -> Job:
         run_at=None,
         dedup_key=dedup_key,
         headers=headers,
-        extra=dict(job.extra),
+        # A fresh start: the unknown-task grace begins again too.
+        extra={k: v for k, v in job.extra.items() if k != UNKNOWN_SINCE_FIELD},
     )
 
 
