@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from lexigram.tasks.errors import ConfigurationError
 from lexigram.tasks.plugins import TEMPLATE_STORES
 from lexigram.tasks.scheduler.errors import TemplateExistsError
 from lexigram.tasks.scheduler.template import ScheduleTemplate
@@ -165,4 +166,7 @@ def store_from_url(url: str, **options: Any) -> TemplateStore:
         return factory(**options)
     scheme = url.partition("://")[0].lower()
     factory = TEMPLATE_STORES.load(URL_SCHEMES.get(scheme, scheme))
-    return factory(url, **options)
+    try:
+        return factory(url, **options)
+    except ImportError as exc:  # a store that imports its extra's packages when created
+        raise ConfigurationError(str(exc)) from exc
