@@ -8,8 +8,6 @@ environment is a failure, not a skip.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
@@ -19,6 +17,7 @@ import pytest
 
 import lexigram.tasks
 from lexigram.tasks import _LAZY
+from lexigram.tasks.testing import run_without
 
 PACKAGES = Path(__file__).resolve().parents[2]
 
@@ -68,21 +67,8 @@ def test_unknown_name_is_an_attribute_error() -> None:
 # Runs in a fresh interpreter whose import system refuses the given modules,
 # exactly as if their distributions were not installed.
 BLOCKED_IMPORT_PROBE = """
-import importlib.abc
 import json
-import sys
 
-blocked = tuple(sys.argv[1:])
-
-
-class NotInstalled(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname, path, target=None):
-        if fullname in blocked or fullname.startswith(tuple(b + "." for b in blocked)):
-            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
-        return None
-
-
-sys.meta_path.insert(0, NotInstalled())
 import lexigram.tasks
 
 report = {}
@@ -103,13 +89,7 @@ print(json.dumps(report))
 
 
 def _probe_with_blocked(*modules: str) -> dict[str, list[dict[str, str] | None]]:
-    result = subprocess.run(
-        [sys.executable, "-c", BLOCKED_IMPORT_PROBE, *modules],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_without(modules, BLOCKED_IMPORT_PROBE)
     assert result.returncode == 0, result.stderr
     report: dict[str, list[dict[str, str] | None]] = json.loads(result.stdout)
     return report

@@ -10,8 +10,6 @@ from __future__ import annotations
 import ast
 import json
 import logging
-import subprocess
-import sys
 from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from lexigram.tasks.config import load_config
 from lexigram.tasks.optional import import_optional
 from lexigram.tasks.plugins import PluginGroup
 from lexigram.tasks.ratelimit import LocalRateLimiter
+from lexigram.tasks.testing import run_without
 
 CORE_SRC = Path(__file__).resolve().parents[1] / "src" / "lexigram" / "tasks"
 OPTIONAL = ("lexigram.tasks.dlq", "lexigram.tasks.redis", "lexigram.tasks.rabbitmq")
@@ -66,19 +65,9 @@ def test_core_imports_no_optional_distribution_by_name() -> None:
 # if lexigram-tasks-dlq were not installed (its metadata stays: the loader
 # finds the entry point and fails to import it, the harder case).
 NO_DLQ_PROBE = """
-import importlib.abc
 import json
 import sys
 
-
-class NotInstalled(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname, path, target=None):
-        if fullname == "lexigram.tasks.dlq" or fullname.startswith("lexigram.tasks.dlq."):
-            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
-        return None
-
-
-sys.meta_path.insert(0, NotInstalled())
 from lexigram.tasks import ConfigurationError
 from lexigram.tasks.config import load_config
 
@@ -96,13 +85,7 @@ print(json.dumps(report))
 
 
 def test_without_the_dlq_core_loads_configs_and_a_dead_letter_section_gives_the_pip_hint() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", NO_DLQ_PROBE],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_without(["lexigram.tasks.dlq"], NO_DLQ_PROBE)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["plain"] == "TaskProvider"

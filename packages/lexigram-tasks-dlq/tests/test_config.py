@@ -5,9 +5,6 @@ Storages that need an extra are configured in tests-integration/dlq/test_config_
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from lexigram.tasks import ConfigurationError, DeadLetterQueue
@@ -15,6 +12,7 @@ from lexigram.tasks.config import ConfigKeyError
 from lexigram.tasks.dlq import MemoryDeadLetterStorage
 from lexigram.tasks.dlq.config import storage_types
 from lexigram.tasks.plugins import DLQ_STORAGES
+from lexigram.tasks.testing import run_without
 
 
 def test_memory_is_the_default() -> None:
@@ -65,18 +63,6 @@ def test_builtin_storages_are_entry_points_with_their_extras() -> None:
 # A fresh interpreter in which lexigram-tasks-redis (what the [redis] extra brings)
 # cannot be imported.
 NO_REDIS_PROBE = """
-import importlib.abc
-import sys
-
-
-class NotInstalled(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname, path, target=None):
-        if fullname == "lexigram.tasks.redis" or fullname.startswith("lexigram.tasks.redis."):
-            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
-        return None
-
-
-sys.meta_path.insert(0, NotInstalled())
 from lexigram.tasks import ConfigurationError
 from lexigram.tasks.dlq import DeadLetterQueue
 
@@ -88,13 +74,7 @@ except ConfigurationError as exc:
 
 
 def test_a_storage_whose_extra_is_missing_gives_the_pip_command() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", NO_REDIS_PROBE],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_without(["lexigram.tasks.redis"], NO_REDIS_PROBE)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == (
         "tasks.dead_letter.storage: dead-letter storage 'redis' needs the 'redis' extra of "

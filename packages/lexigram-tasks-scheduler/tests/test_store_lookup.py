@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from lexigram.tasks.errors import ConfigurationError
 from lexigram.tasks.plugins import TEMPLATE_STORES
 from lexigram.tasks.scheduler.store import MemoryTemplateStore, store_from_url
+from lexigram.tasks.testing import run_without
 
 
 def test_builtin_stores_are_entry_points_with_their_extras() -> None:
@@ -32,18 +30,6 @@ def test_memory_and_an_unknown_scheme() -> None:
 
 
 PROBE = """
-import importlib.abc
-import sys
-
-
-class NotInstalled(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname, path, target=None):
-        if fullname == "lexigram.tasks.postgres" or fullname.startswith("lexigram.tasks.postgres."):
-            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
-        return None
-
-
-sys.meta_path.insert(0, NotInstalled())
 from lexigram.tasks.errors import ConfigurationError
 from lexigram.tasks.scheduler.store import store_from_url
 
@@ -55,9 +41,7 @@ except ConfigurationError as exc:
 
 
 def test_a_store_whose_extra_is_missing_gives_the_pip_command() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60, check=False
-    )
+    result = run_without(["lexigram.tasks.postgres"], PROBE)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == (
         "PostgresTemplateStore needs the 'postgres' extra of lexigram-tasks-scheduler "

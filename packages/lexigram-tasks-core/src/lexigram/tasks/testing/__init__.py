@@ -23,6 +23,7 @@ from lexigram.tasks.testing._capabilities import (
 from lexigram.tasks.testing._concurrency import ConcurrencyContract
 from lexigram.tasks.testing._enqueue import EnqueueContract
 from lexigram.tasks.testing._helpers import collect, eventually, make_job
+from lexigram.tasks.testing._isolation import run_without
 from lexigram.tasks.testing._lease import LeaseContract
 from lexigram.tasks.testing._lifecycle import LifecycleContract
 from lexigram.tasks.testing._malformed import MalformedContract
@@ -46,4 +47,5 @@ __all__ = [
     "eventually",
     "make_job",
     "requires",
+    "run_without",
 ]
