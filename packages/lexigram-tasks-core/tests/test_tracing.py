@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from lexigram.tasks import Job, MemoryTaskQueue, TaskFailedError, TaskProvider
+from lexigram.tasks.errors import JobTooLargeError
 from lexigram.tasks.testing import eventually
 
 pytestmark = pytest.mark.timeout(30)
@@ -212,10 +213,30 @@ async def test_bulk_enqueue_is_one_send_span_parenting_every_job(
         for handle in handles:
             await handle.result(timeout=5)
     send = only(exporter, "send default")
-    assert (send.attributes or {})["messaging.batch.message_count"] == 3
+    assert send.kind is SpanKind.PRODUCER
+    assert dict(send.attributes or {}) == {
+        "messaging.system": "memory",
+        "messaging.operation.name": "send",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": "default",
+        "messaging.batch.message_count": 3,
+    }
     processes = spans(exporter, "process default")
     assert len(processes) == 3
     assert all(p.parent is not None and p.parent.span_id == span_id(send) for p in processes)
+
+
+async def test_a_refused_enqueue_records_the_error_on_its_send_span(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    queue = MemoryTaskQueue()
+    queue.max_job_bytes = 10  # every job is over it
+    provider = TaskProvider(queue=queue, tracer_provider=tracer_provider)
+    with pytest.raises(JobTooLargeError):
+        await provider.enqueue("t")
+    send = only(exporter, "send default")
+    assert send.status.status_code is StatusCode.ERROR
+    assert [event.name for event in send.events] == ["exception"]
 
 
 async def test_invalid_message_gets_a_dead_letter_span(

@@ -60,6 +60,12 @@ from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, Stat
 
 from lexigram.tasks._otel import attributes as attr
 from lexigram.tasks._otel._metrics import DURATION_BUCKETS, AttributeSets, Instruments
+from lexigram.tasks._otel.producer import (
+    Attributes,
+    message_attributes,
+    operation_attributes,
+    producer_span,
+)
 from lexigram.tasks._version import __version__
 from lexigram.tasks.job import Job
 
@@ -172,17 +178,14 @@ class Telemetry:
     @contextmanager
     def send_many(self, jobs: Sequence[Job], system: str, queue: str) -> Iterator[Span]:
         """One PRODUCER span for a bulk enqueue; each job carries its context."""
-        with self._span_or_nothing(f"send {queue}", SpanKind.PRODUCER) as span:
-            if span.is_recording():
-                span.set_attributes(
-                    {
-                        attr.MESSAGING_SYSTEM: system,
-                        attr.MESSAGING_OPERATION_NAME: "send",
-                        attr.MESSAGING_OPERATION_TYPE: "send",
-                        attr.MESSAGING_DESTINATION_NAME: queue,
-                        attr.MESSAGING_BATCH_MESSAGE_COUNT: len(jobs),
-                    }
-                )
+        sending: AbstractContextManager[Span] = (
+            producer_span(
+                self.tracer, system, queue, {attr.MESSAGING_BATCH_MESSAGE_COUNT: len(jobs)}
+            )
+            if self.tracing
+            else _NOTHING
+        )
+        with sending as span:
             for job in jobs:
                 if "traceparent" not in job.headers:
                     propagate.inject(job.headers)
@@ -257,12 +260,7 @@ class Telemetry:
                     span.set_attributes(_job_attributes(job, system, "dead_letter", "settle"))
                 else:
                     span.set_attributes(
-                        {
-                            attr.MESSAGING_SYSTEM: system,
-                            attr.MESSAGING_OPERATION_NAME: "dead_letter",
-                            attr.MESSAGING_OPERATION_TYPE: "settle",
-                            attr.MESSAGING_DESTINATION_NAME: queue,
-                        }
+                        operation_attributes(system, queue, "dead_letter", "settle")
                     )
                 span.set_attribute(attr.ERROR_TYPE, error_type)
                 span.set_attribute(attr.DLQ_REASON, reason)
@@ -297,14 +295,6 @@ class Telemetry:
 
     # -- helpers ---------------------------------------------------------------
 
-    @contextmanager
-    def _span_or_nothing(self, name: str, kind: SpanKind) -> Iterator[Span]:
-        if not self.tracing:
-            yield INVALID_SPAN
-            return
-        with self.tracer.start_as_current_span(name, kind=kind, record_exception=True) as span:
-            yield span
-
     def _finish(self, scope: _JobScope, duration: float) -> None:
         outcome = scope.outcome or COMPLETED
         sets = scope.attributes
@@ -331,17 +321,19 @@ class _Sending:
 
     def __enter__(self) -> Span:
         job = self._job
-        span: Span = INVALID_SPAN
+        keep = "traceparent" in job.headers  # a context the caller put there is kept
         if self._telemetry.tracing:
-            self._span = self._telemetry.tracer.start_as_current_span(
-                f"send {job.queue}", kind=SpanKind.PRODUCER, record_exception=True
+            self._span = producer_span(
+                self._telemetry.tracer,
+                self._system,
+                job.queue,
+                _run_attributes(job),
+                inject_into=None if keep else job.headers,
             )
-            span = self._span.__enter__()
-            if span.is_recording():
-                span.set_attributes(_job_attributes(job, self._system, "send", "send"))
-        if "traceparent" not in job.headers and (self._span is not None or _context_to_pass_on()):
+            return self._span.__enter__()
+        if not keep and _context_to_pass_on():
             propagate.inject(job.headers)
-        return span
+        return INVALID_SPAN
 
     def __exit__(
         self,
@@ -501,14 +493,15 @@ def _noop_metering(provider: metrics.MeterProvider) -> bool:
     )
 
 
-def _job_attributes(job: Job, system: str, op_name: str, op_type: str) -> dict[str, Any]:
-    return {
-        attr.MESSAGING_SYSTEM: system,
-        attr.MESSAGING_OPERATION_NAME: op_name,
-        attr.MESSAGING_OPERATION_TYPE: op_type,
-        attr.MESSAGING_DESTINATION_NAME: job.queue,
-        attr.MESSAGING_MESSAGE_ID: job.id,
-        attr.TASK_NAME: job.task,
-        attr.TASK_ATTEMPT: job.attempt,
-        attr.TASK_MAX_RETRIES: job.max_retries,
-    }
+def _run_attributes(job: Job) -> Attributes:
+    """The job and its run: what the lifecycle's single-job spans add."""
+    attributes = message_attributes(job)
+    attributes[attr.TASK_ATTEMPT] = job.attempt
+    attributes[attr.TASK_MAX_RETRIES] = job.max_retries
+    return attributes
+
+
+def _job_attributes(job: Job, system: str, op_name: str, op_type: str) -> Attributes:
+    attributes = operation_attributes(system, job.queue, op_name, op_type)
+    attributes.update(_run_attributes(job))
+    return attributes

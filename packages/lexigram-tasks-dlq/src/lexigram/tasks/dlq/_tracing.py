@@ -4,33 +4,28 @@ A record keeps the failed run's context in W3C form whatever propagator the
 application uses, so it reads the same from Redis, PostgreSQL or ``--json``.
 A replayed job starts a new trace: its ``send`` span links to the failed
 run (and to the job's original creation context), and the new context is
-injected into the job's headers through the global propagator, as a normal
-enqueue does.
+injected into the job's headers through the global propagator. The spans
+are core's PRODUCER spans (:func:`lexigram.tasks.tracing.producer_span`),
+named and attributed as an enqueue's, with ``messaging.operation.name``
+``replay`` and the record's id.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, Tracer
+from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from lexigram.tasks.dlq._version import __version__
 from lexigram.tasks.job import Job
+from lexigram.tasks.tracing import attributes, message_attributes, producer_span
 
 _W3C = TraceContextTextMapPropagator()
 
-# Attribute names of the messaging semantic conventions (see core's _otel).
-_SYSTEM = "messaging.system"
-_OPERATION_NAME = "messaging.operation.name"
-_OPERATION_TYPE = "messaging.operation.type"
-_DESTINATION = "messaging.destination.name"
-_MESSAGE_ID = "messaging.message.id"
-_BATCH_COUNT = "messaging.batch.message_count"
-_TASK_NAME = "lexigram.task.name"
+#: Span attribute: the id of the record a replayed job came from.
 REPLAY_OF = "lexigram.dlq.replay_of"
 
 
@@ -76,66 +71,32 @@ def links_for(trace_context: dict[str, str], original_headers: dict[str, str]) -
     return links
 
 
-@contextmanager
-def replay_span(
-    tracer: Tracer, job: Job, system: str, record_id: str, links: Sequence[Link]
-) -> Iterator[Span]:
-    """PRODUCER ``send {queue}`` span for one replayed job; injects its context."""
-    with tracer.start_as_current_span(
-        f"send {job.queue}", kind=SpanKind.PRODUCER, links=links, record_exception=True
-    ) as span:
-        if span.is_recording():
-            span.set_attributes(_attributes(job, system, record_id))
-        propagate.inject(job.headers)
-        yield span
+def job_span(
+    tracer: Tracer, job: Job, system: str, record_id: str, links: Sequence[Link], *, bulk: bool
+) -> AbstractContextManager[Span]:
+    """The span of one replayed job, which gets its context: ``send {queue}`` when it is
+    sent alone, ``create {queue}`` when it is one of a bulk replay."""
+    return producer_span(
+        tracer,
+        system,
+        job.queue,
+        {**message_attributes(job), REPLAY_OF: record_id},
+        operation_name="create" if bulk else "replay",
+        operation_type="create" if bulk else "send",
+        links=links,
+        inject_into=job.headers,
+    )
 
 
-@contextmanager
-def create_span(
-    tracer: Tracer, job: Job, system: str, record_id: str, links: Sequence[Link]
-) -> Iterator[Span]:
-    """PRODUCER ``create {queue}`` span of one job in a bulk replay; injects its context."""
-    with tracer.start_as_current_span(
-        f"create {job.queue}", kind=SpanKind.PRODUCER, links=links
-    ) as span:
-        if span.is_recording():
-            attributes = _attributes(job, system, record_id)
-            attributes[_OPERATION_NAME] = "create"
-            attributes[_OPERATION_TYPE] = "create"
-            span.set_attributes(attributes)
-        propagate.inject(job.headers)
-        yield span
-
-
-@contextmanager
 def batch_span(
     tracer: Tracer, queue: str, system: str, creates: Sequence[SpanContext]
-) -> Iterator[Span]:
-    """PRODUCER ``send {queue}`` span around a bulk replay, linking to each create span."""
-    links = [Link(c) for c in creates if c.is_valid]
-    with tracer.start_as_current_span(
-        f"send {queue}", kind=SpanKind.PRODUCER, links=links, record_exception=True
-    ) as span:
-        if span.is_recording():
-            span.set_attributes(
-                {
-                    _SYSTEM: system,
-                    _OPERATION_NAME: "replay",
-                    _OPERATION_TYPE: "send",
-                    _DESTINATION: queue,
-                    _BATCH_COUNT: len(creates),
-                }
-            )
-        yield span
-
-
-def _attributes(job: Job, system: str, record_id: str) -> dict[str, Any]:
-    return {
-        _SYSTEM: system,
-        _OPERATION_NAME: "replay",
-        _OPERATION_TYPE: "send",
-        _DESTINATION: job.queue,
-        _MESSAGE_ID: job.id,
-        _TASK_NAME: job.task,
-        REPLAY_OF: record_id,
-    }
+) -> AbstractContextManager[Span]:
+    """``send {queue}`` around a bulk replay, linking to each job's ``create`` span."""
+    return producer_span(
+        tracer,
+        system,
+        queue,
+        {attributes.MESSAGING_BATCH_MESSAGE_COUNT: len(creates)},
+        operation_name="replay",
+        links=[Link(c) for c in creates if c.is_valid],
+    )

@@ -358,12 +358,14 @@ class DeadLetterQueue:
         if len(group) == 1:
             [(record, job)] = group
             links = _tracing.links_for(record.trace_context, _headers(record))
-            with _tracing.replay_span(targets.tracer, job, queue.system, record.id, links):
+            with _tracing.job_span(targets.tracer, job, queue.system, record.id, links, bulk=False):
                 return [await queue.enqueue(job)]
         creates: builtins.list[SpanContext] = []
         for record, job in group:
             links = _tracing.links_for(record.trace_context, _headers(record))
-            with _tracing.create_span(targets.tracer, job, queue.system, record.id, links) as span:
+            with _tracing.job_span(
+                targets.tracer, job, queue.system, record.id, links, bulk=True
+            ) as span:
                 creates.append(span.get_span_context())
         with _tracing.batch_span(targets.tracer, queue.queue_name, queue.system, creates):
             return await queue.enqueue_many([job for _, job in group])
