@@ -24,7 +24,6 @@ from lexigram.tasks import (
     DeadLetter,
     Delivery,
     Job,
-    MalformedJobError,
     QueueCounts,
 )
 
@@ -135,15 +134,16 @@ class SQLiteTaskQueue(BaseTaskQueue):
 
     # -- producing --------------------------------------------------------------
 
-    async def enqueue(self, job: Job) -> str:
-        return (await self.enqueue_many([job]))[0]
+    # BaseTaskQueue's enqueue and enqueue_many check and encode every job
+    # (capabilities, JSON, max_job_bytes), a whole batch before the first
+    # write, then hand the bytes to these two.
+    async def _enqueue_encoded(self, job: Job, data: bytes) -> str:
+        return (await self._enqueue_many_encoded([(job, data)]))[0]
 
-    async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
-        # encode_job refuses what `capabilities` does not declare, what cannot be
-        # written as JSON and what is over max_job_bytes; all before any write.
-        return await self._call(self._insert, [(job, self.encode_job(job)) for job in jobs])
+    async def _enqueue_many_encoded(self, encoded: Sequence[tuple[Job, bytes]]) -> list[str]:
+        return await self._call(self._insert, encoded)
 
-    def _insert(self, jobs: list[tuple[Job, bytes]]) -> list[str]:
+    def _insert(self, jobs: Sequence[tuple[Job, bytes]]) -> list[str]:
         ids = []
         with self._transaction() as db:
             for job, payload in jobs:
@@ -192,7 +192,12 @@ class SQLiteTaskQueue(BaseTaskQueue):
                 " WHERE seq = ?",
                 [(attempt, token, now + lease_seconds, seq) for seq, token, _, attempt in leases],
             )
-        return [_delivery(*lease) for lease in leases]
+        # parse_delivery never raises: a message that is not a job comes back
+        # as Delivery(job=None, problem=...); the row's attempt is the truth.
+        return [
+            self.parse_delivery(_as_bytes(payload), (seq, token), attempt=attempt)
+            for seq, token, payload, attempt in leases
+        ]
 
     async def extend_lease(self, deliveries: Sequence[Delivery], lease_seconds: float) -> None:
         now = time.time()
@@ -271,17 +276,6 @@ class SQLiteTaskQueue(BaseTaskQueue):
             return [DeadLetter(_as_bytes(payload), *rest) for payload, *rest in rows]
 
         return await self._call(read)
-
-
-def _delivery(seq: int, token: str, payload: bytes | str, attempt: int) -> Delivery:
-    """Parse a leased row; a message that is not a valid job comes back with its problem."""
-    raw = _as_bytes(payload)
-    try:
-        job = Job.from_json(raw)
-    except MalformedJobError as exc:
-        return Delivery(None, raw, (seq, token), problem=str(exc))
-    job.attempt = attempt  # the row's count is the truth, not the document's
-    return Delivery(job, raw, (seq, token))
 
 
 def _as_bytes(payload: bytes | str) -> bytes:

@@ -15,7 +15,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from lexigram.tasks.errors import MalformedJobError
 from lexigram.tasks.job import Job, new_job_id
 from lexigram.tasks.protocol import (
     BaseTaskQueue,
@@ -73,12 +72,11 @@ class MemoryTaskQueue(BaseTaskQueue):
     async def disconnect(self) -> None:
         self._connected = False
 
-    async def enqueue(self, job: Job) -> str:
-        return self._store(job, self.encode_job(job))
+    async def _enqueue_encoded(self, job: Job, data: bytes) -> str:
+        return self._store(job, data)
 
-    async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
-        payloads = [self.encode_job(job) for job in jobs]  # all checked before any is stored
-        return [self._store(job, payload) for job, payload in zip(jobs, payloads, strict=True)]
+    async def _enqueue_many_encoded(self, encoded: Sequence[tuple[Job, bytes]]) -> list[str]:
+        return [self._store(job, data) for job, data in encoded]
 
     def _store(self, job: Job, payload: bytes) -> str:
         if job.dedup_key is not None:
@@ -208,16 +206,9 @@ class MemoryTaskQueue(BaseTaskQueue):
             entry.lease_deadline = deadline
             self._running[entry.id] = entry
             heapq.heappush(self._leases, (deadline, entry.lease_token, entry.id))
-            deliveries.append(self._delivery(entry))
+            token = (entry.id, entry.lease_token)
+            deliveries.append(self.parse_delivery(entry.payload, token, attempt=entry.attempt))
         return deliveries
-
-    def _delivery(self, entry: _Entry) -> Delivery:
-        try:
-            job = Job.from_json(entry.payload)
-        except MalformedJobError as exc:
-            return Delivery(None, entry.payload, (entry.id, entry.lease_token), str(exc))
-        job.attempt = entry.attempt
-        return Delivery(job, entry.payload, (entry.id, entry.lease_token))
 
     def _owned(self, delivery: Delivery) -> _Entry | None:
         """The entry if ``delivery`` still holds its lease (it may have lapsed)."""

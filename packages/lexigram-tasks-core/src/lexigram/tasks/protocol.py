@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
-from lexigram.tasks.errors import CapabilityNotSupportedError, JobTooLargeError
+from lexigram.tasks.errors import CapabilityNotSupportedError, JobTooLargeError, MalformedJobError
 from lexigram.tasks.job import DEFAULT_MAX_JOB_BYTES, Job
 
 
@@ -136,11 +136,16 @@ class TaskQueueProtocol(Protocol):
 
 
 class BaseTaskQueue:
-    """Convenience base for backends: context manager, bulk defaults, capability checks.
+    """Base for backends: the shared work done once, around the backend's primitives.
 
-    Subclasses implement the primitives of :class:`TaskQueueProtocol`; the
-    defaults here loop over the single-job methods, so override
-    ``enqueue_many`` and ``ack_many`` where the backend can batch.
+    The public ``enqueue`` and ``enqueue_many`` check and encode every job
+    with :meth:`encode_job` (capabilities, JSON, ``max_job_bytes``), all of a
+    batch before the first write, then hand the bytes to the backend's
+    :meth:`_enqueue_encoded` / :meth:`_enqueue_many_encoded`. A backend's
+    ``dequeue`` turns each leased message into a :class:`Delivery` with
+    :meth:`parse_delivery`. Subclasses implement those hooks and the other
+    primitives of :class:`TaskQueueProtocol`; override ``ack_many`` (and
+    ``_enqueue_many_encoded``) where the backend can batch.
     """
 
     queue_name: str
@@ -156,25 +161,64 @@ class BaseTaskQueue:
     async def disconnect(self) -> None:
         raise NotImplementedError
 
-    async def enqueue(self, job: Job) -> str:
-        raise NotImplementedError
-
     async def ack(self, delivery: Delivery) -> None:
         raise NotImplementedError
 
-    async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
-        """Enqueue one by one, after checking every job: a refused job stores nothing.
+    async def enqueue(self, job: Job) -> str:
+        """Check and encode ``job`` (:meth:`encode_job`), then store it.
 
-        Encodes each job twice; a backend that can write a batch should
-        override this with one :meth:`encode_job` per job and one write.
+        Returns the id of the job holding its dedup key (usually ``job.id``).
         """
-        for job in jobs:
-            self.encode_job(job)
-        return [await self.enqueue(job) for job in jobs]
+        return await self._enqueue_encoded(job, self.encode_job(job))
+
+    async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
+        """Check and encode every job, then store them: a refused job stores nothing."""
+        if not jobs:
+            return []
+        return await self._enqueue_many_encoded([(job, self.encode_job(job)) for job in jobs])
+
+    async def _enqueue_encoded(self, job: Job, data: bytes) -> str:
+        """Store one job, already checked, as ``data`` (its wire bytes).
+
+        Return the id of the job holding ``job.dedup_key`` (``job.id`` when
+        this one was stored).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement _enqueue_encoded(job, data) "
+            "(or override enqueue and enqueue_many)"
+        )
+
+    async def _enqueue_many_encoded(self, encoded: Sequence[tuple[Job, bytes]]) -> list[str]:
+        """Store jobs already checked, as ``(job, data)`` pairs; by default one by one."""
+        return [await self._enqueue_encoded(job, data) for job, data in encoded]
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         for delivery in deliveries:
             await self.ack(delivery)
+
+    def parse_delivery(
+        self, raw: bytes, token: Any, *, attempt: int | None = None, stored_as: str | None = None
+    ) -> Delivery:
+        """The :class:`Delivery` of a leased message: its job, or ``job=None`` and the problem.
+
+        ``attempt`` is the backend's own count of deliveries, which replaces
+        the document's. ``stored_as`` is the job id the backend filed the
+        message under, when it keeps one apart from the document; a document
+        naming another id is a problem. It never raises for a bad message:
+        one bad message must not fail the batch it was leased with.
+        """
+        try:
+            job = Job.from_json(raw)
+        except MalformedJobError as exc:
+            return Delivery(None, raw, token, str(exc))
+        except Exception as exc:  # a decoder bug: still only this message's problem
+            return Delivery(None, raw, token, f"cannot be decoded: {type(exc).__name__}: {exc}")
+        if stored_as is not None and job.id != stored_as:
+            problem = f"job id {job.id!r} does not match the id it is stored under, {stored_as!r}"
+            return Delivery(None, raw, token, problem)
+        if attempt is not None:
+            job.attempt = attempt
+        return Delivery(job, raw, token)
 
     def encode_job(self, job: Job) -> bytes:
         """The wire bytes of a job being enqueued, after every check an enqueue needs.

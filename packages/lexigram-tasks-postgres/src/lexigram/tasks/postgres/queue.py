@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from lexigram.tasks.errors import BackendConnectionError, JobTooLargeError, MalformedJobError
+from lexigram.tasks.errors import BackendConnectionError, JobTooLargeError
 from lexigram.tasks.job import DEFAULT_MAX_JOB_BYTES, Job
 from lexigram.tasks.postgres._connect import (
     CONNECTION_ERRORS,
@@ -294,8 +294,10 @@ class PostgresTaskQueue(BaseTaskQueue):
         it was stored). Raises :class:`~lexigram.tasks.JobSerializationError`
         (or its :class:`~lexigram.tasks.JobTooLargeError`) before any write.
         """
-        ids = await self._store([(job, self.encode_job(job))], connection)
-        return ids[0]
+        if connection is None:
+            return await super().enqueue(job)
+        with self.using(connection):
+            return await super().enqueue(job)
 
     async def enqueue_many(
         self, jobs: Sequence[Job], *, connection: asyncpg.Connection | None = None
@@ -305,28 +307,37 @@ class PostgresTaskQueue(BaseTaskQueue):
         Every job is encoded and checked first: one that cannot be stored
         raises before anything is written.
         """
-        if not jobs:
-            return []
-        encoded = [(job, self.encode_job(job)) for job in jobs]
-        return await self._store(encoded, connection)
-
-    async def _store(
-        self, encoded: list[_Encoded], connection: asyncpg.Connection | None
-    ) -> list[str]:
-        for job, payload in encoded:
-            if len(payload) > _PAYLOAD_LIMIT:
-                raise JobTooLargeError(
-                    f"job {job.id} of task {job.task!r} is {len(payload):,} bytes, over "
-                    f"PostgreSQL's limit of {_PAYLOAD_LIMIT:,} for one value: lower "
-                    "max_job_bytes and pass a reference to large data instead"
-                )
         if connection is None:
-            connection = (_BOUND.get() or {}).get(id(self))
+            return await super().enqueue_many(jobs)
+        with self.using(connection):
+            return await super().enqueue_many(jobs)
+
+    def encode_job(self, job: Job) -> bytes:
+        """:meth:`BaseTaskQueue.encode_job`, and PostgreSQL's own limit on one value."""
+        payload = super().encode_job(job)
+        if len(payload) > _PAYLOAD_LIMIT:
+            raise JobTooLargeError(
+                f"job {job.id} of task {job.task!r} is {len(payload):,} bytes, over "
+                f"PostgreSQL's limit of {_PAYLOAD_LIMIT:,} for one value: lower "
+                "max_job_bytes and pass a reference to large data instead"
+            )
+        return payload
+
+    async def _enqueue_encoded(self, job: Job, data: bytes) -> str:
+        return (await self._store([(job, data)]))[0]
+
+    async def _enqueue_many_encoded(self, encoded: Sequence[_Encoded]) -> list[str]:
+        return await self._store(encoded)
+
+    async def _store(self, encoded: Sequence[_Encoded]) -> list[str]:
+        connection = (_BOUND.get() or {}).get(id(self))
         if connection is not None:
             return await self._insert(connection, encoded)
         return await self._run(lambda c: self._insert(c, encoded))
 
-    async def _insert(self, connection: asyncpg.Connection, encoded: list[_Encoded]) -> list[str]:
+    async def _insert(
+        self, connection: asyncpg.Connection, encoded: Sequence[_Encoded]
+    ) -> list[str]:
         chunks = _chunks(encoded)
         if len(chunks) == 1:
             return await self._insert_chunk(connection, encoded)
@@ -337,7 +348,7 @@ class PostgresTaskQueue(BaseTaskQueue):
         return ids
 
     async def _insert_chunk(
-        self, connection: asyncpg.Connection, encoded: list[_Encoded]
+        self, connection: asyncpg.Connection, encoded: Sequence[_Encoded]
     ) -> list[str]:
         if len(encoded) == 1:
             job, payload = encoded[0]
@@ -364,7 +375,7 @@ class PostgresTaskQueue(BaseTaskQueue):
         return await self._resolve_duplicates(connection, encoded)
 
     async def _resolve_duplicates(
-        self, connection: asyncpg.Connection, encoded: list[_Encoded]
+        self, connection: asyncpg.Connection, encoded: Sequence[_Encoded]
     ) -> list[str]:
         """Ids for a batch where some dedup keys were taken: the holders' ids.
 
@@ -442,16 +453,7 @@ class PostgresTaskQueue(BaseTaskQueue):
         return [self._delivery(row, token) for row in rows], None
 
     def _delivery(self, row: Any, token: int) -> Delivery:
-        raw: bytes = row["payload"]
-        try:
-            job = Job.from_json(raw)
-        except MalformedJobError as exc:
-            return Delivery(None, raw, (row["id"], token), str(exc))
-        except Exception as exc:  # never let one row fail the batch it was leased with
-            problem = f"cannot be decoded: {type(exc).__name__}: {exc}"
-            return Delivery(None, raw, (row["id"], token), problem)
-        job.attempt = row["attempt"]
-        return Delivery(job, raw, (row["id"], token))
+        return self.parse_delivery(row["payload"], (row["id"], token), attempt=row["attempt"])
 
     async def extend_lease(self, deliveries: Sequence[Delivery], lease_seconds: float) -> None:
         if not deliveries:
@@ -608,7 +610,7 @@ def _columns(encoded: Sequence[_Encoded]) -> tuple[list[Any], ...]:
     return ids, priorities, run_ats, attempts, dedup_keys, payloads
 
 
-def _chunks(encoded: list[_Encoded]) -> list[list[_Encoded]]:
+def _chunks(encoded: Sequence[_Encoded]) -> list[list[_Encoded]]:
     """``encoded`` in runs of at most ``_STATEMENT_BYTES`` of payload (at least one job each)."""
     chunks: list[list[_Encoded]] = [[]]
     size = 0

@@ -37,7 +37,6 @@ from lexigram.tasks.errors import (
     CapabilityNotSupportedError,
     ConfigurationError,
     JobSerializationError,
-    MalformedJobError,
 )
 from lexigram.tasks.job import DEFAULT_MAX_JOB_BYTES, Job
 from lexigram.tasks.protocol import BaseTaskQueue, Capability, DeadLetter, Delivery, QueueCounts
@@ -270,22 +269,26 @@ class RabbitMQTaskQueue(BaseTaskQueue):
             )
         super()._unsupported(capability, what)
 
-    async def enqueue(self, job: Job) -> str:
-        await self._publisher.publish_confirmed(await self._addressed(job))
+    def encode_job(self, job: Job) -> bytes:
+        """:meth:`BaseTaskQueue.encode_job` of the job as sent: a routed task names its queue."""
+        routed = self.routes.get(job.task)
+        if routed is not None and job.queue != routed:
+            job = dataclasses.replace(job, queue=routed)
+        return super().encode_job(job)
+
+    async def _enqueue_encoded(self, job: Job, data: bytes) -> str:
+        await self._publisher.publish_confirmed(await self._addressed(job, data))
         return job.id
 
-    async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
-        # Every job is checked and encoded before the first is written; then
-        # they are written in order and every confirm is awaited together.
-        await self._publisher.publish_batch([await self._addressed(job) for job in jobs])
-        return [job.id for job in jobs]
+    async def _enqueue_many_encoded(self, encoded: Sequence[tuple[Job, bytes]]) -> list[str]:
+        # Every job was checked and encoded before this; now they are written
+        # in order and every confirm is awaited together.
+        await self._publisher.publish_batch([await self._addressed(*item) for item in encoded])
+        return [job.id for job, _ in encoded]
 
-    async def _addressed(self, job: Job) -> Publication:
+    async def _addressed(self, job: Job, body: bytes) -> Publication:
         self._require_connection()
         destination = Destination(self.exchange, self.routes.get(job.task, self.queue_name))
-        if job.task in self.routes and job.queue != destination.routing_key:
-            job = dataclasses.replace(job, queue=destination.routing_key)
-        body = self.encode_job(job)
         delay = job.run_at - time.time() if job.run_at is not None else 0.0
         ttl = messages.message_ttl_ms(job) if job.headers else None
         properties = messages.job_properties(job, expiration_ms=None if delay > 0 else ttl)
@@ -378,10 +381,11 @@ class RabbitMQTaskQueue(BaseTaskQueue):
         redelivered = bool(info.redelivered)
         if redelivered and await self._leases.settle_known_redelivery(message):
             return None
-        try:
-            job = Job.from_json(body)
-        except MalformedJobError as exc:
-            return Delivery(None, body, self._leases.lease(queue, message, lease_seconds), str(exc))
+        delivery = self.parse_delivery(body, None)  # leased below, unless settled here
+        job = delivery.job
+        if job is None:
+            delivery.token = self._leases.lease(queue, message, lease_seconds)
+            return delivery
         if job.run_at is not None and job.run_at > time.time():
             # Not due yet: it came early (a longer delay than one ladder trip,
             # or a foreign producer's run_at). Send it round again.
@@ -398,7 +402,8 @@ class RabbitMQTaskQueue(BaseTaskQueue):
         if returned_unstarted:
             earlier = max(earlier - 1, 0)  # we returned it unstarted: not an attempt
         job.attempt += 1 + earlier
-        return Delivery(job, body, self._leases.lease(queue, message, lease_seconds))
+        delivery.token = self._leases.lease(queue, message, lease_seconds)
+        return delivery
 
     async def _count_lost_delivery(self, queue: str, message: DeliveredMessage, job: Job) -> None:
         """Write a classic queue's redelivered message back with its lost delivery counted.

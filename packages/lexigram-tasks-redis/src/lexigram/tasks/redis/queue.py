@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from lexigram.tasks.errors import MalformedJobError
 from lexigram.tasks.job import DEFAULT_MAX_JOB_BYTES, Job
 from lexigram.tasks.protocol import (
     BaseTaskQueue,
@@ -138,26 +137,28 @@ class RedisTaskQueue(BaseTaskQueue):
 
     # -- producing -------------------------------------------------------------
 
-    async def enqueue(self, job: Job) -> str:
-        ids = await self._run("enqueue", self._enqueue_args(job))
+    async def _enqueue_encoded(self, job: Job, data: bytes) -> str:
+        ids = await self._run("enqueue", self._enqueue_args(job, data))
         return str(ids[0].decode())
 
-    async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
-        # Every job is checked and encoded before the first write, so a bad
-        # job stores nothing. Only a lost connection between two chunks can
-        # leave part of the batch stored (sending the same jobs again is safe).
+    async def _enqueue_many_encoded(self, encoded: Sequence[tuple[Job, bytes]]) -> list[str]:
+        # Only a lost connection between two chunks can leave part of the
+        # batch stored (sending the same jobs again is safe).
         chunks = [
-            [arg for job in jobs[start : start + ENQUEUE_CHUNK] for arg in self._enqueue_args(job)]
-            for start in range(0, len(jobs), ENQUEUE_CHUNK)
+            [
+                arg
+                for job, data in encoded[start : start + ENQUEUE_CHUNK]
+                for arg in self._enqueue_args(job, data)
+            ]
+            for start in range(0, len(encoded), ENQUEUE_CHUNK)
         ]
         holders: list[str] = []
         for chunk in chunks:
             holders += [raw.decode() for raw in await self._run("enqueue", chunk)]
         return holders
 
-    def _enqueue_args(self, job: Job) -> list[Any]:
+    def _enqueue_args(self, job: Job, data: bytes) -> list[Any]:
         """The enqueue script's seven arguments for ``job`` (see enqueue.lua)."""
-        data = self.encode_job(job)
         run_at = repr(float(job.run_at)) if job.run_at is not None else "0"
         return [job.id, data, job.task, job.priority, run_at, job.dedup_key or "", job.attempt]
 
@@ -242,15 +243,7 @@ class RedisTaskQueue(BaseTaskQueue):
                 "a producer must write the job hash before pushing its id"
             )
             return Delivery(None, data, lease, problem)
-        try:
-            job = Job.from_json(data)
-        except MalformedJobError as exc:
-            return Delivery(None, data, lease, str(exc))
-        if job.id != key_id:
-            problem = f"job id {job.id!r} does not match the key it is stored at, {key_id!r}"
-            return Delivery(None, data, lease, problem)
-        job.attempt = int(attempt)
-        return Delivery(job, data, lease)
+        return self.parse_delivery(data, lease, attempt=int(attempt), stored_as=key_id)
 
     async def ack(self, delivery: Delivery) -> None:
         await self.ack_many([delivery])
