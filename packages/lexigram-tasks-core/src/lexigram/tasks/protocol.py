@@ -161,7 +161,26 @@ class BaseTaskQueue:
     async def disconnect(self) -> None:
         raise NotImplementedError
 
+    async def dequeue(
+        self, *, max_jobs: int = 1, lease_seconds: float = 30.0, wait: float = 0.0
+    ) -> list[Delivery]:
+        raise NotImplementedError
+
     async def ack(self, delivery: Delivery) -> None:
+        raise NotImplementedError
+
+    async def nack(
+        self, delivery: Delivery, *, requeue: bool, delay: float = 0.0, reason: str = ""
+    ) -> None:
+        raise NotImplementedError
+
+    async def extend_lease(self, deliveries: Sequence[Delivery], lease_seconds: float) -> None:
+        raise NotImplementedError
+
+    async def counts(self) -> QueueCounts:
+        raise NotImplementedError
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         raise NotImplementedError
 
     async def enqueue(self, job: Job) -> str:
