@@ -56,7 +56,7 @@ from lexigram.tasks.provider import TaskProvider
 from lexigram.tasks.registry import TaskBackendRegistry
 from lexigram.tasks.results import JobResult, MemoryResultStore, ResultStore
 from lexigram.tasks.task import Task
-from lexigram.tasks.worker import JobFailure, WorkerPool
+from lexigram.tasks.worker import JobFailure, WorkerPool, WorkerSettings
 
 if TYPE_CHECKING:
     from lexigram.tasks.dlq import DeadLetterQueue, FailureRecord
@@ -137,6 +137,7 @@ __all__ = [
     "TaskTimeoutError",
     "UnknownTaskError",
     "WorkerPool",
+    "WorkerSettings",
     "__version__",
     "scheduled",
 ]

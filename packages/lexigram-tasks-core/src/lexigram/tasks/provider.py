@@ -26,7 +26,8 @@ from lexigram.tasks.protocol import BaseTaskQueue, QueueCounts, TaskQueueProtoco
 from lexigram.tasks.ratelimit import LocalRateLimiter, Rate, RateLimiter
 from lexigram.tasks.results import MemoryResultStore, ResultStore
 from lexigram.tasks.task import EnqueueOptions, RetryPolicy, Task
-from lexigram.tasks.worker import DeadLetterSink, WorkerPool
+from lexigram.tasks.worker import DeadLetterSink, WorkerPool, WorkerSettings
+from lexigram.tasks.worker._settings import SettingsAttributes
 
 logger = logging.getLogger("lexigram.tasks")
 
@@ -52,16 +53,20 @@ class _TaskDecorator(Protocol):
     def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
 
 
-class TaskProvider:
+class TaskProvider(SettingsAttributes):
     """Registers tasks, enqueues jobs and runs worker pools over one or more backends.
 
     ``TaskProvider(queue=q, worker_count=4)`` uses one backend;
     ``TaskProvider(backends={"primary": q1, "notifications": q2})`` several,
     the first (or ``primary=``) being the default route. ``async with provider``
     connects and runs the workers; ``await provider.connect()`` only connects,
-    for processes that enqueue but do not run jobs. ``max_job_bytes`` caps the
-    encoded size of a job at enqueue on every backend deriving from
-    :class:`~lexigram.tasks.protocol.BaseTaskQueue` (default: theirs, 10 MiB).
+    for processes that enqueue but do not run jobs. How the pools run is a
+    :class:`~lexigram.tasks.worker.WorkerSettings`: ``settings=WorkerSettings(...)``,
+    or its fields as keywords (``worker_count=4``), which win over ``settings``;
+    ``provider.settings.worker_count`` (or ``provider.worker_count``) reads one.
+    ``max_job_bytes`` caps the encoded size of a job at enqueue on every
+    backend deriving from :class:`~lexigram.tasks.protocol.BaseTaskQueue`
+    (default: theirs, 10 MiB).
     """
 
     def __init__(
@@ -70,11 +75,7 @@ class TaskProvider:
         *,
         backends: Mapping[str, TaskQueueProtocol] | None = None,
         primary: str | None = None,
-        worker_count: int = 1,
-        poll_interval: float = 0.5,
-        default_timeout: float = 300.0,
-        shutdown_timeout: float = 30.0,
-        lease_seconds: float = 30.0,
+        settings: WorkerSettings | None = None,
         result_store: ResultStore | None = None,
         result_ttl: float | None = None,
         dead_letter: DeadLetterSink | None = None,
@@ -86,7 +87,9 @@ class TaskProvider:
         environment: str | None = None,
         strict: bool = True,
         max_job_bytes: int | None = None,
+        **worker_settings: float,
     ) -> None:
+        self.settings = WorkerSettings.merged(settings, worker_settings, "TaskProvider")
         if (queue is None) == (backends is None):
             raise ValueError("give either queue=... or backends={name: queue, ...}")
         self.backends: dict[str, TaskQueueProtocol] = (
@@ -104,11 +107,6 @@ class TaskProvider:
             isinstance(q, MemoryTaskQueue) for q in self.backends.values()
         ):
             result_store = MemoryResultStore()
-        self.worker_count = worker_count
-        self.poll_interval = poll_interval
-        self.default_timeout = default_timeout
-        self.shutdown_timeout = shutdown_timeout
-        self.lease_seconds = lease_seconds
         self.result_store = result_store
         self.result_ttl = result_ttl
         self.dead_letter = dead_letter
@@ -131,7 +129,7 @@ class TaskProvider:
 
     def __repr__(self) -> str:
         backends = ", ".join(f"{n}={q!r}" for n, q in self.backends.items())
-        return f"TaskProvider({backends}, worker_count={self.worker_count})"
+        return f"TaskProvider({backends}, worker_count={self.settings.worker_count})"
 
     @classmethod
     def from_config(cls, source: str | Path | Mapping[str, Any], **overrides: Any) -> TaskProvider:
@@ -372,11 +370,7 @@ class TaskProvider:
             pool = WorkerPool(
                 queue,
                 self.tasks,
-                worker_count=self.worker_count,
-                poll_interval=self.poll_interval,
-                default_timeout=self.default_timeout,
-                shutdown_timeout=self.shutdown_timeout,
-                lease_seconds=self.lease_seconds,
+                settings=self.settings,
                 result_store=self.result_store,
                 result_ttl=self.result_ttl,
                 events=self.events,

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import os
+from typing import Any
 
 from lexigram.tasks._version import __version__
 from lexigram.tasks.cli._app import REGISTER_FUNCTION, add_app_arguments, load_app
 from lexigram.tasks.cli._errors import EXIT_CONFIG, EXIT_OK, EXIT_USAGE, CLIError
 from lexigram.tasks.cli._output import status
 from lexigram.tasks.provider import TaskProvider
-from lexigram.tasks.worker import WorkerPool
+from lexigram.tasks.worker import WorkerPool, WorkerSettings
+from lexigram.tasks.worker._settings import (
+    parse_setting,
+    setting_flags,
+    setting_help,
+    setting_kind,
+)
 
 DESCRIPTION = """\
 Run the worker pools of a TaskProvider in this process until SIGTERM or
@@ -40,34 +49,41 @@ def register(
     )
     add_app_arguments(parser, positional=True)
     parser.add_argument(
-        "-c",
-        "--concurrency",
-        type=_positive_int,
-        metavar="N",
-        help="jobs run at once by each backend's pool (default: the provider's worker_count)",
-    )
-    parser.add_argument(
         "-Q",
         "--queues",
         action="append",
         metavar="NAMES",
         help="backend names to run workers for, comma-separated (default: all)",
     )
-    parser.add_argument(
-        "--shutdown-timeout",
-        type=float,
-        metavar="SECONDS",
-        help="graceful-shutdown window (default: the provider's shutdown_timeout)",
-    )
+    add_setting_arguments(parser)
     parser.set_defaults(func=run, default_log_level="info")
+
+
+def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`WorkerSettings` field; an unset flag keeps the provider's value."""
+    group = parser.add_argument_group(
+        "worker settings (default: the provider's, from code or file)"
+    )
+    for name in WorkerSettings.names():
+        group.add_argument(
+            *setting_flags(name),
+            dest=name,
+            type=functools.partial(_setting_value, name),
+            metavar="N" if setting_kind(name) is int else "SECONDS",
+            help=f"{setting_help(name)} ({name})",
+        )
+
+
+def setting_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The worker settings given on the command line, by field name."""
+    return {n: getattr(args, n) for n in WorkerSettings.names() if getattr(args, n) is not None}
 
 
 def run(args: argparse.Namespace) -> int:
     provider = load_app(args)
-    if args.concurrency is not None:
-        provider.worker_count = args.concurrency
-    if args.shutdown_timeout is not None:
-        provider.shutdown_timeout = args.shutdown_timeout
+    overrides = setting_overrides(args)
+    if overrides:
+        provider.settings = dataclasses.replace(provider.settings, **overrides)
     backends = _selected_backends(provider, args.queues)
     if not provider.tasks:
         raise CLIError(_no_tasks_message(args), EXIT_CONFIG)
@@ -139,7 +155,7 @@ class _Announcer:
         tasks = ", ".join(sorted(self.provider.tasks)) or "none"
         status(
             f"lexigram-tasks {__version__} worker started: app {self.app}; backend {served}; "
-            f"concurrency {self.provider.worker_count}; pid {os.getpid()}; tasks: {tasks}"
+            f"concurrency {self.provider.settings.worker_count}; pid {os.getpid()}; tasks: {tasks}"
         )
 
     async def stop(self) -> None:
@@ -147,7 +163,7 @@ class _Announcer:
             return  # never started (e.g. a backend could not be reached)
         running = sum(pool.running for pool in self.pools)
         status(
-            f"stopping: waiting up to {self.provider.shutdown_timeout:g}s for {running} "
+            f"stopping: waiting up to {self.provider.settings.shutdown_timeout:g}s for {running} "
             "running job(s); a second signal exits at once"
         )
 
@@ -155,8 +171,8 @@ class _Announcer:
         return sum(pool.processed for pool in self.pools)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _setting_value(name: str, text: str) -> int | float:
+    try:
+        return parse_setting(name, text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -27,7 +27,6 @@ from lexigram.tasks.config._models import (
     ConfigDocument,
     NamedBackendSection,
     TasksSection,
-    WorkerSettings,
 )
 from lexigram.tasks.config._signature import OptionsValidator
 from lexigram.tasks.config._source import (
@@ -43,6 +42,7 @@ from lexigram.tasks.errors import BackendNotFoundError, ConfigurationError
 from lexigram.tasks.plugins import RATE_LIMITERS, RESULT_STORES, PluginGroup
 from lexigram.tasks.redact import redact_url
 from lexigram.tasks.registry import TaskBackendRegistry
+from lexigram.tasks.worker import WorkerSettings
 
 if TYPE_CHECKING:
     from lexigram.tasks.provider import TaskProvider
@@ -119,7 +119,7 @@ class TasksConfig:
 
         ``tracer_provider`` also goes to the dead letter queue, which traces replays.
         """
-        kwargs: dict[str, Any] = self.worker.model_dump()
+        kwargs: dict[str, Any] = {"settings": self.worker}
         if self.single:
             kwargs["queue"] = self.backends[self.primary].create()
         else:
@@ -423,6 +423,9 @@ def _checked(
 
 # -- messages ------------------------------------------------------------------
 
+#: pydantic's error types for a key that is not accepted (models, dataclasses).
+_UNKNOWN_KEY = ("extra_forbidden", "unexpected_keyword_argument")
+
 
 def _describe(
     doc: Source,
@@ -456,7 +459,7 @@ def _key_loc(data: Any, loc: tuple[int | str, ...], kind: str) -> KeyPath:
         if in_mapping or in_list:
             current = current[part]
         else:
-            if index == len(loc) - 1 and kind in ("missing", "extra_forbidden"):
+            if index == len(loc) - 1 and kind in ("missing", *_UNKNOWN_KEY):
                 path.append(part)
             break
         path.append(part)
@@ -471,7 +474,7 @@ def _explain(
     component_type: str | None,
 ) -> str:
     kind = error["type"]
-    if kind == "extra_forbidden":
+    if kind in _UNKNOWN_KEY:
         parent = tuple(str(p) for p in path[:-1] if isinstance(p, str))
         keys = accepted.get(tuple(str(p) for p in loc[:-1]), accepted.get(parent, []))
         return _unknown_key(str(path[-1]), keys, path, component_type)
@@ -489,7 +492,7 @@ def _unknown_key(key: str, accepted: list[str], path: KeyPath, component_type: s
     message = "unknown key"
     if component_type is not None:
         message += f" for type {component_type!r}"
-    if key in WorkerSettings.model_fields and path[:-1] != ("tasks", "worker"):
+    if key in WorkerSettings.names() and path[:-1] != ("tasks", "worker"):
         return f"{message}; worker settings go under tasks.worker ({key} there)"
     if key == "worker" and path[:1] == ("tasks",):
         return f"{message}; worker settings go under tasks.worker, beside the backend"

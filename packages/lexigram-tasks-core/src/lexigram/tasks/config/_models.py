@@ -7,18 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lexigram.tasks.ratelimit import Rate
-
-
-class WorkerSettings(BaseModel):
-    """``tasks.worker``: how each worker pool runs (the ``TaskProvider`` keywords)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    worker_count: int = Field(default=1, ge=1)
-    poll_interval: float = Field(default=0.5, gt=0)
-    default_timeout: float = Field(default=300.0, gt=0)
-    shutdown_timeout: float = Field(default=30.0, ge=0)
-    lease_seconds: float = Field(default=30.0, gt=0)
+from lexigram.tasks.worker import WorkerSettings
 
 
 class ComponentSection(BaseModel):
@@ -46,6 +35,7 @@ class TasksSection(BaseModel):
 
     backend: ComponentSection | None = None
     backends: list[NamedBackendSection] | None = Field(default=None, min_length=1)
+    #: The one declaration of the worker settings, validated by pydantic.
     worker: WorkerSettings = WorkerSettings()
     result_store: ComponentSection | None = None
     result_ttl: float | None = Field(default=None, gt=0)
@@ -76,5 +66,5 @@ class ConfigDocument(BaseModel):
 #: Keys accepted at each fixed place, for "did you mean" hints.
 SECTION_KEYS: dict[tuple[str, ...], list[str]] = {
     ("tasks",): list(TasksSection.model_fields),
-    ("tasks", "worker"): list(WorkerSettings.model_fields),
+    ("tasks", "worker"): list(WorkerSettings.names()),
 }

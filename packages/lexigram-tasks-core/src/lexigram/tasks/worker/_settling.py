@@ -25,6 +25,7 @@ from lexigram.tasks.job import Job
 from lexigram.tasks.protocol import Delivery, TaskQueueProtocol
 from lexigram.tasks.results import JobResult, ResultStore
 from lexigram.tasks.task import Task
+from lexigram.tasks.worker._settings import WorkerSettings
 from lexigram.tasks.worker._support import DeadLetterSink, JobFailure
 
 logger = logging.getLogger("lexigram.tasks.worker")
@@ -39,7 +40,7 @@ class Settling:
     dead_letter: DeadLetterSink | None
     result_store: ResultStore | None
     result_ttl: float | None
-    lease_seconds: float
+    settings: WorkerSettings
     worker_id: str
     _system: str
     _can_delay: bool
@@ -241,13 +242,13 @@ class Settling:
                 self._held.pop(id(delivery), None)
 
     async def _heartbeat_loop(self) -> None:
-        interval = self.lease_seconds / 3
+        interval = self.settings.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
             held = list(self._held.values())
             if not held:
                 continue
             try:
-                await self.queue.extend_lease(held, self.lease_seconds)
+                await self.queue.extend_lease(held, self.settings.lease_seconds)
             except Exception as exc:
                 logger.warning("extending %d lease(s) failed: %s", len(held), exc)

@@ -41,6 +41,7 @@ from lexigram.tasks.protocol import Capability, Delivery, TaskQueueProtocol
 from lexigram.tasks.ratelimit import LocalRateLimiter, Rate, RateLimiter
 from lexigram.tasks.results import JobResult, ResultStore
 from lexigram.tasks.task import Task
+from lexigram.tasks.worker._settings import SettingsView, WorkerSettings
 from lexigram.tasks.worker._settling import Settling
 from lexigram.tasks.worker._support import DaemonThreads, DeadLetterSink, LoopWatchdog
 
@@ -55,11 +56,11 @@ UNKNOWN_SINCE_FIELD = "unknown_task_since"
 _UNKNOWN_RETRY_DELAY = 30.0
 
 
-class WorkerPool(Settling):
+class WorkerPool(Settling, SettingsView):
     """Runs jobs from ``queue`` with the handlers in ``tasks``.
 
-    Defaults follow the documentation: one worker, 0.5 s poll interval,
-    300 s per-task timeout, 30 s graceful-shutdown window. A job whose worker
+    ``settings`` (or its fields as keywords: ``WorkerPool(q, tasks,
+    worker_count=4)``) says how it runs; see :class:`WorkerSettings`. A job whose worker
     died (its lease lapsed) runs again alone, up to ``lost_lease_retries``
     times, before it is dead-lettered as ``LeaseExpired``. A job for a task
     this worker does not have goes back to the queue for other workers, and is
@@ -71,11 +72,7 @@ class WorkerPool(Settling):
         queue: TaskQueueProtocol,
         tasks: Mapping[str, Task[Any, Any]],
         *,
-        worker_count: int = 1,
-        poll_interval: float = 0.5,
-        default_timeout: float = 300.0,
-        shutdown_timeout: float = 30.0,
-        lease_seconds: float = 30.0,
+        settings: WorkerSettings | None = None,
         result_store: ResultStore | None = None,
         result_ttl: float | None = None,
         events: EventBus | None = None,
@@ -84,23 +81,11 @@ class WorkerPool(Settling):
         rate_limiter: RateLimiter | None = None,
         global_rate_limit: Rate | None = None,
         worker_id: str | None = None,
-        blocked_loop_warning: float = 1.0,
-        lost_lease_retries: int = 2,
-        unknown_task_grace: float = 300.0,
+        **worker_settings: float,
     ) -> None:
-        if worker_count < 1:
-            raise ValueError(f"worker_count must be >= 1, got {worker_count}")
-        if lease_seconds <= 0 or poll_interval <= 0:
-            raise ValueError("lease_seconds and poll_interval must be > 0")
-        if unknown_task_grace < 0 or lost_lease_retries < 0:
-            raise ValueError("unknown_task_grace and lost_lease_retries must be >= 0")
+        self.settings = WorkerSettings.merged(settings, worker_settings, "WorkerPool")
         self.queue = queue
         self.tasks = tasks
-        self.worker_count = worker_count
-        self.poll_interval = poll_interval
-        self.default_timeout = default_timeout
-        self.shutdown_timeout = shutdown_timeout
-        self.lease_seconds = lease_seconds
         self.result_store = result_store
         self.result_ttl = result_ttl
         self.events = events or EventBus()
@@ -109,9 +94,6 @@ class WorkerPool(Settling):
         self.rate_limiter = rate_limiter or LocalRateLimiter()
         self.global_rate_limit = global_rate_limit
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.blocked_loop_warning = blocked_loop_warning
-        self.lost_lease_retries = lost_lease_retries
-        self.unknown_task_grace = unknown_task_grace
         self._system = queue.system
         self._can_delay = Capability.DELAY in queue.capabilities
         self._active: dict[asyncio.Task[None], Job | None] = {}
@@ -135,7 +117,7 @@ class WorkerPool(Settling):
         self.processed = 0
 
     def __repr__(self) -> str:
-        return f"WorkerPool(queue={self.queue!r}, worker_count={self.worker_count})"
+        return f"WorkerPool(queue={self.queue!r}, worker_count={self.settings.worker_count})"
 
     @property
     def running(self) -> int:
@@ -168,8 +150,10 @@ class WorkerPool(Settling):
             asyncio.create_task(self._ack_loop(), name="lexigram-ack"),
             asyncio.create_task(self._heartbeat_loop(), name="lexigram-heartbeat"),
         ]
-        if self.blocked_loop_warning > 0:
-            self._watchdog = LoopWatchdog(self.blocked_loop_warning, self._describe_running)
+        if self.settings.blocked_loop_warning > 0:
+            self._watchdog = LoopWatchdog(
+                self.settings.blocked_loop_warning, self._describe_running
+            )
             self._watchdog.start()
         span.end()
         logger.debug("worker %s started on %r", self.worker_id, self.queue)
@@ -195,15 +179,17 @@ class WorkerPool(Settling):
             # The fetch loop returns what it leases once stopping; cancelling it is a
             # last resort (a dequeue that hangs), its in-flight leases then lapse.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._fetcher, self.poll_interval + 5)
+                await asyncio.wait_for(self._fetcher, self.settings.poll_interval + 5)
         if self._active:
-            _, pending = await asyncio.wait(list(self._active), timeout=self.shutdown_timeout)
+            _, pending = await asyncio.wait(
+                list(self._active), timeout=self.settings.shutdown_timeout
+            )
             for task in pending:
                 task.cancel()
             if pending:
                 logger.warning(
                     "shutdown timeout (%gs) reached: returning %d running job(s) to the queue",
-                    self.shutdown_timeout,
+                    self.settings.shutdown_timeout,
                     len(pending),
                 )
                 await asyncio.gather(*pending, return_exceptions=True)
@@ -233,7 +219,11 @@ class WorkerPool(Settling):
 
     def _worker_span(self, operation: str) -> Span:
         return self.telemetry.worker_span(
-            operation, self._system, self.queue.queue_name, self.worker_id, self.worker_count
+            operation,
+            self._system,
+            self.queue.queue_name,
+            self.worker_id,
+            self.settings.worker_count,
         )
 
     async def wait_stopped(self) -> None:
@@ -245,7 +235,7 @@ class WorkerPool(Settling):
     async def _fetch_loop(self) -> None:
         failures = 0
         while not self._stopping:
-            free = self.worker_count - len(self._active)
+            free = self.settings.worker_count - len(self._active)
             if free <= 0 or self._suspect is not None:
                 # A suspect runs alone: lease nothing more until it is done.
                 self._slot_free.clear()
@@ -253,11 +243,13 @@ class WorkerPool(Settling):
                 continue
             try:
                 deliveries = await self.queue.dequeue(
-                    max_jobs=free, lease_seconds=self.lease_seconds, wait=self.poll_interval
+                    max_jobs=free,
+                    lease_seconds=self.settings.lease_seconds,
+                    wait=self.settings.poll_interval,
                 )
             except Exception as exc:
                 failures += 1
-                pause = min(self.poll_interval * 2**failures, 10.0)
+                pause = min(self.settings.poll_interval * 2**failures, 10.0)
                 logger.error(
                     "fetching from %r failed (%s: %s); retrying in %.1fs",
                     self.queue,
@@ -302,7 +294,7 @@ class WorkerPool(Settling):
     def _is_suspect(self, delivery: Delivery) -> bool:
         """Its last run ended with its worker: it may be what killed it."""
         job = delivery.job
-        return job is not None and 0 < job.lost_leases <= self.lost_lease_retries
+        return job is not None and 0 < job.lost_leases <= self.settings.lost_lease_retries
 
     async def _return_all(self, deliveries: list[Delivery]) -> None:
         await asyncio.gather(*(self._return_to_queue(d) for d in deliveries))
@@ -343,7 +335,7 @@ class WorkerPool(Settling):
         # A job whose worker died comes back with a lost lease. It runs again,
         # alone, ``lost_lease_retries`` times, so a killed worker's job still
         # runs while a job that kills every worker stops, and takes no other job with it.
-        if job.lost_leases > self.lost_lease_retries:
+        if job.lost_leases > self.settings.lost_lease_retries:
             message = (
                 f"gave up after {job.attempt - 1} attempt(s): the workers running it "
                 f"stopped responding {job.lost_leases} time(s) (killed, crashed or lost "
@@ -385,23 +377,23 @@ class WorkerPool(Settling):
         if isinstance(since, bool) or not isinstance(since, int | float) or since > now:
             since = job.extra[UNKNOWN_SINCE_FIELD] = now
         registered = ", ".join(sorted(self.tasks))
-        if now - since >= self.unknown_task_grace:
+        if now - since >= self.settings.unknown_task_grace:
             message = (
                 f"no worker ran task {job.task!r} within unknown_task_grace "
-                f"({self.unknown_task_grace:g}s) after a worker first found it unknown; "
+                f"({self.settings.unknown_task_grace:g}s) after a worker first found it unknown; "
                 f"is it registered on any worker? (this worker has: {registered})"
             )
             logger.error("job %s dead-lettered: %s", job.id, message)
             await self._dead_letter(delivery, "UnknownTaskError", message, "", None)
             return
-        delay = min(_UNKNOWN_RETRY_DELAY, self.unknown_task_grace / 10)
+        delay = min(_UNKNOWN_RETRY_DELAY, self.settings.unknown_task_grace / 10)
         logger.warning(
             "job %s is for task %r, which this worker does not have (it has: %s); returned "
             "to the queue for other workers, dead-lettered if none runs it within %.0fs",
             job.id,
             job.task,
             registered,
-            since + self.unknown_task_grace - now,
+            since + self.settings.unknown_task_grace - now,
         )
         if not self._can_delay:
             # No delayed requeue: hold it briefly instead, so it does not bounce back at once.
@@ -414,7 +406,7 @@ class WorkerPool(Settling):
         if events.wants(TaskStartedEvent):
             await events.emit(TaskStartedEvent(job, job.queue, self.worker_id))
         started = time.monotonic()
-        timeout = job.timeout or task.timeout or self.default_timeout
+        timeout = job.timeout or task.timeout or self.settings.default_timeout
         try:
             if task.is_async:
                 deadline = asyncio.timeout(timeout)
@@ -491,7 +483,7 @@ class WorkerPool(Settling):
             limits.append((GLOBAL_RATE_KEY, self.global_rate_limit))
         for key, rate in limits:
             while (wait := await self.rate_limiter.acquire(key, rate)) > 0:
-                if wait <= self.poll_interval or not self._can_delay:
+                if wait <= self.settings.poll_interval or not self._can_delay:
                     await asyncio.sleep(wait)
                     continue
                 await self._return_to_queue(delivery, delay=wait, reason="rate limited")
