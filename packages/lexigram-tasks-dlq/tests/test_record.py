@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from typing import Any
 
-from lexigram.tasks import Job
+from lexigram.tasks import Job, JobFailure
 from lexigram.tasks.dlq import FailureRecord
 from lexigram.tasks.dlq.record import RECORD_VERSION
 
@@ -78,4 +79,53 @@ def test_an_unreadable_message_stored_as_base64_loads_with_its_bytes() -> None:
     assert record.payload == record.raw == b"\xff\x00not json"
     assert (record.source, record.details) == ("rabbitmq", {"source_queue": "default"})
     assert record.to_dict() == json.loads(STORED_UNREADABLE)
+    assert FailureRecord.from_json(record.to_json()) == record
+
+
+CREATION = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def failure(job: Job | None, payload: bytes) -> JobFailure:
+    return JobFailure(
+        job=job,
+        payload=payload,
+        queue="default",
+        reason="ValueError: boom",
+        error_type="ValueError",
+        error_message="boom",
+        traceback="Traceback ...",
+        attempts=3,
+        worker_id="host:1:abc",
+        failed_at=1_700_000_000.0,
+        trace_context={"traceparent": CREATION, "tracestate": "k=v", "x-tenant": "acme"},
+    )
+
+
+def test_a_record_is_the_workers_failure_plus_what_keeping_it_adds() -> None:
+    shared = {f.name for f in fields(JobFailure)}
+    assert {f.name for f in fields(FailureRecord)} - shared == {
+        "id",
+        "source",
+        "details",
+        "revision",
+    }
+    job = Job(task="app.charge", queue="default", attempt=3)
+    worker_failure = failure(job, job.to_bytes())
+    record = FailureRecord.from_failure(worker_failure)
+    assert isinstance(record, JobFailure)
+    for name in shared - {"trace_context", "payload"}:
+        assert getattr(record, name) == getattr(worker_failure, name), name
+    assert (record.id, record.source, record.details) == (job.id, "worker", {})
+    assert record.payload is None and record.raw == worker_failure.raw == job.to_bytes()
+    assert record.trace_context == {"traceparent": CREATION, "tracestate": "k=v"}
+    assert record.task == worker_failure.task == "app.charge"
+    assert record.failed_datetime == worker_failure.failed_datetime
+
+
+def test_a_record_of_an_unreadable_message_keeps_its_bytes_under_a_generated_id() -> None:
+    worker_failure = failure(None, b"\xff not json")
+    record = FailureRecord.from_failure(worker_failure, trace_context={"traceparent": CREATION})
+    assert record.id.startswith("malformed-") and record.task is None
+    assert record.payload == record.raw == worker_failure.raw == b"\xff not json"
+    assert record.trace_context == {"traceparent": CREATION}
     assert FailureRecord.from_json(record.to_json()) == record

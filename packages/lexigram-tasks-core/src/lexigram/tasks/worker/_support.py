@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 from lexigram.tasks.job import Job
@@ -18,12 +19,23 @@ from lexigram.tasks.job import Job
 logger = logging.getLogger("lexigram.tasks.worker")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class JobFailure:
-    """A job (or undecodable message) that failed for good, as given to a dead-letter sink."""
+    """A job (or a message that is not a valid job) that failed for good.
+
+    The worker gives one to its dead-letter sink. The DLQ's ``FailureRecord``
+    is this shape too, plus what keeping it adds (an id, a revision, where it
+    came from). ``job`` is the job as it last ran, None for a message that is
+    not a valid job; ``payload`` the message's bytes as received (a record
+    keeps them only when there is no ``job`` to hold them; ``raw`` gives the
+    bytes either way). ``reason`` is ``"{error_type}: {error_message}"`` or a
+    backend's reason; ``attempts`` how many times the job ran; ``worker_id``
+    ``host:pid:suffix``. ``trace_context`` holds the job's trace headers
+    (the worker passes the job's headers; a record, the failed run's W3C
+    context). ``failed_at`` is Unix epoch seconds.
+    """
 
     job: Job | None
-    payload: bytes
     queue: str
     reason: str
     error_type: str
@@ -33,6 +45,24 @@ class JobFailure:
     worker_id: str
     failed_at: float = field(default_factory=time.time)
     trace_context: dict[str, str] = field(default_factory=dict)
+    payload: bytes | None = None
+
+    @property
+    def task(self) -> str | None:
+        """The task name, or None for a message that was not a valid job."""
+        return self.job.task if self.job is not None else None
+
+    @property
+    def raw(self) -> bytes:
+        """The message bytes: the job's JSON document, or the bytes of one that is not a job."""
+        if self.job is not None:
+            return self.job.to_bytes()
+        return self.payload or b""
+
+    @property
+    def failed_datetime(self) -> datetime:
+        """``failed_at`` as an aware UTC datetime."""
+        return datetime.fromtimestamp(self.failed_at, UTC)
 
 
 @runtime_checkable

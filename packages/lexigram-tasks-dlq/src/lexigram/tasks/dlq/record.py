@@ -6,8 +6,7 @@ import base64
 import binascii
 import json
 import uuid
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from lexigram.tasks.errors import MalformedJobError
@@ -26,57 +25,33 @@ def new_revision() -> str:
     return uuid.uuid4().hex
 
 
-@dataclass(frozen=True, slots=True)
-class FailureRecord:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailureRecord(JobFailure):
     """A job that failed for good, kept for inspection and replay.
 
+    It is the worker's :class:`~lexigram.tasks.JobFailure` (the same fields,
+    ``task``, ``raw`` and ``failed_datetime``) plus what keeping it adds.
     ``id`` is the job's id, so ``await dlq.get(job_id)`` finds it; a message
     that was not a valid job has no id of its own and gets a generated one,
-    with its bytes kept in ``payload``. ``job`` is the whole job as it last
-    ran (``attempts`` says how many runs it had), so it can be replayed.
-    ``trace_context`` holds the W3C ``traceparent``/``tracestate`` of the
-    failed run; a replay links to it. ``revision`` changes each time the same
-    id is dead-lettered again, so a replay never deletes a newer failure.
-    Times are Unix epoch seconds.
+    with its bytes kept in ``payload`` (None when there is a ``job``). ``job``
+    is the whole job as it last ran (``attempts`` says how many runs it had),
+    so it can be replayed. ``trace_context`` holds the W3C
+    ``traceparent``/``tracestate`` of the failed run; a replay links to it.
+    ``revision`` changes each time the same id is dead-lettered again, so a
+    replay never deletes a newer failure. ``source`` is ``"worker"`` or the
+    feeder's backend, ``details`` what it knows (RabbitMQ's ``x-death``).
+    Constructed by keyword.
     """
 
     id: str
-    job: Job | None
-    queue: str
-    reason: str
-    error_type: str
-    error_message: str
-    traceback: str
-    attempts: int
-    worker_id: str
-    failed_at: float
-    trace_context: dict[str, str] = field(default_factory=dict)
-    payload: bytes | None = None
     source: str = "worker"
     details: dict[str, Any] = field(default_factory=dict)
     revision: str = field(default_factory=new_revision)
 
     @property
-    def task(self) -> str | None:
-        """The task name, or None for a message that was not a valid job."""
-        return self.job.task if self.job is not None else None
-
-    @property
     def replayable(self) -> bool:
         """True when the record holds a job that can be sent again."""
         return self.job is not None
-
-    @property
-    def failed_datetime(self) -> datetime:
-        """``failed_at`` as an aware UTC datetime."""
-        return datetime.fromtimestamp(self.failed_at, UTC)
-
-    @property
-    def raw(self) -> bytes:
-        """The message bytes: the job's JSON document, or the unreadable payload."""
-        if self.job is not None:
-            return self.job.to_bytes()
-        return self.payload or b""
 
     @classmethod
     def from_failure(
@@ -88,23 +63,13 @@ class FailureRecord:
         context) when the caller knows the failed run's span.
         """
         job = failure.job
-        context = trace_context or {
-            k: v for k, v in failure.trace_context.items() if k in TRACE_KEYS
-        }
-        return cls(
-            id=job.id if job is not None else f"malformed-{uuid.uuid4().hex}",
-            job=job,
-            queue=failure.queue,
-            reason=failure.reason,
-            error_type=failure.error_type,
-            error_message=failure.error_message,
-            traceback=failure.traceback,
-            attempts=failure.attempts,
-            worker_id=failure.worker_id,
-            failed_at=failure.failed_at,
-            trace_context=dict(context),
-            payload=None if job is not None else failure.payload,
+        kept = {f.name: getattr(failure, f.name) for f in fields(JobFailure)}
+        kept["trace_context"] = dict(
+            trace_context or {k: v for k, v in failure.trace_context.items() if k in TRACE_KEYS}
         )
+        if job is not None:
+            kept["payload"] = None  # the job holds the message
+        return cls(id=job.id if job is not None else f"malformed-{uuid.uuid4().hex}", **kept)
 
     def renewed(self) -> FailureRecord:
         """The same record with a fresh revision (it was dead-lettered again)."""
