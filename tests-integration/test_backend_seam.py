@@ -12,13 +12,11 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import asyncpg
 import pytest
 import pytest_asyncio
 
 from lexigram.tasks import BaseTaskQueue, Delivery, Job, JobTooLargeError, MemoryTaskQueue
 from lexigram.tasks.postgres import PostgresTaskQueue
-from lexigram.tasks.postgres.migrate import quote_ident
 from lexigram.tasks.rabbitmq import RabbitMQTaskQueue
 from lexigram.tasks.redis import RedisTaskQueue
 from lexigram.tasks.testing import eventually
@@ -27,45 +25,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "sqlit
 from sqlite_queue import SQLiteTaskQueue
 
 BACKENDS = ["memory", "redis", "postgres", "rabbitmq", "sqlite"]
+#: What removes a test's queue from a shared server afterwards (PostgreSQL's
+#: purge deletes the failed rows, since keep_failed=0; acked rows are gone).
+CLEANUP = {"redis": "purge", "postgres": "purge", "rabbitmq": "delete_topology"}
+
+
+def _make(kind: str, name: str, request: pytest.FixtureRequest, path: Path) -> BaseTaskQueue:
+    if kind == "memory":
+        return MemoryTaskQueue(name)
+    if kind == "sqlite":
+        return SQLiteTaskQueue(path=path / "seam.sqlite3", queue_name=name)
+    if kind == "redis":
+        return RedisTaskQueue(redis_url=request.getfixturevalue("redis_url"), queue_name=name)
+    if kind == "rabbitmq":
+        return RabbitMQTaskQueue(amqp_url=request.getfixturevalue("amqp_url"), queue_name=name)
+    return PostgresTaskQueue(request.getfixturevalue("postgres_dsn"), name, keep_failed=0)
 
 
 @pytest_asyncio.fixture(params=BACKENDS)
 async def queue(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BaseTaskQueue]:
-    """A connected queue of each backend, with a name (and schema) of its own; cleaned up after."""
-    name = f"lxseam-{uuid.uuid4().hex[:10]}"
+    """A connected queue of each backend, with a name of its own; removed afterwards."""
     kind = request.param
-    if kind == "memory":
-        async with MemoryTaskQueue(name) as memory:
-            yield memory
-    elif kind == "sqlite":
-        async with SQLiteTaskQueue(path=tmp_path / "seam.sqlite3", queue_name=name) as sqlite:
-            yield sqlite
-    elif kind == "redis":
-        url = request.getfixturevalue("redis_url")
-        async with RedisTaskQueue(redis_url=url, queue_name=name) as redis:
-            try:
-                yield redis
-            finally:
-                await redis.purge()
-    elif kind == "rabbitmq":
-        url = request.getfixturevalue("amqp_url")
-        async with RabbitMQTaskQueue(amqp_url=url, queue_name=name) as rabbitmq:
-            try:
-                yield rabbitmq
-            finally:
-                await rabbitmq.delete_topology()
-    else:
-        dsn = request.getfixturevalue("postgres_dsn")
-        schema = name.replace("-", "_")
+    made = _make(kind, f"lxseam-{uuid.uuid4().hex[:10]}", request, tmp_path)
+    async with made:
         try:
-            async with PostgresTaskQueue(dsn, queue_name=name, schema=schema) as postgres:
-                yield postgres
+            yield made
         finally:
-            connection = await asyncpg.connect(dsn)
-            try:
-                await connection.execute(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
-            finally:
-                await connection.close()
+            if kind in CLEANUP:
+                await getattr(made, CLEANUP[kind])()
 
 
 async def _drain(queue: BaseTaskQueue, count: int) -> list[Delivery]:
