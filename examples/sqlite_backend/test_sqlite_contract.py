@@ -1,4 +1,4 @@
-"""SQLiteTaskQueue passes the lexigram-tasks backend contract suite.
+"""SQLiteTaskQueue passes the lexigram-tasks backend and worker contract suites.
 
 Run it with ``pytest examples/sqlite_backend`` (it is part of the repository's
 test run). Each test gets its own database file, so nothing needs cleaning up.
@@ -16,14 +16,15 @@ from pathlib import Path
 import pytest
 
 from lexigram.tasks import Capability, TaskQueueProtocol
-from lexigram.tasks.testing import TaskQueueContract
+from lexigram.tasks.testing import BackendSpec, ContractBase, TaskQueueContract, WorkerContract
 
 sys.path.insert(0, str(Path(__file__).parent))  # the example is a module, not an installed package
 from sqlite_queue import SQLiteTaskQueue
 
 
-class TestSQLiteContract(TaskQueueContract):
-    expected_capabilities = frozenset({Capability.DELAY, Capability.PRIORITY, Capability.UNIQUE})
+class SQLiteHooks(ContractBase):
+    """How the suites reach the queue: one database file per test."""
+
     lease_seconds = 0.5
 
     @pytest.fixture(autouse=True)
@@ -32,6 +33,11 @@ class TestSQLiteContract(TaskQueueContract):
 
     async def create_queue(self, queue_name: str) -> TaskQueueProtocol:
         return SQLiteTaskQueue(path=self.path, queue_name=queue_name)
+
+    def queue_spec(self, queue_name: str) -> BackendSpec:
+        # Worker processes import sqlite_queue as this module does: they get its sys.path.
+        options = {"path": str(self.path), "queue_name": queue_name}
+        return BackendSpec("sqlite_queue:SQLiteTaskQueue", options)
 
     async def push_raw(self, queue: TaskQueueProtocol, payload: bytes) -> None:
         # A foreign producer: a plain INSERT of the bytes, relying on the defaults.
@@ -43,3 +49,11 @@ class TestSQLiteContract(TaskQueueContract):
                 )
 
         await asyncio.to_thread(insert)
+
+
+class TestSQLiteContract(SQLiteHooks, TaskQueueContract):
+    expected_capabilities = frozenset({Capability.DELAY, Capability.PRIORITY, Capability.UNIQUE})
+
+
+class TestSQLiteWorkerContract(SQLiteHooks, WorkerContract):
+    pass

@@ -1,4 +1,4 @@
-"""PostgresTaskQueue passes the backend contract suite against a real PostgreSQL."""
+"""PostgresTaskQueue passes the backend and worker contract suites against a real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ import pytest
 from lexigram.tasks.postgres import PostgresTaskQueue
 from lexigram.tasks.postgres.migrate import quote_ident
 from lexigram.tasks.protocol import Capability, TaskQueueProtocol
-from lexigram.tasks.testing import TaskQueueContract
+from lexigram.tasks.testing import BackendSpec, ContractBase, TaskQueueContract, WorkerContract
 
 
-class TestPostgresContract(TaskQueueContract):
-    expected_capabilities = frozenset(
-        {Capability.DELAY, Capability.PRIORITY, Capability.UNIQUE, Capability.TRANSACTIONAL}
-    )
+class PostgresHooks(ContractBase):
+    """How the suites reach a real PostgreSQL (one schema per test module)."""
+
     lease_seconds = 1.0
 
     @pytest.fixture(autouse=True)
@@ -24,6 +23,10 @@ class TestPostgresContract(TaskQueueContract):
 
     async def create_queue(self, queue_name: str) -> TaskQueueProtocol:
         return PostgresTaskQueue(postgres_dsn=self.dsn, queue_name=queue_name, schema=self.schema)
+
+    def queue_spec(self, queue_name: str) -> BackendSpec:
+        options = {"postgres_dsn": self.dsn, "queue_name": queue_name, "schema": self.schema}
+        return BackendSpec("lexigram.tasks.postgres:PostgresTaskQueue", options)
 
     async def push_raw(self, queue: TaskQueueProtocol, payload: bytes) -> None:
         # What a producer in another language does: one plain INSERT of the two
@@ -38,3 +41,13 @@ class TestPostgresContract(TaskQueueContract):
             )
         finally:
             await connection.close()
+
+
+class TestPostgresContract(PostgresHooks, TaskQueueContract):
+    expected_capabilities = frozenset(
+        {Capability.DELAY, Capability.PRIORITY, Capability.UNIQUE, Capability.TRANSACTIONAL}
+    )
+
+
+class TestPostgresWorkerContract(PostgresHooks, WorkerContract):
+    pass

@@ -1,4 +1,4 @@
-"""RedisTaskQueue passes the backend contract suite against a real Redis."""
+"""RedisTaskQueue passes the backend and worker contract suites against a real Redis."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import redis.asyncio as aioredis
 
 from lexigram.tasks.protocol import Capability, TaskQueueProtocol
 from lexigram.tasks.redis import RedisTaskQueue
-from lexigram.tasks.testing import TaskQueueContract
+from lexigram.tasks.testing import BackendSpec, ContractBase, TaskQueueContract, WorkerContract
 
 
-class TestRedisContract(TaskQueueContract):
-    expected_capabilities = frozenset({Capability.DELAY, Capability.PRIORITY, Capability.UNIQUE})
+class RedisHooks(ContractBase):
+    """How the suites reach a real Redis."""
+
     lease_seconds = 1.0
 
     @pytest.fixture(autouse=True)
@@ -22,6 +23,10 @@ class TestRedisContract(TaskQueueContract):
 
     async def create_queue(self, queue_name: str) -> TaskQueueProtocol:
         return RedisTaskQueue(redis_url=self.url, queue_name=queue_name)
+
+    def queue_spec(self, queue_name: str) -> BackendSpec:
+        options = {"redis_url": self.url, "queue_name": queue_name}
+        return BackendSpec("lexigram.tasks.redis:RedisTaskQueue", options)
 
     async def push_raw(self, queue: TaskQueueProtocol, payload: bytes) -> None:
         # What a producer in another language does (docs/backends/redis.md,
@@ -40,3 +45,11 @@ class TestRedisContract(TaskQueueContract):
         queue = RedisTaskQueue(redis_url=self.url, queue_name=queue_name)
         async with queue:
             await queue.purge()
+
+
+class TestRedisContract(RedisHooks, TaskQueueContract):
+    expected_capabilities = frozenset({Capability.DELAY, Capability.PRIORITY, Capability.UNIQUE})
+
+
+class TestRedisWorkerContract(RedisHooks, WorkerContract):
+    pass

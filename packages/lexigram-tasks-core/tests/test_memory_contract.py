@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from lexigram.tasks.memory import MemoryTaskQueue
 from lexigram.tasks.protocol import Capability, TaskQueueProtocol
-from lexigram.tasks.testing import TaskQueueContract
+from lexigram.tasks.testing import TaskQueueContract, WorkerContract
 
 
 class TestMemoryContract(TaskQueueContract):
+    shared_between_processes = False  # the queue lives in this process
     expected_capabilities = frozenset({Capability.DELAY, Capability.PRIORITY, Capability.UNIQUE})
     lease_seconds = 0.5
 
@@ -20,3 +21,10 @@ class TestMemoryContract(TaskQueueContract):
     async def push_raw(self, queue: TaskQueueProtocol, payload: bytes) -> None:
         assert isinstance(queue, MemoryTaskQueue)
         queue.push_raw(payload)
+
+
+class TestMemoryWorkerContract(WorkerContract):
+    shared_between_processes = False  # the queue lives in this process: no process tests
+
+    create_queue = TestMemoryContract.create_queue
+    push_raw = TestMemoryContract.push_raw

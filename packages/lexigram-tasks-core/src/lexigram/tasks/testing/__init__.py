@@ -8,6 +8,9 @@ A backend, built in or third party, proves it keeps the semantics of
         async def create_queue(self, queue_name): return AcmeTaskQueue(queue_name=queue_name)
         async def push_raw(self, queue, payload): ...
 
+:class:`WorkerContract`, on the same hooks, proves the worker behaves the
+same on the backend (retries, timeouts, shutdown, worker processes ...).
+
 Needs the ``testing`` extra: ``pip install "lexigram-tasks-core[testing]"``.
 """
 
@@ -27,15 +30,25 @@ from lexigram.tasks.testing._isolation import run_without
 from lexigram.tasks.testing._lease import LeaseContract
 from lexigram.tasks.testing._lifecycle import LifecycleContract
 from lexigram.tasks.testing._malformed import MalformedContract
+from lexigram.tasks.testing._processes import (
+    BackendSpec,
+    EventLog,
+    WorkerAppConfig,
+    WorkerProcesses,
+)
 from lexigram.tasks.testing._settle import SettleContract
-from lexigram.tasks.testing.contract import TaskQueueContract
+from lexigram.tasks.testing._worker import WorkerBehaviourContract
+from lexigram.tasks.testing._worker_processes import WorkerProcessContract
+from lexigram.tasks.testing.contract import TaskQueueContract, WorkerContract
 
 __all__ = [
+    "BackendSpec",
     "CapabilityContract",
     "ConcurrencyContract",
     "ContractBase",
     "DelayContract",
     "EnqueueContract",
+    "EventLog",
     "LeaseContract",
     "LifecycleContract",
     "MalformedContract",
@@ -43,6 +56,11 @@ __all__ = [
     "SettleContract",
     "TaskQueueContract",
     "UniqueContract",
+    "WorkerAppConfig",
+    "WorkerBehaviourContract",
+    "WorkerContract",
+    "WorkerProcessContract",
+    "WorkerProcesses",
     "collect",
     "eventually",
     "make_job",

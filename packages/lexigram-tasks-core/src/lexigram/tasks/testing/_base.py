@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import pytest
 import pytest_asyncio
 
 from lexigram.tasks.protocol import Capability, TaskQueueProtocol
+from lexigram.tasks.testing._processes import BackendSpec, WorkerProcesses
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,6 +48,9 @@ class ContractBase:
     lease_seconds: ClassVar[float] = 1.0
     #: How much earlier than due a delayed job may arrive (clock resolution, server skew).
     clock_tolerance: ClassVar[float] = 0.1
+    #: ``False`` for a backend whose jobs live inside one process (the memory
+    #: backend): the tests that run several processes are skipped, saying so.
+    shared_between_processes: ClassVar[bool] = True
 
     async def create_queue(self, queue_name: str) -> TaskQueueProtocol:
         """Return a new, NOT connected queue instance reading and writing ``queue_name``.
@@ -62,8 +67,34 @@ class ContractBase:
         """
         raise NotImplementedError(f"{type(self).__name__} must override push_raw()")
 
+    def queue_spec(self, queue_name: str) -> BackendSpec:
+        """How another process builds the queue of :meth:`create_queue` for ``queue_name``.
+
+        The multi-process tests start consumer and worker processes with it,
+        because a lock or a count that holds in one process only is a bug no
+        single-process test can see.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} must override queue_spec() for the multi-process tests "
+            "(or set shared_between_processes = False for a backend living in one process)"
+        )
+
     async def drop_queue(self, queue_name: str) -> None:
         """Optional: delete whatever the test left on the server under ``queue_name``."""
+
+    @pytest.fixture
+    def processes(self, queue_name: str, tmp_path: Path) -> Iterator[WorkerProcesses]:
+        """Starts worker or consumer processes on ``queue_name``; kills what is left after.
+
+        Skips the test on a backend that is not ``shared_between_processes``.
+        """
+        if not self.shared_between_processes:
+            pytest.skip(f"{type(self).__name__}: the queue lives in one process")
+        started = WorkerProcesses(self.queue_spec(queue_name), tmp_path)
+        try:
+            yield started
+        finally:
+            started.close()
 
     @pytest_asyncio.fixture
     async def queue_name(self) -> AsyncIterator[str]:

@@ -90,6 +90,40 @@ class SettleContract(ContractBase):
         assert again.job.attempt == 2
 
     @pytest.mark.asyncio
+    async def test_requeue_takes_the_attempt_from_the_job(
+        self, queue: TaskQueueProtocol, queue_name: str
+    ) -> None:
+        """The attempt rule: a requeued job's next attempt is ``delivery.job.attempt + 1``.
+
+        The worker hands a job back without using up an attempt (at shutdown,
+        under a rate limit, for a task it does not have) by lowering
+        ``job.attempt`` before ``nack(requeue=True)``, and derives lost runs
+        from ``attempt - 1 - failures``. A backend that keeps its own count
+        instead makes every hand-back look like a run lost with its worker: the
+        job is run alone, then dead-lettered as ``LeaseExpired`` although it
+        never failed. So store the attempt the job carries; count a delivery
+        only at ``dequeue``.
+        """
+        job = make_job(queue, max_retries=0)
+        await queue.enqueue(job)
+        for _ in range(3):  # handed back by three workers that stop, each on its connection
+            async with self.connected(queue_name) as worker:
+                [delivery] = await collect(worker, 1, lease_seconds=self.lease_seconds * 10)
+                assert delivery.job is not None
+                assert delivery.job.attempt == 1, "a handed-back job came back with a used attempt"
+                delivery.job.attempt -= 1
+                await worker.nack(delivery, requeue=True, reason="contract: handed back")
+        [delivery] = await collect(queue, 1, lease_seconds=self.lease_seconds * 10)
+        assert delivery.job is not None
+        delivery.job.attempt, delivery.job.failures = 6, 5  # what the worker wrote back wins
+        await queue.nack(delivery, requeue=True, reason="contract: retry")
+        [last] = await collect(queue, 1, lease_seconds=self.lease_seconds * 10)
+        assert last.job is not None
+        assert (last.job.attempt, last.job.failures) == (7, 5)
+        await queue.ack(last)
+        assert await queue.counts() == _EMPTY
+
+    @pytest.mark.asyncio
     async def test_nack_without_requeue_dead_letters_with_reason(
         self, queue: TaskQueueProtocol
     ) -> None:

@@ -1,4 +1,4 @@
-"""TaskQueueContract: every area of the backend contract in one base class."""
+"""TaskQueueContract and WorkerContract: every area of the backend contract in two base classes."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from lexigram.tasks.testing._lease import LeaseContract
 from lexigram.tasks.testing._lifecycle import LifecycleContract
 from lexigram.tasks.testing._malformed import MalformedContract
 from lexigram.tasks.testing._settle import SettleContract
+from lexigram.tasks.testing._worker import WorkerBehaviourContract
+from lexigram.tasks.testing._worker_processes import WorkerProcessContract
 
 
 class TaskQueueContract(
@@ -39,4 +41,21 @@ class TaskQueueContract(
     Tests of a capability the backend does not declare are skipped with a
     reason; instead one test checks that such a job is refused with
     :class:`~lexigram.tasks.errors.CapabilityNotSupportedError`.
+    """
+
+
+class WorkerContract(WorkerBehaviourContract, WorkerProcessContract):
+    """The worker suite: what :class:`~lexigram.tasks.WorkerPool` does with this backend's jobs.
+
+    Built on the same hooks as :class:`TaskQueueContract` (:meth:`create_queue`,
+    :meth:`push_raw`, :meth:`queue_spec`, :meth:`drop_queue`): retries with
+    backoff, timeouts of ``async`` and ``def`` tasks, graceful shutdown, bad
+    messages, rate limits, unknown tasks, events and spans in the test process;
+    then worker processes (``worker_app``) sharing the queue, killed with
+    SIGKILL, stopped with SIGTERM, and killed by their own job.
+
+    Differences a backend may legitimately have are declared, not copied:
+    ``shared_between_processes = False`` skips the process tests (a queue in
+    one process), ``returns_jobs_of_a_closed_connection = True`` expects a
+    killed worker's job back at once instead of after its lease.
     """
