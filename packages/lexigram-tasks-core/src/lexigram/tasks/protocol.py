@@ -2,7 +2,9 @@
 
 A backend implements job-level primitives (enqueue, lease, ack, nack);
 tracing, events, retry policy and dead-lettering decisions live once in the
-worker and provider, so a custom backend cannot forget them. Delivery is at
+worker and provider, and the checks of an enqueue and the parsing of a
+leased message once in :class:`BaseTaskQueue`, so a custom backend cannot
+forget them. Delivery is at
 least once: a leased job is settled by exactly one ``ack`` or ``nack``, and a
 job whose lease lapses (its worker died) becomes available again.
 """
