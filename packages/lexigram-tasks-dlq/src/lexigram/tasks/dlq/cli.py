@@ -16,6 +16,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,6 +39,8 @@ from lexigram.tasks.redact import redact_url
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: Filter fields given as a time (ISO or a duration ago) on the command line.
+_TIME_FIELDS = frozenset({"since", "until"})
 
 
 def register(subparsers: Any) -> None:
@@ -107,16 +110,18 @@ def _source_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _filter_arguments(parser: argparse.ArgumentParser) -> None:
+    """A ``--field-name`` flag per :class:`FailureFilter` field."""
     group = parser.add_argument_group("filters")
-    group.add_argument("--task", help="task name")
-    group.add_argument("--queue", help="queue name")
-    group.add_argument("--error-type", help="exception class name, e.g. ValueError")
-    group.add_argument(
-        "--since", type=parse_moment, help="failed at or after: ISO time, or 30m/2h/7d ago"
-    )
-    group.add_argument(
-        "--until", type=parse_moment, help="failed before: ISO time, or 30m/2h/7d ago"
-    )
+    for spec in fields(FailureFilter):
+        help_text: str = spec.metadata["help"]
+        if spec.name in _TIME_FIELDS:
+            group.add_argument(
+                "--" + spec.name,
+                type=parse_moment,
+                help=f"{help_text}: ISO time, or 30m/2h/7d ago",
+            )
+        else:
+            group.add_argument("--" + spec.name.replace("_", "-"), help=help_text)
 
 
 # -- commands ------------------------------------------------------------------
@@ -127,12 +132,9 @@ async def run_list(args: argparse.Namespace) -> int:
     try:
         where = _filter(args)
         records = await dlq.list(
-            **_keywords(where),
-            limit=args.limit,
-            offset=args.offset,
-            newest_first=args.newest,
+            where=where, limit=args.limit, offset=args.offset, newest_first=args.newest
         )
-        total = await dlq.count(**_keywords(where))
+        total = await dlq.count(where=where)
         if args.json:
             _print_json([r.to_dict() for r in records])
         else:
@@ -170,7 +172,7 @@ async def run_replay(args: argparse.Namespace) -> int:
             for record_id in args.record_ids:
                 await _replay_one(dlq, provider, record_id, report)
         else:
-            report = await dlq.replay_many(provider, **_keywords(where), limit=args.limit)
+            report = await dlq.replay_many(provider, where=where, limit=args.limit)
         if args.json:
             _print_json(
                 {"replayed": report.replayed, "skipped": report.skipped, "failed": report.failed}
@@ -212,7 +214,7 @@ async def run_purge(args: argparse.Namespace) -> int:
             what = f"{len(found)} of the {len(args.record_ids)} given record(s)"
             count = len(found)
         else:
-            count = await dlq.count(**_keywords(where))
+            count = await dlq.count(where=where)
             what = f"{count} record(s) ({where.describe()})"
         if count == 0:
             status("nothing to purge")
@@ -225,7 +227,7 @@ async def run_purge(args: argparse.Namespace) -> int:
         if args.record_ids:
             purged = sum([await dlq.delete(i) for i in args.record_ids])
         else:
-            purged = await dlq.purge(**_keywords(where))
+            purged = await dlq.purge(where=where)
         if args.json:
             _print_json({"purged": purged})
         status(f"purged {purged} record(s)")
@@ -288,28 +290,12 @@ async def _close(dlq: DeadLetterQueue, provider: TaskProvider | None) -> None:
 
 
 def _filter(args: argparse.Namespace) -> FailureFilter:
-    return FailureFilter(
-        task=getattr(args, "task", None),
-        queue=getattr(args, "queue", None),
-        error_type=getattr(args, "error_type", None),
-        since=getattr(args, "since", None),
-        until=getattr(args, "until", None),
-    )
+    return FailureFilter(**{name: getattr(args, name, None) for name in FailureFilter.names()})
 
 
 def status(message: str) -> None:
     """A line for people, on stderr (stdout is for data)."""
     print(message, file=sys.stderr, flush=True)
-
-
-def _keywords(where: FailureFilter) -> dict[str, Any]:
-    return {
-        "task": where.task,
-        "queue": where.queue,
-        "error_type": where.error_type,
-        "since": where.since,
-        "until": where.until,
-    }
 
 
 def _check_selection(args: argparse.Namespace, where: FailureFilter, verb: str) -> None:

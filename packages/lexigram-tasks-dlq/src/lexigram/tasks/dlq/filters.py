@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from lexigram.tasks.dlq.record import FailureRecord
 
@@ -23,31 +24,53 @@ def to_epoch(moment: Moment | None) -> float | None:
     return float(moment)
 
 
+def _criterion(help: str) -> Any:
+    """A filter field with its ``dlq`` command-line help (flag ``--field-name``)."""
+    return field(default=None, metadata={"help": help})
+
+
 @dataclass(frozen=True, slots=True)
 class FailureFilter:
     """Records matching every given field; ``None`` matches anything.
 
+    The one declaration of the DLQ's filters: ``DeadLetterQueue.list``,
+    ``count``, ``replay_many`` and ``purge`` take one (``where=``) or its
+    fields as keywords, and ``lexigram-tasks dlq`` has a flag per field.
     The time range is ``since <= failed_at < until`` (epoch seconds).
     """
 
-    task: str | None = None
-    queue: str | None = None
-    error_type: str | None = None
-    since: float | None = None
-    until: float | None = None
+    task: str | None = _criterion("task name")
+    queue: str | None = _criterion("queue name")
+    error_type: str | None = _criterion("exception class name, e.g. ValueError")
+    since: float | None = _criterion("failed at or after")
+    until: float | None = _criterion("failed before")
 
     @classmethod
-    def of(
-        cls,
-        *,
-        task: str | None = None,
-        queue: str | None = None,
-        error_type: str | None = None,
-        since: Moment | None = None,
-        until: Moment | None = None,
+    def of(cls, **criteria: str | Moment | None) -> FailureFilter:
+        """Build a filter from keywords, accepting datetimes for the time range."""
+        return cls.merged(None, criteria, "FailureFilter.of")
+
+    @classmethod
+    def merged(
+        cls, where: FailureFilter | None, criteria: Mapping[str, Any], owner: str
     ) -> FailureFilter:
-        """Build a filter, accepting datetimes for the time range."""
-        return cls(task, queue, error_type, to_epoch(since), to_epoch(until))
+        """``where`` (default: match all) with the keyword ``criteria`` applied.
+
+        ``owner`` names the caller in the ``TypeError`` for an unknown keyword.
+        """
+        unknown = sorted(set(criteria) - set(cls.names()))
+        if unknown:
+            raise TypeError(
+                f"{owner}() got an unexpected keyword argument {unknown[0]!r} "
+                f"(filters: {', '.join(cls.names())})"
+            )
+        given: dict[str, Any] = {k: to_epoch(v) if k in _TIMES else v for k, v in criteria.items()}
+        return replace(where or cls(), **given)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The filter fields, in declaration order."""
+        return tuple(f.name for f in fields(cls))
 
     @property
     def is_empty(self) -> bool:
@@ -67,23 +90,20 @@ class FailureFilter:
 
     def bounded(self, until: float) -> FailureFilter:
         """The same filter, with ``until`` no later than the given time."""
-        end = until if self.until is None else min(self.until, until)
-        return FailureFilter(self.task, self.queue, self.error_type, self.since, end)
+        return replace(self, until=until if self.until is None else min(self.until, until))
 
     def describe(self) -> str:
         """A short human description, e.g. ``task=x error_type=ValueError``."""
         parts = [
-            f"{name}={value}"
-            for name, value in (
-                ("task", self.task),
-                ("queue", self.queue),
-                ("error_type", self.error_type),
-                ("since", _iso(self.since)),
-                ("until", _iso(self.until)),
-            )
-            if value is not None
+            f"{name}={_iso(value) if name in _TIMES else value}"
+            for name in self.names()
+            if (value := getattr(self, name)) is not None
         ]
         return " ".join(parts) or "all records"
+
+
+#: The fields holding a point in time (epoch seconds).
+_TIMES = frozenset({"since", "until"})
 
 
 def _iso(epoch: float | None) -> str | None:

@@ -165,41 +165,32 @@ class DeadLetterQueue:
     async def list(
         self,
         *,
-        task: str | None = None,
-        queue: str | None = None,
-        error_type: str | None = None,
-        since: Moment | None = None,
-        until: Moment | None = None,
+        where: FailureFilter | None = None,
         limit: int | None = 50,
         offset: int = 0,
         newest_first: bool = False,
+        **criteria: str | Moment | None,
     ) -> list[FailureRecord]:
-        """Records matching the filters, oldest first (or newest), a page at a time.
+        """Records matching the filter, oldest first (or newest), a page at a time.
 
-        ``since``/``until`` are epoch seconds or datetimes (``since <= failed_at < until``).
+        The filter is ``where=FailureFilter(...)`` and/or its fields as
+        keywords (``task=``, ``queue=``, ``error_type=``, ``since=``,
+        ``until=``; the times as epoch seconds or datetimes,
+        ``since <= failed_at < until``), as for :meth:`count`,
+        :meth:`replay_many` and :meth:`purge`.
         """
         if offset < 0 or (limit is not None and limit < 0):
             raise ValueError("limit and offset must be >= 0")
+        where = FailureFilter.merged(where, criteria, "list")
         await self.connect()
-        where = FailureFilter.of(
-            task=task, queue=queue, error_type=error_type, since=since, until=until
-        )
         return await self.storage.list(where, limit=limit, offset=offset, newest_first=newest_first)
 
     async def count(
-        self,
-        *,
-        task: str | None = None,
-        queue: str | None = None,
-        error_type: str | None = None,
-        since: Moment | None = None,
-        until: Moment | None = None,
+        self, *, where: FailureFilter | None = None, **criteria: str | Moment | None
     ) -> int:
-        """How many records match the filters (all of them without filters)."""
+        """How many records match the filter (all of them without one); see :meth:`list`."""
+        where = FailureFilter.merged(where, criteria, "count")
         await self.connect()
-        where = FailureFilter.of(
-            task=task, queue=queue, error_type=error_type, since=since, until=until
-        )
         return await self.storage.count(where)
 
     # -- replaying ---------------------------------------------------------------
@@ -236,15 +227,13 @@ class DeadLetterQueue:
         self,
         target: ReplayTarget | None = None,
         *,
-        task: str | None = None,
-        queue: str | None = None,
-        error_type: str | None = None,
-        since: Moment | None = None,
-        until: Moment | None = None,
+        where: FailureFilter | None = None,
         limit: int | None = None,
         batch_size: int = 100,
+        **criteria: str | Moment | None,
     ) -> ReplayReport:
-        """Replay every matching record (at most ``limit``), in batches, oldest first.
+        """Replay every record the filter matches (see :meth:`list`), at most ``limit``,
+        in batches, oldest first.
 
         Records that fail again while this runs are not picked up a second
         time. Records that cannot be replayed (not a valid job, no queue for
@@ -252,12 +241,10 @@ class DeadLetterQueue:
         """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        where = FailureFilter.merged(where, criteria, "replay_many").bounded(time.time())
         await self.connect()
         targets = self._targets(target)
         await targets.connect()
-        where = FailureFilter.of(
-            task=task, queue=queue, error_type=error_type, since=since, until=until
-        ).bounded(time.time())
         report = ReplayReport()
         kept = 0  # matching records left in place: the next page starts after them
         while limit is None or report.total < limit:
@@ -402,19 +389,12 @@ class DeadLetterQueue:
         return await self.storage.delete(record_id)
 
     async def purge(
-        self,
-        *,
-        task: str | None = None,
-        queue: str | None = None,
-        error_type: str | None = None,
-        since: Moment | None = None,
-        until: Moment | None = None,
+        self, *, where: FailureFilter | None = None, **criteria: str | Moment | None
     ) -> int:
-        """Remove every matching record (every record without filters); return how many."""
+        """Remove every record the filter matches (every record without one; see
+        :meth:`list`); return how many."""
+        where = FailureFilter.merged(where, criteria, "purge")
         await self.connect()
-        where = FailureFilter.of(
-            task=task, queue=queue, error_type=error_type, since=since, until=until
-        )
         removed = await self.storage.purge(where)
         if removed:
             logger.info("purged %d record(s): %s", removed, where.describe())
