@@ -77,11 +77,16 @@ def carries(job: Job, span: ReadableSpan) -> bool:
     return job.headers["traceparent"].startswith(prefix)
 
 
+async def stored(dlq: DeadLetterQueue, failed_at: float = 1.0) -> FailureRecord:
+    record = make_record(failed_at=failed_at)
+    await dlq.add_record(record)
+    return record
+
+
 async def test_one_replay_is_one_send_span(
     dlq: DeadLetterQueue, exporter: InMemorySpanExporter
 ) -> None:
-    record = make_record()
-    await dlq.add_record(record)
+    record = await stored(dlq)
     queue = MemoryTaskQueue()
     assert await dlq.replay(record.id, queue) is not None
     [send] = exporter.get_finished_spans()
@@ -99,9 +104,7 @@ async def test_one_replay_is_one_send_span(
 async def test_a_bulk_replay_is_a_create_span_per_job_and_one_send_span(
     dlq: DeadLetterQueue, exporter: InMemorySpanExporter
 ) -> None:
-    records = [make_record(failed_at=1.0), make_record(failed_at=2.0)]
-    for record in records:
-        await dlq.add_record(record)
+    records = [await stored(dlq, failed_at=1.0), await stored(dlq, failed_at=2.0)]
     queue = MemoryTaskQueue()
     report = await dlq.replay_many(queue)
     assert len(report.replayed) == 2
@@ -132,8 +135,7 @@ async def test_a_bulk_replay_is_a_create_span_per_job_and_one_send_span(
 async def test_a_replay_the_backend_refuses_records_the_error_on_its_span(
     dlq: DeadLetterQueue, exporter: InMemorySpanExporter
 ) -> None:
-    record = make_record()
-    await dlq.add_record(record)
+    record = await stored(dlq)
     queue = MemoryTaskQueue()
     queue.max_job_bytes = 10  # every job is over it
     with pytest.raises(JobTooLargeError):
