@@ -1,29 +1,20 @@
-"""Fixtures of the RabbitMQ tests: unique queues, worker processes, broker-side helpers.
-
-Worker processes record what their tasks did in Redis (keys under ``ns:``),
-which is bookkeeping for the assertions only: the jobs travel through
-RabbitMQ.
-"""
+"""Fixtures of the RabbitMQ tests: unique queues, worker processes, broker-side helpers."""
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
-import redis.asyncio as aioredis
 
 from lexigram.tasks.rabbitmq import RabbitMQTaskQueue
+from lexigram.tasks.testing import BackendSpec, WorkerProcesses
 
-WORKER_APP = Path(__file__).with_name("_worker_app.py")
 FOREIGN_CLIENT = Path(__file__).with_name("_foreign_client.py")
-
-Spawn = Callable[..., "subprocess.Popen[bytes]"]
 
 
 @pytest.fixture
@@ -48,43 +39,26 @@ async def queue(amqp_url: str, queue_name: str) -> AsyncIterator[RabbitMQTaskQue
             await q.delete_topology()
 
 
-@pytest_asyncio.fixture
-async def client(redis_url: str, ns: str) -> AsyncIterator[aioredis.Redis]:
-    """Reads what worker processes recorded; deletes the test's ``ns:*`` keys afterwards."""
-    connection = aioredis.Redis.from_url(redis_url)
-    try:
-        yield connection
-    finally:
-        keys = [key async for key in connection.scan_iter(match=f"{ns}:*", count=1000)]
-        if keys:
-            await connection.delete(*keys)
-        await connection.aclose()
-
-
 @pytest.fixture
-def spawn(amqp_url: str, redis_url: str, ns: str) -> Iterator[Spawn]:
-    """Start worker processes (``_worker_app.py``); any still running at the end is killed."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(
-        queue_name: str,
-        *,
-        lease_seconds: float = 30.0,
-        workers: int = 10,
-        name: str = "",
-        queue_type: str = "classic",
-    ) -> subprocess.Popen[bytes]:
-        args = [amqp_url, redis_url, queue_name, ns, str(lease_seconds), str(workers)]
-        command = [sys.executable, str(WORKER_APP), *args, name or ns, queue_type]
-        process = subprocess.Popen(command)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
+def workers(amqp_url: str, queue_name: str, ns: str, tmp_path: Path) -> Iterator[WorkerProcesses]:
+    """Worker processes (``lexigram.tasks.testing.worker_app``) on ``queue_name``; their
+    AMQP connection is named ``ns`` (so a test can close exactly it with ``rabbitmqctl``).
+    Any still running at the end is killed."""
+    options = {
+        "amqp_url": amqp_url,
+        "queue_name": queue_name,
+        "connection_name": ns,
+        "reconnect_interval": 0.2,
+    }
+    started = WorkerProcesses(
+        BackendSpec("lexigram.tasks.rabbitmq:RabbitMQTaskQueue", options),
+        tmp_path,
+        poll_interval=0.5,
+    )
+    try:
+        yield started
+    finally:
+        started.close()
 
 
 class Broker:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,8 +11,7 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 
 from lexigram.tasks.redis import RedisTaskQueue
-
-WORKER_APP = Path(__file__).with_name("_worker_app.py")
+from lexigram.tasks.testing import BackendSpec, WorkerProcesses
 
 
 @pytest.fixture
@@ -47,30 +44,30 @@ async def queue(redis_url: str) -> AsyncIterator[RedisTaskQueue]:
             await q.purge()
 
 
-Spawn = Callable[..., "subprocess.Popen[bytes]"]
-
-
 @pytest.fixture
-def spawn(redis_url: str, ns: str) -> Iterator[Spawn]:
-    """Start worker processes (``_worker_app.py``); any still running at the end is killed.
-
-    ``log=path`` sends the worker's stderr (its log) to a file.
-    """
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(
-        queue: RedisTaskQueue, lease_seconds: float = 30.0, log: Path | None = None
-    ) -> subprocess.Popen[bytes]:
-        args = [redis_url, queue.queue_name, ns, str(lease_seconds)]
-        stderr = log.open("wb") if log is not None else None
-        process = subprocess.Popen([sys.executable, str(WORKER_APP), *args], stderr=stderr)
-        if stderr is not None:
-            stderr.close()  # the child keeps its own descriptor
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
+def workers(
+    redis_url: str, ns: str, queue: RedisTaskQueue, tmp_path: Path
+) -> Iterator[WorkerProcesses]:
+    """Worker processes (``lexigram.tasks.testing.worker_app``) on ``queue``, with a Redis
+    result store and rate limiter; their connections carry the client name ``ns``
+    (so a test can CLIENT KILL exactly them). Any still running at the end is killed."""
+    named = f"{redis_url}{'&' if '?' in redis_url else '?'}client_name={ns}"
+    started = WorkerProcesses(
+        BackendSpec(
+            "lexigram.tasks.redis:RedisTaskQueue",
+            {"redis_url": named, "queue_name": queue.queue_name},
+        ),
+        tmp_path,
+        worker_count=20,
+        poll_interval=0.5,
+        result_store=BackendSpec(
+            "lexigram.tasks.redis:CacheBackendResultStore", {"redis_url": named, "ttl": 60}
+        ),
+        rate_limiter=BackendSpec(
+            "lexigram.tasks.redis:RedisRateLimiter", {"redis_url": named, "namespace": ns}
+        ),
+    )
+    try:
+        yield started
+    finally:
+        started.close()

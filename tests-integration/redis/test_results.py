@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,7 +20,7 @@ from lexigram.tasks import (
     TaskProvider,
 )
 from lexigram.tasks.redis import CacheBackendResultStore, RedisTaskQueue
-from lexigram.tasks.testing import eventually
+from lexigram.tasks.testing import WorkerProcesses, eventually
 
 
 @pytest_asyncio.fixture
@@ -125,9 +125,9 @@ async def test_large_and_unserialisable_results_are_refused_clearly(
 
 
 async def test_handle_result_across_processes(
-    queue: RedisTaskQueue, redis_url: str, spawn: Callable[..., Any]
+    queue: RedisTaskQueue, redis_url: str, workers: WorkerProcesses
 ) -> None:
-    # The worker process (_worker_app.py) stores results in the default key space.
+    # The worker process (worker_app) stores results in the default key space.
     store = CacheBackendResultStore(redis_url=redis_url)
     producer = TaskProvider(
         queue=RedisTaskQueue(redis_url=redis_url, queue_name=queue.queue_name),
@@ -135,14 +135,13 @@ async def test_handle_result_across_processes(
         strict=False,
     )
     await producer.connect()
-    worker = spawn(queue)
+    worker = workers.start()
     try:
         handle = await producer.enqueue("square", 7)
         assert await handle.result(timeout=30) == 49
     finally:
         await producer.disconnect()
-        worker.terminate()
-        worker.wait(timeout=30)
+        await workers.stop(worker)
 
 
 async def test_unserialisable_return_value_fails_the_handle_with_the_reason(

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -76,10 +77,12 @@ class LogLine:
     event: str
     key: str
     pid: int
+    #: When it was written (Unix time).
+    at: float
 
 
 class EventLog:
-    """A file of ``event key pid`` lines that several processes append to.
+    """A file of ``event key pid time`` lines that several processes append to.
 
     Each line is one ``write`` on a file opened with ``O_APPEND``, so lines
     from different processes never interleave.
@@ -90,15 +93,15 @@ class EventLog:
 
     def write(self, event: str, key: str) -> None:
         with self.path.open("a") as log:
-            log.write(f"{event} {key} {os.getpid()}\n")
+            log.write(f"{event} {key} {os.getpid()} {time.time()!r}\n")
 
     def lines(self) -> list[LogLine]:
         if not self.path.exists():
             return []
         found = []
         for text in self.path.read_text().splitlines():
-            event, key, pid = text.split(" ")
-            found.append(LogLine(event, key, int(pid)))
+            event, key, pid, at = text.split(" ")
+            found.append(LogLine(event, key, int(pid), float(at)))
         return found
 
     def count(self, event: str) -> Counter[str]:

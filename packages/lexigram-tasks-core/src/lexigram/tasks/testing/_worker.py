@@ -283,7 +283,9 @@ class WorkerBehaviourContract(ContractBase):
             await eventually(lambda: len(done) == len(keys), 30, message="good jobs stuck")
             await settled(queue, QueueCounts(ready=0, delayed=0, running=0, failed=len(POISON)))
         assert sorted(done) == sorted(keys)
-        reasons = {letter.payload: letter.reason for letter in await queue.dead_letters()}
+        letters = await queue.dead_letters()
+        assert all(letter.job_id is None for letter in letters)
+        reasons = {letter.payload: letter.reason for letter in letters}
         assert reasons.keys() == POISON.keys()
         for payload, problem in POISON.items():
             assert reasons[payload].startswith("MalformedJobError: "), reasons[payload]

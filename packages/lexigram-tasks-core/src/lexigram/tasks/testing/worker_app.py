@@ -6,7 +6,7 @@
 queue as a :class:`~lexigram.tasks.testing.BackendSpec`, the event log file
 and the worker settings. Start it with
 :class:`~lexigram.tasks.testing.WorkerProcesses`. The tasks append
-``event key pid`` lines to the log (``start``, ``done``), so a test can tell
+``event key pid time`` lines to the log (``start``, ``done``), so a test can tell
 how often each job started and finished across processes and worker lives;
 ``ready`` is logged once the workers run. ``mode="consumer"`` runs the bare
 protocol instead (see :func:`consume`).
