@@ -39,7 +39,12 @@ from lexigram.tasks.scheduler.store import (
     TemplateState,
     TemplateStore,
 )
-from lexigram.tasks.scheduler.template import CatchUp, ScheduleTemplate, TemplateInfo
+from lexigram.tasks.scheduler.template import (
+    CatchUp,
+    ScheduleOptions,
+    ScheduleTemplate,
+    TemplateInfo,
+)
 
 if TYPE_CHECKING:
     from lexigram.tasks.scheduler.postgres_store import PostgresTemplateStore
@@ -75,6 +80,7 @@ __all__ = [
     "ReadOnlyTemplateError",
     "RedisTemplateStore",
     "ScheduleRegistry",
+    "ScheduleOptions",
     "ScheduleTemplate",
     "StoreSnapshot",
     "TaskScheduler",

@@ -13,6 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import MISSING, fields
 from datetime import datetime
 from typing import Any
 
@@ -31,7 +35,7 @@ from lexigram.tasks.scheduler.errors import InvalidScheduleError, TemplateNotFou
 from lexigram.tasks.scheduler.scheduler import TaskScheduler
 from lexigram.tasks.scheduler.store import MemoryTemplateStore, TemplateStore
 from lexigram.tasks.scheduler.store import store_from_url as _store_from_url
-from lexigram.tasks.scheduler.template import CatchUp, TemplateInfo
+from lexigram.tasks.scheduler.template import CatchUp, ScheduleOptions, TemplateInfo
 
 #: Read when ``--store`` is not given and the application attached no scheduler.
 STORE_VARIABLE = "LEXIGRAM_SCHEDULER_STORE"
@@ -113,21 +117,43 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add = command("add", "add a runtime template")
     add.add_argument("--task", required=True, help="registered task name")
     add.add_argument("--cron", required=True, help="cron expression, e.g. '0 */6 * * *'")
-    add.add_argument("--timezone", default="UTC", help="IANA timezone (default UTC)")
-    add.add_argument("--args", default="[]", type=_json_list, help="JSON list of arguments")
-    add.add_argument("--kwargs", default="{}", type=_json_object, help="JSON object of arguments")
-    add.add_argument("--backend", help="provider backend to send the jobs to")
-    add.add_argument("--priority", type=int, help="job priority 0-9")
-    add.add_argument("--jitter", type=float, default=0.0, help="random delay up to SECONDS")
-    add.add_argument(
-        "--catch-up",
-        choices=[c.value for c in CatchUp],
-        default=CatchUp.ONCE.value,
-        help="after downtime: skip missed ticks, run once, or run all (default once)",
-    )
-    add.add_argument("--catch-up-limit", type=int, default=10, help="cap for --catch-up all")
-    add.add_argument("--description", help="free text shown in listings")
+    add_option_arguments(add)
     add.set_defaults(func=run_add)
+
+
+def add_option_arguments(parser: argparse.ArgumentParser) -> None:
+    """A ``--option-name`` flag per :class:`ScheduleOptions` field; unset ones keep
+    the option's default."""
+    hints = typing.get_type_hints(ScheduleOptions)
+    for spec in fields(ScheduleOptions):
+        kind = _base(hints[spec.name])
+        flag = "--" + spec.name.replace("_", "-")
+        extra: dict[str, Any] = {}
+        if kind is CatchUp:
+            extra["choices"] = [c.value for c in CatchUp]
+        else:
+            extra["type"] = _ARGUMENT_TYPES.get(kind, str)
+        shown = spec.default is not MISSING and spec.default not in (None, ())
+        default = f" (default {_shown(spec.default)})" if shown else ""
+        parser.add_argument(flag, help=spec.metadata["help"] + default, **extra)
+
+
+def option_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The schedule options given on the command line, by name."""
+    given = {name: getattr(args, name) for name in ScheduleOptions.names()}
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def _base(kind: Any) -> Any:
+    """``int`` for ``int | None``, ``tuple`` for ``tuple[Any, ...]``, and so on."""
+    members = [k for k in typing.get_args(kind) if k is not type(None)]
+    if isinstance(kind, types.UnionType) and len(members) == 1:
+        kind = members[0]
+    return typing.get_origin(kind) or kind
+
+
+def _shown(value: Any) -> str:
+    return str(value.value if isinstance(value, CatchUp) else value)
 
 
 # -- commands ------------------------------------------------------------------
@@ -195,15 +221,7 @@ async def run_add(args: argparse.Namespace) -> int:
             args.name,
             args.task,
             args.cron,
-            timezone=args.timezone,
-            args=args.args,
-            kwargs=args.kwargs,
-            backend=args.backend,
-            priority=args.priority,
-            jitter=args.jitter,
-            catch_up=args.catch_up,
-            catch_up_limit=args.catch_up_limit,
-            description=args.description,
+            **option_overrides(args),
         )
         [next_run] = template.next_runs(scheduler.clock(), 1)
     except InvalidScheduleError as exc:
@@ -321,3 +339,12 @@ def _json(text: str) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+
+
+#: How a flag's text becomes an option value, by the option's type.
+_ARGUMENT_TYPES: dict[Any, Any] = {
+    tuple: _json_list,
+    Mapping: _json_object,
+    int: int,
+    float: float,
+}

@@ -9,13 +9,12 @@ on a provider later registers each such function as a task of that provider
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import tzinfo
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from lexigram.tasks.scheduler.errors import InvalidScheduleError
-from lexigram.tasks.scheduler.template import CatchUp, ScheduleTemplate, positional
+from lexigram.tasks.scheduler.template import ScheduleOptions, ScheduleTemplate
 from lexigram.tasks.task import Task
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -80,17 +79,9 @@ class ScheduleRegistry:
         self,
         cron: str | None = None,
         *,
-        timezone: str | tzinfo = "UTC",
-        args: Sequence[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
         name: str | None = None,
-        backend: str | None = None,
-        priority: int | None = None,
-        jitter: float = 0.0,
-        catch_up: CatchUp | str = CatchUp.ONCE,
-        catch_up_limit: int = 10,
-        misfire_grace: float = 60.0,
-        description: str | None = None,
+        options: ScheduleOptions | None = None,
+        **keywords: Any,
     ) -> Callable[[F], F]:
         """See :func:`scheduled`."""
         if callable(cron):
@@ -100,8 +91,7 @@ class ScheduleRegistry:
             )
         if cron is None:
             raise InvalidScheduleError('@scheduled needs a cron expression: cron="0 */6 * * *"')
-        arguments = positional(args)
-        keywords = dict(kwargs or {})
+        chosen = ScheduleOptions.merged(options, keywords, "scheduled")
 
         def decorate(handler: F) -> F:
             if not callable(handler):
@@ -109,22 +99,12 @@ class ScheduleRegistry:
                     f"@scheduled must decorate a function or a task, got {handler!r}"
                 )
             task_name = handler_name(handler)
-            check_arguments(handler, arguments, keywords, name or task_name)
-            template = ScheduleTemplate(
-                name=name or task_name,
-                task=task_name,
-                cron=cron,
-                timezone=timezone,  # type: ignore[arg-type]  # ScheduleTemplate normalises tzinfo to its key
-                args=arguments,
-                kwargs=keywords,
-                backend=backend,
-                priority=priority,
-                jitter=jitter,
-                catch_up=CatchUp.parse(catch_up),
-                catch_up_limit=catch_up_limit,
-                misfire_grace=misfire_grace,
-                description=description or _first_line(handler.__doc__),
-                origin="code",
+            check_arguments(handler, chosen.args, dict(chosen.kwargs), name or task_name)
+            described = replace(
+                chosen, description=chosen.description or _first_line(handler.__doc__)
+            )
+            template = ScheduleTemplate.build(
+                name or task_name, task_name, cron, described, origin="code"
             )
             self.add(template, handler)
             return handler
@@ -163,17 +143,9 @@ default_registry = ScheduleRegistry()
 def scheduled(
     cron: str | None = None,
     *,
-    timezone: str | tzinfo = "UTC",
-    args: Sequence[Any] | None = None,
-    kwargs: Mapping[str, Any] | None = None,
     name: str | None = None,
-    backend: str | None = None,
-    priority: int | None = None,
-    jitter: float = 0.0,
-    catch_up: CatchUp | str = CatchUp.ONCE,
-    catch_up_limit: int = 10,
-    misfire_grace: float = 60.0,
-    description: str | None = None,
+    options: ScheduleOptions | None = None,
+    **keywords: Any,
 ) -> Callable[[F], F]:
     """Run the decorated function (``async def`` or plain) on a cron schedule.
 
@@ -184,30 +156,19 @@ def scheduled(
     per tick. Stack it above ``@provider.task(...)`` to choose task options.
 
     - ``cron``: 5 fields, 6 with seconds last, or ``@daily`` & co.
-    - ``timezone``: IANA name the expression is read in (default UTC).
-    - ``args``/``kwargs``: the job's arguments (JSON values).
     - ``name``: template name (default: the task name); needed when one
       function has several schedules.
-    - ``backend``: provider backend to send to; ``priority``: job priority.
-    - ``jitter``: delay each job by a random 0..jitter seconds.
-    - ``catch_up``: ``"skip"``, ``"once"`` (default) or ``"all"`` (at most
-      ``catch_up_limit``), see :class:`CatchUp`; ``misfire_grace``: how late
-      a tick may fire under ``"skip"``.
+    - ``options=ScheduleOptions(...)`` and/or its fields as keywords
+      (keywords win): ``timezone`` (IANA name, default UTC), ``args``/
+      ``kwargs`` (the job's arguments, JSON values), ``backend``,
+      ``priority``, ``jitter`` (random 0..jitter seconds of delay),
+      ``catch_up`` (``"skip"``, ``"once"`` (default) or ``"all"``, at most
+      ``catch_up_limit``; see :class:`CatchUp`), ``misfire_grace`` (how late
+      a tick may fire under ``"skip"``) and ``description`` (default: the
+      first line of the docstring).
 
     Invalid cron expressions, unknown timezones and arguments that do not
-    fit the function raise :class:`InvalidScheduleError` right here.
+    fit the function raise :class:`InvalidScheduleError` right here; an
+    unknown keyword raises ``TypeError``.
     """
-    return default_registry.scheduled(
-        cron,
-        timezone=timezone,
-        args=args,
-        kwargs=kwargs,
-        name=name,
-        backend=backend,
-        priority=priority,
-        jitter=jitter,
-        catch_up=catch_up,
-        catch_up_limit=catch_up_limit,
-        misfire_grace=misfire_grace,
-        description=description,
-    )
+    return default_registry.scheduled(cron, name=name, options=options, **keywords)

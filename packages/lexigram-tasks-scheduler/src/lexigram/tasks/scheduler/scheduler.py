@@ -11,9 +11,9 @@ import random
 import signal
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -40,7 +40,12 @@ from lexigram.tasks.scheduler.store import (
     TemplateStore,
     store_from_url,
 )
-from lexigram.tasks.scheduler.template import CatchUp, ScheduleTemplate, TemplateInfo, positional
+from lexigram.tasks.scheduler.template import (
+    CatchUp,
+    ScheduleOptions,
+    ScheduleTemplate,
+    TemplateInfo,
+)
 from lexigram.tasks.task import EnqueueOptions, Task
 
 logger = logging.getLogger("lexigram.tasks.scheduler")
@@ -508,43 +513,23 @@ class TaskScheduler:
         task: str | Task[Any, Any],
         cron: str,
         *,
-        timezone: str | tzinfo = "UTC",
-        args: Sequence[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        backend: str | None = None,
-        priority: int | None = None,
-        jitter: float = 0.0,
-        catch_up: CatchUp | str = CatchUp.ONCE,
-        catch_up_limit: int = 10,
-        misfire_grace: float = 60.0,
-        description: str | None = None,
+        options: ScheduleOptions | None = None,
+        **keywords: Any,
     ) -> ScheduleTemplate:
         """Add a runtime template, shared through the store with every scheduler.
 
-        ``task`` is a registered task or its name. The first tick fires after
-        now. Errors (invalid cron, unknown timezone or task, name taken) are
-        raised here.
+        ``task`` is a registered task or its name; ``options=ScheduleOptions(...)``
+        and/or its fields as keywords (``timezone=``, ``args=``, ``jitter=``,
+        ...; keywords win) say how it runs, as for ``@scheduled``. The first
+        tick fires after now. Errors (invalid cron, unknown timezone or task,
+        name taken) are raised here; an unknown keyword raises ``TypeError``.
         """
+        chosen = ScheduleOptions.merged(options, keywords, "add")
         self.sync_code_templates()
         if name in self._code:
             raise InvalidScheduleError(f"schedule {name!r} is defined in code; pick another name")
         task_name = task.name if isinstance(task, Task) else task
-        template = ScheduleTemplate(
-            name=name,
-            task=task_name,
-            cron=cron,
-            timezone=timezone,  # type: ignore[arg-type]  # normalised to the zone key
-            args=positional(args),
-            kwargs=dict(kwargs or {}),
-            backend=backend,
-            priority=priority,
-            jitter=jitter,
-            catch_up=CatchUp.parse(catch_up),
-            catch_up_limit=catch_up_limit,
-            misfire_grace=misfire_grace,
-            description=description,
-            origin="runtime",
-        )
+        template = ScheduleTemplate.build(name, task_name, cron, chosen, origin="runtime")
         self._check_handler(template)
         self._check_route(template)
         handler = self.provider.tasks.get(task_name)

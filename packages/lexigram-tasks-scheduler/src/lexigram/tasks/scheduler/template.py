@@ -6,7 +6,7 @@ import enum
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -41,32 +41,96 @@ class CatchUp(enum.StrEnum):
             ) from None
 
 
-@dataclass(frozen=True)
-class ScheduleTemplate:
-    """One schedule: enqueue task ``task`` with ``args``/``kwargs`` on every ``cron`` tick.
+def _option(default: Any, help: str) -> Any:
+    """An option with its ``schedule add`` help (flag ``--option-name``)."""
+    return field(default=default, metadata={"help": help})
 
-    ``timezone`` is the IANA zone the cron expression is read in; ``backend``
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleOptions:
+    """How a schedule enqueues and catches up: declared once for ``@scheduled``,
+    :meth:`TaskScheduler.add <lexigram.tasks.scheduler.TaskScheduler.add>` and
+    ``lexigram-tasks schedule add`` (a flag per field), which take an instance
+    (``options=``) and/or its fields as keywords.
+
+    ``timezone`` is the IANA zone the cron expression is read in (a
+    ``tzinfo`` is turned into its key); ``backend``
     names one of the provider's backends (default: the task's own route);
     ``jitter`` delays each job by a random 0..jitter seconds (the backend must
-    support delays). ``origin`` tells templates defined in code (``@scheduled``)
-    from those added at runtime. Invalid values raise :class:`InvalidScheduleError`.
+    support delays); ``catch_up`` says what happens to ticks missed while no
+    scheduler ran (see :class:`CatchUp`). Values are checked when a template
+    is built from them.
+    """
+
+    timezone: str = _option("UTC", "IANA timezone the cron expression is read in")
+    args: tuple[Any, ...] = _option((), "the job's positional arguments (JSON list)")
+    kwargs: Mapping[str, Any] = field(
+        default_factory=dict, metadata={"help": "the job's keyword arguments (JSON object)"}
+    )
+    backend: str | None = _option(None, "provider backend to send the jobs to")
+    priority: int | None = _option(None, "job priority 0-9")
+    jitter: float = _option(0.0, "delay each job by a random 0..SECONDS")
+    catch_up: CatchUp = field(
+        default=CatchUp.ONCE,
+        metadata={"help": "after downtime: skip missed ticks, run once, or run all"},
+    )
+    catch_up_limit: int = _option(10, "with catch_up all: at most this many missed ticks")
+    misfire_grace: float = _option(60.0, "with catch_up skip: how late a tick may still fire")
+    description: str | None = _option(None, "free text shown in listings")
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The option names, in declaration order."""
+        return tuple(f.name for f in fields(ScheduleOptions))
+
+    @classmethod
+    def merged(
+        cls, options: ScheduleOptions | None, keywords: Mapping[str, Any], owner: str
+    ) -> ScheduleOptions:
+        """``options`` (default: the defaults) with ``keywords`` applied.
+
+        ``owner`` names the caller in the ``TypeError`` for an unknown keyword;
+        a lone string as ``args`` raises :class:`InvalidScheduleError`.
+        """
+        unknown = sorted(set(keywords) - set(cls.names()))
+        if unknown:
+            raise TypeError(
+                f"{owner}() got an unexpected keyword argument {unknown[0]!r} "
+                f"(schedule options: {', '.join(cls.names())})"
+            )
+        given = dict(keywords)
+        if "args" in given:
+            given["args"] = positional(given["args"])
+        if given.get("kwargs") is None:
+            given.pop("kwargs", None)
+        return replace(options or ScheduleOptions(), **given)
+
+    def values(self) -> dict[str, Any]:
+        """The options by name (shallow)."""
+        return {name: getattr(self, name) for name in ScheduleOptions.names()}
+
+
+@dataclass(frozen=True)
+class ScheduleTemplate(ScheduleOptions):
+    """One schedule: enqueue task ``task`` with ``args``/``kwargs`` on every ``cron`` tick,
+    as its :class:`ScheduleOptions` say.
+
+    ``origin`` tells templates defined in code (``@scheduled``) from those
+    added at runtime. Invalid values raise :class:`InvalidScheduleError`.
     """
 
     name: str
     task: str
     cron: str
-    timezone: str = "UTC"
-    args: tuple[Any, ...] = ()
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-    backend: str | None = None
-    priority: int | None = None
-    jitter: float = 0.0
-    catch_up: CatchUp = CatchUp.ONCE
-    catch_up_limit: int = 10
-    misfire_grace: float = 60.0
-    description: str | None = None
     origin: Origin = "code"
     schedule: CronSchedule = field(init=False, repr=False, compare=False)
+
+    @classmethod
+    def build(
+        cls, name: str, task: str, cron: str, options: ScheduleOptions, origin: Origin
+    ) -> ScheduleTemplate:
+        """The template of ``task`` on ``cron`` with these options."""
+        return cls(name=name, task=task, cron=cron, origin=origin, **options.values())
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -117,22 +181,10 @@ class ScheduleTemplate:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready document (how stores keep runtime templates)."""
-        return {
-            "name": self.name,
-            "task": self.task,
-            "cron": self.cron,
-            "timezone": self.timezone,
-            "args": list(self.args),
-            "kwargs": dict(self.kwargs),
-            "backend": self.backend,
-            "priority": self.priority,
-            "jitter": self.jitter,
-            "catch_up": self.catch_up.value,
-            "catch_up_limit": self.catch_up_limit,
-            "misfire_grace": self.misfire_grace,
-            "description": self.description,
-            "origin": self.origin,
-        }
+        doc = {"name": self.name, "task": self.task, "cron": self.cron, **self.values()}
+        doc.update(args=list(self.args), kwargs=dict(self.kwargs), catch_up=self.catch_up.value)
+        doc["origin"] = self.origin
+        return doc
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> ScheduleTemplate:
