@@ -15,6 +15,8 @@ from typing import Annotated, Any, ClassVar
 
 from annotated_types import Ge, Gt
 
+from lexigram.tasks.keywords import with_keywords
+
 
 def _setting(default: float, help: str, *flags: str) -> Any:
     """A field with its CLI help and flags (default flag: ``--field-name``)."""
@@ -73,14 +75,7 @@ class WorkerSettings:
         ``owner`` names the caller in the ``TypeError`` for an unknown keyword,
         as Python itself would.
         """
-        unknown = sorted(set(changes) - set(cls.names()))
-        if unknown:
-            raise TypeError(
-                f"{owner}() got an unexpected keyword argument {unknown[0]!r} "
-                f"(worker settings: {', '.join(cls.names())})"
-            )
-        base = settings if settings is not None else cls()
-        return dataclasses.replace(base, **changes) if changes else base
+        return with_keywords(settings or cls(), changes, owner, "worker settings")
 
 
 class SettingsView:

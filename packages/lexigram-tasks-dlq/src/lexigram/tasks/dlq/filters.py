@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 from lexigram.tasks.dlq.record import FailureRecord
+from lexigram.tasks.keywords import with_keywords
 
 #: A point in time: Unix epoch seconds or a datetime (naive means UTC).
 Moment: TypeAlias = float | int | datetime
@@ -58,14 +59,8 @@ class FailureFilter:
 
         ``owner`` names the caller in the ``TypeError`` for an unknown keyword.
         """
-        unknown = sorted(set(criteria) - set(cls.names()))
-        if unknown:
-            raise TypeError(
-                f"{owner}() got an unexpected keyword argument {unknown[0]!r} "
-                f"(filters: {', '.join(cls.names())})"
-            )
         given: dict[str, Any] = {k: to_epoch(v) if k in _TIMES else v for k, v in criteria.items()}
-        return replace(where or cls(), **given)
+        return with_keywords(where or cls(), given, owner, "filters")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

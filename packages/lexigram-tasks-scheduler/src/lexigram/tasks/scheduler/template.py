@@ -6,11 +6,12 @@ import enum
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Literal
 
 from lexigram.tasks.job import MAX_PRIORITY, MIN_PRIORITY
+from lexigram.tasks.keywords import with_keywords
 from lexigram.tasks.scheduler.cron import CronSchedule, resolve_timezone
 from lexigram.tasks.scheduler.errors import InvalidScheduleError
 
@@ -92,18 +93,12 @@ class ScheduleOptions:
         ``owner`` names the caller in the ``TypeError`` for an unknown keyword;
         a lone string as ``args`` raises :class:`InvalidScheduleError`.
         """
-        unknown = sorted(set(keywords) - set(cls.names()))
-        if unknown:
-            raise TypeError(
-                f"{owner}() got an unexpected keyword argument {unknown[0]!r} "
-                f"(schedule options: {', '.join(cls.names())})"
-            )
         given = dict(keywords)
         if "args" in given:
             given["args"] = positional(given["args"])
         if given.get("kwargs") is None:
             given.pop("kwargs", None)
-        return replace(options or ScheduleOptions(), **given)
+        return with_keywords(options or ScheduleOptions(), given, owner, "schedule options")
 
     def values(self) -> dict[str, Any]:
         """The options by name (shallow)."""
