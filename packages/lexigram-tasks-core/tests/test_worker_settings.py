@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from lexigram.tasks.cli import build_parser
 from lexigram.tasks.cli.worker import setting_overrides
 from lexigram.tasks.config import load_config
 from lexigram.tasks.config._models import TasksSection
-from lexigram.tasks.worker._settings import setting_flags
+from lexigram.tasks.worker._settings import WorkerSettingsKeywords, setting_flags, setting_kind
 
 DOCS = Path(__file__).resolve().parents[3] / "docs"
 FIELDS = WorkerSettings.names()
@@ -209,3 +210,12 @@ def test_settings_are_frozen() -> None:
     settings = WorkerSettings()
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.worker_count = 2  # type: ignore[misc]
+
+
+def test_the_keywords_type_checkers_see_are_exactly_the_fields() -> None:
+    # TaskProvider(**worker_settings: Unpack[WorkerSettingsKeywords]): editors and mypy
+    # know each keyword and its type, and this keeps the TypedDict in step.
+    hints = typing.get_type_hints(WorkerSettingsKeywords)
+    assert tuple(hints) == WorkerSettings.names()
+    for name in WorkerSettings.names():
+        assert hints[name] is setting_kind(name), name

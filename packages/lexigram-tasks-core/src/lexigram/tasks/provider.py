@@ -10,7 +10,16 @@ import signal
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ParamSpec, Protocol, Self, TypeVar, overload, runtime_checkable
+from typing import (
+    Any,
+    ParamSpec,
+    Protocol,
+    Self,
+    TypeVar,
+    Unpack,
+    overload,
+    runtime_checkable,
+)
 
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
@@ -27,7 +36,7 @@ from lexigram.tasks.ratelimit import LocalRateLimiter, Rate, RateLimiter
 from lexigram.tasks.results import MemoryResultStore, ResultStore
 from lexigram.tasks.task import EnqueueOptions, RetryPolicy, Task
 from lexigram.tasks.worker import DeadLetterSink, WorkerPool, WorkerSettings
-from lexigram.tasks.worker._settings import SettingsAttributes
+from lexigram.tasks.worker._settings import SettingsAttributes, WorkerSettingsKeywords
 
 logger = logging.getLogger("lexigram.tasks")
 
@@ -87,7 +96,7 @@ class TaskProvider(SettingsAttributes):
         environment: str | None = None,
         strict: bool = True,
         max_job_bytes: int | None = None,
-        **worker_settings: float,
+        **worker_settings: Unpack[WorkerSettingsKeywords],
     ) -> None:
         self.settings = WorkerSettings.merged(settings, worker_settings, "TaskProvider")
         if (queue is None) == (backends is None):

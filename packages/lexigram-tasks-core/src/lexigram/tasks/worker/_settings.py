@@ -11,7 +11,7 @@ import dataclasses
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, TypedDict
 
 from annotated_types import Ge, Gt
 
@@ -76,6 +76,21 @@ class WorkerSettings:
         as Python itself would.
         """
         return with_keywords(settings or cls(), changes, owner, "worker settings")
+
+
+class WorkerSettingsKeywords(TypedDict, total=False):
+    """The :class:`WorkerSettings` fields as keywords of ``TaskProvider`` and
+    ``WorkerPool``, so type checkers and editors know them (a test keeps the
+    two in step)."""
+
+    worker_count: int
+    poll_interval: float
+    default_timeout: float
+    shutdown_timeout: float
+    lease_seconds: float
+    blocked_loop_warning: float
+    lost_lease_retries: int
+    unknown_task_grace: float
 
 
 class SettingsView:

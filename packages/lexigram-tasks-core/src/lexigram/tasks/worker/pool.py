@@ -21,7 +21,7 @@ import socket
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Unpack
 
 from opentelemetry.trace import Span
 
@@ -41,7 +41,7 @@ from lexigram.tasks.protocol import Capability, Delivery, TaskQueueProtocol
 from lexigram.tasks.ratelimit import LocalRateLimiter, Rate, RateLimiter
 from lexigram.tasks.results import JobResult, ResultStore
 from lexigram.tasks.task import Task
-from lexigram.tasks.worker._settings import SettingsView, WorkerSettings
+from lexigram.tasks.worker._settings import SettingsView, WorkerSettings, WorkerSettingsKeywords
 from lexigram.tasks.worker._settling import Settling
 from lexigram.tasks.worker._support import DaemonThreads, DeadLetterSink, LoopWatchdog
 
@@ -81,7 +81,7 @@ class WorkerPool(Settling, SettingsView):
         rate_limiter: RateLimiter | None = None,
         global_rate_limit: Rate | None = None,
         worker_id: str | None = None,
-        **worker_settings: float,
+        **worker_settings: Unpack[WorkerSettingsKeywords],
     ) -> None:
         self.settings = WorkerSettings.merged(settings, worker_settings, "WorkerPool")
         self.queue = queue
