@@ -94,6 +94,8 @@ class Unreachable(BaseTaskQueue):
     async def disconnect(self) -> None: ...
 
 
+two = TaskProvider(backends={"default": queue, "spare": MemoryTaskQueue("spare")})
+two.task(name="noop")(lambda: None)
 down = TaskProvider(queue=Unreachable())
 down.task(name="noop")(lambda: None)
 empty = TaskProvider(queue=MemoryTaskQueue("empty"))
@@ -231,6 +233,7 @@ def test_help_of_every_command(app_dir: Path) -> None:
         assert command in top.stdout
     assert "Exit codes: 0 ok, 1 failed, 2 usage error" in " ".join(top.stdout.split())
     for command, expected in [
+        ("worker", "--backends NAMES"),
         ("worker", "--concurrency"),
         ("enqueue", "--kwargs JSON"),
         ("info", "--watch"),
@@ -306,11 +309,32 @@ def test_worker_from_a_factory_and_only_the_named_backends(
     app_dir: Path, workers: list[Worker]
 ) -> None:
     worker = start_worker(
-        workers, "--app", "app:make_provider", "--queues", "default", cwd=app_dir, SEED_JOBS="7"
+        workers, "--app", "app:make_provider", "--backends", "default", cwd=app_dir, SEED_JOBS="7"
     )
     worker.wait_for("done 7")
     worker.signal(signal.SIGTERM)
     assert worker.finish() == 0
+    assert "deprecated" not in worker.output
+
+    spare_only = start_worker(workers, "app:two", "-b", "spare", cwd=app_dir)
+    spare_only.wait_for("worker started")
+    started = next(line for line in spare_only.lines if "worker started" in line)
+    assert "backend spare (memory" in started and "default (" not in started
+    spare_only.signal(signal.SIGTERM)
+    assert spare_only.finish() == 0
+
+
+def test_the_old_queues_flag_still_works_and_warns_once(
+    app_dir: Path, workers: list[Worker]
+) -> None:
+    worker = start_worker(workers, "app:two", "-Q", "default", "--queues", "spare", cwd=app_dir)
+    worker.wait_for("worker started")
+    started = next(line for line in worker.lines if "worker started" in line)
+    assert "backend default (memory" in started and "spare (memory" in started
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0
+    warnings = [line for line in worker.lines if "-Q/--queues is deprecated" in line]
+    assert warnings == ["warning: -Q/--queues is deprecated and will be removed; use -b/--backends"]
 
 
 def test_worker_from_a_config_file_with_a_tasks_module(
@@ -345,6 +369,7 @@ def test_worker_from_a_config_file_with_a_tasks_module(
         (["worker", "app:empty"], 3, "register them with @provider.task in the module"),
         (["worker", "app", "--config", "jobs.yaml"], 2, "not both"),
         (["worker", "app", "-Q", "default,nope"], 2, "unknown backend 'nope' in --queues"),
+        (["worker", "app", "-b", "default,nope"], 2, "unknown backend 'nope' in --backends"),
         (["info", "app:down"], 4, "redis://:***@db.internal"),
         (["enqueue", "quick", "-A", "app", "--args", "{"], 2, "--args is not valid JSON"),
         (["enqueue", "quick", "-A", "app", "--args", "{}"], 2, "--args must be a JSON array"),

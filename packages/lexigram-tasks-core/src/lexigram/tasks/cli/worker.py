@@ -32,7 +32,7 @@ EXAMPLES = """\
 examples:
   lexigram-tasks worker myapp.tasks:provider -c 8
   lexigram-tasks worker --config lexigram.yaml --tasks-module myapp.tasks
-  lexigram-tasks worker myapp.tasks:create_provider --queues primary,notifications
+  lexigram-tasks worker myapp.tasks:create_provider --backends primary,notifications
 """
 
 
@@ -49,14 +49,37 @@ def register(
     )
     add_app_arguments(parser, positional=True)
     parser.add_argument(
-        "-Q",
-        "--queues",
+        "-b",
+        "--backends",
         action="append",
         metavar="NAMES",
-        help="backend names to run workers for, comma-separated (default: all)",
+        help="backend names to run workers for, comma-separated or repeated (default: all)",
+    )
+    parser.add_argument(
+        "-Q",
+        "--queues",
+        action=_QueuesAlias,
+        dest="backends",
+        metavar="NAMES",
+        help="deprecated: the old name of -b/--backends (it takes backend names)",
     )
     add_setting_arguments(parser)
-    parser.set_defaults(func=run, default_log_level="info")
+    parser.set_defaults(func=run, default_log_level="info", backends_flag="--backends")
+
+
+class _QueuesAlias(argparse.Action):
+    """``-Q/--queues``, the old name of ``-b/--backends``: appends to the same list and
+    records that the old name was used (``run`` warns once, however often it is given)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), values])
+        namespace.backends_flag = "--queues"
 
 
 def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,11 +103,13 @@ def setting_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.backends_flag == "--queues":
+        status("warning: -Q/--queues is deprecated and will be removed; use -b/--backends")
     provider = load_app(args)
     overrides = setting_overrides(args)
     if overrides:
         provider.settings = dataclasses.replace(provider.settings, **overrides)
-    backends = _selected_backends(provider, args.queues)
+    backends = _selected_backends(provider, args.backends, args.backends_flag)
     if not provider.tasks:
         raise CLIError(_no_tasks_message(args), EXIT_CONFIG)
     announcer = _Announcer(provider, describe_app(args))
@@ -122,15 +147,15 @@ def _no_tasks_message(args: argparse.Namespace) -> str:
     )
 
 
-def _selected_backends(provider: TaskProvider, queues: list[str] | None) -> list[str]:
-    if not queues:
+def _selected_backends(provider: TaskProvider, given: list[str] | None, flag: str) -> list[str]:
+    """The backends named on the command line (``flag`` is the option used, for errors)."""
+    if not given:
         return list(provider.backends)
-    names = [name.strip() for item in queues for name in item.split(",") if name.strip()]
+    names = [name.strip() for item in given for name in item.split(",") if name.strip()]
     unknown = [name for name in names if name not in provider.backends]
     if unknown:
         raise CLIError(
-            f"unknown backend {unknown[0]!r} in --queues "
-            f"(backends: {', '.join(provider.backends)})",
+            f"unknown backend {unknown[0]!r} in {flag} (backends: {', '.join(provider.backends)})",
             EXIT_USAGE,
         )
     return names
