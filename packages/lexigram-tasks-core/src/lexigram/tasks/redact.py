@@ -6,6 +6,7 @@ import re
 from urllib.parse import urlsplit, urlunsplit
 
 _DSN_PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 
 def redact_url(url: str) -> str:
@@ -27,6 +28,15 @@ def redact_url(url: str) -> str:
     # malformed port must not turn redaction into an error).
     netloc = f"{user}:***@{parts.netloc.rpartition('@')[2]}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def redact_urls(text: str) -> str:
+    """Every URL in ``text`` with its password replaced by ``***``.
+
+    >>> redact_urls("cannot connect to redis://:s3cret@cache:6379/0: refused")
+    'cannot connect to redis://:***@cache:6379/0: refused'
+    """
+    return _URL.sub(lambda match: redact_url(match.group(0)), text)
 
 
 def redact_text(text: str, *secrets: str | None) -> str:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
-
-from lexigram.tasks.redact import redact_url
+from lexigram.tasks.redact import redact_urls
 
 #: The command did what was asked.
 EXIT_OK = 0
@@ -17,8 +15,6 @@ EXIT_CONFIG = 3
 #: A backend (or result store) could not be reached.
 EXIT_UNAVAILABLE = 4
 
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
-
 
 class CLIError(Exception):
     """An error to report as one line, with the exit code to leave with."""
@@ -28,6 +24,5 @@ class CLIError(Exception):
         self.exit_code = exit_code
 
 
-def redact(text: str) -> str:
-    """Every URL in ``text`` with its password replaced by ``***``."""
-    return _URL.sub(lambda match: redact_url(match.group(0)), text)
+#: Every URL in a text with its password replaced by ``***``.
+redact = redact_urls

@@ -1,4 +1,5 @@
-"""Turning a ``type:`` string (or a plugin's section) into the factory that builds it.
+"""Turning a ``type:`` string (or a plugin's section) into the factory that builds it,
+and the :class:`Component` that keeps the two together until it is created.
 
 Every lookup goes through :mod:`lexigram.tasks.plugins`: core names no
 optional distribution here, the DLQ included (it registers the
@@ -8,13 +9,47 @@ optional distribution here, the DLQ included (it registers the
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from lexigram.tasks.errors import ConfigurationError
 from lexigram.tasks.plugins import CONFIG_SECTIONS, PluginGroup
+from lexigram.tasks.redact import redact_urls
 from lexigram.tasks.registry import TaskBackendRegistry
 
 KeyPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    """A configured backend, result store, rate limiter or dead-letter sink, not yet created."""
+
+    type: str
+    factory: Callable[..., Any]
+    options: dict[str, Any]
+    #: ``file:line`` and key path, for errors raised when it is created.
+    where: str
+    key: str
+    label: str
+
+    def __repr__(self) -> str:
+        options = ", ".join(
+            f"{k}={redact_urls(v)!r}" if isinstance(v, str) else f"{k}={v!r}"
+            for k, v in self.options.items()
+        )
+        return (
+            f"Component({', '.join([repr(self.type), options] if options else [repr(self.type)])})"
+        )
+
+    def create(self, **extra: Any) -> Any:
+        """Call the factory with the configured keyword arguments (and ``extra``)."""
+        try:
+            return self.factory(**self.options, **extra)
+        except (ValueError, TypeError, LookupError, ConfigurationError) as exc:
+            raise ConfigurationError(
+                f"{self.where}: {self.key}: cannot create the {self.label} of type "
+                f"{self.type!r}: {redact_urls(str(exc))}"
+            ) from exc
 
 
 class ConfigKeyError(ConfigurationError):
