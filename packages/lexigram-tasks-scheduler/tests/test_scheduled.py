@@ -82,7 +82,7 @@ def test_below_provider_task_uses_that_task(registry: ScheduleRegistry) -> None:
 
     scheduler = TaskScheduler(provider, registry=registry, attach=False)
     assert list(provider.tasks) == ["custom.name"]
-    assert scheduler._code["hourly"].task == "custom.name"
+    assert scheduler._templates.code["hourly"].task == "custom.name"
 
 
 def test_bare_decorator_is_refused(registry: ScheduleRegistry) -> None:
@@ -135,7 +135,7 @@ def test_one_function_with_two_schedules(registry: ScheduleRegistry) -> None:
 
     provider = TaskProvider(queue=MemoryTaskQueue())
     scheduler = TaskScheduler(provider, registry=registry, attach=False)
-    assert sorted(scheduler._code) == ["evening", "morning"]
+    assert sorted(scheduler._templates.code) == ["evening", "morning"]
     assert len(provider.tasks) == 1
 
 
