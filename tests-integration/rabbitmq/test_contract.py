@@ -66,23 +66,7 @@ class RabbitMQHooks(ContractBase):
             await queue.disconnect()
 
 
-# A job handed back with nack(requeue=True) and a lowered attempt comes back with
-# the attempt used up once the connection that nacked it closes: the worker then
-# takes it for a run lost with its worker (it runs alone, later LeaseExpired).
-KNOWN_ATTEMPT_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="RabbitMQTaskQueue breaks the attempt rule when the nacking connection closes",
-)
-
-
 class _RabbitMQContract(RabbitMQHooks, TaskQueueContract):
-    @pytest.mark.asyncio
-    @KNOWN_ATTEMPT_BUG
-    async def test_requeue_takes_the_attempt_from_the_job(
-        self, queue: TaskQueueProtocol, queue_name: str
-    ) -> None:
-        await super().test_requeue_takes_the_attempt_from_the_job(queue, queue_name)
-
     @pytest.mark.asyncio
     async def test_settling_a_lapsed_lease_does_not_touch_the_new_lease(
         self, queue: TaskQueueProtocol, queue_name: str
@@ -138,15 +122,6 @@ class TestRabbitMQQuorumContract(_RabbitMQContract):
 class _RabbitMQWorkerContract(RabbitMQHooks, WorkerContract):
     # The broker hands a closed connection's unacked messages back at once.
     returns_jobs_of_a_closed_connection = True
-
-    @pytest.mark.asyncio
-    @KNOWN_ATTEMPT_BUG
-    async def test_graceful_shutdown_returns_unfinished_jobs_without_using_an_attempt(
-        self, queue: TaskQueueProtocol, queue_name: str
-    ) -> None:
-        await super().test_graceful_shutdown_returns_unfinished_jobs_without_using_an_attempt(
-            queue, queue_name
-        )
 
 
 class TestRabbitMQClassicWorkerContract(_RabbitMQWorkerContract):

@@ -4,7 +4,8 @@ While someone waits in ``dequeue``, a consumer per queue fills a local
 buffer; its prefetch is the number of jobs the worker asked for (its free
 slots), so a worker never holds more messages than it can start. A consumer
 that nobody has asked for jobs for :data:`IDLE_SECONDS` is cancelled, and
-what it buffered goes back to the queue for other workers.
+what it buffered goes back to the queue for other workers (through
+``give_back``: as fresh copies, so that no process takes them for lost runs).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Final, cast
 
 from aio_pika.abc import AbstractRobustChannel
@@ -36,10 +37,12 @@ class Consumer:
         queues: Sequence[str],
         leases: LeaseBook,
         *,
+        give_back: Callable[[str, DeliveredMessage], Awaitable[None]],
         prefetch: int | None,
         quorum: bool,
     ) -> None:
         self._channel = channel
+        self._give_back = give_back
         self.queues = tuple(queues)
         self.leases = leases
         self.prefetch = prefetch
@@ -104,6 +107,10 @@ class Consumer:
         self.leases.track(message.channel, tag)
         self.buffer.append((queue, message))
         self._wake()
+        if consumer_tag(message) not in self.active:
+            # Sent before a cancel took effect (quorum queues do that): if nobody
+            # takes it, the idle check gives it back.
+            self._schedule_idle_check()
         return _nothing()
 
     async def wait(self, timeout: float) -> None:
@@ -178,6 +185,8 @@ class Consumer:
         channel = await self.raw_channel()
         if channel.is_closed:
             return
+        if self.quorum:
+            await self._flush_quorum_deliveries(channel)
         for tag in tags:
             await channel.basic_cancel(tag)
 
@@ -191,32 +200,34 @@ class Consumer:
             if self._takers or not self.active:
                 return
             await self._cancel()
-            if self.quorum:
-                await self._flush_quorum_deliveries()
             self._schedule_idle_check()
 
-    async def stop_now(self) -> list[Received]:
-        """Cancel the consumers at once if nobody waits for jobs; take what they buffered."""
+    async def stop_now(self, *, closing: bool = False) -> list[Received]:
+        """Cancel the consumers at once if nobody waits for jobs; take what they buffered.
+
+        ``closing``: the connection is about to close, so even while a
+        ``dequeue`` waits (it then finds nothing).
+        """
         async with self._lock:
-            if self._takers:
+            if self._takers and not closing:
                 return []
             self._cancel_idle_timer()
             await self._cancel()
-            if self.quorum:
-                await self._flush_quorum_deliveries()
             taken = []
             while (item := self.pop()) is not None:
                 taken.append(item)
             return taken
 
-    async def _flush_quorum_deliveries(self) -> None:
-        """Make sure deliveries sent before a cancel have arrived.
+    async def _flush_quorum_deliveries(self, channel: AbstractChannel) -> None:
+        """Receive the deliveries a quorum queue is sending, before its consumers are cancelled.
 
-        A quorum queue may send a cancelled consumer's last deliveries after
-        cancel-ok; a ``basic.get`` is ordered after them by the queue, so once
-        it answers they are in the buffer. A message it returns is buffered too.
+        A quorum queue returns a delivery that crosses the cancel to the queue
+        itself, with ``x-delivery-count`` one higher: every process would read
+        it as a run lost with its worker. A ``basic.get`` is ordered after the
+        deliveries that the acks sent before it released, so once it answers
+        they are in the buffer. A message it returns is buffered too. (A job
+        published between this answer and the cancel can still cross it.)
         """
-        channel = await self.raw_channel()
         for queue in self.queues:
             message = await channel.basic_get(queue, no_ack=False)
             if isinstance(message.delivery, spec.Basic.GetOk):
@@ -244,7 +255,7 @@ class Consumer:
                 return
             await self._cancel()
             while (item := self.pop()) is not None:
-                await self.leases.give_back(item[1])
+                await self._give_back(*item)
 
     def _cancel_idle_timer(self) -> None:
         if self._idle_timer is not None:

@@ -32,7 +32,7 @@ from lexigram.tasks.rabbitmq.errors import CONNECTION_ERRORS
 
 logger = logging.getLogger("lexigram.tasks.rabbitmq")
 
-#: How many returned messages (lost connection, idle consumer) are remembered.
+#: How many messages returned by a lost connection are remembered.
 REMEMBERED: Final = 10_000
 #: Acks sent this recently are treated as lost when the connection drops.
 RECENT_ACKS: Final = 1024
@@ -78,7 +78,7 @@ class LeaseBook:
         self.generation = 0
         self._outstanding: dict[AbstractChannel, set[int]] = {}
         # Bodies of messages the broker will redeliver because our connection
-        # dropped or we handed them back: settled here already, or never started.
+        # dropped: settled here already, or buffered and never started.
         self._settled_unacked = BoundedSet(REMEMBERED)
         self._unstarted = BoundedSet(REMEMBERED)
         self._recent_acks: collections.deque[bytes] = collections.deque(maxlen=RECENT_ACKS)
@@ -106,13 +106,6 @@ class LeaseBook:
         for tag in singles:
             await channel.basic_ack(tag, wait=False)
             outstanding.discard(tag)
-
-    async def give_back(self, message: DeliveredMessage) -> None:
-        """Return a buffered, never started message to its queue."""
-        tag = delivery_tag(message)
-        self.untrack(message.channel, tag)
-        self._unstarted.add(message.body)
-        await message.channel.basic_nack(tag, requeue=True)
 
     # -- leases ----------------------------------------------------------------
 
@@ -197,7 +190,10 @@ class LeaseBook:
         return False
 
     def was_returned_unstarted(self, body: bytes) -> bool:
-        """Whether this process handed the message back without starting it (once)."""
+        """Whether this process's lost connection returned the message unstarted (once).
+
+        Only this process knows: another one reads the redelivery as a lost run.
+        """
         return self._unstarted.take(body)
 
     def connection_lost(self, buffered: Iterable[DeliveredMessage]) -> None:

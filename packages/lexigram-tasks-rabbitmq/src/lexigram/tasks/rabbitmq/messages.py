@@ -10,6 +10,7 @@ included), so tracing instrumentations of other languages find them there.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import time
 from typing import Any
@@ -32,6 +33,9 @@ JOB_ID_HEADER = "x-lexigram-job-id"
 
 #: Job header giving a per-message TTL in milliseconds (the AMQP ``expiration``).
 MESSAGE_TTL_HEADER = "x-message-ttl"
+
+#: Set by a quorum queue on a redelivery: how many deliveries came before.
+DELIVERY_COUNT_HEADER = "x-delivery-count"
 
 #: Trace context a foreign producer may put only in the AMQP headers.
 TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
@@ -107,9 +111,23 @@ def redeliveries(properties: spec.Basic.Properties, redelivered: bool, *, quorum
     a redelivery, so there it is 0 or 1 however often it happened.
     """
     if quorum:
-        count = (properties.headers or {}).get("x-delivery-count", 0)
+        count = (properties.headers or {}).get(DELIVERY_COUNT_HEADER, 0)
         return count if isinstance(count, int) and count > 0 else 0
     return 1 if redelivered else 0
+
+
+def without_delivery_count(properties: spec.Basic.Properties) -> spec.Basic.Properties:
+    """``properties`` for publishing a received message again: the broker's count removed.
+
+    A quorum queue adds ``x-delivery-count`` only to redeliveries, so a stale
+    one copied into a new message would read as deliveries it never had.
+    """
+    headers = properties.headers
+    if not headers or DELIVERY_COUNT_HEADER not in headers:
+        return properties
+    fresh = copy.copy(properties)
+    fresh.headers = {k: v for k, v in headers.items() if k != DELIVERY_COUNT_HEADER}
+    return fresh
 
 
 def adopt_trace_headers(job: Job, properties: spec.Basic.Properties) -> None:

@@ -146,6 +146,7 @@ class RabbitMQTaskQueue(BaseTaskQueue):
             self._consuming_channel,
             self.consumed_queues,
             self._leases,
+            give_back=self._return_unstarted,
             prefetch=prefetch,
             quorum=queue_type == "quorum",
         )
@@ -211,10 +212,22 @@ class RabbitMQTaskQueue(BaseTaskQueue):
             raise
 
     async def disconnect(self) -> None:
-        """Close the connection; unsettled deliveries go back to their queues."""
+        """Close the connection; unsettled deliveries go back to their queues.
+
+        Messages buffered but never handed out go back first, as fresh copies
+        (see :meth:`_return_unstarted`); jobs still leased come back with the
+        broker's redelivery mark, as the runs they may have been.
+        """
         connection, self._connection = self._connection, None
         if connection is None:
             return
+        if self._consumer.active or self._consumer.buffer:
+            # Bounded: during an outage the channel waits for a reconnect, and
+            # whatever is not returned by then comes back with the close anyway.
+            with contextlib.suppress(TimeoutError, *CONNECTION_ERRORS):
+                async with asyncio.timeout(self.connect_timeout):
+                    for queue, message in await self._consumer.stop_now(closing=True):
+                        await self._return_unstarted(queue, message)
         self._consumer.clear()
         self._leases.clear()
         self._publisher.clear()
@@ -331,21 +344,30 @@ class RabbitMQTaskQueue(BaseTaskQueue):
         A job whose last run was lost with its worker may kill this process too
         (the worker runs it alone). Messages the broker pushed into the prefetch
         window meanwhile would die with the process unstarted, and come back
-        counted as lost runs of innocent jobs. So the consumers are cancelled and
-        buffered messages are published again (confirmed) and acked: a message
-        handed back with ``basic.nack`` would carry the redelivered flag, which
-        reads as a lost run. Redeliveries keep their flag (they were one).
+        counted as lost runs of innocent jobs.
         """
         for queue, message in await self._consumer.stop_now():
-            if message.channel.is_closed:
-                continue  # the broker has put it back already
-            tag = delivery_tag(message)
-            if getattr(message.delivery, "redelivered", False):
-                await self._leases.give_back(message)
-                continue
-            properties = message.header.properties
-            await self._publisher.publish(message.body, properties, Destination("", queue))
-            await self._leases.ack_tags(message.channel, [tag])
+            await self._return_unstarted(queue, message)
+
+    async def _return_unstarted(self, queue: str, message: DeliveredMessage) -> None:
+        """Put a buffered message that no ``dequeue`` handed out back in its queue.
+
+        ``basic.nack`` or a closing channel would return it marked as
+        redelivered (a quorum queue counts one more ``x-delivery-count``),
+        which every process reads as a run lost with its worker: a job handed
+        back without using an attempt, or one that merely sat in the buffer,
+        would use one up. So it goes back as a fresh copy (confirmed, then the
+        original acked) that carries in its body the deliveries it really had
+        before it reached this buffer. The copy joins the back of the queue.
+        """
+        if message.channel.is_closed:
+            return  # the broker has put it back already, as a redelivery
+        redelivered = getattr(message.delivery, "redelivered", False)
+        if redelivered and await self._leases.settle_known_redelivery(message):
+            return
+        earlier = self._earlier_deliveries(message)
+        job = self.parse_delivery(message.body, None).job if earlier else None
+        await self._write_back(queue, message, job, counted=earlier)
 
     async def _take(
         self, out: list[Delivery], max_jobs: int, lease_seconds: float, wait: float
@@ -378,8 +400,7 @@ class RabbitMQTaskQueue(BaseTaskQueue):
         info = message.delivery
         assert isinstance(info, spec.Basic.Deliver | spec.Basic.GetOk)
         body, properties = message.body, message.header.properties
-        redelivered = bool(info.redelivered)
-        if redelivered and await self._leases.settle_known_redelivery(message):
+        if info.redelivered and await self._leases.settle_known_redelivery(message):
             return None
         delivery = self.parse_delivery(body, None)  # leased below, unless settled here
         job = delivery.job
@@ -393,37 +414,48 @@ class RabbitMQTaskQueue(BaseTaskQueue):
             await self._publisher.publish(body, properties, Destination("", queue), delay)
             await self._leases.ack_tags(message.channel, [delivery_tag(message)])
             return None
-        returned_unstarted = redelivered and self._leases.was_returned_unstarted(body)
-        if self.queue_type == "classic" and redelivered and not returned_unstarted:
-            await self._count_lost_delivery(queue, message, job)
+        earlier = self._earlier_deliveries(message)
+        if self.queue_type == "classic" and earlier:
+            # A classic queue only flags a redelivery, however many there were: a
+            # job that kills every worker would never use up its attempts. So the
+            # lost run is counted in the body, in a copy that runs later.
+            await self._write_back(queue, message, job, counted=earlier)
             return None
         messages.adopt_trace_headers(job, properties)
-        earlier = messages.redeliveries(properties, redelivered, quorum=self.queue_type == "quorum")
-        if returned_unstarted:
-            earlier = max(earlier - 1, 0)  # we returned it unstarted: not an attempt
         job.attempt += 1 + earlier
         delivery.token = self._leases.lease(queue, message, lease_seconds)
         return delivery
 
-    async def _count_lost_delivery(self, queue: str, message: DeliveredMessage, job: Job) -> None:
-        """Write a classic queue's redelivered message back with its lost delivery counted.
+    def _earlier_deliveries(self, message: DeliveredMessage) -> int:
+        """Deliveries of ``message`` before this one that may have run (0 or 1 on classic)."""
+        redelivered = bool(getattr(message.delivery, "redelivered", False))
+        quorum = self.queue_type == "quorum"
+        earlier = messages.redeliveries(message.header.properties, redelivered, quorum=quorum)
+        if redelivered and self._leases.was_returned_unstarted(message.body):
+            earlier = max(earlier - 1, 0)  # we returned it unstarted: not an attempt
+        return earlier
 
-        A classic queue only flags a redelivery, however many there were; a job
-        that kills every worker would never use up its attempts. So the message
-        is published again (confirmed) with ``attempt`` one higher, then the
-        original is acked: a crash in between duplicates the job, never loses
-        it. The copy joins the back of the queue.
+    async def _write_back(
+        self, queue: str, message: DeliveredMessage, job: Job | None, *, counted: int
+    ) -> None:
+        """Publish ``message`` again as a fresh message, ``counted`` deliveries added to its job.
+
+        Confirmed, then the original is acked: a crash in between duplicates
+        the job, never loses it. A malformed message is copied as it is.
         """
         tag = delivery_tag(message)
+        body = message.body
         try:
-            recounted = dataclasses.replace(job, attempt=job.attempt + 1).to_bytes()
-            await self._publisher.publish(
-                recounted, message.header.properties, Destination("", queue)
-            )
+            if job is not None and counted:
+                body = dataclasses.replace(job, attempt=job.attempt + counted).to_bytes()
+            properties = messages.without_delivery_count(message.header.properties)
+            await self._publisher.publish(body, properties, Destination("", queue))
         except Exception as exc:
             # Not confirmed (or, for a job that was read, cannot happen: unwritable):
             # put it back as it is; its next delivery tries again.
-            logger.warning("counting a redelivery of job %s failed: %s", job.id, exc)
+            logger.warning(
+                "writing back message %s failed: %s", message.header.properties.message_id, exc
+            )
             self._leases.untrack(message.channel, tag)
             with contextlib.suppress(*CONNECTION_ERRORS):
                 await message.channel.basic_nack(tag, requeue=True)
