@@ -9,6 +9,7 @@ a round trip through an older worker.
 from __future__ import annotations
 
 import json
+import operator
 import re
 import time
 import uuid
@@ -186,7 +187,8 @@ class Job:
             # Strict UTF-8: json.loads would let encoded surrogates through.
             text = data if isinstance(data, str) else data.decode()
             job = cls.from_dict(_DECODER.decode(text))
-            if _SURROGATE.search(text) is not None:
+            # The search only when it can match (it costs more than the decode of a small job).
+            if (not text.isascii() or "\\u" in text) and _SURROGATE.search(text) is not None:
                 _check_writable(job)
         except MalformedJobError:
             raise
@@ -229,6 +231,26 @@ def _describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+# Every field of the wire document, in one C call (a KeyError when one is missing).
+_WIRE_FIELDS = operator.itemgetter(
+    "v",
+    "id",
+    "task",
+    "args",
+    "kwargs",
+    "queue",
+    "attempt",
+    "failures",
+    "max_retries",
+    "enqueued_at",
+    "run_at",
+    "priority",
+    "timeout",
+    "dedup_key",
+    "headers",
+)
+
+
 def _well_formed(doc: dict[str, Any]) -> Job | None:
     """The job if ``doc`` is exactly what this library writes, else None.
 
@@ -236,29 +258,37 @@ def _well_formed(doc: dict[str, Any]) -> Job | None:
     fields, unknown fields, odd types) goes through the field-by-field
     validation that explains what is wrong.
     """
-    if len(doc) != len(_KNOWN_FIELDS) or doc.get("v") != WIRE_VERSION:
+    if len(doc) != len(_KNOWN_FIELDS):
         return None
-    job_id, task, headers, priority = (
-        doc.get("id"),
-        doc.get("task"),
-        doc.get("headers"),
-        doc.get("priority"),
-    )
-    run_at, timeout, dedup = doc.get("run_at"), doc.get("timeout"), doc.get("dedup_key")
-    enqueued_at, attempt, retries, failures = (
-        doc.get("enqueued_at"),
-        doc.get("attempt"),
-        doc.get("max_retries"),
-        doc.get("failures"),
-    )
+    try:
+        (
+            version,
+            job_id,
+            task,
+            args,
+            kwargs,
+            queue,
+            attempt,
+            failures,
+            retries,
+            enqueued_at,
+            run_at,
+            priority,
+            timeout,
+            dedup,
+            headers,
+        ) = _WIRE_FIELDS(doc)
+    except KeyError:
+        return None
     if not (
-        type(job_id) is str
+        version == WIRE_VERSION
+        and type(job_id) is str
         and job_id
         and type(task) is str
         and task
-        and type(doc.get("args")) is list
-        and type(doc.get("kwargs")) is dict
-        and type(doc.get("queue")) is str
+        and type(args) is list
+        and type(kwargs) is dict
+        and type(queue) is str
         and type(attempt) is int
         and type(retries) is int
         and type(failures) is int
@@ -274,9 +304,9 @@ def _well_formed(doc: dict[str, Any]) -> Job | None:
         return None
     return Job(
         task,
-        doc["args"],
-        doc["kwargs"],
-        doc["queue"],
+        args,
+        kwargs,
+        queue,
         job_id,
         attempt,
         retries,

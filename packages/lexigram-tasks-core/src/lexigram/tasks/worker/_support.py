@@ -1,4 +1,5 @@
-"""What the worker pool is built from: dead-letter types, daemon threads, the loop watchdog."""
+"""What the worker pool is built from: dead-letter types, slots and their deadlines,
+daemon threads, the loop watchdog."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import queue
 import threading
 import time
@@ -15,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 from lexigram.tasks.job import Job
+from lexigram.tasks.protocol import Delivery
 
 logger = logging.getLogger("lexigram.tasks.worker")
 
@@ -74,6 +77,90 @@ class DeadLetterSink(Protocol):
     """
 
     async def add(self, failure: JobFailure) -> None: ...
+
+
+class Slot:
+    """One of the pool's long-lived worker coroutines, and the job it runs.
+
+    ``deadline`` (``time.monotonic()``) is set only while the handler runs, so the
+    sweeper cancels nothing but the handler. ``expired`` marks a cancellation
+    the sweeper made (undone with ``Task.uncancel`` when the job ends);
+    ``overran`` a thread that passed its deadline; ``finished`` a job whose
+    handler returned (on cancellation it is acked, not returned).
+    """
+
+    __slots__ = (
+        "deadline",
+        "delivery",
+        "expired",
+        "finished",
+        "in_thread",
+        "overran",
+        "runner",
+        "timeout",
+        "waiter",
+    )
+
+    runner: asyncio.Task[None]  # the coroutine's task, set when the pool starts it
+
+    def __init__(self) -> None:
+        self.delivery: Delivery | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.deadline: float | None = None
+        self.timeout = 0.0
+        self.in_thread = False
+        self.expired = False
+        self.overran = False
+        self.finished = False
+
+
+class DeadlineSweeper:
+    """One timer for the deadlines of every slot, set for the nearest one.
+
+    Starting a job only writes its slot's deadline; the timer moves only when
+    that deadline comes before the one it is set for (with one timeout for
+    every task, almost never). When it fires, it hands each slot past its
+    deadline to ``expire`` and sets itself for the next.
+    """
+
+    def __init__(self, slots: list[Slot], expire: Callable[[Slot], None]) -> None:
+        self._slots = slots
+        self._expire = expire
+        self._timer: asyncio.TimerHandle | None = None
+        self.at = math.inf  # when the timer fires
+
+    def arm(self, deadline: float) -> None:
+        """Fire no later than ``deadline`` (``time.monotonic()``; the caller checks ``at``)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self.at = deadline
+        # Deadlines are on the monotonic clock, which the job already reads; a loop's
+        # own clock may differ (uvloop), so the timer is set by the time left.
+        delay = deadline - time.monotonic()
+        self._timer = asyncio.get_running_loop().call_later(delay, self._sweep)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self.at = math.inf
+
+    def _sweep(self) -> None:
+        self._timer = None
+        self.at = math.inf
+        now = time.monotonic()
+        nearest = math.inf
+        for slot in self._slots:
+            deadline = slot.deadline
+            if deadline is None:
+                continue
+            if deadline <= now:
+                slot.deadline = None
+                self._expire(slot)
+            elif deadline < nearest:
+                nearest = deadline
+        if nearest < math.inf:
+            self.arm(nearest)
 
 
 class DaemonThreads:

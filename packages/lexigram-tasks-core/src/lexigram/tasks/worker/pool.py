@@ -1,12 +1,15 @@
 """WorkerPool: runs jobs from one queue with bounded concurrency.
 
-One fetch loop leases as many jobs as there are free slots; each job runs in
-its own asyncio task (plain functions in daemon threads); finished jobs are
-acked in batches by one ack loop, and a heartbeat extends the leases of
-every job still held. A job that was running when a worker died (a
-"suspect") runs alone, so that a job that kills its worker takes no innocent
-job with it. Retry policy, events, tracing and dead-lettering live
-here, once, so every backend gets them.
+One fetch loop leases as many jobs as there are free slots and puts them in
+line; a slot is a long-lived coroutine that takes the next job in line when
+it is done with one (plain functions run in daemon threads), so a job costs
+no asyncio task of its own, and one sweeper timer enforces every slot's
+timeout instead of a timer per job. Finished jobs are acked in batches by
+one ack loop, and a heartbeat extends the leases of every job still held. A
+job that was running when a worker died (a "suspect") runs alone, so that a
+job that kills its worker takes no innocent job with it. Retry policy,
+events, tracing and dead-lettering live here, once, so every backend gets
+them.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from typing import Any, Unpack
 
@@ -43,7 +47,13 @@ from lexigram.tasks.results import JobResult, ResultStore
 from lexigram.tasks.task import Task
 from lexigram.tasks.worker._settings import SettingsView, WorkerSettings, WorkerSettingsKeywords
 from lexigram.tasks.worker._settling import Settling
-from lexigram.tasks.worker._support import DaemonThreads, DeadLetterSink, LoopWatchdog
+from lexigram.tasks.worker._support import (
+    DaemonThreads,
+    DeadLetterSink,
+    DeadlineSweeper,
+    LoopWatchdog,
+    Slot,
+)
 
 logger = logging.getLogger("lexigram.tasks.worker")
 
@@ -96,14 +106,18 @@ class WorkerPool(Settling, SettingsView):
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._system = queue.system
         self._can_delay = Capability.DELAY in queue.capabilities
-        self._active: dict[asyncio.Task[None], Job | None] = {}
+        self._slots: list[Slot] = []
+        self._ready: deque[Delivery] = deque()  # leased, waiting for a slot
+        self._idle: list[Slot] = []  # slots waiting for a job
+        self._waking = 0  # idle slots woken that have not looked at _ready yet
+        self._wake_planned = False
+        self._busy = 0  # jobs leased and not done: in line or running
+        self._sweeper = DeadlineSweeper(self._slots, self._expire)
         self._held: dict[int, Delivery] = {}
         self._to_ack: list[Delivery] = []
         self._ack_wakeup = asyncio.Event()
         self._ack_lock = asyncio.Lock()
         self._acks_closing = False
-        # Deliveries whose handler returned: on cancellation they are acked, not returned.
-        self._finished: set[int] = set()
         self._suspect: Delivery | None = None
         self._job_done = asyncio.Event()
         self._slot_free = asyncio.Event()
@@ -122,7 +136,7 @@ class WorkerPool(Settling, SettingsView):
     @property
     def running(self) -> int:
         """Jobs being executed right now."""
-        return len(self._active)
+        return self._busy
 
     async def start(self) -> None:
         """Start fetching and running jobs (the queue must be connected).
@@ -145,6 +159,13 @@ class WorkerPool(Settling, SettingsView):
         self._stopped.clear()
         span = self._worker_span("start")
         self._threads = DaemonThreads("lexigram-task")
+        self._slots[:] = [Slot() for _ in range(self.settings.worker_count)]
+        self._ready.clear()
+        self._idle = []
+        self._waking = 0
+        self._busy = 0
+        for number, slot in enumerate(self._slots, 1):
+            slot.runner = asyncio.create_task(self._slot_loop(slot), name=f"lexigram-slot-{number}")
         self._fetcher = asyncio.create_task(self._fetch_loop(), name="lexigram-fetch")
         self._background = [
             asyncio.create_task(self._ack_loop(), name="lexigram-ack"),
@@ -180,10 +201,11 @@ class WorkerPool(Settling, SettingsView):
             # last resort (a dequeue that hangs), its in-flight leases then lapse.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._fetcher, self.settings.poll_interval + 5)
-        if self._active:
-            _, pending = await asyncio.wait(
-                list(self._active), timeout=self.settings.shutdown_timeout
-            )
+        # Every slot runs what is in line, then ends.
+        self._wake(len(self._idle))
+        runners = [s.runner for s in self._slots if not s.runner.done()]
+        if runners:
+            _, pending = await asyncio.wait(runners, timeout=self.settings.shutdown_timeout)
             for task in pending:
                 task.cancel()
             if pending:
@@ -193,6 +215,12 @@ class WorkerPool(Settling, SettingsView):
                     len(pending),
                 )
                 await asyncio.gather(*pending, return_exceptions=True)
+        if self._ready:  # left in line by slots cancelled at the deadline
+            left = list(self._ready)
+            self._ready.clear()
+            self._busy -= len(left)
+            await asyncio.shield(self._return_all(left))
+        self._sweeper.close()
         # The ack loop is asked to stop, not cancelled: cancelling it inside
         # ack_many would drop the batch it is sending.
         self._acks_closing = True
@@ -235,7 +263,7 @@ class WorkerPool(Settling, SettingsView):
     async def _fetch_loop(self) -> None:
         failures = 0
         while not self._stopping:
-            free = self.settings.worker_count - len(self._active)
+            free = self.settings.worker_count - self._busy
             if free <= 0 or self._suspect is not None:
                 # A suspect runs alone: lease nothing more until it is done.
                 self._slot_free.clear()
@@ -276,56 +304,115 @@ class WorkerPool(Settling, SettingsView):
                     # if this one kills the worker.
                     await self._return_to_queue(delivery, reason="another suspect runs alone")
                     continue
-                self._start(delivery)
+                self._busy += 1
+                self._ready.append(delivery)
             if suspect is not None:
                 # Started last, it waits for the jobs leased with it to finish first.
                 self._suspect = suspect
-                self._start(suspect)
+                self._busy += 1
+                self._ready.append(suspect)
+            if self._ready:
+                self._start_slots()
             if deliveries:
                 # Let the new jobs start before going back for more: fetching
                 # again first would delay every job by the cost of a dequeue.
                 await asyncio.sleep(0)
 
-    def _start(self, delivery: Delivery) -> None:
-        task = asyncio.create_task(self._execute(delivery))
-        self._active[task] = delivery.job
-        task.add_done_callback(self._on_done)
+    def _start_slots(self) -> None:
+        """Get idle slots onto the jobs in line: one now, the others one turn later.
+
+        The slot woken now may run several jobs (one that does not wait for
+        anything is done before the next turn); only the jobs still in line
+        then wake more slots, so no slot wakes to an empty line.
+        """
+        if self._waking == 0:
+            self._wake(1)
+        if not self._wake_planned:
+            self._wake_planned = True
+            asyncio.get_running_loop().call_soon(self._wake_for_line)
+
+    def _wake_for_line(self) -> None:
+        self._wake_planned = False
+        self._wake(len(self._ready) - self._waking)
+
+    def _wake(self, count: int) -> None:
+        """Wake up to ``count`` idle slots."""
+        while count > 0 and self._idle:
+            waiter = self._idle.pop().waiter
+            if waiter is not None and not waiter.done():
+                self._waking += 1
+                waiter.set_result(None)
+            count -= 1
 
     def _is_suspect(self, delivery: Delivery) -> bool:
         """Its last run ended with its worker: it may be what killed it."""
         job = delivery.job
-        return job is not None and 0 < job.lost_leases <= self.settings.lost_lease_retries
+        # attempt > 1 first: a cheap test that most jobs fail.
+        return (
+            job is not None
+            and job.attempt > 1
+            and 0 < job.lost_leases <= self.settings.lost_lease_retries
+        )
 
     async def _return_all(self, deliveries: list[Delivery]) -> None:
         await asyncio.gather(*(self._return_to_queue(d) for d in deliveries))
 
-    def _on_done(self, task: asyncio.Task[None]) -> None:
-        self._active.pop(task, None)
-        self.processed += 1
-        self._slot_free.set()
-        self._job_done.set()
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("job runner crashed", exc_info=task.exception())
+    # -- running jobs ----------------------------------------------------------
 
-    # -- running one job -------------------------------------------------------
+    async def _slot_loop(self, slot: Slot) -> None:
+        """One worker coroutine: wait for a job, run it, repeat until the pool stops."""
+        loop = asyncio.get_running_loop()
+        ready = self._ready
+        while True:
+            if not ready:
+                if self._stopping:
+                    return
+                waiter = slot.waiter = loop.create_future()
+                self._idle.append(slot)
+                await waiter
+                self._waking -= 1
+                continue
+            delivery = slot.delivery = ready.popleft()
+            try:
+                await self._handle(slot, delivery)
+            except asyncio.CancelledError:
+                if self._stopping:
+                    if slot.finished:
+                        self._to_ack.append(delivery)  # the final flush acks it
+                    elif id(delivery) in self._held:
+                        await self._return_to_queue(delivery)
+                raise
+            except Exception:
+                logger.exception("job runner crashed")
+            finally:
+                if self._suspect is delivery:
+                    self._suspect = None
+                slot.delivery = None
+                slot.finished = False
+                self._busy -= 1
+                self.processed += 1
+                self._slot_free.set()
+                if self._suspect is not None:
+                    self._job_done.set()  # the suspect waits to run alone
 
-    async def _execute(self, delivery: Delivery) -> None:
-        try:
-            await self._handle(delivery)
-        except asyncio.CancelledError:
-            if self._stopping:
-                key = id(delivery)
-                if key in self._finished:
-                    self._to_ack.append(delivery)  # the final flush acks it
-                elif key in self._held:
-                    await self._return_to_queue(delivery)
-            raise
-        finally:
-            self._finished.discard(id(delivery))
-            if self._suspect is delivery:
-                self._suspect = None
+    def _expire(self, slot: Slot) -> None:
+        """The sweeper found ``slot`` past its deadline."""
+        if slot.in_thread:
+            slot.overran = True
+            job = slot.delivery.job if slot.delivery is not None else None
+            logger.warning(
+                "task %r (job %s) exceeded its timeout of %gs; it runs in a thread, which cannot "
+                "be stopped: it keeps its worker slot, and its retry waits until it returns",
+                job.task if job is not None else None,
+                job.id if job is not None else None,
+                slot.timeout,
+            )
+        else:
+            # As asyncio.timeout does: cancel the task, turn the cancellation into a timeout.
+            slot.expired = True
+            slot.runner.cancel()
 
-    async def _handle(self, delivery: Delivery) -> None:
+    async def _handle(self, slot: Slot, delivery: Delivery) -> None:
         job = delivery.job
         if job is None:
             reason = f"malformed: {delivery.problem}"
@@ -335,7 +422,7 @@ class WorkerPool(Settling, SettingsView):
         # A job whose worker died comes back with a lost lease. It runs again,
         # alone, ``lost_lease_retries`` times, so a killed worker's job still
         # runs while a job that kills every worker stops, and takes no other job with it.
-        if job.lost_leases > self.settings.lost_lease_retries:
+        if job.attempt > 1 and job.lost_leases > self.settings.lost_lease_retries:
             message = (
                 f"gave up after {job.attempt - 1} attempt(s): the workers running it "
                 f"stopped responding {job.lost_leases} time(s) (killed, crashed or lost "
@@ -352,19 +439,21 @@ class WorkerPool(Settling, SettingsView):
             if self._stopping:
                 await self._return_to_queue(delivery)
                 return
-        if not await self._within_rate_limit(task, delivery):
+        if (task.rate_limit or self.global_rate_limit) and not await self._within_rate_limit(
+            task, delivery
+        ):
             return
         with self.telemetry.process(job, self._system, self.worker_id) as span:
             try:
-                await self._run(job, task, delivery, span)
+                await self._run(slot, job, task, delivery, span)
             except asyncio.CancelledError:
-                if self._stopping and id(delivery) not in self._finished:
+                if self._stopping and not slot.finished:
                     self.telemetry.record_outcome(span, "requeued")
                 raise
 
     async def _wait_alone(self) -> None:
         """Wait until no other job of this pool runs and every finished one is acked."""
-        while len(self._active) > 1:
+        while self._busy > 1:
             self._job_done.clear()
             await self._job_done.wait()
         async with self._ack_lock:
@@ -401,7 +490,9 @@ class WorkerPool(Settling, SettingsView):
             delay = 0.0
         await self._return_to_queue(delivery, delay=delay, reason=f"unknown task {job.task!r}")
 
-    async def _run(self, job: Job, task: Task[Any, Any], delivery: Delivery, span: Span) -> None:
+    async def _run(
+        self, slot: Slot, job: Job, task: Task[Any, Any], delivery: Delivery, span: Span
+    ) -> None:
         events = self.events
         if events.wants(TaskStartedEvent):
             await events.emit(TaskStartedEvent(job, job.queue, self.worker_id))
@@ -409,16 +500,28 @@ class WorkerPool(Settling, SettingsView):
         timeout = job.timeout or task.timeout or self.settings.default_timeout
         try:
             if task.is_async:
-                deadline = asyncio.timeout(timeout)
+                runner = slot.runner
+                cancelling = runner.cancelling()
+                slot.in_thread = False
+                slot.timeout = timeout
+                slot.deadline = deadline = started + timeout
+                if deadline < self._sweeper.at:
+                    self._sweeper.arm(deadline)
                 try:
-                    async with deadline:
-                        result = await task.fn(*job.args, **job.kwargs)
-                except TimeoutError:
-                    if deadline.expired():
-                        raise self._timed_out(job, timeout) from None
+                    result = await task.fn(*job.args, **job.kwargs)
+                except asyncio.CancelledError:
+                    if slot.expired:
+                        slot.expired = False
+                        if runner.uncancel() <= cancelling:
+                            raise self._timed_out(job, timeout) from None
                     raise
+                finally:
+                    slot.deadline = None
+                    if slot.expired:  # the handler swallowed the sweeper's cancellation
+                        slot.expired = False
+                        runner.uncancel()
             else:
-                result = await self._run_in_thread(task, job, timeout)
+                result = await self._run_in_thread(slot, task, job, timeout)
         except Exception as exc:
             if isinstance(exc, TypeError) and not isinstance(exc, TaskArgumentsError):
                 problem = task.argument_problem(job.args, job.kwargs)
@@ -428,7 +531,7 @@ class WorkerPool(Settling, SettingsView):
                     )
             await self._failed(job, task, delivery, span, exc, time.monotonic() - started)
             return
-        self._finished.add(id(delivery))
+        slot.finished = True
         if self.result_store is not None and task.store_result:
             # Shielded: a job that finished is acked, so its result must be stored.
             await asyncio.shield(self._store_result(JobResult.success(job.id, result)))
@@ -437,7 +540,7 @@ class WorkerPool(Settling, SettingsView):
             await events.emit(
                 TaskCompletedEvent(job, job.queue, self.worker_id, duration=duration, result=result)
             )
-        self._finished.discard(id(delivery))
+        slot.finished = False
         self._to_ack.append(delivery)
         self._ack_wakeup.set()
 
@@ -445,28 +548,33 @@ class WorkerPool(Settling, SettingsView):
     def _timed_out(job: Job, timeout: float) -> TaskTimeoutError:
         return TaskTimeoutError(f"task {job.task!r} exceeded its timeout of {timeout:g}s")
 
-    async def _run_in_thread(self, task: Task[Any, Any], job: Job, timeout: float) -> Any:
+    async def _run_in_thread(
+        self, slot: Slot, task: Task[Any, Any], job: Job, timeout: float
+    ) -> Any:
         """Run a plain function in a thread; past its timeout, wait for the thread to end.
 
         A thread cannot be cancelled. Until it ends, the job keeps its slot and
         its lease, and is neither retried nor reported as failed, so two runs
-        of one job never overlap.
+        of one job never overlap. The sweeper logs the overrun at the deadline.
         """
         assert self._threads is not None
         call = functools.partial(contextvars.copy_context().run, task.fn, *job.args, **job.kwargs)
         future = self._threads.run(call)
-        await asyncio.wait([future], timeout=timeout)
-        if future.done():
+        slot.in_thread = True
+        slot.overran = False
+        slot.timeout = timeout
+        slot.deadline = deadline = time.monotonic() + timeout
+        if deadline < self._sweeper.at:
+            self._sweeper.arm(deadline)
+        try:
+            # Not awaited directly: cancelling the slot (shutdown) must not cancel the
+            # future, whose thread goes on and sets it.
+            await asyncio.wait([future])
+        finally:
+            slot.deadline = None
+        if not slot.overran:
             return future.result()
-        deadline = time.monotonic()
-        logger.warning(
-            "task %r (job %s) exceeded its timeout of %gs; it runs in a thread, which cannot "
-            "be stopped: it keeps its worker slot, and its retry waits until it returns",
-            job.task,
-            job.id,
-            timeout,
-        )
-        await asyncio.wait([future])
+        slot.overran = False
         logger.warning(
             "task %r (job %s) returned %.2fs after its timeout of %gs; its result is discarded",
             job.task,
@@ -491,5 +599,9 @@ class WorkerPool(Settling, SettingsView):
         return True
 
     def _describe_running(self) -> str:
-        names = [job.task for job in list(self._active.values()) if job is not None]
+        names = [
+            slot.delivery.job.task
+            for slot in list(self._slots)
+            if slot.delivery is not None and slot.delivery.job is not None
+        ]
         return ", ".join(sorted(set(names))) or "no task"
