@@ -139,37 +139,41 @@ class Consumer:
         """Consume with room for ``max_jobs`` more deliveries.
 
         The prefetch window counts a consumer's unacked messages, held leases
-        included, and cannot be changed for a running consumer; when it is too
-        small for the slots the worker has free, a new consumer replaces it.
+        included, and cannot be changed for a running consumer; when the
+        windows are too small for the slots the worker has free, a further
+        consumer adds the missing room. Replacing the consumer instead would
+        race with its deliveries: a quorum queue takes back a delivery that
+        crosses the cancel and counts it as a redelivery, a lost run. The
+        windows add up to at most the worker's slots.
         """
         if self._has_room(max_jobs):
             return
         async with self._lock:
             if self._has_room(max_jobs):
                 return
-            await self._cancel()
-            # The full request, not minus what is buffered: a window smaller than
-            # the worker's slots would be too small again at its next request,
-            # and each replacement costs three round trips.
-            await self._start(self.prefetch or max_jobs)
+            await self._start(self.prefetch or max_jobs - self._room())
 
     def _has_room(self, max_jobs: int) -> bool:
         """Whether buffered messages plus what the consumers may still send cover ``max_jobs``."""
-        buffered = len(self.buffer)
-        if buffered >= max_jobs:
+        if len(self.buffer) >= max_jobs:
             return True
         if not self.active:
             return False
-        if self.prefetch is not None:
-            return True
+        return self.prefetch is not None or self._room() >= max_jobs
+
+    def _room(self) -> int:
+        """Buffered messages plus the deliveries the active consumers' windows still allow."""
+        buffered = len(self.buffer)
+        if not self.active:
+            return buffered
         in_flight = self.leases.held_by(self.active)
         in_flight += sum(1 for _, m in self.buffer if consumer_tag(m) in self.active)
-        return buffered + self._window - in_flight >= max_jobs
+        return buffered + self._window - in_flight
 
     async def _start(self, prefetch: int) -> None:
         await self._channel().set_qos(prefetch_count=prefetch)
         channel = await self.raw_channel()
-        self._window = prefetch
+        self._window += prefetch
         for queue in self.queues:
             # Registered before consuming: deliveries may arrive before consume-ok.
             tag = f"lexigram.{uuid.uuid4().hex}"
