@@ -140,6 +140,19 @@ def test_redeliveries_come_from_the_flag_or_the_quorum_count() -> None:
     assert messages.redeliveries(plain, True, quorum=True) == 0
 
 
+def test_a_message_published_again_drops_only_the_brokers_delivery_count() -> None:
+    counted = spec.Basic.Properties(
+        message_id="j1", priority=3, headers={"x-delivery-count": 2, "traceparent": "00-a-b-01"}
+    )
+    fresh = messages.without_delivery_count(counted)
+    assert fresh.headers == {"traceparent": "00-a-b-01"}
+    assert (fresh.message_id, fresh.priority) == ("j1", 3)
+    assert counted.headers == {"x-delivery-count": 2, "traceparent": "00-a-b-01"}
+    plain = spec.Basic.Properties(message_id="j2", headers={"a": 1})
+    assert messages.without_delivery_count(plain) is plain
+    assert messages.redeliveries(fresh, False, quorum=True) == 0
+
+
 def test_trace_context_from_amqp_headers_fills_only_what_the_job_lacks() -> None:
     job = Job(task="t", headers={"tracestate": "mine"})
     props = spec.Basic.Properties(headers={"traceparent": "00-a-b-01", "tracestate": "theirs"})
