@@ -95,6 +95,7 @@ class RedisTaskQueue(BaseTaskQueue):
         self.keys = QueueKeys.for_queue(queue_name)
         self._key_list = self.keys.as_list()
         self._head = [JOB_PREFIX, queue_name]
+        self._prepared: dict[str, _scripts.PreparedScript] = {}
         self._client: Redis | None = client
         self._owns_client = client is None
         # Set when a lease found the queue empty: when (monotonic) the next
@@ -194,11 +195,11 @@ class RedisTaskQueue(BaseTaskQueue):
             return await self._dequeue(max_jobs, lease_seconds, wait)
 
     async def _dequeue(self, max_jobs: int, lease_seconds: float, wait: float) -> list[Delivery]:
-        client = self.client
+        lease = self._script("lease")
         deadline = time.monotonic() + wait
-        args = [*self._head, max_jobs, repr(float(lease_seconds))]
+        args = [max_jobs, repr(float(lease_seconds))]
         if self._idle_until is None or wait < _MIN_BLOCK:
-            deliveries = self._leased(await _scripts.run(client, "lease", self._key_list, args))
+            deliveries = self._leased(await lease(args))
             if deliveries or wait < _MIN_BLOCK:
                 return deliveries
         else:
@@ -216,7 +217,7 @@ class RedisTaskQueue(BaseTaskQueue):
             # and lease in the same round trip: the script runs the moment
             # BLPOP returns, so an idle worker picks a new job up at once.
             reply = await _scripts.run_after_blpop(
-                client, self.keys.wake, max(block, _MIN_BLOCK), "lease", self._key_list, args
+                lease, self.keys.wake, max(block, _MIN_BLOCK), args
             )
             deliveries = self._leased(reply)
             if deliveries:
@@ -318,4 +319,13 @@ class RedisTaskQueue(BaseTaskQueue):
 
     async def _run(self, name: str, args: list[Any]) -> Any:
         with reported(self.redis_url):
-            return await _scripts.run(self.client, name, self._key_list, [*self._head, *args])
+            return await self._script(name)(args)
+
+    def _script(self, name: str) -> _scripts.PreparedScript:
+        """Script ``name`` prepared for this queue and client (again if either changed)."""
+        client, script = self.client, _scripts.SCRIPTS[name]
+        prepared = self._prepared.get(name)
+        if prepared is None or prepared.client is not client or prepared.script is not script:
+            prepared = _scripts.PreparedScript(client, name, self._key_list, self._head)
+            self._prepared[name] = prepared
+        return prepared
