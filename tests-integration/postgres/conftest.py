@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
+import pytest_asyncio
 
 from lexigram.tasks.postgres.migrate import quote_ident
 
@@ -26,3 +27,13 @@ def pg_schema(postgres_dsn: str) -> Iterator[str]:
     schema = f"lexigram_test_{uuid.uuid4().hex[:10]}"
     yield schema
     asyncio.run(_drop_schema(postgres_dsn, schema))
+
+
+@pytest_asyncio.fixture
+async def admin(postgres_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A plain connection for what a test does behind the backend's back."""
+    connection = await asyncpg.connect(postgres_dsn)
+    try:
+        yield connection
+    finally:
+        await connection.close()

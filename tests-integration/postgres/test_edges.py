@@ -17,15 +17,6 @@ from lexigram.tasks.testing import eventually
 
 
 @pytest_asyncio.fixture
-async def admin(postgres_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(postgres_dsn)
-    try:
-        yield connection
-    finally:
-        await connection.close()
-
-
-@pytest_asyncio.fixture
 async def queue(postgres_dsn: str, pg_schema: str) -> AsyncIterator[PostgresTaskQueue]:
     q = PostgresTaskQueue(
         postgres_dsn, queue_name=f"edges_{uuid.uuid4().hex[:8]}", schema=pg_schema

@@ -6,11 +6,9 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-import pytest_asyncio
 
 from lexigram.tasks import TaskProvider
 from lexigram.tasks.errors import BackendConnectionError
@@ -20,15 +18,6 @@ from lexigram.tasks.protocol import QueueCounts
 from lexigram.tasks.testing import eventually
 
 EMPTY = QueueCounts(ready=0, delayed=0, running=0, failed=0)
-
-
-@pytest_asyncio.fixture
-async def admin(postgres_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(postgres_dsn)
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 def _queue(dsn: str, schema: str, **options: object) -> PostgresTaskQueue:
