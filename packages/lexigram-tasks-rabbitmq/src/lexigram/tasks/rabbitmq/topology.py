@@ -25,7 +25,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange
+
+from lexigram.tasks.errors import ConfigurationError
 
 QueueType = Literal["classic", "quorum"]
 
@@ -170,6 +173,50 @@ async def declare_work_queue(
     work = await channel.declare_queue(queue, durable=True, arguments=arguments)
     if exchange is not None:
         await work.bind(exchange, routing_key=queue)
+
+
+async def declare_work_queues(
+    channel: AbstractChannel,
+    targets: list[str],
+    *,
+    queue_type: QueueType,
+    exchange_name: str,
+    exchange_type: str,
+    max_priority: int,
+    message_ttl: float | None,
+    delivery_limit: int | None,
+    extra: dict[str, Any],
+) -> None:
+    """Declare ``targets`` as :func:`declare_work_queue` does, bound to ``exchange_name`` if set.
+
+    A queue or exchange that exists with other settings is a :class:`ConfigurationError`.
+    """
+    try:
+        exchange = None
+        if exchange_name:
+            exchange = await channel.declare_exchange(exchange_name, exchange_type, durable=True)
+        for queue in targets:
+            arguments = work_queue_arguments(
+                queue_type,
+                queue=queue,
+                max_priority=max_priority,
+                message_ttl=message_ttl,
+                delivery_limit=delivery_limit,
+                extra=extra,
+            )
+            await declare_work_queue(
+                channel,
+                queue,
+                arguments=arguments,
+                queue_type=queue_type,
+                exchange=exchange,
+            )
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        raise ConfigurationError(
+            f"RabbitMQ refused the declaration of {targets!r}: {exc}. A queue or exchange "
+            "of that name exists with other settings (queue_type, message_ttl, "
+            "delivery_limit, priorities, queue_arguments): keep its settings or delete it"
+        ) from None
 
 
 async def declare_ladder_level(
