@@ -201,7 +201,9 @@ class WorkerPool(Settling, SettingsView):
             # last resort (a dequeue that hangs), its in-flight leases then lapse.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._fetcher, self.settings.poll_interval + 5)
-        # Every slot runs what is in line, then ends.
+        # Jobs in line have not started: they go back at once, as the fetch
+        # loop's last batch did. Idle slots end now, busy ones after their job.
+        await self._return_line()
         self._wake(len(self._idle))
         runners = [s.runner for s in self._slots if not s.runner.done()]
         if runners:
@@ -215,11 +217,6 @@ class WorkerPool(Settling, SettingsView):
                     len(pending),
                 )
                 await asyncio.gather(*pending, return_exceptions=True)
-        if self._ready:  # left in line by slots cancelled at the deadline
-            left = list(self._ready)
-            self._ready.clear()
-            self._busy -= len(left)
-            await asyncio.shield(self._return_all(left))
         self._sweeper.close()
         # The ack loop is asked to stop, not cancelled: cancelling it inside
         # ack_many would drop the batch it is sending.
@@ -353,6 +350,16 @@ class WorkerPool(Settling, SettingsView):
             and job.attempt > 1
             and 0 < job.lost_leases <= self.settings.lost_lease_retries
         )
+
+    async def _return_line(self) -> None:
+        """Give back the jobs leased and not started yet."""
+        line = list(self._ready)
+        self._ready.clear()
+        self._busy -= len(line)
+        if self._suspect in line:
+            self._suspect = None
+        if line:
+            await asyncio.shield(self._return_all(line))
 
     async def _return_all(self, deliveries: list[Delivery]) -> None:
         await asyncio.gather(*(self._return_to_queue(d) for d in deliveries))
