@@ -40,25 +40,25 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii
 # _check_writable.
 _SURROGATE = re.compile("\\\\u[dD][89a-fA-F]|[\ud800-\udfff]")
 
-_KNOWN_FIELDS = frozenset(
-    {
-        "v",
-        "id",
-        "task",
-        "args",
-        "kwargs",
-        "queue",
-        "attempt",
-        "failures",
-        "max_retries",
-        "enqueued_at",
-        "run_at",
-        "priority",
-        "timeout",
-        "dedup_key",
-        "headers",
-    }
+#: The fields of the wire document, in the order this library writes them.
+_FIELD_NAMES = (
+    "v",
+    "id",
+    "task",
+    "args",
+    "kwargs",
+    "queue",
+    "attempt",
+    "failures",
+    "max_retries",
+    "enqueued_at",
+    "run_at",
+    "priority",
+    "timeout",
+    "dedup_key",
+    "headers",
 )
+_KNOWN_FIELDS = frozenset(_FIELD_NAMES)
 
 
 def new_job_id() -> str:
@@ -232,23 +232,7 @@ def _describe_error(exc: BaseException) -> str:
 
 
 # Every field of the wire document, in one C call (a KeyError when one is missing).
-_WIRE_FIELDS = operator.itemgetter(
-    "v",
-    "id",
-    "task",
-    "args",
-    "kwargs",
-    "queue",
-    "attempt",
-    "failures",
-    "max_retries",
-    "enqueued_at",
-    "run_at",
-    "priority",
-    "timeout",
-    "dedup_key",
-    "headers",
-)
+_WIRE_FIELDS = operator.itemgetter(*_FIELD_NAMES)
 
 
 def _well_formed(doc: dict[str, Any]) -> Job | None:
