@@ -26,8 +26,8 @@ from sqlite_queue import SQLiteTaskQueue
 
 BACKENDS = ["memory", "redis", "postgres", "rabbitmq", "sqlite"]
 #: What removes a test's queue from a shared server afterwards (PostgreSQL's
-#: purge deletes the failed rows, since keep_failed=0; acked rows are gone).
-CLEANUP = {"redis": "purge", "postgres": "purge", "rabbitmq": "delete_topology"}
+#: delete_expired deletes the failed rows, since keep_failed=0; acked rows are gone).
+CLEANUP = {"redis": "purge", "postgres": "delete_expired", "rabbitmq": "delete_topology"}
 
 
 def _make(kind: str, name: str, request: pytest.FixtureRequest, path: Path) -> BaseTaskQueue:

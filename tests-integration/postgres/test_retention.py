@@ -6,6 +6,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
+import pytest
 import pytest_asyncio
 
 from lexigram.tasks.job import Job
@@ -52,7 +53,7 @@ async def test_by_default_an_acked_job_is_deleted_and_a_failed_one_kept(
         await _finish_one(queue)
         await _finish_one(queue, fail=True)
         assert await _statuses(db, pg_schema, queue) == ["failed"]
-        assert await queue.purge() == 0
+        assert await queue.delete_expired() == 0
         assert await _statuses(db, pg_schema, queue) == ["failed"]
 
 
@@ -71,22 +72,22 @@ async def test_finished_jobs_are_kept_for_keep_finished_then_cleaned_up(
         await eventually(cleaned, timeout=10, message="the cleanup task never ran")
 
 
-async def test_failed_jobs_are_purged_after_keep_failed(
+async def test_failed_jobs_are_deleted_after_keep_failed(
     postgres_dsn: str, pg_schema: str, db: asyncpg.Connection
 ) -> None:
     async with _queue(postgres_dsn, pg_schema, keep_failed=3600.0) as queue:
         await _finish_one(queue, fail=True)
-        assert await queue.purge() == 0, "purged a dead letter younger than keep_failed"
+        assert await queue.delete_expired() == 0, "deleted a dead letter younger than keep_failed"
         await db.execute(
             f"UPDATE {quote_ident(pg_schema)}.jobs SET finished_at = now() - interval '2 hours'"
             " WHERE queue_name = $1",
             queue.queue_name,
         )
-        assert await queue.purge() == 1
+        assert await queue.delete_expired() == 1
         assert await queue.dead_letters() == []
 
 
-async def test_purge_works_in_batches_and_only_on_its_own_queue(
+async def test_delete_expired_works_in_batches_and_only_on_its_own_queue(
     postgres_dsn: str, pg_schema: str, db: asyncpg.Connection
 ) -> None:
     jobs = f"{quote_ident(pg_schema)}.jobs"
@@ -100,8 +101,18 @@ async def test_purge_works_in_batches_and_only_on_its_own_queue(
                 " FROM generate_series(1, 2500)",
                 queue.queue_name,
             )
-        assert await mine.purge() == 2500
+        assert await mine.delete_expired() == 2500
         remaining = await db.fetchval(
             f"SELECT count(*) FROM {jobs} WHERE queue_name = $1", other.queue_name
         )
         assert remaining == 2500
+
+
+async def test_purge_is_a_deprecated_alias_of_delete_expired(
+    postgres_dsn: str, pg_schema: str, db: asyncpg.Connection
+) -> None:
+    async with _queue(postgres_dsn, pg_schema, keep_failed=0.0) as queue:
+        await _finish_one(queue, fail=True)
+        with pytest.warns(DeprecationWarning, match=r"call delete_expired\(\)"):
+            assert await queue.purge() == 1
+        assert await _statuses(db, pg_schema, queue) == []

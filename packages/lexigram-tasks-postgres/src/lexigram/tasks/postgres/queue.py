@@ -7,6 +7,7 @@ import contextlib
 import logging
 import random
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any, TypeVar
@@ -549,7 +550,7 @@ class PostgresTaskQueue(BaseTaskQueue):
             return done.plan
         raise AssertionError("unreachable")
 
-    async def purge(self) -> int:
+    async def delete_expired(self) -> int:
         """Delete this queue's finished and failed rows older than their retention.
 
         Runs in batches of ``cleanup_batch_size`` rows, each its own short
@@ -569,6 +570,15 @@ class PostgresTaskQueue(BaseTaskQueue):
                 await asyncio.sleep(0)
         return deleted
 
+    async def purge(self) -> int:
+        """Deprecated name of :meth:`delete_expired` (``purge`` elsewhere empties a queue)."""
+        warnings.warn(
+            "PostgresTaskQueue.purge() is deprecated; call delete_expired()",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return await self.delete_expired()
+
     def _purge_batch(
         self, statement: str, keep: float
     ) -> Callable[[asyncpg.Connection], Awaitable[int]]:
@@ -584,7 +594,7 @@ class PostgresTaskQueue(BaseTaskQueue):
         while True:
             await asyncio.sleep(self.cleanup_interval)
             try:
-                deleted = await self.purge()
+                deleted = await self.delete_expired()
             except Exception as exc:
                 logger.warning("retention cleanup of %r failed: %s", self, exc)
             else:

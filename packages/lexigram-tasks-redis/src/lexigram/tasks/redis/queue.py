@@ -296,12 +296,15 @@ class RedisTaskQueue(BaseTaskQueue):
             letters.append(DeadLetter(payload, reason.decode(), job_id, float(failed_at)))
         return letters
 
-    async def purge(self) -> None:
-        """Delete this queue and every job in it (ready, delayed, running, finished, failed)."""
-        with reported(self.redis_url):
-            await self._purge(self.client)
+    async def purge(self) -> int:
+        """Delete this queue and every job in it (ready, delayed, running, finished, failed).
 
-    async def _purge(self, client: Redis) -> None:
+        Returns how many jobs it deleted.
+        """
+        with reported(self.redis_url):
+            return await self._purge(self.client)
+
+    async def _purge(self, client: Redis) -> int:
         keys = self.keys
         async with client.pipeline(transaction=False) as pipe:
             pipe.lrange(keys.ready, 0, -1)
@@ -315,7 +318,8 @@ class RedisTaskQueue(BaseTaskQueue):
                 pipe.delete(*job_keys[start : start + 1000])
             pipe.delete(*keys.queue_owned())
             pipe.srem(keys.queues, keys.ready)
-            await pipe.execute()
+            deleted = await pipe.execute()
+        return sum(deleted[:-2])  # the job-key DELETEs, not the queue's own keys
 
     async def _run(self, name: str, args: list[Any]) -> Any:
         with reported(self.redis_url):
