@@ -11,8 +11,7 @@ import pytest_asyncio
 
 from lexigram.tasks.errors import ConfigurationError, JobTooLargeError
 from lexigram.tasks.job import Job
-from lexigram.tasks.postgres import PostgresTaskQueue, migrate, validate_url
-from lexigram.tasks.postgres import queue as queue_module
+from lexigram.tasks.postgres import PostgresTaskQueue, _insert, migrate, validate_url
 from lexigram.tasks.testing import eventually
 
 
@@ -124,7 +123,7 @@ async def test_enqueue_many_of_more_than_a_gigabyte_stores_every_job(
 async def test_a_batch_split_into_several_statements_is_still_all_or_nothing(
     queue: PostgresTaskQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(queue_module, "_STATEMENT_BYTES", 2000)  # a few jobs per INSERT
+    monkeypatch.setattr(_insert, "_STATEMENT_BYTES", 2000)  # a few jobs per INSERT
     jobs = [Job(task="t", args=[n], queue=queue.queue_name) for n in range(40)]
     jobs[35].run_at = 1e300  # a timestamp PostgreSQL cannot store: the last INSERT fails
     with pytest.raises(asyncpg.DataError, match="out of range"):
