@@ -1,0 +1,297 @@
+"""Running jobs for :class:`WorkerPool`: the slot loops, timeouts, threads, rate limits.
+
+A slot is a long-lived coroutine that takes the next job in line; one
+sweeper timer enforces every slot's timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry.trace import Span
+
+from lexigram.tasks.errors import TaskArgumentsError, TaskTimeoutError
+from lexigram.tasks.events import TaskCompletedEvent, TaskStartedEvent
+from lexigram.tasks.job import Job
+from lexigram.tasks.protocol import Delivery
+from lexigram.tasks.ratelimit import Rate, RateLimiter
+from lexigram.tasks.results import JobResult
+from lexigram.tasks.task import Task
+from lexigram.tasks.worker._fetching import Fetching
+from lexigram.tasks.worker._support import DaemonThreads, DeadlineSweeper, Slot
+
+logger = logging.getLogger("lexigram.tasks.worker")
+
+GLOBAL_RATE_KEY = "lexigram:global"
+
+#: Extra job field: when a worker first saw the job's task as unknown (Unix time).
+UNKNOWN_SINCE_FIELD = "unknown_task_since"
+
+#: Longest a job for an unknown task waits before it is offered again.
+_UNKNOWN_RETRY_DELAY = 30.0
+
+
+class Running(Fetching):
+    """Runs the jobs in line on the pool's slots (a base of :class:`WorkerPool`)."""
+
+    tasks: Mapping[str, Task[Any, Any]]
+    rate_limiter: RateLimiter
+    global_rate_limit: Rate | None
+    processed: int
+    _slots: list[Slot]
+    _sweeper: DeadlineSweeper
+    _threads: DaemonThreads | None
+    _job_done: asyncio.Event
+
+    async def _slot_loop(self, slot: Slot) -> None:
+        """One worker coroutine: wait for a job, run it, repeat until the pool stops."""
+        loop = asyncio.get_running_loop()
+        ready = self._ready
+        while True:
+            if not ready:
+                if self._stopping:
+                    return
+                waiter = slot.waiter = loop.create_future()
+                self._idle.append(slot)
+                await waiter
+                self._waking -= 1
+                continue
+            delivery = slot.delivery = ready.popleft()
+            try:
+                await self._handle(slot, delivery)
+            except asyncio.CancelledError:
+                if self._stopping:
+                    if slot.finished:
+                        self._to_ack.append(delivery)  # the final flush acks it
+                    elif id(delivery) in self._held:
+                        await self._return_to_queue(delivery)
+                raise
+            except Exception:
+                logger.exception("job runner crashed")
+            finally:
+                if self._suspect is delivery:
+                    self._suspect = None
+                slot.delivery = None
+                slot.finished = False
+                self._busy -= 1
+                self.processed += 1
+                self._slot_free.set()
+                if self._suspect is not None:
+                    self._job_done.set()  # the suspect waits to run alone
+
+    def _expire(self, slot: Slot) -> None:
+        """The sweeper found ``slot`` past its deadline."""
+        if slot.in_thread:
+            slot.overran = True
+            job = slot.delivery.job if slot.delivery is not None else None
+            logger.warning(
+                "task %r (job %s) exceeded its timeout of %gs; it runs in a thread, which cannot "
+                "be stopped: it keeps its worker slot, and its retry waits until it returns",
+                job.task if job is not None else None,
+                job.id if job is not None else None,
+                slot.timeout,
+            )
+        else:
+            # As asyncio.timeout does: cancel the task, turn the cancellation into a timeout.
+            slot.expired = True
+            slot.runner.cancel()
+
+    async def _handle(self, slot: Slot, delivery: Delivery) -> None:
+        job = delivery.job
+        if job is None:
+            reason = f"malformed: {delivery.problem}"
+            await self._dead_letter(delivery, "MalformedJobError", delivery.problem or "", "", None)
+            logger.warning("dead-lettered a message that is not a valid job: %s", reason)
+            return
+        # A job whose worker died comes back with a lost lease. It runs again,
+        # alone, ``lost_lease_retries`` times, so a killed worker's job still
+        # runs while a job that kills every worker stops, and takes no other job with it.
+        if job.attempt > 1 and job.lost_leases > self.settings.lost_lease_retries:
+            message = (
+                f"gave up after {job.attempt - 1} attempt(s): the workers running it "
+                f"stopped responding {job.lost_leases} time(s) (killed, crashed or lost "
+                "their lease)"
+            )
+            await self._dead_letter(delivery, "LeaseExpired", message, "", None)
+            return
+        task = self.tasks.get(job.task)
+        if task is None:
+            await self._unknown_task(delivery, job)
+            return
+        if self._suspect is delivery:
+            await self._wait_alone()
+            if self._stopping:
+                await self._return_to_queue(delivery)
+                return
+        if (task.rate_limit or self.global_rate_limit) and not await self._within_rate_limit(
+            task, delivery
+        ):
+            return
+        with self.telemetry.process(job, self._system, self.worker_id) as span:
+            try:
+                await self._run(slot, job, task, delivery, span)
+            except asyncio.CancelledError:
+                if self._stopping and not slot.finished:
+                    self.telemetry.record_outcome(span, "requeued")
+                raise
+
+    async def _wait_alone(self) -> None:
+        """Wait until no other job of this pool runs and every finished one is acked."""
+        while self._busy > 1:
+            self._job_done.clear()
+            await self._job_done.wait()
+        async with self._ack_lock:
+            await self._flush_acks(retries=3)
+
+    async def _unknown_task(self, delivery: Delivery, job: Job) -> None:
+        """Hand the job back for a worker that has its task, until the grace period ends."""
+        now = time.time()
+        since = job.extra.get(UNKNOWN_SINCE_FIELD)
+        if isinstance(since, bool) or not isinstance(since, int | float) or since > now:
+            since = job.extra[UNKNOWN_SINCE_FIELD] = now
+        registered = ", ".join(sorted(self.tasks))
+        if now - since >= self.settings.unknown_task_grace:
+            message = (
+                f"no worker ran task {job.task!r} within unknown_task_grace "
+                f"({self.settings.unknown_task_grace:g}s) after a worker first found it unknown; "
+                f"is it registered on any worker? (this worker has: {registered})"
+            )
+            logger.error("job %s dead-lettered: %s", job.id, message)
+            await self._dead_letter(delivery, "UnknownTaskError", message, "", None)
+            return
+        delay = min(_UNKNOWN_RETRY_DELAY, self.settings.unknown_task_grace / 10)
+        logger.warning(
+            "job %s is for task %r, which this worker does not have (it has: %s); returned "
+            "to the queue for other workers, dead-lettered if none runs it within %.0fs",
+            job.id,
+            job.task,
+            registered,
+            since + self.settings.unknown_task_grace - now,
+        )
+        if not self._can_delay:
+            # No delayed requeue: hold it briefly instead, so it does not bounce back at once.
+            await asyncio.sleep(min(delay, 1.0))
+            delay = 0.0
+        await self._return_to_queue(delivery, delay=delay, reason=f"unknown task {job.task!r}")
+
+    async def _run(
+        self, slot: Slot, job: Job, task: Task[Any, Any], delivery: Delivery, span: Span
+    ) -> None:
+        events = self.events
+        if events.wants(TaskStartedEvent):
+            await events.emit(TaskStartedEvent(job, job.queue, self.worker_id))
+        started = time.monotonic()
+        timeout = job.timeout or task.timeout or self.settings.default_timeout
+        try:
+            if task.is_async:
+                runner = slot.runner
+                cancelling = runner.cancelling()
+                slot.in_thread = False
+                slot.timeout = timeout
+                slot.deadline = deadline = started + timeout
+                if deadline < self._sweeper.at:
+                    self._sweeper.arm(deadline)
+                try:
+                    result = await task.fn(*job.args, **job.kwargs)
+                except asyncio.CancelledError:
+                    if slot.expired:
+                        slot.expired = False
+                        if runner.uncancel() <= cancelling:
+                            raise self._timed_out(job, timeout) from None
+                    raise
+                finally:
+                    slot.deadline = None
+                    if slot.expired:  # the handler swallowed the sweeper's cancellation
+                        slot.expired = False
+                        runner.uncancel()
+            else:
+                result = await self._run_in_thread(slot, task, job, timeout)
+        except Exception as exc:
+            if isinstance(exc, TypeError) and not isinstance(exc, TaskArgumentsError):
+                problem = task.argument_problem(job.args, job.kwargs)
+                if problem is not None:
+                    exc = TaskArgumentsError(
+                        f"task {job.task!r} cannot take the job's arguments: {problem}"
+                    )
+            await self._failed(job, task, delivery, span, exc, time.monotonic() - started)
+            return
+        slot.finished = True
+        if self.result_store is not None and task.store_result:
+            # Shielded: a job that finished is acked, so its result must be stored.
+            await asyncio.shield(self._store_result(JobResult.success(job.id, result)))
+        if events.wants(TaskCompletedEvent):
+            duration = time.monotonic() - started
+            await events.emit(
+                TaskCompletedEvent(job, job.queue, self.worker_id, duration=duration, result=result)
+            )
+        slot.finished = False
+        self._to_ack.append(delivery)
+        self._ack_wakeup.set()
+
+    @staticmethod
+    def _timed_out(job: Job, timeout: float) -> TaskTimeoutError:
+        return TaskTimeoutError(f"task {job.task!r} exceeded its timeout of {timeout:g}s")
+
+    async def _run_in_thread(
+        self, slot: Slot, task: Task[Any, Any], job: Job, timeout: float
+    ) -> Any:
+        """Run a plain function in a thread; past its timeout, wait for the thread to end.
+
+        A thread cannot be cancelled. Until it ends, the job keeps its slot and
+        its lease, and is neither retried nor reported as failed, so two runs
+        of one job never overlap. The sweeper logs the overrun at the deadline.
+        """
+        assert self._threads is not None
+        call = functools.partial(contextvars.copy_context().run, task.fn, *job.args, **job.kwargs)
+        future = self._threads.run(call)
+        slot.in_thread = True
+        slot.overran = False
+        slot.timeout = timeout
+        slot.deadline = deadline = time.monotonic() + timeout
+        if deadline < self._sweeper.at:
+            self._sweeper.arm(deadline)
+        try:
+            # Not awaited directly: cancelling the slot (shutdown) must not cancel the
+            # future, whose thread goes on and sets it.
+            await asyncio.wait([future])
+        finally:
+            slot.deadline = None
+        if not slot.overran:
+            return future.result()
+        slot.overran = False
+        logger.warning(
+            "task %r (job %s) returned %.2fs after its timeout of %gs; its result is discarded",
+            job.task,
+            job.id,
+            time.monotonic() - deadline,
+            timeout,
+        )
+        raise self._timed_out(job, timeout)
+
+    async def _within_rate_limit(self, task: Task[Any, Any], delivery: Delivery) -> bool:
+        """Wait for a rate-limit slot, or hand the job back if the wait is long."""
+        limits = [(f"task:{task.name}", task.rate_limit)] if task.rate_limit else []
+        if self.global_rate_limit is not None:
+            limits.append((GLOBAL_RATE_KEY, self.global_rate_limit))
+        for key, rate in limits:
+            while (wait := await self.rate_limiter.acquire(key, rate)) > 0:
+                if wait <= self.settings.poll_interval or not self._can_delay:
+                    await asyncio.sleep(wait)
+                    continue
+                await self._return_to_queue(delivery, delay=wait, reason="rate limited")
+                return False
+        return True
+
+    def _describe_running(self) -> str:
+        names = [
+            slot.delivery.job.task
+            for slot in list(self._slots)
+            if slot.delivery is not None and slot.delivery.job is not None
+        ]
+        return ", ".join(sorted(set(names))) or "no task"
