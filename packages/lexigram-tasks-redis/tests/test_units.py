@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from rq import Queue
 from rq.job import Job as RQJob
@@ -81,6 +83,21 @@ def test_every_script_starts_with_the_shared_prelude() -> None:
     for script in SCRIPTS.values():
         assert script.source.startswith("-- Shared prelude")
         assert len(script.sha) == 40
+
+
+def test_each_script_defines_exactly_the_prelude_functions_it_calls() -> None:
+    # Redis runs a script's whole text per call, so an unused function is
+    # work on every call; a missing one would fail only when its branch runs.
+    for script in SCRIPTS.values():
+        code = re.sub(r"--[^\n]*", "", script.source)
+        defined = re.findall(r"^local function (\w+)\(", code, re.MULTILINE)
+        called = set(re.findall(r"(?<![.:\w])(\w+)\(", code))
+        assert not called - set(defined) - _LUA_BUILTINS, script.name
+        unused = [f for f in defined if len(re.findall(rf"\b{f}\(", code)) == 1]
+        assert not unused, (script.name, unused)
+
+
+_LUA_BUILTINS = {"function", "tonumber", "tostring", "ipairs", "pairs", "type", "unpack"}
 
 
 def _unused_connection() -> object:

@@ -2,12 +2,16 @@
 
 Each script is ``lua/common.lua`` followed by its own file, so every
 operation on a queue is one atomic server-side call and one round trip.
+Of common.lua's functions a script gets only those it calls, directly or
+through another: Redis runs the whole script text on every call, so each
+function defined is a closure built and collected per call.
 A queue calls them through :class:`PreparedScript`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib.resources import files
@@ -27,12 +31,33 @@ class Script:
     sha: str
 
 
+_FUNCTION = re.compile(r"^local function (\w+)\(", re.MULTILINE)
+
+
+def _prelude(common: str, body: str) -> str:
+    """common.lua cut to what ``body`` needs: its paragraphs (blocks between
+    blank lines) that define no function, and those defining a function that
+    ``body`` or another kept function calls, in their original order."""
+    blocks = common.split("\n\n")
+    defines = {i: m.group(1) for i, block in enumerate(blocks) if (m := _FUNCTION.search(block))}
+    wanted = body
+    kept: set[int] = set()
+    while True:
+        new = {i for i, f in defines.items() if i not in kept and re.search(rf"\b{f}\(", wanted)}
+        if not new:
+            break
+        kept |= new
+        wanted += "".join(blocks[i] for i in new)
+    return "\n\n".join(b for i, b in enumerate(blocks) if i not in defines or i in kept)
+
+
 def _load() -> dict[str, Script]:
     folder = files("lexigram.tasks.redis").joinpath("lua")
     common = folder.joinpath("common.lua").read_text(encoding="utf-8")
     scripts = {}
     for name in _NAMES:
-        source = common + "\n" + folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+        body = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+        source = _prelude(common, body) + "\n" + body
         sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
         scripts[name] = Script(name, source, sha)
     return scripts

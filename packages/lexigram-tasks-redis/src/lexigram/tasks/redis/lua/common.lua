@@ -19,21 +19,25 @@ local function is_pending(status)
 end
 
 -- A Unix time in rq's timestamp format (utcformat): 2026-11-27T21:54:03.123456Z.
+-- Every quotient is of non-negative integers, written (a - a % b) / b: the
+-- operators run in the Lua VM, math.floor is a C call each time, and this
+-- runs on every enqueue, lease and ack.
 local function iso(sec, usec)
-  local days = math.floor(sec / 86400)
-  local secs = sec - days * 86400
-  local z = days + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
-    - math.floor(doe / 146096)) / 365)
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local day = doy - math.floor((153 * mp + 2) / 5) + 1
+  local secs = sec % 86400
+  local z = (sec - secs) / 86400 + 719468
+  local doe = z % 146097
+  local era = (z - doe) / 146097
+  local t = doe - (doe - doe % 1460) / 1460 + (doe - doe % 36524) / 36524
+    - (doe - doe % 146096) / 146096
+  local yoe = (t - t % 365) / 365
+  local doy = doe - 365 * yoe - (yoe - yoe % 4) / 4 + (yoe - yoe % 100) / 100
+  local mp = (5 * doy + 2 - (5 * doy + 2) % 153) / 153
+  local day = doy - (153 * mp + 2 - (153 * mp + 2) % 5) / 5 + 1
   local month = mp < 10 and mp + 3 or mp - 9
   local year = yoe + era * 400 + (month <= 2 and 1 or 0)
+  local minute = secs % 3600
   return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%06dZ', year, month, day,
-    math.floor(secs / 3600), math.floor(secs % 3600 / 60), secs % 60, usec)
+    (secs - minute) / 3600, (minute - minute % 60) / 60, secs % 60, usec)
 end
 
 local function now_iso()
