@@ -46,26 +46,30 @@ every job instead, which is slower but just as correct.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from contextvars import ContextVar, Token
-from dataclasses import dataclass
-from types import TracebackType
-from typing import Any
+from contextlib import AbstractContextManager, contextmanager
 
-from opentelemetry import context, metrics, propagate, trace
+from opentelemetry import metrics, propagate, trace
 from opentelemetry.metrics import _internal as _metrics_globals
-from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 
 from lexigram.tasks._otel import attributes as attr
-from lexigram.tasks._otel._metrics import DURATION_BUCKETS, AttributeSets, Instruments
-from lexigram.tasks._otel.producer import (
-    Attributes,
-    message_attributes,
-    operation_attributes,
-    producer_span,
+from lexigram.tasks._otel._metrics import DURATION_BUCKETS, Instruments
+from lexigram.tasks._otel._spans import (
+    COMPLETED,
+    DEAD_LETTERED,
+    NOTHING,
+    RETRIED,
+    Attached,
+    Execution,
+    JobScope,
+    Sending,
+    context_to_pass_on,
+    current_job,
+    job_attributes,
+    set_outcome,
 )
+from lexigram.tasks._otel.producer import operation_attributes, producer_span
 from lexigram.tasks._version import __version__
 from lexigram.tasks.job import Job
 
@@ -73,26 +77,7 @@ __all__ = ["DURATION_BUCKETS", "INSTRUMENTATION_NAME", "Telemetry"]
 
 INSTRUMENTATION_NAME = "lexigram.tasks"
 
-#: Per-job outcomes, as set on process spans and the duration histogram.
-COMPLETED = "completed"
-RETRIED = "retried"
-DEAD_LETTERED = "dead_lettered"
-REQUEUED = "requeued"
-INTERRUPTED = "interrupted"
-
 _NOT_LOOKED = object()
-
-
-@dataclass(slots=True)
-class _JobScope:
-    """What the ``record_*`` calls of one execution need for metrics."""
-
-    attributes: AttributeSets
-    outcome: str | None = None
-    error_type: str | None = None
-
-
-_current_job: ContextVar[_JobScope | None] = ContextVar("lexigram_tasks_job", default=None)
 
 
 class Telemetry:
@@ -170,10 +155,10 @@ class Telemetry:
     def send(self, job: Job, system: str) -> AbstractContextManager[Span]:
         """PRODUCER span around one enqueue; injects the trace context into the job."""
         if not self.quiet():
-            return _Sending(self, job, system)
-        if "traceparent" not in job.headers and _context_to_pass_on():
+            return Sending(self, job, system)
+        if "traceparent" not in job.headers and context_to_pass_on():
             propagate.inject(job.headers)
-        return _NOTHING
+        return NOTHING
 
     @contextmanager
     def send_many(self, jobs: Sequence[Job], system: str, queue: str) -> Iterator[Span]:
@@ -183,7 +168,7 @@ class Telemetry:
                 self.tracer, system, queue, {attr.MESSAGING_BATCH_MESSAGE_COUNT: len(jobs)}
             )
             if self.tracing
-            else _NOTHING
+            else NOTHING
         )
         with sending as span:
             for job in jobs:
@@ -209,14 +194,14 @@ class Telemetry:
         and, on the way out, its duration and outcome.
         """
         if not self.quiet():
-            return _Execution(self, job, system, worker_id)
-        return _Attached(job.headers) if job.headers else _NOTHING
+            return Execution(self, job, system, worker_id)
+        return Attached(job.headers) if job.headers else NOTHING
 
     def record_failure(
         self, span: Span, exc: BaseException, error_type: str, will_retry: bool
     ) -> None:
         """The handler raised (or timed out): exception, ERROR status, ``error.type``."""
-        scope = _current_job.get()
+        scope = current_job.get()
         if scope is not None:
             scope.error_type = error_type
         if span.is_recording():
@@ -227,19 +212,19 @@ class Telemetry:
 
     def record_retry(self, span: Span, delay: float, reason: str) -> None:
         """A ``retry`` event: the job goes back to run again after ``delay`` seconds."""
-        _set_outcome(RETRIED)
+        set_outcome(RETRIED)
         if span.is_recording():
             span.add_event("retry", {attr.RETRY_DELAY_S: delay, attr.RETRY_REASON: reason})
 
     def record_dead_letter(self, span: Span, reason: str) -> None:
         """A ``dead_letter`` event: the job failed for good."""
-        _set_outcome(DEAD_LETTERED)
+        set_outcome(DEAD_LETTERED)
         if span.is_recording():
             span.add_event("dead_letter", {attr.DLQ_REASON: reason})
 
     def record_outcome(self, span: Span, outcome: str) -> None:
         """How the execution ended when it is not a plain completion (e.g. ``"requeued"``)."""
-        _set_outcome(outcome)
+        set_outcome(outcome)
         if span.is_recording():
             span.set_attribute(attr.TASK_OUTCOME, outcome)
 
@@ -257,7 +242,7 @@ class Telemetry:
             span = self.tracer.start_span(f"dead_letter {queue}", parent, kind=SpanKind.CLIENT)
             if span.is_recording():
                 if job is not None:
-                    span.set_attributes(_job_attributes(job, system, "dead_letter", "settle"))
+                    span.set_attributes(job_attributes(job, system, "dead_letter", "settle"))
                 else:
                     span.set_attributes(
                         operation_attributes(system, queue, "dead_letter", "settle")
@@ -295,7 +280,7 @@ class Telemetry:
 
     # -- helpers ---------------------------------------------------------------
 
-    def _finish(self, scope: _JobScope, duration: float) -> None:
+    def _finish(self, scope: JobScope, duration: float) -> None:
         outcome = scope.outcome or COMPLETED
         sets = scope.attributes
         instruments = self.instruments
@@ -308,180 +293,6 @@ class Telemetry:
             instruments.failed.add(1, sets.error(scope.error_type))
 
 
-class _Sending:
-    """``Telemetry.send``: the PRODUCER span, context injection, the enqueued count."""
-
-    __slots__ = ("_job", "_span", "_system", "_telemetry")
-
-    def __init__(self, telemetry: Telemetry, job: Job, system: str) -> None:
-        self._telemetry = telemetry
-        self._job = job
-        self._system = system
-        self._span: AbstractContextManager[Span] | None = None
-
-    def __enter__(self) -> Span:
-        job = self._job
-        keep = "traceparent" in job.headers  # a context the caller put there is kept
-        if self._telemetry.tracing:
-            self._span = producer_span(
-                self._telemetry.tracer,
-                self._system,
-                job.queue,
-                _run_attributes(job),
-                inject_into=None if keep else job.headers,
-            )
-            return self._span.__enter__()
-        if not keep and _context_to_pass_on():
-            propagate.inject(job.headers)
-        return INVALID_SPAN
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._span is not None:
-            self._span.__exit__(exc_type, exc, tb)
-        if exc_type is None and self._telemetry.metering:
-            job = self._job
-            instruments = self._telemetry.instruments
-            instruments.enqueued.add(
-                1, instruments.attributes(self._system, job.queue, job.task).base
-            )
-
-
-class _Attached:
-    """Without spans or metrics: the job's trace context is current while it runs, so
-    the jobs it enqueues carry it on."""
-
-    __slots__ = ("_headers", "_token")
-
-    def __init__(self, headers: dict[str, str]) -> None:
-        self._headers = headers
-
-    def __enter__(self) -> Span:
-        self._token = context.attach(propagate.extract(self._headers))
-        return INVALID_SPAN
-
-    def __exit__(self, *exc_info: object) -> None:
-        context.detach(self._token)
-
-
-_NOTHING: AbstractContextManager[Span] = nullcontext(INVALID_SPAN)
-
-
-class _Execution:
-    """``Telemetry.process``: the CONSUMER span and the per-execution metrics."""
-
-    __slots__ = (
-        "_attached",
-        "_job",
-        "_metering",
-        "_scope",
-        "_span",
-        "_span_object",
-        "_started",
-        "_system",
-        "_telemetry",
-        "_token",
-        "_worker_id",
-    )
-
-    def __init__(self, telemetry: Telemetry, job: Job, system: str, worker_id: str) -> None:
-        self._telemetry = telemetry
-        self._job = job
-        self._system = system
-        self._worker_id = worker_id
-        self._span: AbstractContextManager[Span] | None = None
-        self._attached: Token[Any] | None = None
-
-    def __enter__(self) -> Span:
-        telemetry, job = self._telemetry, self._job
-        instruments = telemetry.instruments
-        sets = instruments.attributes(self._system, job.queue, job.task)
-        self._scope = _JobScope(sets)
-        self._token = _current_job.set(self._scope)
-        waited = max(0.0, time.time() - (job.run_at or job.enqueued_at))
-        self._metering = telemetry.metering
-        if self._metering:
-            if job.attempt <= 1:
-                instruments.queue_wait.record(waited, sets.base)
-            instruments.in_flight.add(1, sets.base)
-        self._started = time.monotonic()
-        if telemetry.tracing:
-            return self._start_span(waited)
-        if job.headers:
-            # No span, but the job's trace context is current while it runs, so
-            # the jobs it enqueues carry it on.
-            self._attached = context.attach(propagate.extract(job.headers))
-        return INVALID_SPAN
-
-    def _start_span(self, waited: float) -> Span:
-        telemetry, job = self._telemetry, self._job
-        creation = propagate.extract(job.headers) if job.headers else None
-        links: list[Link] = []
-        parent = None
-        if creation is not None:
-            span_context = trace.get_current_span(creation).get_span_context()
-            if span_context.is_valid:
-                links.append(Link(span_context))
-                parent = None if telemetry.links_only else creation
-        self._span = telemetry.tracer.start_as_current_span(
-            f"process {job.queue}",
-            context=parent,
-            kind=SpanKind.CONSUMER,
-            links=links,
-            record_exception=False,
-            set_status_on_exception=False,
-        )
-        span = self._span_object = self._span.__enter__()
-        if span.is_recording():
-            attributes = _job_attributes(job, self._system, "process", "process")
-            attributes[attr.MESSAGING_CLIENT_ID] = self._worker_id
-            attributes[attr.TASK_DELAY_S] = waited
-            span.set_attributes(attributes)
-        return span
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        scope = self._scope
-        if exc_type is not None and scope.outcome is None:
-            scope.outcome = INTERRUPTED
-        try:
-            if self._span is not None:
-                span = self._span_object
-                if span.is_recording():
-                    span.set_attribute(attr.TASK_OUTCOME, scope.outcome or COMPLETED)
-                self._span.__exit__(exc_type, exc, tb)
-            elif self._attached is not None:
-                context.detach(self._attached)
-        finally:
-            _current_job.reset(self._token)
-            if self._metering:
-                self._telemetry.instruments.in_flight.add(-1, scope.attributes.base)
-                self._telemetry._finish(scope, time.monotonic() - self._started)
-
-
-def _context_to_pass_on() -> bool:
-    """Without an SDK: is anything current (an upstream span context, baggage) to inject?
-
-    A span or baggage is an entry of the current context, so an empty context
-    means there is nothing to inject; asking every propagator costs more.
-    """
-    return bool(context.get_current())
-
-
-def _set_outcome(outcome: str) -> None:
-    scope = _current_job.get()
-    if scope is not None:
-        scope.outcome = outcome
-
-
 def _noop_tracing(provider: trace.TracerProvider) -> bool:
     return isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
 
@@ -491,17 +302,3 @@ def _noop_metering(provider: metrics.MeterProvider) -> bool:
     return isinstance(provider, metrics.NoOpMeterProvider) or (
         type(provider).__name__ == "_ProxyMeterProvider"
     )
-
-
-def _run_attributes(job: Job) -> Attributes:
-    """The job and its run: what the lifecycle's single-job spans add."""
-    attributes = message_attributes(job)
-    attributes[attr.TASK_ATTEMPT] = job.attempt
-    attributes[attr.TASK_MAX_RETRIES] = job.max_retries
-    return attributes
-
-
-def _job_attributes(job: Job, system: str, op_name: str, op_type: str) -> Attributes:
-    attributes = operation_attributes(system, job.queue, op_name, op_type)
-    attributes.update(_run_attributes(job))
-    return attributes
