@@ -1,0 +1,103 @@
+"""The enqueue path of :class:`~lexigram.tasks.TaskProvider`: building jobs and routing them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from lexigram.tasks._lifecycle import Lifecycle
+from lexigram.tasks.errors import UnknownTaskError
+from lexigram.tasks.handle import JobHandle
+from lexigram.tasks.job import Job
+from lexigram.tasks.protocol import TaskQueueProtocol
+from lexigram.tasks.task import EnqueueOptions
+
+
+class Enqueueing(Lifecycle):
+    """Builds jobs and sends them to their backend (a base of ``TaskProvider``)."""
+
+    primary: str
+    strict: bool
+
+    def build_job(
+        self,
+        name: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        options: EnqueueOptions,
+    ) -> Job:
+        """The job ``enqueue(name, *args, **kwargs)`` would send, without sending it.
+
+        Raises :class:`TaskArgumentsError` when the task is registered here and
+        its handler cannot take these arguments.
+        """
+        task = self.tasks.get(name)
+        if task is not None:
+            task.check_arguments(args, kwargs)
+        elif self.strict and self.tasks:
+            raise UnknownTaskError(
+                f"no task named {name!r} is registered with this provider "
+                f"(registered: {', '.join(sorted(self.tasks))}); "
+                "pass strict=False to TaskProvider to enqueue tasks other processes define"
+            )
+        queue = self._route(name, options.backend)
+        return Job(
+            task=name,
+            args=list(args),
+            kwargs=dict(kwargs),
+            queue=queue.queue_name,
+            max_retries=task.max_retries if task is not None else 0,
+            run_at=options.run_at(),
+            priority=options.priority
+            if options.priority is not None
+            else (task.priority if task is not None else 0),
+            timeout=task.timeout if task is not None else None,
+            dedup_key=options.dedup_key,
+            headers=dict(options.headers) if options.headers else {},
+        )
+
+    async def enqueue(self, name: str, /, *args: Any, **kwargs: Any) -> JobHandle[Any]:
+        """Enqueue the task registered as ``name`` with these arguments."""
+        return await self.enqueue_job(self.build_job(name, args, kwargs, EnqueueOptions()))
+
+    async def enqueue_job(self, job: Job, *, backend: str | None = None) -> JobHandle[Any]:
+        """Send a prepared job (see :meth:`Task.job`) to its backend."""
+        if not self._connected:
+            await self.connect()
+        queue = self._route(job.task, backend)
+        with self.telemetry.send(job, queue.system):
+            job_id = await queue.enqueue(job)
+        return JobHandle(job_id, job.task, job.queue, self.result_store)
+
+    async def enqueue_many(
+        self, jobs: Iterable[Job], *, backend: str | None = None
+    ) -> list[JobHandle[Any]]:
+        """Send many jobs in as few round trips as each backend allows."""
+        if not self._connected:
+            await self.connect()
+        groups: dict[str, list[Job]] = {}
+        for job in jobs:
+            groups.setdefault(self._route_name(job.task, backend), []).append(job)
+        handles: list[JobHandle[Any]] = []
+        for name, group in groups.items():
+            queue = self.backends[name]
+            with self.telemetry.send_many(group, queue.system, queue.queue_name):
+                ids = await queue.enqueue_many(group)
+            handles.extend(
+                JobHandle(i, j.task, j.queue, self.result_store)
+                for i, j in zip(ids, group, strict=True)
+            )
+        return handles
+
+    def _route_name(self, task_name: str, backend: str | None) -> str:
+        if backend is None:
+            task = self.tasks.get(task_name)
+            backend = task.backend if task is not None and task.backend else self.primary
+        if backend not in self.backends:
+            raise ValueError(
+                f"backend {backend!r} is not configured (backends: {', '.join(self.backends)})"
+            )
+        return backend
+
+    def _route(self, task_name: str, backend: str | None) -> TaskQueueProtocol:
+        return self.backends[self._route_name(task_name, backend)]
