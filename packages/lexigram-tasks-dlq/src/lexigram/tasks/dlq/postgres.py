@@ -20,7 +20,7 @@ import asyncpg
 from lexigram.tasks.dlq.filters import FailureFilter
 from lexigram.tasks.dlq.record import FailureRecord
 from lexigram.tasks.job import Job
-from lexigram.tasks.postgres.connection import open_connection, open_pool, redacted
+from lexigram.tasks.postgres.connection import open_connection, open_pool, redacted, validate_url
 from lexigram.tasks.postgres.schema import (
     Migration,
     check_schema_name,
@@ -65,6 +65,7 @@ class PostgresDeadLetterStorage:
         max_pool_size: int = 4,
         connect_timeout: float = 10.0,
     ) -> None:
+        validate_url(postgres_dsn)
         self.postgres_dsn = postgres_dsn
         self.schema = check_schema_name(schema)
         self.auto_migrate = auto_migrate

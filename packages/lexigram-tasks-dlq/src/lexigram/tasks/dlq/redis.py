@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from lexigram.tasks.dlq.filters import FailureFilter
 from lexigram.tasks.dlq.record import FailureRecord
 from lexigram.tasks.redact import redact_url
-from lexigram.tasks.redis.connection import open_client
+from lexigram.tasks.redis.connection import open_client, validate_url
 
 _PUT = """
 local prefix, id = ARGV[1], ARGV[2]
@@ -76,6 +76,7 @@ class RedisDeadLetterStorage:
     ) -> None:
         if not prefix:
             raise ValueError("prefix must not be empty")
+        validate_url(redis_url)
         self.redis_url = redis_url
         self.prefix = prefix
         self._client: aioredis.Redis | None = None

@@ -47,6 +47,9 @@ class PostgresTemplateStore:
             extra="postgres",
             feature="PostgresTemplateStore",
         )
+        from lexigram.tasks.postgres import validate_url  # installed: checked just above
+
+        validate_url(postgres_dsn)
         for what, value in (("schema", schema), ("table_prefix", table_prefix)):
             if not _IDENTIFIER.match(value):
                 raise ValueError(f"{what} must be a plain SQL identifier, got {value!r}")

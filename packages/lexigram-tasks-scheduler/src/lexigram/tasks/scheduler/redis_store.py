@@ -81,6 +81,9 @@ class RedisTemplateStore:
             extra="redis",
             feature="RedisTemplateStore",
         )
+        from lexigram.tasks.redis import validate_url  # installed: checked just above
+
+        validate_url(redis_url)
         self.redis_url = redis_url
         self.prefix = prefix
         self._keys = {part: f"{prefix}:{part}" for part in ("templates", "cursor", "paused")}
