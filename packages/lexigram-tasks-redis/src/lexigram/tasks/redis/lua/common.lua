@@ -67,15 +67,8 @@ local function priority_counts()
   return counts
 end
 
-local function push_ready(id, priority)
-  if priority <= 0 then
-    redis.call('RPUSH', K_READY, id)
-    return
-  end
-  local ahead = 0
-  for _, pc in ipairs(priority_counts()) do
-    if pc[1] >= priority then ahead = ahead + pc[2] end
-  end
+-- Put id into the ready list behind its first `ahead` entries.
+local function insert_after(id, ahead)
   if ahead == 0 then
     redis.call('LPUSH', K_READY, id)
   else
@@ -86,6 +79,18 @@ local function push_ready(id, priority)
       redis.call('RPUSH', K_READY, id)
     end
   end
+end
+
+local function push_ready(id, priority)
+  if priority <= 0 then
+    redis.call('RPUSH', K_READY, id)
+    return
+  end
+  local ahead = 0
+  for _, pc in ipairs(priority_counts()) do
+    if pc[1] >= priority then ahead = ahead + pc[2] end
+  end
+  insert_after(id, ahead)
   redis.call('HINCRBY', K_PRIO, priority, 1)
 end
 
@@ -97,16 +102,7 @@ local function push_front(id, priority)
   for _, pc in ipairs(priority_counts()) do
     if pc[1] > priority then ahead = ahead + pc[2] end
   end
-  if ahead == 0 then
-    redis.call('LPUSH', K_READY, id)
-  else
-    local pivot = redis.call('LINDEX', K_READY, ahead - 1)
-    if pivot then
-      redis.call('LINSERT', K_READY, 'AFTER', pivot, id)
-    else
-      redis.call('RPUSH', K_READY, id)
-    end
-  end
+  insert_after(id, ahead)
   if priority > 0 then redis.call('HINCRBY', K_PRIO, priority, 1) end
 end
 
