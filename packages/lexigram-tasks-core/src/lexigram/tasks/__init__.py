@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Any
 __path__ = extend_path(__path__, __name__)
 
 from lexigram.tasks._version import __version__
+from lexigram.tasks.control import CancelOutcome, JobError, JobInfo, JobPage, JobState, WorkerInfo
 from lexigram.tasks.errors import (
     BackendConnectionError,
     BackendNotFoundError,
     CapabilityNotSupportedError,
     ConfigurationError,
+    JobCancelledError,
     JobSerializationError,
     JobTooLargeError,
     MalformedJobError,
@@ -97,6 +99,7 @@ __all__ = [
     "BackendNotFoundError",
     "BaseTaskQueue",
     "CacheBackendResultStore",
+    "CancelOutcome",
     "Capability",
     "CapabilityNotSupportedError",
     "ConfigurationError",
@@ -105,10 +108,15 @@ __all__ = [
     "Delivery",
     "FailureRecord",
     "Job",
+    "JobCancelledError",
+    "JobError",
     "JobFailure",
     "JobHandle",
+    "JobInfo",
+    "JobPage",
     "JobResult",
     "JobSerializationError",
+    "JobState",
     "JobTooLargeError",
     "MalformedJobError",
     "MemoryResultStore",
@@ -136,6 +144,7 @@ __all__ = [
     "TaskStartedEvent",
     "TaskTimeoutError",
     "UnknownTaskError",
+    "WorkerInfo",
     "WorkerPool",
     "WorkerSettings",
     "__version__",

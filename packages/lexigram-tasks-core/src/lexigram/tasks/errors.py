@@ -73,3 +73,11 @@ class TaskFailedError(TaskError):
         self.job_id = job_id
         self.error_type = error_type
         self.error_message = error_message
+
+
+class JobCancelledError(TaskError):
+    """The job was cancelled (before it started, or while it ran); it has no result."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} was cancelled")
+        self.job_id = job_id

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
+from lexigram.tasks.control import JobError, JobState
 from lexigram.tasks.errors import CapabilityNotSupportedError, JobTooLargeError, MalformedJobError
 from lexigram.tasks.job import DEFAULT_MAX_JOB_BYTES, Job
 
@@ -32,6 +33,16 @@ class Capability(enum.StrEnum):
     UNIQUE = "unique"
     #: Jobs can be enqueued inside the caller's own database transaction.
     TRANSACTIONAL = "transactional"
+    #: Jobs can be looked up and listed by state, and report progress
+    #: (``get_job``, ``list_jobs``, ``record_progress`` of
+    #: :class:`~lexigram.tasks.control.JobControlProtocol`).
+    INSPECT = "inspect"
+    #: Jobs can be cancelled, and running ones hear it on a control channel
+    #: (``cancel``, ``watch_cancellations``, ``cancel_requested``).
+    CANCEL = "cancel"
+    #: Worker processes register themselves and can be listed
+    #: (``register_worker``, ``deregister_worker``, ``list_workers``).
+    WORKERS = "workers"
 
 
 @dataclass(slots=True)
@@ -40,13 +51,18 @@ class Delivery:
 
     ``job`` is ``None`` when the message is not a valid job; ``problem`` then
     says why, and the consumer dead-letters it (``nack(requeue=False)``).
-    ``token`` is the backend's own handle for the lease.
+    ``token`` is the backend's own handle for the lease. Before settling it,
+    the worker sets ``outcome`` (how the job ended, or ``RETRYING``) and
+    ``error``, so a backend that keeps job states records them on the ack or
+    nack itself (see :class:`~lexigram.tasks.control.JobControlProtocol`).
     """
 
     job: Job | None
     raw: bytes
     token: Any
     problem: str | None = None
+    outcome: JobState | None = None
+    error: JobError | None = None
 
     @property
     def job_id(self) -> str | None:

@@ -9,7 +9,12 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from lexigram.tasks.errors import JobSerializationError, ResultTimeoutError, TaskFailedError
+from lexigram.tasks.errors import (
+    JobCancelledError,
+    JobSerializationError,
+    ResultTimeoutError,
+    TaskFailedError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,14 +22,17 @@ class JobResult:
     """The outcome of a finished job: its return value, or its error."""
 
     job_id: str
-    status: Literal["succeeded", "failed"]
+    status: Literal["succeeded", "failed", "cancelled"]
     value: Any = None
     error_type: str | None = None
     error_message: str | None = None
     finished_at: float = 0.0
 
     def unwrap(self) -> Any:
-        """The value, or :class:`TaskFailedError` carrying the task's exception type and message."""
+        """The value; :class:`TaskFailedError` (the task's exception type and message) if
+        it failed, :class:`JobCancelledError` if it was cancelled."""
+        if self.status == "cancelled":
+            raise JobCancelledError(self.job_id)
         if self.status == "failed":
             raise TaskFailedError(self.job_id, self.error_type or "", self.error_message or "")
         return self.value
@@ -48,6 +56,10 @@ class JobResult:
     @classmethod
     def failure(cls, job_id: str, error_type: str, error_message: str) -> JobResult:
         return cls(job_id, "failed", None, error_type, error_message, time.time())
+
+    @classmethod
+    def cancelled(cls, job_id: str) -> JobResult:
+        return cls(job_id, "cancelled", None, "JobCancelledError", "cancelled", time.time())
 
 
 @runtime_checkable
