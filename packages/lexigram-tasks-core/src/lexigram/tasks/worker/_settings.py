@@ -56,6 +56,12 @@ class WorkerSettings:
     unknown_task_grace: Annotated[float, Ge(0)] = _setting(
         300.0, "how long a job for a task no worker has is handed back before it is dead-lettered"
     )
+    progress_interval: Annotated[float, Gt(0)] = _setting(
+        0.5, "shortest time between two progress writes of one job (reports in between are merged)"
+    )
+    registry_interval: Annotated[float, Gt(0)] = _setting(
+        5.0, "how often a worker refreshes its entry in the live-worker list (it expires after 3x)"
+    )
 
     def __post_init__(self) -> None:
         for name, (kind, bounds) in _CHECKS.items():
@@ -91,6 +97,8 @@ class WorkerSettingsKeywords(TypedDict, total=False):
     blocked_loop_warning: float
     lost_lease_retries: int
     unknown_task_grace: float
+    progress_interval: float
+    registry_interval: float
 
 
 class SettingsView:
