@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import socket
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 from lexigram.tasks.cli._app import add_app_arguments, load_app
 from lexigram.tasks.cli._errors import EXIT_OK
@@ -51,7 +52,8 @@ def register(
         const=2.0,
         type=_interval,
         metavar="SECONDS",
-        help="refresh every SECONDS (default 2) until Ctrl-C",
+        help="refresh every SECONDS (default 2) until Ctrl-C: in place on a terminal, "
+        "else one table (or JSON line) after another",
     )
     parser.set_defaults(func=run)
 
@@ -60,14 +62,16 @@ async def run(args: argparse.Namespace) -> int:
     provider = load_app(args)
     if any(isinstance(q, MemoryTaskQueue) for q in provider.backends.values()):
         status("note: in-memory backends are empty in a new process; their counts say nothing")
+    in_place = bool(args.watch) and not args.json and sys.stdout.isatty()
+    screen = Screen(sys.stdout) if in_place else None
     try:
         while True:
             rows = await snapshot(provider)
             if args.json:
                 print(json.dumps({"time": round(time.time(), 3), "backends": rows}), flush=True)
+            elif screen is not None:
+                screen.draw(f"{_heading(args.watch)}\n\n{render(rows)}")
             else:
-                if args.watch and sys.stdout.isatty():
-                    print("\x1b[H\x1b[2J", end="")  # clear the screen
                 if args.watch:
                     print(time.strftime("%Y-%m-%d %H:%M:%S"))
                 print(render(rows), flush=True)
@@ -75,7 +79,48 @@ async def run(args: argparse.Namespace) -> int:
                 return EXIT_OK
             await asyncio.sleep(args.watch)
     finally:
+        if screen is not None:
+            screen.close()
         await provider.disconnect()
+
+
+class Screen:
+    """Redraws a frame in place, as ``watch`` does: on the terminal's alternate
+    screen, each line overwritten from the top left (no flicker from clearing
+    first); on close the normal screen comes back with the last frame printed."""
+
+    ENTER = "\x1b[?1049h\x1b[?25l"  # alternate screen, cursor hidden
+    LEAVE = "\x1b[?25h\x1b[?1049l"
+    HOME = "\x1b[H"
+    CLEAR_LINE_END = "\x1b[K"
+    CLEAR_SCREEN_END = "\x1b[J"
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._last: str | None = None
+
+    def draw(self, frame: str) -> None:
+        if self._last is None:
+            self._stream.write(self.ENTER)
+        lines = frame.split("\n")
+        body = "\n".join(line + self.CLEAR_LINE_END for line in lines)
+        self._stream.write(self.HOME + body + self.CLEAR_SCREEN_END)
+        self._stream.flush()
+        self._last = frame
+
+    def close(self) -> None:
+        if self._last is None:
+            return
+        self._stream.write(self.LEAVE + self._last + "\n")
+        self._stream.flush()
+        self._last = None
+
+
+def _heading(interval: float) -> str:
+    return (
+        f"Every {interval:g}s: lexigram-tasks info    "
+        f"{socket.gethostname()}: {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    )
 
 
 async def snapshot(provider: TaskProvider) -> list[dict[str, Any]]:
