@@ -13,13 +13,15 @@ from typing import Any
 from lexigram.tasks.redact import redact_url
 
 _REDIS = ("Redis", ("redis", "rediss", "unix"))
+_POSTGRES = ("PostgreSQL", ("postgres", "postgresql"))
 
 #: ``(component label, type) -> {key: (system, accepted schemes)}``.
 URL_KEYS: dict[tuple[str, str], dict[str, tuple[str, tuple[str, ...]]]] = {
     ("backend", "redis"): {"redis_url": _REDIS},
     ("backend", "rabbitmq"): {"amqp_url": ("RabbitMQ", ("amqp", "amqps"))},
-    ("backend", "postgres"): {"postgres_dsn": ("PostgreSQL", ("postgres", "postgresql"))},
+    ("backend", "postgres"): {"postgres_dsn": _POSTGRES},
     ("result store", "redis"): {"redis_url": _REDIS},
+    ("result store", "postgres"): {"postgres_dsn": _POSTGRES},
     ("rate limiter", "redis"): {"redis_url": _REDIS},
 }
 
