@@ -9,7 +9,16 @@ from lexigram.tasks.testing import TaskQueueContract, WorkerContract
 
 class TestMemoryContract(TaskQueueContract):
     shared_between_processes = False  # the queue lives in this process
-    expected_capabilities = frozenset({Capability.DELAY, Capability.PRIORITY, Capability.UNIQUE})
+    expected_capabilities = frozenset(
+        {
+            Capability.DELAY,
+            Capability.PRIORITY,
+            Capability.UNIQUE,
+            Capability.INSPECT,
+            Capability.CANCEL,
+            Capability.WORKERS,
+        }
+    )
     lease_seconds = 0.5
 
     async def create_queue(self, queue_name: str) -> TaskQueueProtocol:

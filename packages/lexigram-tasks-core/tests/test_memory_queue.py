@@ -31,7 +31,14 @@ def test_describes_itself() -> None:
     queue = MemoryTaskQueue()
     assert queue.queue_name == "default"
     assert queue.system == "memory"
-    assert queue.capabilities == {Capability.DELAY, Capability.PRIORITY, Capability.UNIQUE}
+    assert queue.capabilities == {
+        Capability.DELAY,
+        Capability.PRIORITY,
+        Capability.UNIQUE,
+        Capability.INSPECT,
+        Capability.CANCEL,
+        Capability.WORKERS,
+    }
     assert isinstance(queue, TaskQueueProtocol)
     assert repr(MemoryTaskQueue("emails")) == "MemoryTaskQueue(queue_name='emails')"
 

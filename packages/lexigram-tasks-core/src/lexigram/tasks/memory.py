@@ -11,10 +11,21 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from lexigram.tasks._memory_jobs import JobBook, MemoryJob
+from lexigram.tasks.control import (
+    CancelCallback,
+    CancelOutcome,
+    JobInfo,
+    JobPage,
+    JobState,
+    Progress,
+    WorkerInfo,
+)
 from lexigram.tasks.job import Job, new_job_id
 from lexigram.tasks.protocol import (
     BaseTaskQueue,
@@ -24,37 +35,57 @@ from lexigram.tasks.protocol import (
     QueueCounts,
 )
 
+logger = logging.getLogger("lexigram.tasks.memory")
+
+_RUNNING = JobState.RUNNING
+_SUCCEEDED = JobState.SUCCEEDED
+
 
 @dataclass(slots=True)
-class _Entry:
-    id: str
-    payload: bytes
-    priority: int
-    run_at: float
-    dedup_key: str | None
-    attempt: int
-    lease_token: int = 0
-    lease_deadline: float = 0.0
+class _Worker:
+    info: WorkerInfo
+    expires: float
+
+
+@dataclass(slots=True)
+class _Control:
+    """Cancellation listeners and registered workers."""
+
+    listeners: list[CancelCallback] = field(default_factory=list)
+    workers: dict[str, _Worker] = field(default_factory=dict)
 
 
 class MemoryTaskQueue(BaseTaskQueue):
     """An ``asyncio``-based queue living in this process.
 
     Honours delays, priorities (0-9, higher first), dedup keys and leases
-    like the persistent backends. Jobs are lost on restart, so the provider
-    warns when it is used outside development or testing.
+    like the persistent backends, and implements job inspection,
+    cancellation and the worker registry
+    (:class:`~lexigram.tasks.control.JobControlProtocol`). Finished jobs stay
+    visible up to ``max_finished`` of them (the oldest are forgotten first).
+    Jobs are lost on restart, so the provider warns when it is used outside
+    development or testing.
     """
 
     system = "memory"
-    capabilities = frozenset({Capability.DELAY, Capability.PRIORITY, Capability.UNIQUE})
+    capabilities = frozenset(
+        {
+            Capability.DELAY,
+            Capability.PRIORITY,
+            Capability.UNIQUE,
+            Capability.INSPECT,
+            Capability.CANCEL,
+            Capability.WORKERS,
+        }
+    )
 
-    def __init__(self, queue_name: str = "default") -> None:
+    def __init__(self, queue_name: str = "default", *, max_finished: int = 10_000) -> None:
         self.queue_name = queue_name
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, MemoryJob] = {}
         self._ready: list[tuple[int, int, str]] = []  # (-priority, seq, id)
         self._delayed: list[tuple[float, int, str]] = []  # (run_at, seq, id)
         self._leases: list[tuple[float, int, str]] = []  # (deadline, token, id)
-        self._running: dict[str, _Entry] = {}
+        self._running: dict[str, MemoryJob] = {}
         self._dedup: dict[str, str] = {}
         self._dead: list[DeadLetter] = []
         self._seq = itertools.count()
@@ -62,6 +93,8 @@ class MemoryTaskQueue(BaseTaskQueue):
         self._wakeup = asyncio.Event()
         self._wakeup_loop: asyncio.AbstractEventLoop | None = None
         self._connected = False
+        self._book = JobBook(queue_name, max_finished)
+        self._control = _Control()
 
     def __repr__(self) -> str:
         return f"MemoryTaskQueue(queue_name={self.queue_name!r})"
@@ -84,22 +117,26 @@ class MemoryTaskQueue(BaseTaskQueue):
             if holder is not None:
                 return holder
             self._dedup[job.dedup_key] = job.id
-        entry = _Entry(
-            id=job.id,
-            payload=payload,
-            priority=job.priority,
-            run_at=job.run_at or 0.0,
-            dedup_key=job.dedup_key,
-            attempt=job.attempt,
+        entry = MemoryJob(
+            job.id,
+            payload,
+            job.priority,
+            job.run_at or 0.0,
+            job.dedup_key,
+            job.attempt,
+            job.task,
+            job.enqueued_at,
         )
         self._entries[job.id] = entry
+        self._book.add(entry)
         self._schedule(entry)
         return job.id
 
     def push_raw(self, payload: bytes) -> str:
         """Store bytes as they are, as a foreign producer would; for tests of bad input."""
-        entry = _Entry(new_job_id(), payload, 0, 0.0, None, 0)
+        entry = MemoryJob(new_job_id(), payload, 0, 0.0, None, 0, "", time.time())
         self._entries[entry.id] = entry
+        self._book.add(entry)
         self._schedule(entry)
         return entry.id
 
@@ -120,13 +157,13 @@ class MemoryTaskQueue(BaseTaskQueue):
     async def ack(self, delivery: Delivery) -> None:
         entry = self._owned(delivery)
         if entry is not None:
-            self._forget(entry)
+            self._finish(entry, delivery.outcome or _SUCCEEDED, delivery)
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         for delivery in deliveries:
             entry = self._owned(delivery)
             if entry is not None:
-                self._forget(entry)
+                self._finish(entry, delivery.outcome or _SUCCEEDED, delivery)
 
     async def nack(
         self, delivery: Delivery, *, requeue: bool, delay: float = 0.0, reason: str = ""
@@ -136,14 +173,24 @@ class MemoryTaskQueue(BaseTaskQueue):
             return
         del self._running[entry.id]
         entry.lease_token = 0
+        if delivery.error is not None:
+            entry.error = delivery.error
         if requeue and delivery.job is not None:
+            if entry.cancel_requested:  # cancelled while it ran: it must not run again
+                self._finish(entry, JobState.CANCELLED, None)
+                return
             entry.payload = delivery.job.to_bytes()
             entry.attempt = delivery.job.attempt
             entry.priority = delivery.job.priority
             entry.run_at = time.time() + delay if delay > 0 else 0.0
+            retrying = delivery.outcome is JobState.RETRYING
+            entry.state = JobState.RETRYING if retrying else JobState.QUEUED
             self._schedule(entry)
             return
-        self._forget(entry)
+        outcome = delivery.outcome
+        if outcome not in (JobState.FAILED, JobState.DEAD):
+            outcome = JobState.FAILED if delivery.error is not None else JobState.DEAD
+        self._finish(entry, outcome, None)
         self._dead.append(DeadLetter(entry.payload, reason, delivery.job_id, time.time()))
 
     async def extend_lease(self, deliveries: Sequence[Delivery], lease_seconds: float) -> None:
@@ -166,9 +213,94 @@ class MemoryTaskQueue(BaseTaskQueue):
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         return self._dead[:limit]
 
+    # -- inspection (Capability.INSPECT) ------------------------------------------
+
+    async def get_job(self, job_id: str) -> JobInfo | None:
+        """The job's state and details; None for an id this queue does not know."""
+        self._expire_leases()
+        entry = self._entries.get(job_id) or self._book.finished.get(job_id)
+        return None if entry is None else self._book.info(entry, time.time())
+
+    async def list_jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        task: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """Jobs in the order they were enqueued, oldest first; the cursor is a position."""
+        self._expire_leases()
+        return self._book.page(state=state, task=task, limit=limit, cursor=cursor)
+
+    async def record_progress(self, delivery: Delivery, progress: Progress) -> None:
+        """Store the progress and metadata of a job this delivery still holds."""
+        entry = self._owned(delivery)
+        if entry is None:
+            return
+        if progress.fraction is not None:
+            entry.progress = progress.fraction
+        if progress.message is not None:
+            entry.progress_message = progress.message
+        if progress.meta:
+            entry.meta = {**(entry.meta or {}), **progress.meta}
+
+    # -- cancellation (Capability.CANCEL) -----------------------------------------
+
+    async def cancel(self, job_id: str) -> CancelOutcome:
+        """Remove a waiting job from line, or flag a running one and tell the listeners."""
+        self._expire_leases()
+        entry = self._entries.get(job_id)
+        if entry is None:
+            known = job_id in self._book.finished
+            return CancelOutcome.FINISHED if known else CancelOutcome.NOT_FOUND
+        if entry.lease_token:
+            entry.cancel_requested = True
+            for listener in list(self._control.listeners):
+                try:
+                    listener(job_id)
+                except Exception:
+                    logger.exception("a cancellation listener failed for job %s", job_id)
+            return CancelOutcome.REQUESTED
+        self._finish(entry, JobState.CANCELLED, None)
+        return CancelOutcome.CANCELLED
+
+    async def watch_cancellations(self, on_cancel: CancelCallback) -> None:
+        """Call ``on_cancel(job_id)`` for each running job cancelled, until cancelled."""
+        self._control.listeners.append(on_cancel)
+        try:
+            await asyncio.get_running_loop().create_future()
+        finally:
+            self._control.listeners.remove(on_cancel)
+
+    async def cancel_requested(self, deliveries: Sequence[Delivery]) -> set[str]:
+        """Ids of the given running jobs whose cancellation was asked for."""
+        found = set()
+        for delivery in deliveries:
+            entry = self._owned(delivery)
+            if entry is not None and entry.cancel_requested:
+                found.add(entry.id)
+        return found
+
+    # -- workers (Capability.WORKERS) ----------------------------------------------
+
+    async def register_worker(self, info: WorkerInfo, ttl: float) -> None:
+        """Add or refresh a worker; it disappears ``ttl`` seconds after the last refresh."""
+        self._control.workers[info.id] = _Worker(info, time.monotonic() + ttl)
+
+    async def deregister_worker(self, worker_id: str) -> None:
+        self._control.workers.pop(worker_id, None)
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        now = time.monotonic()
+        workers = self._control.workers
+        for worker_id in [w for w, entry in workers.items() if entry.expires <= now]:
+            del workers[worker_id]
+        return [entry.info for entry in workers.values()]
+
     # -- internals -------------------------------------------------------------
 
-    def _schedule(self, entry: _Entry) -> None:
+    def _schedule(self, entry: MemoryJob) -> None:
         if entry.run_at > time.time():
             heapq.heappush(self._delayed, (entry.run_at, next(self._seq), entry.id))
         else:
@@ -195,7 +327,10 @@ class MemoryTaskQueue(BaseTaskQueue):
         self._expire_leases()
         self._promote_delayed()
         deliveries: list[Delivery] = []
+        if not self._ready:
+            return deliveries
         deadline = time.monotonic() + lease_seconds
+        started = time.time()
         while self._ready and len(deliveries) < max_jobs:
             _, _, job_id = heapq.heappop(self._ready)
             entry = self._entries.get(job_id)
@@ -204,13 +339,15 @@ class MemoryTaskQueue(BaseTaskQueue):
             entry.attempt += 1
             entry.lease_token = next(self._tokens)
             entry.lease_deadline = deadline
+            entry.state = _RUNNING
+            entry.started_at = started
             self._running[entry.id] = entry
             heapq.heappush(self._leases, (deadline, entry.lease_token, entry.id))
             token = (entry.id, entry.lease_token)
             deliveries.append(self.parse_delivery(entry.payload, token, attempt=entry.attempt))
         return deliveries
 
-    def _owned(self, delivery: Delivery) -> _Entry | None:
+    def _owned(self, delivery: Delivery) -> MemoryJob | None:
         """The entry if ``delivery`` still holds its lease (it may have lapsed)."""
         entry_id, lease_token = delivery.token
         entry = self._running.get(entry_id)
@@ -218,11 +355,16 @@ class MemoryTaskQueue(BaseTaskQueue):
             return None
         return entry
 
-    def _forget(self, entry: _Entry) -> None:
+    def _finish(self, entry: MemoryJob, state: JobState, delivery: Delivery | None) -> None:
+        """Take the job out of line for good (releasing its dedup key) and keep its record."""
         self._entries.pop(entry.id, None)
         self._running.pop(entry.id, None)
+        entry.lease_token = 0
         if entry.dedup_key is not None and self._dedup.get(entry.dedup_key) == entry.id:
             del self._dedup[entry.dedup_key]
+        if delivery is not None and delivery.error is not None:
+            entry.error = delivery.error
+        self._book.finish(entry, state)
 
     def _promote_delayed(self) -> None:
         now = time.time()
@@ -239,9 +381,13 @@ class MemoryTaskQueue(BaseTaskQueue):
             entry = self._running.get(job_id)
             if entry is None or entry.lease_token != token or entry.lease_deadline > now:
                 continue  # settled, re-leased or extended since
+            if entry.cancel_requested:  # its worker died before stopping it: never again
+                self._finish(entry, JobState.CANCELLED, None)
+                continue
             del self._running[job_id]
             entry.lease_token = 0
             entry.run_at = 0.0
+            entry.state = JobState.QUEUED
             heapq.heappush(self._ready, (-entry.priority, next(self._seq), job_id))
 
     def _next_due_in(self) -> float:

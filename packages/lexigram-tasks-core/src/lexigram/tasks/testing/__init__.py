@@ -17,6 +17,7 @@ Needs the ``testing`` extra: ``pip install "lexigram-tasks-core[testing]"``.
 from __future__ import annotations
 
 from lexigram.tasks.testing._base import ContractBase, requires
+from lexigram.tasks.testing._cancel import CancelContract
 from lexigram.tasks.testing._capabilities import (
     CapabilityContract,
     DelayContract,
@@ -24,6 +25,7 @@ from lexigram.tasks.testing._capabilities import (
     UniqueContract,
 )
 from lexigram.tasks.testing._concurrency import ConcurrencyContract
+from lexigram.tasks.testing._control import InspectContract
 from lexigram.tasks.testing._enqueue import EnqueueContract
 from lexigram.tasks.testing._helpers import collect, eventually, make_job
 from lexigram.tasks.testing._isolation import run_without
@@ -39,16 +41,20 @@ from lexigram.tasks.testing._processes import (
 from lexigram.tasks.testing._settle import SettleContract
 from lexigram.tasks.testing._worker import WorkerBehaviourContract
 from lexigram.tasks.testing._worker_processes import WorkerProcessContract
-from lexigram.tasks.testing.contract import TaskQueueContract, WorkerContract
+from lexigram.tasks.testing._workers_registry import WorkersContract
+from lexigram.tasks.testing.contract import JobControlContract, TaskQueueContract, WorkerContract
 
 __all__ = [
     "BackendSpec",
+    "CancelContract",
     "CapabilityContract",
     "ConcurrencyContract",
     "ContractBase",
     "DelayContract",
     "EnqueueContract",
     "EventLog",
+    "InspectContract",
+    "JobControlContract",
     "LeaseContract",
     "LifecycleContract",
     "MalformedContract",
@@ -61,6 +67,7 @@ __all__ = [
     "WorkerContract",
     "WorkerProcessContract",
     "WorkerProcesses",
+    "WorkersContract",
     "collect",
     "eventually",
     "make_job",

@@ -51,6 +51,9 @@ class ContractBase:
     #: ``False`` for a backend whose jobs live inside one process (the memory
     #: backend): the tests that run several processes are skipped, saying so.
     shared_between_processes: ClassVar[bool] = True
+    #: ``False`` for a backend that forgets a job once it finishes (Capability.INSPECT):
+    #: a finished job's id then gives None, and cancelling it ``not_found``.
+    keeps_finished_jobs: ClassVar[bool] = True
 
     async def create_queue(self, queue_name: str) -> TaskQueueProtocol:
         """Return a new, NOT connected queue instance reading and writing ``queue_name``.

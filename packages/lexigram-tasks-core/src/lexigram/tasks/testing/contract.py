@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lexigram.tasks.testing._cancel import CancelContract
 from lexigram.tasks.testing._capabilities import (
     CapabilityContract,
     DelayContract,
@@ -9,6 +10,7 @@ from lexigram.tasks.testing._capabilities import (
     UniqueContract,
 )
 from lexigram.tasks.testing._concurrency import ConcurrencyContract
+from lexigram.tasks.testing._control import InspectContract
 from lexigram.tasks.testing._enqueue import EnqueueContract
 from lexigram.tasks.testing._lease import LeaseContract
 from lexigram.tasks.testing._lifecycle import LifecycleContract
@@ -16,6 +18,17 @@ from lexigram.tasks.testing._malformed import MalformedContract
 from lexigram.tasks.testing._settle import SettleContract
 from lexigram.tasks.testing._worker import WorkerBehaviourContract
 from lexigram.tasks.testing._worker_processes import WorkerProcessContract
+from lexigram.tasks.testing._workers_registry import WorkersContract
+
+
+class JobControlContract(InspectContract, CancelContract, WorkersContract):
+    """Job visibility and control: each part runs where its capability is declared.
+
+    ``InspectContract`` (Capability.INSPECT): states through a job's life,
+    its details, listing with a cursor, progress. ``CancelContract``
+    (Capability.CANCEL): pending jobs never start, running ones are signalled
+    and not run again. ``WorkersContract`` (Capability.WORKERS): the registry.
+    """
 
 
 class TaskQueueContract(
@@ -29,6 +42,7 @@ class TaskQueueContract(
     PriorityContract,
     UniqueContract,
     ConcurrencyContract,
+    JobControlContract,
 ):
     """The backend contract suite. Subclass it as ``Test...`` in a test module.
 
@@ -38,9 +52,10 @@ class TaskQueueContract(
     ``lease_seconds`` for the lease and delay tests, and override
     :meth:`drop_queue` to clean up server state after each test.
 
-    Tests of a capability the backend does not declare are skipped with a
-    reason; instead one test checks that such a job is refused with
-    :class:`~lexigram.tasks.errors.CapabilityNotSupportedError`.
+    Tests of a capability the backend does not declare (job control's
+    INSPECT, CANCEL and WORKERS included) are skipped with a reason; for
+    DELAY, PRIORITY and UNIQUE one test checks instead that a job needing
+    it is refused with :class:`~lexigram.tasks.errors.CapabilityNotSupportedError`.
     """
 
 

@@ -1,0 +1,167 @@
+"""The job records of :class:`~lexigram.tasks.memory.MemoryTaskQueue`: states, listing, eviction."""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from lexigram.tasks.control import JobError, JobInfo, JobPage, JobState
+from lexigram.tasks.errors import MalformedJobError
+from lexigram.tasks.job import Job
+
+_QUEUED = JobState.QUEUED
+
+
+@dataclass(slots=True)
+class MemoryJob:
+    """One job of a memory queue: its bytes, its place in line and its record."""
+
+    id: str
+    payload: bytes
+    priority: int
+    run_at: float
+    dedup_key: str | None
+    attempt: int
+    task: str
+    enqueued_at: float
+    lease_token: int = 0
+    lease_deadline: float = 0.0
+    #: Stored state; a QUEUED job whose ``run_at`` is ahead reads as SCHEDULED.
+    state: JobState = _QUEUED
+    #: Position in the listing (enqueue order).
+    seq: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: JobError | None = None
+    progress: float | None = None
+    progress_message: str | None = None
+    meta: Mapping[str, Any] | None = None
+    cancel_requested: bool = False
+    #: Forgotten (evicted, or replaced by a job enqueued again with its id).
+    gone: bool = False
+
+    def current_state(self, now: float) -> JobState:
+        if self.state is _QUEUED and self.run_at > now:
+            return JobState.SCHEDULED
+        return self.state
+
+
+class JobBook:
+    """Every job of one queue in enqueue order, and the last ``max_finished`` finished ones.
+
+    A listing's cursor is the position (``seq``) of the last job of the page,
+    found again by bisection, so a deep page costs what the first one does.
+    """
+
+    def __init__(self, queue_name: str, max_finished: int) -> None:
+        self.queue_name = queue_name
+        self.max_finished = max_finished
+        self.finished: dict[str, MemoryJob] = {}
+        self._finished_order: deque[MemoryJob] = deque()
+        self._order: list[MemoryJob] = []
+        self._gone = 0
+        self._seq = itertools.count()
+
+    def add(self, entry: MemoryJob) -> None:
+        entry.seq = next(self._seq)
+        self._order.append(entry)
+        if self.finished:
+            earlier = self.finished.pop(entry.id, None)
+            if earlier is not None:  # the same id enqueued again: the new job replaces it
+                self._forget(earlier)
+
+    def finish(self, entry: MemoryJob, state: JobState) -> None:
+        entry.state = state
+        entry.finished_at = time.time()
+        self.finished[entry.id] = entry
+        self._finished_order.append(entry)
+        if len(self._finished_order) > self.max_finished:
+            oldest = self._finished_order.popleft()
+            if self.finished.get(oldest.id) is oldest:
+                del self.finished[oldest.id]
+            self._forget(oldest)
+
+    def _forget(self, entry: MemoryJob) -> None:
+        if entry.gone:
+            return
+        entry.gone = True
+        self._gone += 1
+        if self._gone > 1024 and self._gone * 2 > len(self._order):
+            self._order = [e for e in self._order if not e.gone]
+            self._gone = 0
+
+    def page(
+        self, *, state: JobState | None, task: str | None, limit: int, cursor: str | None
+    ) -> JobPage:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        after = _position(cursor)
+        now = time.time()
+        order = self._order
+        found: list[MemoryJob] = []
+        more = False
+        for index in range(bisect.bisect_right(order, after, key=_seq_of), len(order)):
+            entry = order[index]
+            if entry.gone or (task is not None and entry.task != task):
+                continue
+            if state is not None and entry.current_state(now) is not state:
+                continue
+            if len(found) == limit:
+                more = True
+                break
+            found.append(entry)
+        jobs = [self.info(entry, now) for entry in found]
+        return JobPage(jobs, str(found[-1].seq) if more else None)
+
+    def info(self, entry: MemoryJob, now: float) -> JobInfo:
+        try:
+            job: Job | None = Job.from_json(entry.payload)
+        except MalformedJobError:
+            job = None
+        return JobInfo(
+            id=entry.id,
+            queue=self.queue_name,
+            task=entry.task if job is None else job.task,
+            state=entry.current_state(now),
+            args=[] if job is None else job.args,
+            kwargs={} if job is None else job.kwargs,
+            attempt=entry.attempt,
+            max_attempts=1 if job is None else job.max_retries + 1,
+            priority=entry.priority,
+            enqueued_at=entry.enqueued_at,
+            run_at=entry.run_at or None,
+            started_at=entry.started_at,
+            finished_at=entry.finished_at,
+            error=entry.error,
+            progress=entry.progress,
+            progress_message=entry.progress_message,
+            meta=dict(entry.meta or {}),
+            cancel_requested=entry.cancel_requested,
+            trace_id=None if job is None else trace_id_of(job.headers),
+        )
+
+
+def trace_id_of(headers: Mapping[str, str]) -> str | None:
+    """The trace id of a W3C ``traceparent`` header (``00-<trace id>-<span id>-<flags>``)."""
+    parts = headers.get("traceparent", "").split("-")
+    if len(parts) == 4 and len(parts[1]) == 32:
+        return parts[1]
+    return None
+
+
+def _seq_of(entry: MemoryJob) -> int:
+    return entry.seq
+
+
+def _position(cursor: str | None) -> int:
+    if cursor is None:
+        return -1
+    try:
+        return int(cursor)
+    except ValueError:
+        raise ValueError(f"not a cursor of this queue: {cursor!r}") from None
