@@ -1,10 +1,11 @@
-"""MemoryTaskQueue passes the backend contract suite."""
+"""MemoryTaskQueue and MemoryResultStore pass the contract suites."""
 
 from __future__ import annotations
 
 from lexigram.tasks.memory import MemoryTaskQueue
 from lexigram.tasks.protocol import Capability, TaskQueueProtocol
-from lexigram.tasks.testing import TaskQueueContract, WorkerContract
+from lexigram.tasks.results import MemoryResultStore, ResultStore
+from lexigram.tasks.testing import ResultStoreContract, TaskQueueContract, WorkerContract
 
 
 class TestMemoryContract(TaskQueueContract):
@@ -37,3 +38,12 @@ class TestMemoryWorkerContract(WorkerContract):
 
     create_queue = TestMemoryContract.create_queue
     push_raw = TestMemoryContract.push_raw
+
+
+class TestMemoryResultStoreContract(ResultStoreContract):
+    short_ttl = 0.3
+
+    async def create_store(self) -> ResultStore:
+        # One store per test: its "clients" share it, as clients of one server would.
+        store: MemoryResultStore = self.__dict__.setdefault("_store", MemoryResultStore())
+        return store

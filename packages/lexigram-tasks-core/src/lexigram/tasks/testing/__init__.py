@@ -10,6 +10,7 @@ A backend, built in or third party, proves it keeps the semantics of
 
 :class:`WorkerContract`, on the same hooks, proves the worker behaves the
 same on the backend (retries, timeouts, shutdown, worker processes ...).
+:class:`ResultStoreContract` proves a result store (``create_store`` hook).
 
 Needs the ``testing`` extra: ``pip install "lexigram-tasks-core[testing]"``.
 """
@@ -38,6 +39,7 @@ from lexigram.tasks.testing._processes import (
     WorkerAppConfig,
     WorkerProcesses,
 )
+from lexigram.tasks.testing._results import ResultStoreContract
 from lexigram.tasks.testing._settle import SettleContract
 from lexigram.tasks.testing._worker import WorkerBehaviourContract
 from lexigram.tasks.testing._worker_processes import WorkerProcessContract
@@ -59,6 +61,7 @@ __all__ = [
     "LifecycleContract",
     "MalformedContract",
     "PriorityContract",
+    "ResultStoreContract",
     "SettleContract",
     "TaskQueueContract",
     "UniqueContract",
