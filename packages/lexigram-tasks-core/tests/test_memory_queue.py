@@ -16,6 +16,7 @@ from lexigram.tasks import (
     QueueCounts,
     TaskQueueProtocol,
 )
+from lexigram.tasks.control import CancelOutcome, JobState, WorkerInfo
 from lexigram.tasks.testing import collect, eventually
 
 EMPTY = QueueCounts(ready=0, delayed=0, running=0, failed=0)
@@ -177,3 +178,120 @@ def test_one_queue_serves_successive_event_loops() -> None:
 
     asyncio.run(wait_then_take())
     asyncio.run(wait_then_take())
+
+
+# -- job control -----------------------------------------------------------------
+
+
+async def _finish(queue: MemoryTaskQueue, jobs: list[Job]) -> None:
+    await queue.enqueue_many(jobs)
+    deliveries = await collect(queue, len(jobs), lease_seconds=30, batch=1000)
+    for delivery in deliveries:
+        delivery.outcome = JobState.SUCCEEDED
+    await queue.ack_many(deliveries)
+
+
+async def test_only_the_last_max_finished_jobs_are_kept() -> None:
+    queue = MemoryTaskQueue("bounded", max_finished=3)
+    jobs = [Job(task="t", queue="bounded") for _ in range(5)]
+    await _finish(queue, jobs)
+    assert [await queue.get_job(job.id) for job in jobs[:2]] == [None, None]
+    page = await queue.list_jobs()
+    assert [info.id for info in page.jobs] == [job.id for job in jobs[2:]]
+    assert all(info.state is JobState.SUCCEEDED for info in page.jobs)
+    assert await queue.cancel(jobs[0].id) is CancelOutcome.NOT_FOUND
+    assert await queue.cancel(jobs[4].id) is CancelOutcome.FINISHED
+
+
+async def test_listing_stays_right_after_many_evictions() -> None:
+    queue = MemoryTaskQueue("evicting", max_finished=10)
+    jobs = [Job(task="t", queue="evicting") for _ in range(3000)]
+    await _finish(queue, jobs)
+    waiting = Job(task="t", queue="evicting")
+    await queue.enqueue(waiting)
+    seen, cursor = [], None
+    while True:
+        page = await queue.list_jobs(limit=4, cursor=cursor)
+        seen += [info.id for info in page.jobs]
+        if page.cursor is None:
+            break
+        cursor = page.cursor
+    assert seen == [job.id for job in jobs[-10:]] + [waiting.id]
+    assert len(queue._book._order) < 3000, "forgotten jobs were never compacted away"
+
+
+async def test_a_bad_cursor_or_limit_is_refused(queue: MemoryTaskQueue) -> None:
+    with pytest.raises(ValueError, match="not a cursor"):
+        await queue.list_jobs(cursor="page-2")
+    with pytest.raises(ValueError, match="limit"):
+        await queue.list_jobs(limit=0)
+
+
+async def test_a_job_enqueued_again_with_its_id_replaces_the_finished_one(
+    queue: MemoryTaskQueue,
+) -> None:
+    job = Job(task="t", queue="mem")
+    await _finish(queue, [job])
+    await queue.enqueue(Job(task="t", queue="mem", id=job.id, args=["again"]))
+    info = await queue.get_job(job.id)
+    assert info is not None
+    assert (info.state, info.args) == (JobState.QUEUED, ["again"])
+    assert [i.id for i in (await queue.list_jobs()).jobs] == [job.id]
+
+
+async def test_a_malformed_message_is_listed(queue: MemoryTaskQueue) -> None:
+    message_id = queue.push_raw(b"not a job")
+    info = await queue.get_job(message_id)
+    assert info is not None
+    assert (info.state, info.task, info.args) == (JobState.QUEUED, "", [])
+
+
+async def test_a_cancelled_running_job_handed_back_is_not_run_again(
+    queue: MemoryTaskQueue,
+) -> None:
+    job = Job(task="t", queue="mem")
+    await queue.enqueue(job)
+    [delivery] = await queue.dequeue(lease_seconds=30)
+    assert await queue.cancel(job.id) is CancelOutcome.REQUESTED
+    await queue.nack(delivery, requeue=True, reason="shutdown")
+    assert await queue.dequeue(lease_seconds=30) == []
+    info = await queue.get_job(job.id)
+    assert info is not None
+    assert info.state is JobState.CANCELLED
+
+
+async def test_watch_cancellations_stops_listening_when_cancelled(
+    queue: MemoryTaskQueue,
+) -> None:
+    heard: list[str] = []
+
+    def broken(job_id: str) -> None:
+        raise RuntimeError("a listener's bug")
+
+    watches = [
+        asyncio.create_task(queue.watch_cancellations(broken)),
+        asyncio.create_task(queue.watch_cancellations(heard.append)),
+    ]
+    await asyncio.sleep(0)
+    first, second = Job(task="t", queue="mem"), Job(task="t", queue="mem")
+    await queue.enqueue_many([first, second])
+    await queue.dequeue(max_jobs=2, lease_seconds=30)
+    assert await queue.cancel(first.id) is CancelOutcome.REQUESTED
+    assert heard == [first.id], "a failing listener kept the others from hearing"
+    for watch in watches:
+        watch.cancel()
+    await asyncio.gather(*watches, return_exceptions=True)
+    assert await queue.cancel(second.id) is CancelOutcome.REQUESTED
+    assert heard == [first.id]
+
+
+async def test_the_worker_registry_is_per_queue_and_expires(queue: MemoryTaskQueue) -> None:
+    info = WorkerInfo("w1", "host", 1, "0", ["memory"], 4, time.time(), time.time())
+    await queue.register_worker(info, ttl=0.05)
+    assert await queue.list_workers() == [info]
+    assert await MemoryTaskQueue("mem").list_workers() == []
+    await eventually(lambda: _no_workers(queue), 5)
+
+
+async def _no_workers(queue: MemoryTaskQueue) -> bool:
+    return await queue.list_workers() == []
