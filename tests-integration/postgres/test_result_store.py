@@ -26,6 +26,7 @@ from lexigram.tasks.errors import JobCancelledError
 from lexigram.tasks.postgres import PostgresTaskQueue
 from lexigram.tasks.postgres.migrate import quote_ident
 from lexigram.tasks.postgres.results import PostgresResultStore
+from lexigram.tasks.results import ResultStore
 from lexigram.tasks.testing import BackendSpec, WorkerProcesses, eventually
 
 STORE = "lexigram.tasks.postgres.results:PostgresResultStore"
@@ -267,6 +268,28 @@ async def test_a_bad_dsn_and_an_unreachable_server_are_reported_clearly() -> Non
     assert "s3cret-pw" not in message and "s3cret-pw" not in repr(unreachable)
     with pytest.raises(BackendConnectionError, match="not connected"):
         await unreachable.get("x")
+
+
+async def test_a_pool_of_your_own_runs_the_statements_and_stays_open(
+    postgres_dsn: str, schema: str
+) -> None:
+    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=2)
+    try:
+        store = PostgresResultStore(postgres_dsn, schema=schema, pool=pool)
+        assert isinstance(store, ResultStore)
+        await store.connect()
+        job_id = _job_id()
+        await store.set(job_id, JobResult.success(job_id, "mine"))
+        await store.disconnect()
+        assert not pool.is_closing()
+        async with pool.acquire() as connection:
+            stored = await connection.fetchval(
+                f"SELECT result->>'value' FROM {quote_ident(schema)}.results WHERE job_id = $1",
+                job_id,
+            )
+        assert stored == "mine"
+    finally:
+        await pool.close()
 
 
 async def test_without_auto_migrate_a_missing_table_is_named(
