@@ -45,7 +45,15 @@ class PostgresHooks(ContractBase):
 
 class TestPostgresContract(PostgresHooks, TaskQueueContract):
     expected_capabilities = frozenset(
-        {Capability.DELAY, Capability.PRIORITY, Capability.UNIQUE, Capability.TRANSACTIONAL}
+        {
+            Capability.DELAY,
+            Capability.PRIORITY,
+            Capability.UNIQUE,
+            Capability.TRANSACTIONAL,
+            Capability.INSPECT,
+            Capability.CANCEL,
+            Capability.WORKERS,
+        }
     )
 
 

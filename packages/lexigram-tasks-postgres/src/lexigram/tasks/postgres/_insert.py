@@ -60,6 +60,7 @@ class Inserting(Pooled):
                 job.attempt,
                 job.dedup_key,
                 payload,
+                job.task,
             )
             if stored is not None or job.dedup_key is None:
                 return [job.id]
@@ -97,13 +98,14 @@ class Inserting(Pooled):
 
 
 def _columns(encoded: Sequence[Encoded]) -> tuple[list[Any], ...]:
-    """The column arrays of a multi-row INSERT: id, priority, run_at, attempt, dedup, payload."""
+    """The column arrays of a multi-row INSERT, in the order of the statement's parameters."""
     ids: list[str] = []
     priorities: list[int] = []
     run_ats: list[float | None] = []
     attempts: list[int] = []
     dedup_keys: list[str | None] = []
     payloads: list[bytes] = []
+    tasks: list[str] = []
     for job, payload in encoded:
         ids.append(job.id)
         priorities.append(job.priority)
@@ -111,7 +113,8 @@ def _columns(encoded: Sequence[Encoded]) -> tuple[list[Any], ...]:
         attempts.append(job.attempt)
         dedup_keys.append(job.dedup_key)
         payloads.append(payload)
-    return ids, priorities, run_ats, attempts, dedup_keys, payloads
+        tasks.append(job.task)
+    return ids, priorities, run_ats, attempts, dedup_keys, payloads, tasks
 
 
 def _chunks(encoded: Sequence[Encoded]) -> list[list[Encoded]]:

@@ -14,6 +14,10 @@ from lexigram.tasks.protocol import DeadLetter, QueueCounts
 
 logger = logging.getLogger("lexigram.tasks.postgres")
 
+#: Seconds a job cancelled before it started stays visible when
+#: ``keep_finished`` is 0 (acked jobs are then deleted at once).
+KEEP_CANCELLED = 3600.0
+
 
 class Retention(Pooled):
     """What a queue holds, and deleting the finished and failed rows past their retention."""
@@ -70,12 +74,19 @@ class Retention(Pooled):
     async def delete_expired(self) -> int:
         """Delete this queue's finished and failed rows older than their retention.
 
+        Finished rows are kept ``keep_finished`` seconds; with
+        ``keep_finished=0`` the only ones are jobs cancelled before they
+        started, kept :data:`KEEP_CANCELLED` seconds.
+
         Runs in batches of ``cleanup_batch_size`` rows, each its own short
         transaction that skips rows another session holds; returns how many
         rows it deleted. The cleanup task calls it every ``cleanup_interval``.
         """
         deleted = 0
-        targets = [(self._sql.purge_done, self.keep_finished)]
+        # With keep_finished=0 an acked row is deleted at once; the only
+        # finished rows left are jobs cancelled before they started.
+        keep_done = self.keep_finished if self.keep_finished > 0 else KEEP_CANCELLED
+        targets = [(self._sql.purge_done, keep_done)]
         if self.keep_failed is not None:
             targets.append((self._sql.purge_failed, self.keep_failed))
         for statement, keep in targets:

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 from lexigram.tasks.postgres.migrate import quote_ident
 
+#: How a pending job ends when it is cancelled (or its lapsed lease is found cancelled).
+_CANCELLED = "status = 'done', state = 'cancelled', finished_at = now()"
+
 _DEDUP_CONFLICT = (
     "ON CONFLICT (queue_name, dedup_key)"
     " WHERE dedup_key IS NOT NULL AND status IN ('ready', 'running') DO NOTHING"
@@ -51,20 +54,21 @@ class Statements:
             " WHERE queue_name = $1 AND status = 'running')) - now())::float8"
         )
         insert_many = (
-            f"INSERT INTO {t} (queue_name, job_id, priority, run_at, attempt, dedup_key, payload)"
+            f"INSERT INTO {t} (queue_name, job_id, priority, run_at, attempt, dedup_key, payload,"
+            " task)"
             " SELECT $1, j.job_id, j.priority, coalesce(to_timestamp(j.run_at), now()),"
-            " j.attempt, j.dedup_key, j.payload"
+            " j.attempt, j.dedup_key, j.payload, j.task"
             " FROM unnest($2::text[], $3::int2[], $4::float8[], $5::int4[], $6::text[],"
-            " $7::bytea[]) WITH ORDINALITY AS j(job_id, priority, run_at, attempt, dedup_key,"
-            " payload, n)"
+            " $7::bytea[], $8::text[]) WITH ORDINALITY AS j(job_id, priority, run_at, attempt,"
+            " dedup_key, payload, task, n)"
             " ORDER BY j.n"
         )
         return cls(
             channel=f"{schema}.jobs",
             insert_one=(
                 f"INSERT INTO {t} (queue_name, job_id, priority, run_at, attempt, dedup_key,"
-                " payload)"
-                " VALUES ($1, $2, $3, coalesce(to_timestamp($4), now()), $5, $6, $7)"
+                " payload, task)"
+                " VALUES ($1, $2, $3, coalesce(to_timestamp($4), now()), $5, $6, $7, $8)"
                 f" {_DEDUP_CONFLICT} RETURNING job_id"
             ),
             insert_many=insert_many + f" {_DEDUP_CONFLICT} RETURNING job_id",
@@ -87,11 +91,15 @@ class Statements:
                 " WHERE queue_name = $1 AND status = 'ready' AND run_at <= now()"
                 " ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED),"
                 " lapsed AS MATERIALIZED ("
-                f" SELECT id FROM {t}"
+                f" SELECT id, cancel_requested FROM {t}"
                 " WHERE queue_name = $1 AND status = 'running' AND lease_expires_at <= now()"
                 " ORDER BY lease_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED),"
-                " picked AS (SELECT id FROM lapsed UNION ALL SELECT id FROM ready LIMIT $2),"
+                " picked AS (SELECT id FROM lapsed WHERE NOT cancel_requested"
+                " UNION ALL SELECT id FROM ready LIMIT $2),"
+                f" dropped AS (UPDATE {t} AS j SET {_CANCELLED}, {released}"
+                " FROM lapsed WHERE j.id = lapsed.id AND lapsed.cancel_requested),"
                 f" leased AS (UPDATE {t} AS j SET status = 'running', attempt = j.attempt + 1,"
+                " started_at = now(),"
                 " lease_token = $3, lease_expires_at = now() + make_interval(secs => $4)"
                 " FROM picked WHERE j.id = picked.id"
                 " RETURNING j.id, j.attempt, j.payload, j.priority, j.run_at)"
@@ -102,20 +110,32 @@ class Statements:
             ),
             ack_delete=f"DELETE FROM {t} USING {pairs} WHERE {owned}",
             ack_keep=(
-                f"UPDATE {t} SET status = 'done', finished_at = now(), {released}"
-                f" FROM {pairs} WHERE {owned}"
+                f"UPDATE {t} SET status = 'done', finished_at = now(), {released},"
+                " state = coalesce(s.state, 'succeeded'),"
+                f" error_type = coalesce(s.error_type, {t}.error_type),"
+                f" error_message = coalesce(s.error_message, {t}.error_message)"
+                " FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[])"
+                f" AS s(id, token, state, error_type, error_message) WHERE {owned}"
             ),
+            # A job whose cancellation was asked for is not run again: it ends cancelled.
             requeue=(
-                f"WITH requeued AS (UPDATE {t} SET status = 'ready', payload = $3,"
-                " attempt = $4, priority = $5, run_at = now() + make_interval(secs => $6),"
-                f" failure_reason = $7, {released}"
+                f"WITH requeued AS (UPDATE {t} SET"
+                " status = CASE WHEN cancel_requested THEN 'done' ELSE 'ready' END,"
+                " state = CASE WHEN cancel_requested THEN 'cancelled' ELSE $9 END,"
+                " finished_at = CASE WHEN cancel_requested THEN now() END,"
+                " payload = $3, attempt = $4, priority = $5,"
+                " run_at = now() + make_interval(secs => $6), failure_reason = $7,"
+                " error_type = coalesce($10, error_type),"
+                f" error_message = coalesce($11, error_message), {released}"
                 " WHERE id = $1 AND lease_token = $2 AND status = 'running'"
-                " RETURNING queue_name)"
-                " SELECT pg_notify($8, queue_name) FROM requeued"
+                " RETURNING queue_name, status)"
+                " SELECT pg_notify($8, queue_name) FROM requeued WHERE status = 'ready'"
             ),
             dead_letter=(
                 f"UPDATE {t} SET status = 'failed', finished_at = now(), failure_reason = $3,"
-                f" job_id = coalesce($4, job_id), {released}"
+                " job_id = coalesce($4, job_id), state = coalesce($5, 'failed'),"
+                " error_type = coalesce($6, error_type),"
+                f" error_message = coalesce($7, error_message), {released}"
                 " WHERE id = $1 AND lease_token = $2 AND status = 'running'"
             ),
             extend=(

@@ -12,9 +12,12 @@ from typing import Any
 
 import asyncpg
 
+from lexigram.tasks.control import JobState
 from lexigram.tasks.errors import BackendConnectionError, JobTooLargeError
 from lexigram.tasks.job import DEFAULT_MAX_JOB_BYTES, Job
 from lexigram.tasks.postgres._connect import CONNECTION_ERRORS, redacted, validate_url
+from lexigram.tasks.postgres._control import Controlling
+from lexigram.tasks.postgres._control_sql import ControlStatements
 from lexigram.tasks.postgres._insert import BOUND, Encoded, Inserting
 from lexigram.tasks.postgres._listener import Listener
 from lexigram.tasks.postgres._retention import Retention
@@ -38,7 +41,7 @@ _POLL_WITHOUT_LISTEN = 1.0
 _PAYLOAD_LIMIT = 1024**3 - 1024**2
 
 
-class PostgresTaskQueue(Inserting, Retention):
+class PostgresTaskQueue(Inserting, Retention, Controlling):
     """A task queue stored in PostgreSQL tables, on an asyncpg connection pool.
 
     Jobs are rows of ``<schema>.jobs``, leased with ``FOR UPDATE SKIP LOCKED``
@@ -69,7 +72,15 @@ class PostgresTaskQueue(Inserting, Retention):
 
     system = "postgresql"
     capabilities = frozenset(
-        {Capability.DELAY, Capability.PRIORITY, Capability.UNIQUE, Capability.TRANSACTIONAL}
+        {
+            Capability.DELAY,
+            Capability.PRIORITY,
+            Capability.UNIQUE,
+            Capability.TRANSACTIONAL,
+            Capability.INSPECT,
+            Capability.CANCEL,
+            Capability.WORKERS,
+        }
     )
 
     def __init__(
@@ -110,6 +121,7 @@ class PostgresTaskQueue(Inserting, Retention):
         self.async_commit = async_commit
         self.max_job_bytes = max_job_bytes
         self._sql = Statements.for_schema(schema)
+        self._control = ControlStatements.for_schema(schema)
         self._application_name = f"lexigram-tasks:{queue_name}"[:63]
         self._pool: asyncpg.Pool | None = None
         self._worker_pool: asyncpg.Pool | None = None
@@ -145,8 +157,8 @@ class PostgresTaskQueue(Inserting, Retention):
                 self.connect_timeout,
                 application_name=self._application_name,
             )
-            if self.keep_finished > 0 or self.keep_failed is not None:
-                self._cleanup = asyncio.create_task(self._cleanup_loop(), name="lexigram-pg-clean")
+            # Always: jobs cancelled before they started are kept a while (see Retention).
+            self._cleanup = asyncio.create_task(self._cleanup_loop(), name="lexigram-pg-clean")
 
     async def disconnect(self) -> None:
         """Close every connection; pending dequeues return."""
@@ -249,7 +261,7 @@ class PostgresTaskQueue(Inserting, Retention):
 
         async def insert(connection: asyncpg.Connection) -> None:
             await connection.execute(
-                self._sql.insert_one, self.queue_name, None, priority, None, 0, None, payload
+                self._sql.insert_one, self.queue_name, None, priority, None, 0, None, payload, None
             )
 
         await self._run(insert)
@@ -321,14 +333,31 @@ class PostgresTaskQueue(Inserting, Retention):
         if not deliveries:
             return
         ids, tokens = _pairs(deliveries)
-        statement = self._sql.ack_keep if self.keep_finished > 0 else self._sql.ack_delete
-        await self._run(lambda c: c.execute(statement, ids, tokens), settling=True)
+        if self.keep_finished <= 0:  # the row goes: nothing of how it ended to record
+            await self._run(lambda c: c.execute(self._sql.ack_delete, ids, tokens), settling=True)
+            return
+        states: list[str | None] = []
+        error_types: list[str | None] = []
+        error_messages: list[str | None] = []
+        for delivery in deliveries:
+            states.append(None if delivery.outcome is None else delivery.outcome.value)
+            error_types.append(None if delivery.error is None else delivery.error.type)
+            error_messages.append(None if delivery.error is None else delivery.error.message)
+        await self._run(
+            lambda c: c.execute(
+                self._sql.ack_keep, ids, tokens, states, error_types, error_messages
+            ),
+            settling=True,
+        )
 
     async def nack(
         self, delivery: Delivery, *, requeue: bool, delay: float = 0.0, reason: str = ""
     ) -> None:
         row_id, token = delivery.token
         job = delivery.job
+        error = delivery.error
+        error_type = None if error is None else error.type
+        error_message = None if error is None else error.message
         if requeue and job is not None:
             payload = job.to_bytes()
             await self._run(
@@ -342,14 +371,38 @@ class PostgresTaskQueue(Inserting, Retention):
                     max(delay, 0.0),
                     reason or None,
                     self._sql.channel,
+                    _requeued_state(delivery.outcome),
+                    error_type,
+                    error_message,
                 ),
                 settling=True,
             )
             return
         await self._run(
-            lambda c: c.execute(self._sql.dead_letter, row_id, token, reason, delivery.job_id),
+            lambda c: c.execute(
+                self._sql.dead_letter,
+                row_id,
+                token,
+                reason,
+                delivery.job_id,
+                _dead_state(delivery),
+                error_type,
+                error_message,
+            ),
             settling=True,
         )
+
+
+def _requeued_state(outcome: JobState | None) -> str | None:
+    """The ``state`` of a requeued row: retrying, or plain queued (handed back)."""
+    return JobState.RETRYING.value if outcome is JobState.RETRYING else None
+
+
+def _dead_state(delivery: Delivery) -> str:
+    """The ``state`` of a dead-lettered row: as the worker says, else dead for a bad message."""
+    if delivery.outcome in (JobState.FAILED, JobState.DEAD):
+        return delivery.outcome.value
+    return JobState.FAILED.value if delivery.job is not None else JobState.DEAD.value
 
 
 def _pairs(deliveries: Sequence[Delivery]) -> tuple[list[int], list[int]]:

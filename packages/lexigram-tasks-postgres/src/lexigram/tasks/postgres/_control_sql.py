@@ -1,0 +1,153 @@
+"""The statements behind job inspection, progress, cancellation and the worker registry.
+
+``$1`` is the queue name where one is needed, as in :mod:`._sql`. Listings
+read one index each, in that index's order, so a deep page costs what the
+first does (see :meth:`ControlStatements.for_schema` for which index).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lexigram.tasks.postgres.migrate import quote_ident
+
+#: The state a job shows: status refined by ``state``, and the clock.
+#: A running row whose lease lapsed is queued again (its worker died).
+_SHOWN_STATE = (
+    "CASE status"
+    " WHEN 'ready' THEN CASE WHEN state = 'retrying' THEN 'retrying'"
+    " WHEN run_at > now() THEN 'scheduled' ELSE 'queued' END"
+    " WHEN 'running' THEN CASE WHEN lease_expires_at > now() THEN 'running' ELSE 'queued' END"
+    " ELSE coalesce(state, CASE status WHEN 'done' THEN 'succeeded' ELSE 'failed' END) END"
+)
+
+_COLUMNS = (
+    "id, status, job_id, payload, priority, attempt, task, cancel_requested,"
+    " extract(epoch FROM enqueued_at)::float8 AS enqueued_at,"
+    " extract(epoch FROM run_at)::float8 AS run_at,"
+    " extract(epoch FROM started_at)::float8 AS started_at,"
+    " extract(epoch FROM finished_at)::float8 AS finished_at,"
+    " error_type, error_message, failure_reason, progress, progress_message, meta::text AS meta,"
+    f" {_SHOWN_STATE} AS shown_state,"
+    # The keys of the listings' cursors, as text so they round-trip exactly.
+    " run_at::text AS run_at_key, finished_at::text AS finished_at_key"
+)
+
+_TASK = "($2::text IS NULL OR task = $2)"
+
+
+@dataclass(frozen=True, slots=True)
+class ControlStatements:
+    cancel_channel: str
+    get_job: str
+    list_ready: dict[str, str]
+    list_lapsed: str
+    list_running: str
+    list_finished: str
+    list_all: str
+    record_progress: str
+    cancel: str
+    cancel_requested: str
+    register_worker: str
+    deregister_worker: str
+    list_workers: str
+    purge_workers: str
+
+    @classmethod
+    def for_schema(cls, schema: str) -> ControlStatements:
+        t = f"{quote_ident(schema)}.jobs"
+        w = f"{quote_ident(schema)}.workers"
+        # Ready jobs in the order they run (priority, then run_at), one
+        # priority at a time so each branch is a range of jobs_ready_idx (or
+        # jobs_retrying_idx). Cursor: ($3 priority, $4 run_at, $5 id) of the
+        # last job shown; $6 the page size.
+        ready = (
+            f"SELECT j.* FROM generate_series($3::int, 0, -1) AS p(priority),"
+            f" LATERAL (SELECT {_COLUMNS} FROM {t}"
+            " WHERE queue_name = $1 AND status = 'ready' AND priority = p.priority AND {when}"
+            f" AND {_TASK}"
+            " AND (run_at, id) > (CASE WHEN p.priority = $3 THEN $4::text::timestamptz"
+            " ELSE '-infinity' END, CASE WHEN p.priority = $3 THEN $5::bigint ELSE 0 END)"
+            " ORDER BY run_at, id LIMIT $6) AS j"
+            " ORDER BY j.priority DESC, j.run_at_key::timestamptz, j.id LIMIT $6"
+        )
+        not_retrying = "state IS DISTINCT FROM 'retrying'"
+        return cls(
+            cancel_channel=f"{schema}.cancel",
+            get_job=(
+                f"SELECT {_COLUMNS} FROM {t} WHERE job_id = $2 AND queue_name = $1"
+                " ORDER BY id DESC LIMIT 1"
+            ),
+            list_ready={
+                "queued": ready.replace("{when}", f"run_at <= now() AND {not_retrying}"),
+                "scheduled": ready.replace("{when}", f"run_at > now() AND {not_retrying}"),
+                "retrying": ready.replace("{when}", "state = 'retrying'"),
+            },
+            # Running rows whose lease lapsed show as queued; listed first,
+            # by id ($3), before the ready ones (a dequeue takes them first too).
+            list_lapsed=(
+                f"SELECT {_COLUMNS} FROM {t} WHERE queue_name = $1 AND status = 'running'"
+                f" AND lease_expires_at <= now() AND {_TASK} AND id > $3 ORDER BY id LIMIT $4"
+            ),
+            # Few rows run at once: read them all from jobs_running_idx, then
+            # sort by id (the fence keeps the planner off a primary-key walk).
+            list_running=(
+                "WITH running AS MATERIALIZED ("
+                f" SELECT id FROM {t} WHERE queue_name = $1 AND status = 'running'"
+                f" AND lease_expires_at > now() AND {_TASK} AND id > $3)"
+                f" SELECT {_COLUMNS} FROM {t}"
+                " WHERE id IN (SELECT id FROM running ORDER BY id LIMIT $4)"
+                " ORDER BY id"
+            ),
+            # jobs_finished_idx: ($3 state, $4 finished_at, $5 id).
+            list_finished=(
+                f"SELECT {_COLUMNS} FROM {t} WHERE queue_name = $1"
+                " AND status IN ('done', 'failed') AND state = $3"
+                " AND (finished_at, id) > ($4::text::timestamptz, $5::bigint)"
+                f" AND {_TASK} ORDER BY finished_at, id LIMIT $6"
+            ),
+            list_all=(
+                f"SELECT {_COLUMNS} FROM {t} WHERE queue_name = $1 AND {_TASK} AND id > $3"
+                " ORDER BY id LIMIT $4"
+            ),
+            record_progress=(
+                f"UPDATE {t} SET progress = coalesce($3, progress),"
+                " progress_message = coalesce($4, progress_message),"
+                " meta = CASE WHEN $5::jsonb IS NULL THEN meta"
+                " ELSE coalesce(meta, '{}'::jsonb) || $5::jsonb END"
+                " WHERE id = $1 AND lease_token = $2 AND status = 'running'"
+            ),
+            # One statement: the newest row of the id, locked; a pending one
+            # (or a running one whose lease lapsed) ends cancelled and frees
+            # its dedup key; a running one is marked and its worker told by
+            # NOTIFY (delivered when this commits, so the mark is visible).
+            cancel=(
+                "WITH target AS ("
+                f" SELECT id, status, lease_expires_at <= now() AS lapsed FROM {t}"
+                " WHERE job_id = $2 AND queue_name = $1 ORDER BY id DESC LIMIT 1 FOR UPDATE),"
+                f" stopped AS (UPDATE {t} AS j SET status = 'done', state = 'cancelled',"
+                " finished_at = now(), lease_token = NULL, lease_expires_at = NULL"
+                " FROM target WHERE j.id = target.id"
+                " AND (target.status = 'ready' OR (target.status = 'running' AND target.lapsed))"
+                " RETURNING j.id),"
+                f" asked AS (UPDATE {t} AS j SET cancel_requested = true"
+                " FROM target WHERE j.id = target.id AND target.status = 'running'"
+                " AND NOT target.lapsed RETURNING j.id)"
+                " SELECT CASE WHEN EXISTS (SELECT FROM stopped) THEN 'cancelled'"
+                " WHEN EXISTS (SELECT FROM asked) THEN 'requested'"
+                " WHEN EXISTS (SELECT FROM target) THEN 'finished' ELSE 'not_found' END,"
+                " (SELECT pg_notify($3, json_build_array($1::text, $2::text)::text) FROM asked)"
+            ),
+            cancel_requested=(
+                f"SELECT id FROM {t} WHERE id = ANY($1::bigint[]) AND cancel_requested"
+            ),
+            register_worker=(
+                f"INSERT INTO {w} (id, info, heartbeat_at, expires_at)"
+                " VALUES ($1, $2::jsonb, now(), now() + make_interval(secs => $3))"
+                " ON CONFLICT (id) DO UPDATE SET info = excluded.info,"
+                " heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at"
+            ),
+            deregister_worker=f"DELETE FROM {w} WHERE id = $1",
+            list_workers=f"SELECT info::text FROM {w} WHERE expires_at > now() ORDER BY id",
+            purge_workers=f"DELETE FROM {w} WHERE expires_at <= now()",
+        )
