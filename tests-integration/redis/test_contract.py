@@ -48,7 +48,16 @@ class RedisHooks(ContractBase):
 
 
 class TestRedisContract(RedisHooks, TaskQueueContract):
-    expected_capabilities = frozenset({Capability.DELAY, Capability.PRIORITY, Capability.UNIQUE})
+    expected_capabilities = frozenset(
+        {
+            Capability.DELAY,
+            Capability.PRIORITY,
+            Capability.UNIQUE,
+            Capability.INSPECT,
+            Capability.CANCEL,
+            Capability.WORKERS,
+        }
+    )
 
 
 class TestRedisWorkerContract(RedisHooks, WorkerContract):

@@ -7,11 +7,12 @@ import re
 import pytest
 from rq import Queue
 from rq.job import Job as RQJob
-from rq.registry import FailedJobRegistry, StartedJobRegistry
+from rq.registry import CanceledJobRegistry, FailedJobRegistry, StartedJobRegistry
 
 from lexigram.tasks import CacheBackendResultStore as LazyStore
 from lexigram.tasks import ConfigurationError, TaskBackendRegistry
 from lexigram.tasks import RedisTaskQueue as LazyQueue
+from lexigram.tasks.control import JobControlProtocol
 from lexigram.tasks.job import DEFAULT_MAX_JOB_BYTES
 from lexigram.tasks.protocol import Capability, TaskQueueProtocol
 from lexigram.tasks.ratelimit import RateLimiter
@@ -33,10 +34,11 @@ def test_keys_are_rqs_own_names() -> None:
     assert keys.queues == Queue.redis_queues_keys
     assert keys.started == StartedJobRegistry(queue=rq_queue).key
     assert keys.failed == FailedJobRegistry(queue=rq_queue).key
+    assert keys.canceled == CanceledJobRegistry(queue=rq_queue).key
     rq_key = RQJob.key_for("abc")  # bytes in rq 3, str in rq 2
     assert job_key("abc") == (rq_key.decode() if isinstance(rq_key, bytes) else rq_key)
     assert job_key("abc") == f"{JOB_PREFIX}abc"
-    assert len(keys.as_list()) == 11
+    assert len(keys.as_list()) == 12
     assert keys.queues not in keys.queue_owned()
 
 
@@ -44,7 +46,15 @@ def test_backend_declares_what_the_contract_checks() -> None:
     queue = RedisTaskQueue(redis_url="redis://localhost:6379/0", queue_name="q")
     assert isinstance(queue, TaskQueueProtocol)
     assert queue.system == "redis"
-    assert queue.capabilities == {Capability.DELAY, Capability.PRIORITY, Capability.UNIQUE}
+    assert queue.capabilities == {
+        Capability.DELAY,
+        Capability.PRIORITY,
+        Capability.UNIQUE,
+        Capability.INSPECT,
+        Capability.CANCEL,
+        Capability.WORKERS,
+    }
+    assert isinstance(queue, JobControlProtocol)
 
 
 def test_registered_under_its_type_and_importable_from_lexigram_tasks() -> None:

@@ -21,7 +21,18 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError, ResponseError
 
-_NAMES = ("enqueue", "lease", "ack", "nack", "extend", "counts", "dead_letters")
+_NAMES = (
+    "enqueue",
+    "lease",
+    "ack",
+    "nack",
+    "extend",
+    "counts",
+    "dead_letters",
+    "cancel",
+    "progress",
+    "list",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +89,7 @@ class PreparedScript:
     """EVALSHA of one script for one queue, its fixed part encoded once.
 
     Every call of a queue's script starts with the same arguments (the SHA,
-    the queue's eleven keys, the job prefix, the queue name); redis-py would
+    the queue's twelve keys, the job prefix, the queue name); redis-py would
     encode all of them on every call, which cost an enqueue about as much as
     everything else it does on the client. Calls go out on a connection of
     the client's pool, as redis-py's own would.

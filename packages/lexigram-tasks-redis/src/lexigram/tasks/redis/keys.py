@@ -14,6 +14,7 @@ from functools import lru_cache
 from rq import Queue
 from rq.job import Job as RQJob
 from rq.registry import (
+    CanceledJobRegistry,
     FailedJobRegistry,
     FinishedJobRegistry,
     ScheduledJobRegistry,
@@ -35,7 +36,7 @@ def _naming_connection() -> redis.Redis:
 
 @dataclass(frozen=True, slots=True)
 class QueueKeys:
-    """Every key of one queue, in the order the Lua scripts expect them (``KEYS[1..11]``)."""
+    """Every key of one queue, in the order the Lua scripts expect them (``KEYS[1..12]``)."""
 
     #: rq's queue list: ids of ready jobs, highest priority first (``Queue.key``).
     ready: str
@@ -59,6 +60,8 @@ class QueueKeys:
     queues: str
     #: Counter that hands out lease tokens.
     sequence: str
+    #: rq's CanceledJobRegistry, scored by expiry: cancelled jobs.
+    canceled: str
 
     @classmethod
     def for_queue(cls, name: str) -> QueueKeys:
@@ -76,6 +79,7 @@ class QueueKeys:
             failed=FailedJobRegistry(queue=rq_queue).key,
             queues=Queue.redis_queues_keys,
             sequence=own + "sequence",
+            canceled=CanceledJobRegistry(queue=rq_queue).key,
         )
 
     def as_list(self) -> list[str]:
@@ -94,3 +98,18 @@ def job_key(job_id: str) -> str:
 
 #: Prefix of every job hash, as the scripts need it.
 JOB_PREFIX: str = RQJob.redis_job_namespace_prefix
+
+
+def workers_key(queue_name: str) -> str:
+    """Our sorted set of the workers registered on a queue, scored by expiry."""
+    return f"{OWN_PREFIX}{queue_name}:workers"
+
+
+def worker_key(queue_name: str, worker_id: str) -> str:
+    """One registered worker's entry (JSON, expiring with its TTL)."""
+    return f"{OWN_PREFIX}{queue_name}:worker:{worker_id}"
+
+
+def cancel_channel(queue_name: str) -> str:
+    """The pub/sub channel on which a queue's cancellations of running jobs are published."""
+    return f"lexigram:control:{queue_name}:cancel"

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from lexigram.tasks.control import JobState
 from lexigram.tasks.job import DEFAULT_MAX_JOB_BYTES, Job
 from lexigram.tasks.protocol import (
     BaseTaskQueue,
@@ -26,7 +27,8 @@ from lexigram.tasks.protocol import (
 from lexigram.tasks.redact import redact_url
 from lexigram.tasks.redis import _scripts
 from lexigram.tasks.redis._connection import open_client, reported, validate_url
-from lexigram.tasks.redis.keys import JOB_PREFIX, QueueKeys, job_key
+from lexigram.tasks.redis._control import JobControl
+from lexigram.tasks.redis.keys import JOB_PREFIX, QueueKeys, job_key, workers_key
 from redis.asyncio import Redis
 
 #: rq's default ``result_ttl``: finished jobs stay visible this long.
@@ -42,16 +44,19 @@ REDIS_MAX_STRING = 512 * 1024 * 1024
 _MIN_BLOCK = 0.01
 
 
-class RedisTaskQueue(BaseTaskQueue):
+class RedisTaskQueue(BaseTaskQueue, JobControl):
     """A Redis-backed queue whose jobs rq's tooling can see.
 
     ``redis_url`` accepts ``redis://``, ``rediss://`` (TLS) and ``unix://``
-    URLs. Finished jobs stay in rq's finished registry for ``finished_ttl``
-    seconds (0 deletes them at once); dead letters stay ``failure_ttl``
-    seconds. ``socket_timeout`` bounds every read and write (off by default:
-    TCP keepalive finds dead peers, and a blocking dequeue then never trips
-    it). Pass ``client=`` to share an existing ``redis.asyncio.Redis`` (the
-    queue then leaves closing it to you).
+    URLs. Finished jobs stay in rq's finished registry (cancelled ones in
+    its canceled registry) for ``finished_ttl`` seconds (0 deletes them at
+    once); dead letters stay ``failure_ttl`` seconds. Jobs can be looked up,
+    listed, cancelled and report progress, and workers register themselves
+    (:class:`~lexigram.tasks.control.JobControlProtocol`).
+    ``socket_timeout`` bounds every read and write (off by default: TCP
+    keepalive finds dead peers, and a blocking dequeue then never trips it).
+    Pass ``client=`` to share an existing ``redis.asyncio.Redis`` (the queue
+    then leaves closing it to you).
 
     An enqueue refuses a job whose JSON is over ``max_job_bytes``
     (:class:`~lexigram.tasks.errors.JobTooLargeError`); a URL with another
@@ -61,7 +66,16 @@ class RedisTaskQueue(BaseTaskQueue):
     """
 
     system = "redis"
-    capabilities = frozenset({Capability.DELAY, Capability.PRIORITY, Capability.UNIQUE})
+    capabilities = frozenset(
+        {
+            Capability.DELAY,
+            Capability.PRIORITY,
+            Capability.UNIQUE,
+            Capability.INSPECT,
+            Capability.CANCEL,
+            Capability.WORKERS,
+        }
+    )
 
     def __init__(
         self,
@@ -250,15 +264,33 @@ class RedisTaskQueue(BaseTaskQueue):
         await self.ack_many([delivery])
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
-        if deliveries:
-            leases = [delivery.token for delivery in deliveries]
-            await self._run("ack", [repr(float(self.finished_ttl)), *leases])
+        if not deliveries:
+            return
+        # Succeeded jobs (the common case) are one lease each; the others
+        # carry how they ended (see ack.lua).
+        others: list[Any] = []
+        leases = []
+        for delivery in deliveries:
+            outcome = delivery.outcome
+            if outcome is None or outcome is JobState.SUCCEEDED:
+                leases.append(delivery.token)
+            else:
+                error = delivery.error
+                others += [
+                    delivery.token,
+                    outcome.value,
+                    error.type if error is not None else "",
+                    error.message if error is not None else "",
+                ]
+        ttl = repr(float(self.finished_ttl))
+        await self._run("ack", [ttl, len(others) // 4, *others, *leases])
 
     async def nack(
         self, delivery: Delivery, *, requeue: bool, delay: float = 0.0, reason: str = ""
     ) -> None:
         job = delivery.job
         requeue = requeue and job is not None
+        outcome, error = delivery.outcome, delivery.error
         await self._run(
             "nack",
             [
@@ -271,6 +303,9 @@ class RedisTaskQueue(BaseTaskQueue):
                 job.attempt if job is not None else 0,
                 repr(float(self.failure_ttl)),
                 "1" if job is not None else "0",
+                outcome.value if outcome is not None else "",
+                error.type if error is not None else "",
+                error.message if error is not None else "",
             ],
         )
 
@@ -308,7 +343,7 @@ class RedisTaskQueue(BaseTaskQueue):
         keys = self.keys
         async with client.pipeline(transaction=False) as pipe:
             pipe.lrange(keys.ready, 0, -1)
-            for zset in (keys.scheduled, keys.leases, keys.finished, keys.failed):
+            for zset in (keys.scheduled, keys.leases, keys.finished, keys.failed, keys.canceled):
                 pipe.zrange(zset, 0, -1)
             listed = await pipe.execute()
         ids = {raw.decode() for group in listed for raw in group}
@@ -316,7 +351,7 @@ class RedisTaskQueue(BaseTaskQueue):
         async with client.pipeline(transaction=False) as pipe:
             for start in range(0, len(job_keys), 1000):
                 pipe.delete(*job_keys[start : start + 1000])
-            pipe.delete(*keys.queue_owned())
+            pipe.delete(*keys.queue_owned(), workers_key(self.queue_name))
             pipe.srem(keys.queues, keys.ready)
             deleted = await pipe.execute()
         return sum(deleted[:-2])  # the job-key DELETEs, not the queue's own keys

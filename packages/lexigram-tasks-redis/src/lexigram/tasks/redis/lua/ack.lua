@@ -1,27 +1,52 @@
 -- Settle finished jobs. ARGV[3] is how long finished jobs stay visible in
--- rq's finished registry (0: delete at once); then one "<token> <id>" per
--- job. A job whose token is no longer its lease (the lease lapsed and the job
--- was handed to someone else) is left alone. Returns how many were acked.
+-- rq's registries (0: delete at once). ARGV[4] is how many jobs ended other
+-- than succeeded; four values each follow: the lease ("<token> <id>"), the
+-- outcome (cancelled, failed or dead: a dead letter queue took it), the
+-- error's type and message. Then one lease per succeeded job. A job whose
+-- token is no longer its lease (the lease lapsed and the job was handed to
+-- someone else) is left alone. Returns how many were acked.
 local ttl = tonumber(ARGV[3])
+local others = tonumber(ARGV[4])
 local acked = 0
 local ended_at = now_iso()
-for i = 4, #ARGV do
-  local id, token = split_lease(ARGV[i])
+
+local function settle(lease, outcome, error_type, error_message)
+  local id, token = split_lease(lease)
   local key = JOB_PREFIX .. id
   local f = redis.call('HMGET', key, 'lx_token', 'lx_dedup')
-  if f[1] == token then
-    redis.call('ZREM', K_LEASES, id)
-    redis.call('ZREM', K_STARTED, id .. ':' .. token)
-    release_dedup(f[2], id)
-    if ttl > 0 then
-      redis.call('HSET', key, 'status', 'finished', 'ended_at', ended_at, 'lx_token', '')
-      redis.call('EXPIRE', key, ttl)
-      redis.call('ZADD', K_FINISHED, NOW + ttl, id)
-    else
-      redis.call('DEL', key)
+  if f[1] ~= token then return end
+  redis.call('ZREM', K_LEASES, id)
+  redis.call('ZREM', K_STARTED, id .. ':' .. token)
+  acked = acked + 1
+  if outcome == 'cancelled' then
+    finish_canceled(key, id, ttl, f[2])
+    if ttl > 0 and error_type ~= '' then
+      redis.call('HSET', key, 'lx_error_type', error_type, 'lx_error_message', error_message)
     end
-    acked = acked + 1
+    return
   end
+  release_dedup(f[2], id)
+  if ttl <= 0 then
+    redis.call('DEL', key)
+  elseif outcome then
+    -- rq's failed status and registry; lx_dlq keeps it out of dead_letters().
+    redis.call('HSET', key, 'status', 'failed', 'ended_at', ended_at, 'lx_token', '',
+      'lx_outcome', outcome, 'lx_dlq', '1', 'lx_error_type', error_type,
+      'lx_error_message', error_message)
+    redis.call('EXPIRE', key, ttl)
+    redis.call('ZADD', K_FAILED, NOW + ttl, id)
+  else
+    redis.call('HSET', key, 'status', 'finished', 'ended_at', ended_at, 'lx_token', '')
+    redis.call('EXPIRE', key, ttl)
+    redis.call('ZADD', K_FINISHED, NOW + ttl, id)
+  end
+end
+
+for i = 5, 4 + others * 4, 4 do
+  settle(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+end
+for i = 5 + others * 4, #ARGV do
+  settle(ARGV[i], nil, nil, nil)
 end
 if ttl > 0 and acked > 0 then
   redis.call('ZREMRANGEBYSCORE', K_FINISHED, '-inf', NOW)

@@ -5,7 +5,7 @@
 -- as rq itself does.
 local K_READY, K_SCHEDULED, K_LEASES, K_STARTED = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local K_PRIO, K_WAKE, K_DEDUP, K_FINISHED = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local K_FAILED, K_QUEUES, K_SEQ = KEYS[9], KEYS[10], KEYS[11]
+local K_FAILED, K_QUEUES, K_SEQ, K_CANCELED = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local JOB_PREFIX = ARGV[1]
 local QUEUE_NAME = ARGV[2]
 
@@ -141,20 +141,42 @@ local function release_dedup(dedup, id)
   end
 end
 
+-- A job ends cancelled: rq's 'canceled' status, in rq's CanceledJobRegistry
+-- for ttl seconds (0: deleted at once), its dedup key released.
+local function finish_canceled(key, id, ttl, dedup)
+  release_dedup(dedup, id)
+  if ttl > 0 then
+    redis.call('HSET', key, 'status', 'canceled', 'ended_at', now_iso(), 'lx_outcome', 'cancelled',
+      'lx_token', '')
+    redis.call('EXPIRE', key, math.ceil(ttl))
+    redis.call('ZADD', K_CANCELED, NOW + ttl, id)
+    redis.call('ZREMRANGEBYSCORE', K_CANCELED, '-inf', NOW)
+  else
+    redis.call('DEL', key)
+  end
+end
+
 -- Leases that lapsed (their worker died or stalled) go back to the front of
--- the ready list, the longest-lapsed first.
+-- the ready list, the longest-lapsed first; a job whose cancellation was
+-- asked for while it ran (lx_cancel) ends cancelled instead: its worker died
+-- before stopping it, and it must not run again.
 local function reclaim(limit)
   local lapsed = redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', NOW, 'LIMIT', 0, limit)
   for i = #lapsed, 1, -1 do
     local id = lapsed[i]
     local key = JOB_PREFIX .. id
     redis.call('ZREM', K_LEASES, id)
-    if redis.call('EXISTS', key) == 1 then
-      local f = redis.call('HMGET', key, 'lx_token', 'lx_priority')
+    local f = redis.call('HMGET', key, 'lx_token', 'lx_priority', 'lx_cancel', 'lx_ttl', 'lx_dedup',
+      'status')
+    if f[6] then
       if f[1] then redis.call('ZREM', K_STARTED, id .. ':' .. f[1]) end
-      redis.call('HDEL', key, 'lx_token')
-      redis.call('HSET', key, 'status', 'queued')
-      push_front(id, tonumber(f[2]) or 0)
+      if f[3] == '1' then
+        finish_canceled(key, id, tonumber(f[4]) or 0, f[5])
+      else
+        redis.call('HDEL', key, 'lx_token')
+        redis.call('HSET', key, 'status', 'queued', 'lx_retrying', '0')
+        push_front(id, tonumber(f[2]) or 0)
+      end
     end
   end
   return #lapsed
