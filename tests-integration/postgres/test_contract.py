@@ -8,7 +8,13 @@ import pytest
 from lexigram.tasks.postgres import PostgresTaskQueue
 from lexigram.tasks.postgres.migrate import quote_ident
 from lexigram.tasks.protocol import Capability, TaskQueueProtocol
-from lexigram.tasks.testing import BackendSpec, ContractBase, TaskQueueContract, WorkerContract
+from lexigram.tasks.testing import (
+    BackendSpec,
+    ContractBase,
+    JobControlContract,
+    TaskQueueContract,
+    WorkerContract,
+)
 
 
 class PostgresHooks(ContractBase):
@@ -55,6 +61,17 @@ class TestPostgresContract(PostgresHooks, TaskQueueContract):
             Capability.WORKERS,
         }
     )
+    #: Acked jobs are deleted (keep_finished=0, the default); cancelled ones are kept.
+    keeps_finished_jobs = False
+
+
+class TestPostgresKeepingFinishedJobControl(PostgresHooks, JobControlContract):
+    """The job-control suite again with ``keep_finished``: finished jobs report their state."""
+
+    async def create_queue(self, queue_name: str) -> TaskQueueProtocol:
+        return PostgresTaskQueue(
+            postgres_dsn=self.dsn, queue_name=queue_name, schema=self.schema, keep_finished=3600
+        )
 
 
 class TestPostgresWorkerContract(PostgresHooks, WorkerContract):

@@ -131,7 +131,7 @@ class Controlling(Pooled):
         error = None
         if row["error_type"] is not None or row["error_message"] is not None:
             error = JobError(row["error_type"] or "", row["error_message"] or "")
-        elif row["failure_reason"]:
+        elif row["status"] == "failed" and row["failure_reason"]:  # a dead letter's reason
             error = JobError("", row["failure_reason"])
         return JobInfo(
             id=row["job_id"] or (job.id if job is not None else str(row["id"])),

@@ -329,13 +329,29 @@ class PostgresTaskQueue(Inserting, Retention, Controlling):
         await self.ack_many([delivery])
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
-        """Finish several jobs with one statement (a stale lease is a no-op)."""
+        """Finish several jobs with one statement (a stale lease is a no-op).
+
+        With ``keep_finished=0`` the rows are deleted, except those of
+        cancelled jobs: they are kept as cancelled jobs not yet started are
+        (see :meth:`delete_expired`), so a cancellation can be looked up.
+        """
         if not deliveries:
             return
-        ids, tokens = _pairs(deliveries)
-        if self.keep_finished <= 0:  # the row goes: nothing of how it ended to record
-            await self._run(lambda c: c.execute(self._sql.ack_delete, ids, tokens), settling=True)
+        if self.keep_finished > 0:
+            await self._ack_keep(deliveries)
             return
+        cancelled = [d for d in deliveries if d.outcome is JobState.CANCELLED]
+        if cancelled:
+            await self._ack_keep(cancelled)
+            deliveries = [d for d in deliveries if d.outcome is not JobState.CANCELLED]
+            if not deliveries:
+                return
+        ids, tokens = _pairs(deliveries)
+        await self._run(lambda c: c.execute(self._sql.ack_delete, ids, tokens), settling=True)
+
+    async def _ack_keep(self, deliveries: Sequence[Delivery]) -> None:
+        """Mark rows finished, with how each job ended."""
+        ids, tokens = _pairs(deliveries)
         states: list[str | None] = []
         error_types: list[str | None] = []
         error_messages: list[str | None] = []
