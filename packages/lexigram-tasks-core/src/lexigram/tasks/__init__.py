@@ -17,6 +17,7 @@ __path__ = extend_path(__path__, __name__)
 
 from lexigram.tasks._version import __version__
 from lexigram.tasks.control import CancelOutcome, JobError, JobInfo, JobPage, JobState, WorkerInfo
+from lexigram.tasks.current import CurrentJob, NoCurrentJobError, current_job
 from lexigram.tasks.errors import (
     BackendConnectionError,
     BackendNotFoundError,
@@ -35,6 +36,7 @@ from lexigram.tasks.errors import (
     UnknownTaskError,
 )
 from lexigram.tasks.events import (
+    TaskCancelledEvent,
     TaskCompletedEvent,
     TaskDeadLetteredEvent,
     TaskEvent,
@@ -103,6 +105,7 @@ __all__ = [
     "Capability",
     "CapabilityNotSupportedError",
     "ConfigurationError",
+    "CurrentJob",
     "DeadLetter",
     "DeadLetterQueue",
     "Delivery",
@@ -121,6 +124,7 @@ __all__ = [
     "MalformedJobError",
     "MemoryResultStore",
     "MemoryTaskQueue",
+    "NoCurrentJobError",
     "NoResultStoreError",
     "PostgresTaskQueue",
     "QueueCounts",
@@ -131,6 +135,7 @@ __all__ = [
     "Task",
     "TaskArgumentsError",
     "TaskBackendRegistry",
+    "TaskCancelledEvent",
     "TaskCompletedEvent",
     "TaskDeadLetteredEvent",
     "TaskError",
@@ -148,5 +153,6 @@ __all__ = [
     "WorkerPool",
     "WorkerSettings",
     "__version__",
+    "current_job",
     "scheduled",
 ]

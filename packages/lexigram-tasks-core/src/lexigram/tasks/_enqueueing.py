@@ -7,7 +7,7 @@ from typing import Any
 
 from lexigram.tasks._lifecycle import Lifecycle
 from lexigram.tasks.errors import UnknownTaskError
-from lexigram.tasks.handle import JobHandle
+from lexigram.tasks.handle import JobControl, JobHandle
 from lexigram.tasks.job import Job
 from lexigram.tasks.protocol import TaskQueueProtocol
 from lexigram.tasks.task import EnqueueOptions
@@ -67,7 +67,7 @@ class Enqueueing(Lifecycle):
         queue = self._route(job.task, backend)
         with self.telemetry.send(job, queue.system):
             job_id = await queue.enqueue(job)
-        return JobHandle(job_id, job.task, job.queue, self.result_store)
+        return JobHandle(job_id, job.task, job.queue, self.result_store, self._job_control())
 
     async def enqueue_many(
         self, jobs: Iterable[Job], *, backend: str | None = None
@@ -83,11 +83,16 @@ class Enqueueing(Lifecycle):
             queue = self.backends[name]
             with self.telemetry.send_many(group, queue.system, queue.queue_name):
                 ids = await queue.enqueue_many(group)
+            control = self._job_control()
             handles.extend(
-                JobHandle(i, j.task, j.queue, self.result_store)
+                JobHandle(i, j.task, j.queue, self.result_store, control)
                 for i, j in zip(ids, group, strict=True)
             )
         return handles
+
+    def _job_control(self) -> JobControl | None:
+        """What handles ask for status and cancellation (``TaskProvider``: itself)."""
+        return None
 
     def _route_name(self, task_name: str, backend: str | None) -> str:
         if backend is None:

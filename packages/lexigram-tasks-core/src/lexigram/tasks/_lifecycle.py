@@ -20,7 +20,9 @@ from lexigram.tasks.ratelimit import LocalRateLimiter, Rate, RateLimiter
 from lexigram.tasks.results import ResultStore
 from lexigram.tasks.task import Task
 from lexigram.tasks.worker import DeadLetterSink, WorkerPool
+from lexigram.tasks.worker._presence import Presence
 from lexigram.tasks.worker._settings import SettingsAttributes
+from lexigram.tasks.worker.pool import new_worker_id
 
 logger = logging.getLogger("lexigram.tasks")
 
@@ -48,6 +50,9 @@ class Lifecycle(SettingsAttributes):
     events: EventBus
     telemetry: Telemetry
     pools: dict[str, WorkerPool]
+    #: This process's worker id (``host:pid:suffix``), shared by its pools; set by start().
+    worker_id: str | None
+    _presence: Presence | None
     _global_rate_text: str | None
     _services: list[Service]
     _connected: bool
@@ -81,6 +86,8 @@ class Lifecycle(SettingsAttributes):
 
         Raises :class:`~lexigram.tasks.ConfigurationError` before connecting
         when no task is registered: such workers could run no job they take.
+        The pools share one :attr:`worker_id`, registered in the live-worker
+        list of each backend declaring ``Capability.WORKERS``.
         """
         names = list(backends) if backends is not None else list(self.backends)
         for name in names:
@@ -93,6 +100,10 @@ class Lifecycle(SettingsAttributes):
                 "enqueues calls provider.connect() instead"
             )
         await self.connect()
+        if names and self._presence is None:
+            if self.worker_id is None:
+                self.worker_id = new_worker_id()
+            self._presence = Presence(self.worker_id, self.settings.registry_interval)
         for name in names:
             queue = self.backends[name]
             if isinstance(queue, MemoryTaskQueue) and not is_development(self.environment):
@@ -114,9 +125,12 @@ class Lifecycle(SettingsAttributes):
                 dead_letter=self.dead_letter,
                 rate_limiter=self.rate_limiter,
                 global_rate_limit=self.global_rate_limit,
+                worker_id=self.worker_id,
             )
             self.pools[name] = pool
             await pool.start()
+            assert self._presence is not None
+            await self._presence.add(name, pool)
         if names:
             self._report_local_rate_limits(names)
         for service in self._services:
@@ -144,6 +158,9 @@ class Lifecycle(SettingsAttributes):
             await service.stop()
         pools, self.pools = list(self.pools.values()), {}
         await asyncio.gather(*(pool.stop() for pool in pools))
+        presence, self._presence = self._presence, None
+        if presence is not None:
+            await presence.stop()
         await self.disconnect()
 
     async def counts(self) -> dict[str, QueueCounts]:

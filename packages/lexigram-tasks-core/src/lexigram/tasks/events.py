@@ -64,6 +64,14 @@ class TaskRetryingEvent(TaskEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class TaskCancelledEvent(TaskEvent):
+    """The job ended ``cancelled``: stopped while it ran, or leased and then cancelled
+    before it started (``duration`` 0). No completed or failed event follows it."""
+
+    duration: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class TaskDeadLetteredEvent:
     """A job (or a message that is not a valid job) was set aside for good.
 

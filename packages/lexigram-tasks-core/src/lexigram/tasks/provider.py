@@ -19,7 +19,7 @@ from typing import (
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
-from lexigram.tasks._enqueueing import Enqueueing
+from lexigram.tasks._controlling import Controlling
 from lexigram.tasks._lifecycle import Service
 from lexigram.tasks._otel import Telemetry
 from lexigram.tasks.events import EventBus, Handler
@@ -29,6 +29,7 @@ from lexigram.tasks.ratelimit import Rate, RateLimiter
 from lexigram.tasks.results import MemoryResultStore, ResultStore
 from lexigram.tasks.task import RetryPolicy, Task
 from lexigram.tasks.worker import DeadLetterSink, WorkerPool, WorkerSettings
+from lexigram.tasks.worker._presence import Presence
 from lexigram.tasks.worker._settings import WorkerSettingsKeywords
 
 logger = logging.getLogger("lexigram.tasks")
@@ -46,7 +47,7 @@ class _TaskDecorator(Protocol):
     def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
 
 
-class TaskProvider(Enqueueing):
+class TaskProvider(Controlling):
     """Registers tasks, enqueues jobs and runs worker pools over one or more backends.
 
     ``TaskProvider(queue=q, worker_count=4)`` uses one backend;
@@ -114,6 +115,8 @@ class TaskProvider(Enqueueing):
             tracer_provider, meter_provider=meter_provider, links_only=trace_links_only
         )
         self.pools: dict[str, WorkerPool] = {}
+        self.worker_id: str | None = None
+        self._presence: Presence | None = None
         self._services: list[Service] = []
         if isinstance(dead_letter, Service):
             self._services.append(dead_letter)  # e.g. a DLQ feeding from RabbitMQ's DLX

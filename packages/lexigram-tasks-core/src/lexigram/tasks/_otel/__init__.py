@@ -7,12 +7,12 @@ propagator) unless the headers already carry one. The worker's CONSUMER
 from the web request through the enqueue into the task, and also links to it
 (the link survives if ``links_only=True`` makes the process span a root).
 Retries keep the original headers, so every attempt joins the same trace.
-Retry and dead-lettering are span events; worker start and stop are short
-INTERNAL spans.
+Retry, dead-lettering, cancellation and progress (one event per coalesced
+write) are span events; worker start and stop are short INTERNAL spans.
 
-Metrics. Counters of jobs enqueued, completed, retried and failed (for good),
-histograms of execution duration and queue wait, and an up-down counter of
-jobs in flight, by task name and queue.
+Metrics. Counters of jobs enqueued, completed, retried, failed (for good)
+and cancelled, histograms of execution duration and queue wait, and an
+up-down counter of jobs in flight, by task name and queue.
 
 The worker hands the ``process`` span to ``record_*`` calls; the per-job
 state those calls need for metrics (attributes, outcome) travels in a
@@ -56,6 +56,7 @@ from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 from lexigram.tasks._otel import attributes as attr
 from lexigram.tasks._otel._metrics import DURATION_BUCKETS, Instruments
 from lexigram.tasks._otel._spans import (
+    CANCELLED,
     COMPLETED,
     DEAD_LETTERED,
     NOTHING,
@@ -71,6 +72,7 @@ from lexigram.tasks._otel._spans import (
 )
 from lexigram.tasks._otel.producer import operation_attributes, producer_span
 from lexigram.tasks._version import __version__
+from lexigram.tasks.control import Progress
 from lexigram.tasks.job import Job
 
 __all__ = ["DURATION_BUCKETS", "INSTRUMENTATION_NAME", "Telemetry"]
@@ -228,6 +230,30 @@ class Telemetry:
         if span.is_recording():
             span.set_attribute(attr.TASK_OUTCOME, outcome)
 
+    def record_cancelled(self, span: Span) -> None:
+        """A ``cancelled`` event: the job was stopped by a cancellation asked for while it ran."""
+        set_outcome(CANCELLED)
+        if span.is_recording():
+            span.add_event("cancelled")
+
+    def record_cancelled_unstarted(self, job: Job, system: str, queue: str) -> None:
+        """A job leased by this worker was cancelled before it started: counted, no span."""
+        if self.metering:
+            self.instruments.cancelled.add(
+                1, self.instruments.attributes(system, queue, job.task).base
+            )
+
+    def record_progress(self, span: Span, progress: Progress) -> None:
+        """A ``progress`` event per coalesced progress write (not per report of the task)."""
+        if not span.is_recording():
+            return
+        attributes: dict[str, float | str] = {}
+        if progress.fraction is not None:
+            attributes[attr.PROGRESS_FRACTION] = progress.fraction
+        if progress.message is not None:
+            attributes[attr.PROGRESS_MESSAGE] = progress.message
+        span.add_event("progress", attributes)
+
     def record_unprocessed_dead_letter(
         self, job: Job | None, system: str, queue: str, error_type: str, reason: str
     ) -> None:
@@ -291,6 +317,8 @@ class Telemetry:
             instruments.retried.add(1, sets.error(scope.error_type))
         elif outcome == DEAD_LETTERED:
             instruments.failed.add(1, sets.error(scope.error_type))
+        elif outcome == CANCELLED:
+            instruments.cancelled.add(1, sets.base)
 
 
 def _noop_tracing(provider: trace.TracerProvider) -> bool:

@@ -46,6 +46,9 @@ class Instruments:
         self.failed = meter.create_counter(
             attr.METRIC_FAILED, "{job}", "Jobs dead-lettered: out of retries, invalid or abandoned"
         )
+        self.cancelled = meter.create_counter(
+            attr.METRIC_CANCELLED, "{job}", "Jobs cancelled: before they started, or while running"
+        )
         self.in_flight = meter.create_up_down_counter(
             attr.METRIC_IN_FLIGHT, "{job}", "Jobs being executed"
         )

@@ -36,6 +36,7 @@ RETRIED = "retried"
 DEAD_LETTERED = "dead_lettered"
 REQUEUED = "requeued"
 INTERRUPTED = "interrupted"
+CANCELLED = "cancelled"
 
 
 @dataclass(slots=True)

@@ -16,7 +16,9 @@ from typing import Any
 
 from opentelemetry.trace import Span
 
-from lexigram.tasks.errors import TaskArgumentsError, TaskTimeoutError
+from lexigram.tasks.control import JobState
+from lexigram.tasks.current import CurrentJob, ProgressSink, _current
+from lexigram.tasks.errors import JobCancelledError, TaskArgumentsError, TaskTimeoutError
 from lexigram.tasks.events import TaskCompletedEvent, TaskStartedEvent
 from lexigram.tasks.job import Job
 from lexigram.tasks.protocol import Delivery
@@ -48,6 +50,8 @@ class Running(Fetching):
     _sweeper: DeadlineSweeper
     _threads: DaemonThreads | None
     _job_done: asyncio.Event
+    _record_progress: Any  # the backend's record_progress, None without INSPECT
+    _loop: asyncio.AbstractEventLoop
 
     async def _slot_loop(self, slot: Slot) -> None:
         """One worker coroutine: wait for a job, run it, repeat until the pool stops."""
@@ -188,6 +192,8 @@ class Running(Fetching):
             await events.emit(TaskStartedEvent(job, job.queue, self.worker_id))
         started = time.monotonic()
         timeout = job.timeout or task.timeout or self.settings.default_timeout
+        current = slot.current = CurrentJob(job, delivery, span, self)
+        token = _current.set(current)
         try:
             if task.is_async:
                 runner = slot.runner
@@ -197,22 +203,33 @@ class Running(Fetching):
                 slot.deadline = deadline = started + timeout
                 if deadline < self._sweeper.at:
                     self._sweeper.arm(deadline)
+                stopped = False
                 try:
                     result = await task.fn(*job.args, **job.kwargs)
                 except asyncio.CancelledError:
-                    if slot.expired:
-                        slot.expired = False
-                        if runner.uncancel() <= cancelling:
+                    if slot.expired or slot.cancelled:
+                        left, stopped = self._undo_cancels(slot, runner)
+                        if left <= cancelling:  # not also a shutdown
+                            if stopped:
+                                raise JobCancelledError(job.id) from None
                             raise self._timed_out(job, timeout) from None
                     raise
                 finally:
                     slot.deadline = None
-                    if slot.expired:  # the handler swallowed the sweeper's cancellation
-                        slot.expired = False
-                        runner.uncancel()
+                    if slot.expired or slot.cancelled:  # the handler swallowed a cancellation
+                        _, stopped = self._undo_cancels(slot, runner)
+                if stopped:  # cancelled, whatever the handler made of it
+                    raise JobCancelledError(job.id)
             else:
                 result = await self._run_in_thread(slot, task, job, timeout)
         except Exception as exc:
+            if current._reporter is not None:
+                await current.flush()
+            if isinstance(exc, JobCancelledError) and exc.job_id == job.id:
+                slot.finished = True
+                await self._settle_cancelled(job, delivery, span, time.monotonic() - started)
+                slot.finished = False
+                return
             if isinstance(exc, TypeError) and not isinstance(exc, TaskArgumentsError):
                 problem = task.argument_problem(job.args, job.kwargs)
                 if problem is not None:
@@ -221,7 +238,12 @@ class Running(Fetching):
                     )
             await self._failed(job, task, delivery, span, exc, time.monotonic() - started)
             return
+        finally:
+            _current.reset(token)
+            slot.current = None
         slot.finished = True
+        if current._reporter is not None:
+            await asyncio.shield(current.flush())
         if self.result_store is not None and task.store_result:
             # Shielded: a job that finished is acked, so its result must be stored.
             await asyncio.shield(self._store_result(JobResult.success(job.id, result)))
@@ -231,8 +253,32 @@ class Running(Fetching):
                 TaskCompletedEvent(job, job.queue, self.worker_id, duration=duration, result=result)
             )
         slot.finished = False
+        self.jobs_done += 1
+        delivery.outcome = JobState.SUCCEEDED
         self._to_ack.append(delivery)
         self._ack_wakeup.set()
+
+    @staticmethod
+    def _undo_cancels(slot: Slot, runner: asyncio.Task[None]) -> tuple[int, bool]:
+        """Undo the runner cancellations the pool made for this job (a timeout, a
+        cancellation asked for); returns the cancellations left and whether it was asked."""
+        asked = slot.cancelled
+        left = runner.cancelling()
+        if slot.expired:
+            slot.expired = False
+            left = runner.uncancel()
+        if slot.cancelled:
+            slot.cancelled = False
+            left = runner.uncancel()
+        return left, asked
+
+    def progress_sink(self, delivery: Delivery, span: Span) -> ProgressSink:
+        """Where a running job's progress goes (built on its first report)."""
+        record = self._record_progress
+        write = functools.partial(record, delivery) if record is not None else None
+        return ProgressSink(
+            write, self.telemetry.record_progress, span, self.settings.progress_interval, self._loop
+        )
 
     @staticmethod
     def _timed_out(job: Job, timeout: float) -> TaskTimeoutError:

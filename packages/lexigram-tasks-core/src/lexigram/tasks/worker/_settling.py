@@ -14,15 +14,17 @@ from typing import Any
 from opentelemetry.trace import Span
 
 from lexigram.tasks._otel import Telemetry
+from lexigram.tasks.control import JobError, JobState, require
 from lexigram.tasks.errors import JobSerializationError, TaskArgumentsError
 from lexigram.tasks.events import (
     EventBus,
+    TaskCancelledEvent,
     TaskDeadLetteredEvent,
     TaskFailedEvent,
     TaskRetryingEvent,
 )
 from lexigram.tasks.job import Job
-from lexigram.tasks.protocol import Delivery, TaskQueueProtocol
+from lexigram.tasks.protocol import Capability, Delivery, TaskQueueProtocol
 from lexigram.tasks.results import JobResult, ResultStore
 from lexigram.tasks.task import Task
 from lexigram.tasks.worker._settings import WorkerSettings
@@ -49,6 +51,8 @@ class Settling:
     _ack_wakeup: asyncio.Event
     _ack_lock: asyncio.Lock
     _acks_closing: bool
+    jobs_done: int
+    jobs_failed: int
 
     async def _failed(
         self,
@@ -70,6 +74,7 @@ class Settling:
             and not isinstance(exc, TaskArgumentsError)
         )
         tb = "".join(traceback.format_exception(exc))
+        self.jobs_failed += 1
         self.telemetry.record_failure(span, exc, error_type, will_retry)
         if self.events.wants(TaskFailedEvent):
             await self.events.emit(
@@ -87,7 +92,7 @@ class Settling:
             )
         if not will_retry:
             logger.error("job %s (%s) failed for good: %s: %s", job.id, job.task, error_type, exc)
-            await self._dead_letter(delivery, error_type, str(exc), tb, span)
+            await self._dead_letter(delivery, error_type, str(exc), tb, span, JobState.FAILED)
             return
         delay = policy.delay(job.failures + 1) if self._can_delay else 0.0
         reason = f"{error_type}: {exc}"
@@ -101,6 +106,8 @@ class Settling:
         )
         self.telemetry.record_retry(span, delay, reason)
         job.failures += 1  # written back with the job: this attempt was not a lost lease
+        delivery.outcome = JobState.RETRYING
+        delivery.error = JobError(error_type, str(exc))
         await self._settle(self.queue.nack(delivery, requeue=True, delay=delay, reason=reason))
         self._held.pop(id(delivery), None)
         if self.events.wants(TaskRetryingEvent):
@@ -122,8 +129,12 @@ class Settling:
         message: str,
         tb: str,
         span: Span | None,
+        state: JobState = JobState.DEAD,
     ) -> None:
+        """Set the job aside for good: ``FAILED`` when its task failed, else ``DEAD``."""
         job = delivery.job
+        delivery.outcome = state
+        delivery.error = JobError(error_type, message)
         reason = f"{error_type}: {message}" if message else error_type
         if span is not None:
             self.telemetry.record_dead_letter(span, reason)
@@ -170,6 +181,30 @@ class Settling:
                 )
             )
 
+    async def _settle_cancelled(
+        self, job: Job, delivery: Delivery, span: Span | None, duration: float
+    ) -> None:
+        """The job ends ``cancelled``: acked, not retried, not dead-lettered."""
+        if span is not None:
+            self.telemetry.record_cancelled(span)
+        else:
+            self.telemetry.record_cancelled_unstarted(job, self._system, self.queue.queue_name)
+        logger.info("job %s (%s) cancelled", job.id, job.task)
+        if self.result_store is not None:
+            await asyncio.shield(self._store_result(JobResult.cancelled(job.id)))
+        if self.events.wants(TaskCancelledEvent):
+            await self.events.emit(
+                TaskCancelledEvent(job, job.queue, self.worker_id, duration=duration)
+            )
+        delivery.outcome = JobState.CANCELLED
+        delivery.error = None
+        self._to_ack.append(delivery)
+        self._ack_wakeup.set()
+
+    def _on_cancel(self, job_id: str) -> None:
+        """A cancellation of ``job_id`` was heard (see ``Cancelling``)."""
+        raise NotImplementedError
+
     async def _store_result(self, result: JobResult) -> None:
         assert self.result_store is not None
         try:
@@ -185,6 +220,8 @@ class Settling:
         self, delivery: Delivery, *, delay: float = 0.0, reason: str = "worker shutdown"
     ) -> None:
         """Give a job back without using up an attempt."""
+        delivery.outcome = None  # simply queued again
+        delivery.error = None
         if delivery.job is not None:
             delivery.job.attempt -= 1
             await self._settle(self.queue.nack(delivery, requeue=True, delay=delay, reason=reason))
@@ -243,6 +280,12 @@ class Settling:
 
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.lease_seconds / 3
+        # The fallback of the control channel: a cancellation it missed is found here.
+        asks = (
+            require(self.queue, "cancel_requested", Capability.CANCEL)
+            if Capability.CANCEL in self.queue.capabilities
+            else None
+        )
         while True:
             await asyncio.sleep(interval)
             held = list(self._held.values())
@@ -252,3 +295,12 @@ class Settling:
                 await self.queue.extend_lease(held, self.settings.lease_seconds)
             except Exception as exc:
                 logger.warning("extending %d lease(s) failed: %s", len(held), exc)
+            if asks is None:
+                continue
+            try:
+                cancelled: set[str] = await asks(held)
+            except Exception as exc:
+                logger.warning("asking for cancellations failed: %s: %s", type(exc).__name__, exc)
+                continue
+            for job_id in cancelled:
+                self._on_cancel(job_id)

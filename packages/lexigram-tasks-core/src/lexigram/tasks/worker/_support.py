@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
+from lexigram.tasks.current import CurrentJob
 from lexigram.tasks.job import Job
 from lexigram.tasks.protocol import Delivery
 
@@ -86,10 +87,15 @@ class Slot:
     sweeper cancels nothing but the handler. ``expired`` marks a cancellation
     the sweeper made (undone with ``Task.uncancel`` when the job ends);
     ``overran`` a thread that passed its deadline; ``finished`` a job whose
-    handler returned (on cancellation it is acked, not returned).
+    handler returned (on cancellation it is acked, not returned). ``current``
+    is the running job's :class:`~lexigram.tasks.current.CurrentJob`;
+    ``cancelled`` marks a cancellation of the runner made because the job's
+    cancellation was asked for (undone like ``expired``).
     """
 
     __slots__ = (
+        "cancelled",
+        "current",
         "deadline",
         "delivery",
         "expired",
@@ -112,6 +118,8 @@ class Slot:
         self.expired = False
         self.overran = False
         self.finished = False
+        self.cancelled = False
+        self.current: CurrentJob | None = None
 
 
 class DeadlineSweeper:

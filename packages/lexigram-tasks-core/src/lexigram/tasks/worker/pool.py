@@ -27,13 +27,15 @@ from typing import Any, Unpack
 from opentelemetry.trace import Span
 
 from lexigram.tasks._otel import Telemetry
+from lexigram.tasks.control import require
 from lexigram.tasks.errors import ConfigurationError
 from lexigram.tasks.events import EventBus
 from lexigram.tasks.protocol import Capability, Delivery, TaskQueueProtocol
 from lexigram.tasks.ratelimit import LocalRateLimiter, Rate, RateLimiter
 from lexigram.tasks.results import ResultStore
 from lexigram.tasks.task import Task
-from lexigram.tasks.worker._running import GLOBAL_RATE_KEY, UNKNOWN_SINCE_FIELD, Running
+from lexigram.tasks.worker._cancelling import Cancelling
+from lexigram.tasks.worker._running import GLOBAL_RATE_KEY, UNKNOWN_SINCE_FIELD
 from lexigram.tasks.worker._settings import SettingsView, WorkerSettings, WorkerSettingsKeywords
 from lexigram.tasks.worker._support import (
     DaemonThreads,
@@ -45,10 +47,15 @@ from lexigram.tasks.worker._support import (
 
 logger = logging.getLogger("lexigram.tasks.worker")
 
-__all__ = ["GLOBAL_RATE_KEY", "UNKNOWN_SINCE_FIELD", "WorkerPool"]
+__all__ = ["GLOBAL_RATE_KEY", "UNKNOWN_SINCE_FIELD", "WorkerPool", "new_worker_id"]
 
 
-class WorkerPool(Running, SettingsView):
+def new_worker_id() -> str:
+    """A worker id: ``host:pid:suffix``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class WorkerPool(Cancelling, SettingsView):
     """Runs jobs from ``queue`` with the handlers in ``tasks``.
 
     ``settings`` (or its fields as keywords: ``WorkerPool(q, tasks,
@@ -57,6 +64,13 @@ class WorkerPool(Running, SettingsView):
     times, before it is dead-lettered as ``LeaseExpired``. A job for a task
     this worker does not have goes back to the queue for other workers, and is
     dead-lettered once no worker has run it for ``unknown_task_grace`` seconds.
+
+    On a backend declaring ``Capability.CANCEL`` it watches for cancellations
+    while it runs (see ``worker/_cancelling.py``); on one declaring
+    ``Capability.INSPECT`` it writes the progress its tasks report. The
+    :class:`~lexigram.tasks.TaskProvider` registers its pools in the
+    live-worker list. ``jobs_done`` counts the jobs whose task returned,
+    ``jobs_failed`` the runs that raised or timed out (retried or not).
     """
 
     def __init__(
@@ -85,9 +99,15 @@ class WorkerPool(Running, SettingsView):
         self.dead_letter = dead_letter
         self.rate_limiter = rate_limiter or LocalRateLimiter()
         self.global_rate_limit = global_rate_limit
-        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.worker_id = worker_id or new_worker_id()
         self._system = queue.system
         self._can_delay = Capability.DELAY in queue.capabilities
+        self._record_progress = (
+            require(queue, "record_progress", Capability.INSPECT)
+            if Capability.INSPECT in queue.capabilities
+            else None
+        )
+        self._ending: set[asyncio.Task[None]] = set()  # jobs cancelled while in line
         self._slots: list[Slot] = []
         self._ready: deque[Delivery] = deque()  # leased, waiting for a slot
         self._idle: list[Slot] = []  # slots waiting for a job
@@ -111,6 +131,8 @@ class WorkerPool(Running, SettingsView):
         self._threads: DaemonThreads | None = None
         self._watchdog: LoopWatchdog | None = None
         self.processed = 0
+        self.jobs_done = 0
+        self.jobs_failed = 0
 
     def __repr__(self) -> str:
         return f"WorkerPool(queue={self.queue!r}, worker_count={self.settings.worker_count})"
@@ -119,6 +141,14 @@ class WorkerPool(Running, SettingsView):
     def running(self) -> int:
         """Jobs being executed right now."""
         return self._busy
+
+    def running_ids(self) -> list[str]:
+        """Ids of the jobs running on the slots now."""
+        return [
+            slot.delivery.job.id
+            for slot in self._slots
+            if slot.delivery is not None and slot.delivery.job is not None
+        ]
 
     async def start(self) -> None:
         """Start fetching and running jobs (the queue must be connected).
@@ -146,6 +176,7 @@ class WorkerPool(Running, SettingsView):
         self._idle = []
         self._waking = 0
         self._busy = 0
+        self._loop = asyncio.get_running_loop()
         for number, slot in enumerate(self._slots, 1):
             slot.runner = asyncio.create_task(self._slot_loop(slot), name=f"lexigram-slot-{number}")
         self._fetcher = asyncio.create_task(self._fetch_loop(), name="lexigram-fetch")
@@ -153,6 +184,11 @@ class WorkerPool(Running, SettingsView):
             asyncio.create_task(self._ack_loop(), name="lexigram-ack"),
             asyncio.create_task(self._heartbeat_loop(), name="lexigram-heartbeat"),
         ]
+        if Capability.CANCEL in self.queue.capabilities:
+            watch = require(self.queue, "watch_cancellations", Capability.CANCEL)
+            self._background.append(
+                asyncio.create_task(self._watch_cancellations(watch), name="lexigram-cancellations")
+            )
         if self.settings.blocked_loop_warning > 0:
             self._watchdog = LoopWatchdog(
                 self.settings.blocked_loop_warning, self._describe_running
@@ -200,6 +236,8 @@ class WorkerPool(Running, SettingsView):
                 )
                 await asyncio.gather(*pending, return_exceptions=True)
         self._sweeper.close()
+        if self._ending:  # jobs cancelled in line: their acks join the last flush
+            await asyncio.wait(list(self._ending), timeout=5.0)
         # The ack loop is asked to stop, not cancelled: cancelling it inside
         # ack_many would drop the batch it is sending.
         self._acks_closing = True
