@@ -1,10 +1,10 @@
 """``lexigram-tasks``: run workers, enqueue jobs and look at queues from a shell.
 
-Built-in commands are ``worker``, ``enqueue`` and ``info``; other
-distributions add theirs (``postgres``, ``schedule``, ``dlq`` ...) through the
-``lexigram.tasks.cli`` entry-point group: each entry point names a
-``register(subparsers)`` function that adds its parsers and sets ``func``
-(``args -> exit status``, may be ``async``). See ``docs/cli.md``.
+Built-in commands are ``worker``, ``enqueue``, ``info``, ``jobs`` and
+``workers``; other distributions add theirs (``postgres``, ``schedule``,
+``dlq`` ...) through the ``lexigram.tasks.cli`` entry-point group: each entry
+point names a ``register(subparsers)`` function that adds its parsers and sets
+``func`` (``args -> exit status``, may be ``async``). See ``docs/cli.md``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lexigram.tasks._version import __version__
-from lexigram.tasks.cli import enqueue, info, worker
+from lexigram.tasks.cli import enqueue, info, jobs, worker, workers
 from lexigram.tasks.cli._app import (
     APP_VARIABLE,
     CONFIG_VARIABLE,
@@ -69,7 +69,7 @@ __all__ = [
 #: Entry-point group of CLI plugins: ``name = "package.cli:register"``.
 PLUGIN_GROUP = CLI_COMMANDS.group
 
-_BUILTIN_COMMANDS = (worker, enqueue, info)
+_BUILTIN_COMMANDS = (worker, enqueue, info, jobs, workers)
 
 
 def common_options() -> argparse.ArgumentParser:
