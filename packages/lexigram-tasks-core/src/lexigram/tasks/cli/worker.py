@@ -6,16 +6,25 @@ import argparse
 import dataclasses
 import functools
 import os
+import sys
 from typing import Any
 
 from lexigram.tasks._version import __version__
 from lexigram.tasks.cli._app import REGISTER_FUNCTION, add_app_arguments, load_app
 from lexigram.tasks.cli._errors import EXIT_CONFIG, EXIT_OK, EXIT_USAGE, CLIError
-from lexigram.tasks.cli._output import status
+from lexigram.tasks.cli._output import error, status
+from lexigram.tasks.memory import MemoryTaskQueue
 from lexigram.tasks.provider import TaskProvider
+from lexigram.tasks.supervisor import (
+    Supervised,
+    Supervisor,
+    SupervisorLink,
+    supervised_from_environment,
+)
 from lexigram.tasks.worker import WorkerPool, WorkerSettings
 from lexigram.tasks.worker._settings import (
     parse_setting,
+    processes_value,
     setting_flags,
     setting_help,
     setting_kind,
@@ -26,11 +35,16 @@ Run the worker pools of a TaskProvider in this process until SIGTERM or
 SIGINT. On the first signal the workers stop taking jobs, wait up to
 shutdown_timeout for running ones and return the rest to the queue; a second
 signal exits at once (unfinished jobs come back when their leases lapse).
+
+With --processes N (or processes: N under tasks.worker) this process is a
+supervisor: it starts N such worker processes, starts one again when it dies,
+and passes the signals on; it runs no job itself.
 """
 
 EXAMPLES = """\
 examples:
   lexigram-tasks worker myapp.tasks:provider -c 8
+  lexigram-tasks worker myapp.tasks:provider --processes auto -c 50
   lexigram-tasks worker --config lexigram.yaml --tasks-module myapp.tasks
   lexigram-tasks worker myapp.tasks:create_provider --backends primary,notifications
 """
@@ -92,7 +106,9 @@ def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
             *setting_flags(name),
             dest=name,
             type=functools.partial(_setting_value, name),
-            metavar="N" if setting_kind(name) is int else "SECONDS",
+            metavar=("N|auto" if name == "processes" else "N")
+            if setting_kind(name) is int
+            else "SECONDS",
             help=f"{setting_help(name)} ({name})",
         )
 
@@ -103,7 +119,8 @@ def setting_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.backends_flag == "--queues":
+    supervised = supervised_from_environment()
+    if args.backends_flag == "--queues" and supervised is None:
         status("warning: -Q/--queues is deprecated and will be removed; use -b/--backends")
     provider = load_app(args)
     overrides = setting_overrides(args)
@@ -112,11 +129,66 @@ def run(args: argparse.Namespace) -> int:
     backends = _selected_backends(provider, args.backends, args.backends_flag)
     if not provider.tasks:
         raise CLIError(_no_tasks_message(args), EXIT_CONFIG)
-    announcer = _Announcer(provider, describe_app(args))
+    if supervised is None and provider.settings.processes > 1:
+        return _supervise(args, provider, backends)
+    announcer = _Announcer(provider, describe_app(args), supervised)
     provider.add_service(announcer)
+    if supervised is not None:
+        provider.add_service(SupervisorLink(provider, supervised))
     provider.run(backends)
     status(f"worker stopped after {announcer.processed()} job(s)")
     return EXIT_OK
+
+
+def _supervise(args: argparse.Namespace, provider: TaskProvider, backends: list[str]) -> int:
+    """Run ``settings.processes`` worker processes under a supervisor; its exit status."""
+    settings = provider.settings
+    in_memory = [name for name in backends if isinstance(provider.backends[name], MemoryTaskQueue)]
+    if in_memory:
+        raise CLIError(
+            f"backend {in_memory[0]!r} is a MemoryTaskQueue, which lives inside one process: "
+            f"with processes {settings.processes} each worker would have an empty queue of its "
+            "own; use a shared backend (Redis, PostgreSQL, RabbitMQ) or one process",
+            EXIT_CONFIG,
+        )
+    supervisor = Supervisor(
+        child_command(args, backends),
+        settings.processes,
+        shutdown_timeout=settings.shutdown_timeout,
+    )
+    status(
+        f"lexigram-tasks {__version__} supervisor started: app {describe_app(args)}; "
+        f"{settings.processes} worker processes of concurrency {settings.worker_count}; "
+        f"pid {os.getpid()}"
+    )
+    code = supervisor.run()
+    for failure in supervisor.failures:
+        error(failure)
+    status(f"supervisor stopped (exit status {code})")
+    return code
+
+
+def child_command(args: argparse.Namespace, backends: list[str]) -> list[str]:
+    """The command line of one supervised worker: this one, with ``--processes 1``."""
+    command = [sys.executable, "-m", "lexigram.tasks.cli", "worker"]
+    target = args.app or args.app_option
+    if target:
+        command.append(target)
+    if args.config:
+        command += ["--config", args.config]
+    for spec in args.tasks_module:
+        command += ["--tasks-module", spec]
+    if args.backends:
+        command += ["--backends", ",".join(backends)]
+    for name, value in setting_overrides(args).items():
+        if name != "processes":
+            command += [setting_flags(name)[-1], str(value)]
+    command += ["--processes", "1"]
+    if getattr(args, "debug", False):
+        command.append("--debug")
+    if getattr(args, "log_level", None):
+        command += ["--log-level", args.log_level]
+    return command
 
 
 def describe_app(args: argparse.Namespace) -> str:
@@ -165,9 +237,10 @@ class _Announcer:
     """A provider service: prints the start-up line once the pools run, and keeps them
     for the final count."""
 
-    def __init__(self, provider: TaskProvider, app: str) -> None:
+    def __init__(self, provider: TaskProvider, app: str, supervised: Supervised | None) -> None:
         self.provider = provider
         self.app = app
+        self.supervised = supervised
         self.pools: list[WorkerPool] = []
 
     async def start(self) -> None:
@@ -178,9 +251,11 @@ class _Announcer:
             if name in self.provider.pools
         )
         tasks = ", ".join(sorted(self.provider.tasks)) or "none"
+        number = "" if self.supervised is None else f" {self.supervised.number}"
         status(
-            f"lexigram-tasks {__version__} worker started: app {self.app}; backend {served}; "
-            f"concurrency {self.provider.settings.worker_count}; pid {os.getpid()}; tasks: {tasks}"
+            f"lexigram-tasks {__version__} worker{number} started: app {self.app}; "
+            f"backend {served}; concurrency {self.provider.settings.worker_count}; "
+            f"pid {os.getpid()}; tasks: {tasks}"
         )
 
     async def stop(self) -> None:
@@ -198,6 +273,8 @@ class _Announcer:
 
 def _setting_value(name: str, text: str) -> int | float:
     try:
+        if name == "processes":
+            text = str(processes_value(text))
         return parse_setting(name, text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None

@@ -8,6 +8,7 @@ configuration file's ``tasks.worker`` section is validated against it, and
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -21,6 +22,20 @@ from lexigram.tasks.keywords import with_keywords
 def _setting(default: float, help: str, *flags: str) -> Any:
     """A field with its CLI help and flags (default flag: ``--field-name``)."""
     return field(default=default, metadata={"help": help, "flags": flags})
+
+
+def processes_value(value: Any) -> Any:
+    """``"auto"`` as the CPU count (the ``processes`` setting); other values unchanged."""
+    return (os.cpu_count() or 1) if value == "auto" else value
+
+
+class _AutoProcesses:
+    """Annotation of ``processes``: the configuration file's ``auto`` is read as the CPU count."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema  # imported only when a file is validated
+
+        return core_schema.no_info_before_validator_function(processes_value, handler(source))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,6 +77,9 @@ class WorkerSettings:
     registry_interval: Annotated[float, Gt(0)] = _setting(
         5.0, "how often a worker refreshes its entry in the live-worker list (it expires after 3x)"
     )
+    processes: Annotated[int, Ge(1), _AutoProcesses()] = _setting(
+        1, "worker processes the worker command starts and supervises ('auto': one per CPU)"
+    )
 
     def __post_init__(self) -> None:
         for name, (kind, bounds) in _CHECKS.items():
@@ -99,6 +117,7 @@ class WorkerSettingsKeywords(TypedDict, total=False):
     unknown_task_grace: float
     progress_interval: float
     registry_interval: float
+    processes: int
 
 
 class SettingsView:
@@ -129,7 +148,10 @@ _NAMES = frozenset(WorkerSettings.names())
 _HINTS = typing.get_type_hints(WorkerSettings, include_extras=True)
 #: Field name -> (int or float, its Ge/Gt bounds), from the annotations above.
 _CHECKS: dict[str, tuple[type, tuple[Any, ...]]] = {
-    name: (typing.get_args(_HINTS[name])[0], typing.get_args(_HINTS[name])[1:])
+    name: (
+        typing.get_args(_HINTS[name])[0],
+        tuple(b for b in typing.get_args(_HINTS[name])[1:] if isinstance(b, Ge | Gt)),
+    )
     for name in WorkerSettings.names()
 }
 
