@@ -42,6 +42,7 @@ from lexigram.tasks.testing._processes import (
 from lexigram.tasks.testing._results import ResultStoreContract
 from lexigram.tasks.testing._settle import SettleContract
 from lexigram.tasks.testing._worker import WorkerBehaviourContract
+from lexigram.tasks.testing._worker_control import WorkerControlContract
 from lexigram.tasks.testing._worker_processes import WorkerProcessContract
 from lexigram.tasks.testing._workers_registry import WorkersContract
 from lexigram.tasks.testing.contract import JobControlContract, TaskQueueContract, WorkerContract
@@ -68,6 +69,7 @@ __all__ = [
     "WorkerAppConfig",
     "WorkerBehaviourContract",
     "WorkerContract",
+    "WorkerControlContract",
     "WorkerProcessContract",
     "WorkerProcesses",
     "WorkersContract",

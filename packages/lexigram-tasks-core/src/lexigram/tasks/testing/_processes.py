@@ -57,6 +57,8 @@ class WorkerAppConfig:
     rate_limit: str = "20/s"
     result_store: BackendSpec | None = None
     rate_limiter: BackendSpec | None = None
+    #: How often the worker refreshes its live-worker entry (it expires after 3x).
+    registry_interval: float = 5.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

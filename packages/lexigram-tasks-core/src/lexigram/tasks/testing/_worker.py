@@ -57,8 +57,8 @@ async def settled(queue: TaskQueueProtocol, expected: QueueCounts, timeout: floa
         raise AssertionError(f"counts are {await queue.counts()}, not {expected}") from None
 
 
-class WorkerBehaviourContract(ContractBase):
-    """What a worker does with the jobs of this backend, in the test process."""
+class WorkerHost(ContractBase):
+    """Runs a worker on this backend in the test process (a base of the worker suites)."""
 
     @asynccontextmanager
     async def worker(self, queue_name: str, **settings: Any) -> AsyncIterator[TaskProvider]:
@@ -72,6 +72,10 @@ class WorkerBehaviourContract(ContractBase):
         finally:
             await provider.stop()
             await provider.disconnect()
+
+
+class WorkerBehaviourContract(WorkerHost):
+    """What a worker does with the jobs of this backend, in the test process."""
 
     @pytest.mark.asyncio
     async def test_retries_with_backoff_then_succeeds_and_emits_events(

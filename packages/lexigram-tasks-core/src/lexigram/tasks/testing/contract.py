@@ -17,6 +17,7 @@ from lexigram.tasks.testing._lifecycle import LifecycleContract
 from lexigram.tasks.testing._malformed import MalformedContract
 from lexigram.tasks.testing._settle import SettleContract
 from lexigram.tasks.testing._worker import WorkerBehaviourContract
+from lexigram.tasks.testing._worker_control import WorkerControlContract
 from lexigram.tasks.testing._worker_processes import WorkerProcessContract
 from lexigram.tasks.testing._workers_registry import WorkersContract
 
@@ -59,7 +60,7 @@ class TaskQueueContract(
     """
 
 
-class WorkerContract(WorkerBehaviourContract, WorkerProcessContract):
+class WorkerContract(WorkerBehaviourContract, WorkerProcessContract, WorkerControlContract):
     """The worker suite: what :class:`~lexigram.tasks.WorkerPool` does with this backend's jobs.
 
     Built on the same hooks as :class:`TaskQueueContract` (:meth:`create_queue`,
@@ -67,7 +68,9 @@ class WorkerContract(WorkerBehaviourContract, WorkerProcessContract):
     backoff, timeouts of ``async`` and ``def`` tasks, graceful shutdown, bad
     messages, rate limits, unknown tasks, events and spans in the test process;
     then worker processes (``worker_app``) sharing the queue, killed with
-    SIGKILL, stopped with SIGTERM, and killed by their own job.
+    SIGKILL, stopped with SIGTERM, and killed by their own job; and job
+    control through the worker (:class:`WorkerControlContract`, run where
+    the backend declares INSPECT, CANCEL or WORKERS).
 
     Differences a backend may legitimately have are declared, not copied:
     ``shared_between_processes = False`` skips the process tests (a queue in

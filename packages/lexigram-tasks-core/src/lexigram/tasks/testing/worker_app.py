@@ -50,6 +50,7 @@ def build_provider(config: WorkerAppConfig) -> TaskProvider:
         poll_interval=config.poll_interval,
         result_store=config.result_store.build() if config.result_store else None,
         rate_limiter=config.rate_limiter.build() if config.rate_limiter else None,
+        registry_interval=config.registry_interval,
     )
     provider.add_service(_Ready(log))
 
@@ -75,6 +76,17 @@ def build_provider(config: WorkerAppConfig) -> TaskProvider:
         log.write("start", key)
         if log.count("start")[key] == 1:
             await asyncio.sleep(3600)
+        log.write("done", key)
+
+    @provider.task(name="cancellable", max_retries=3)
+    async def cancellable(key: str, seconds: float = 3600.0) -> None:
+        """Waits; logs ``cancelled`` when a cancellation interrupts it."""
+        log.write("start", key)
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            log.write("cancelled", key)
+            raise
         log.write("done", key)
 
     @provider.task(name="killer")
