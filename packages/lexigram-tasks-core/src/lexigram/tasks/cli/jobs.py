@@ -124,13 +124,16 @@ async def run_list(args: argparse.Namespace) -> int:
     try:
         with capability_errors():
             await provider.connect()
-            page = await provider.jobs(
-                state=args.state,
-                task=args.task,
-                limit=args.limit,
-                cursor=args.cursor,
-                backend=args.backend,
-            )
+            try:
+                page = await provider.jobs(
+                    state=args.state,
+                    task=args.task,
+                    limit=args.limit,
+                    cursor=args.cursor,
+                    backend=args.backend,
+                )
+            except ValueError as exc:  # a cursor of another listing
+                raise CLIError(str(exc), EXIT_USAGE) from None
     finally:
         await provider.disconnect()
     if args.json:
