@@ -200,8 +200,7 @@ class JobControl:
                         continue
                     idle_since = time.monotonic()
                     if message.get("type") == "message":
-                        data = message["data"]
-                        on_cancel(data.decode() if isinstance(data, bytes) else str(data))
+                        self._heard(on_cancel, message["data"])
             except (RedisError, OSError) as exc:
                 pause = _RECONNECT[min(failures, len(_RECONNECT) - 1)]
                 failures += 1
@@ -214,6 +213,12 @@ class JobControl:
                 await asyncio.sleep(pause)
             finally:
                 await pubsub.aclose()
+
+    def _heard(self, on_cancel: CancelCallback, data: Any) -> None:
+        try:
+            on_cancel(text(data))
+        except Exception:  # the callback's bug must not end the subscription
+            logger.exception("cancellation callback failed for job %r", data)
 
     # -- workers ---------------------------------------------------------------
 
