@@ -34,6 +34,9 @@ examples:
   lexigram-tasks jobs cancel 7d0b6c4f2e0a4f57a1c3a5f0d2e9b8c1 5f1e... -A myapp.tasks
 """
 
+#: Largest ``--limit`` (Redis returns at most this many per page anyway).
+MAX_LIMIT = 1000
+
 LIST_COLUMNS = ("ID", "STATE", "TASK", "ATTEMPT", "ENQUEUED", "PROGRESS")
 
 #: What ``jobs cancel`` prints after each id.
@@ -74,7 +77,11 @@ def register(
     )
     listing.add_argument("--task", metavar="NAME", help="only jobs of this task")
     listing.add_argument(
-        "--limit", type=_limit, default=100, metavar="N", help="at most N jobs (default 100)"
+        "--limit",
+        type=_limit,
+        default=100,
+        metavar="N",
+        help=f"at most N jobs (default 100, at most {MAX_LIMIT})",
     )
     listing.add_argument(
         "--cursor", metavar="CURSOR", help="continue after the page that printed this cursor"
@@ -278,6 +285,6 @@ def _limit(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 1 <= value <= 10_000:
-        raise argparse.ArgumentTypeError(f"must be 1 to 10000, got {value}")
+    if not 1 <= value <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_LIMIT}, got {value}")
     return value
