@@ -409,7 +409,7 @@ def test_a_configuration_error_lists_every_problem_one_per_line(app_dir: Path) -
     assert result.stderr.splitlines() == [
         "error: 2 configuration errors:",
         "  two.yaml:2: tasks.backend.queue: unknown key for type 'memory'; did you mean "
-        "'queue_name'? (accepted: queue_name)",
+        "'queue_name'? (accepted: queue_name, max_finished)",
         "  two.yaml:3: tasks.result_store.size: unknown key for type 'memory' "
         "(accepted: ttl, max_entries)",
     ]

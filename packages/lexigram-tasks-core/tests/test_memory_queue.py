@@ -216,7 +216,9 @@ async def test_listing_stays_right_after_many_evictions() -> None:
         if page.cursor is None:
             break
         cursor = page.cursor
-    assert seen == [job.id for job in jobs[-10:]] + [waiting.id]
+    kept = len(seen) - 1  # forgotten in batches: between max_finished and a little more
+    assert 10 <= kept <= 11
+    assert seen == [job.id for job in jobs[-kept:]] + [waiting.id]
     assert len(queue._book._order) < 3000, "forgotten jobs were never compacted away"
 
 

@@ -31,7 +31,8 @@ class MemoryJob:
     enqueued_at: float
     lease_token: int = 0
     lease_deadline: float = 0.0
-    #: Stored state; a QUEUED job whose ``run_at`` is ahead reads as SCHEDULED.
+    #: Stored state; it reads RUNNING while leased, and SCHEDULED when QUEUED
+    #: with its ``run_at`` ahead.
     state: JobState = _QUEUED
     #: Position in the listing (enqueue order).
     seq: int = 0
@@ -46,6 +47,8 @@ class MemoryJob:
     gone: bool = False
 
     def current_state(self, now: float) -> JobState:
+        if self.lease_token:
+            return JobState.RUNNING
         if self.state is _QUEUED and self.run_at > now:
             return JobState.SCHEDULED
         return self.state
@@ -62,7 +65,10 @@ class JobBook:
         self.queue_name = queue_name
         self.max_finished = max_finished
         self.finished: dict[str, MemoryJob] = {}
-        self._finished_order: deque[MemoryJob] = deque()
+        #: Finished jobs, oldest first (the queue appends them as it settles them);
+        #: trimmed to ``max_finished`` once it passes ``limit``.
+        self.finished_order: deque[MemoryJob] = deque()
+        self.limit = max_finished + max(1, max_finished // 16)
         self._order: list[MemoryJob] = []
         self._gone = 0
         self._seq = itertools.count()
@@ -75,15 +81,13 @@ class JobBook:
             if earlier is not None:  # the same id enqueued again: the new job replaces it
                 self._forget(earlier)
 
-    def finish(self, entry: MemoryJob, state: JobState) -> None:
-        entry.state = state
-        entry.finished_at = time.time()
-        self.finished[entry.id] = entry
-        self._finished_order.append(entry)
-        if len(self._finished_order) > self.max_finished:
-            oldest = self._finished_order.popleft()
-            if self.finished.get(oldest.id) is oldest:
-                del self.finished[oldest.id]
+    def trim(self) -> None:
+        """Forget the oldest finished jobs down to ``max_finished`` (in batches: cheaper)."""
+        order, finished = self.finished_order, self.finished
+        while len(order) > self.max_finished:
+            oldest = order.popleft()
+            if finished.get(oldest.id) is oldest:
+                del finished[oldest.id]
             self._forget(oldest)
 
     def _forget(self, entry: MemoryJob) -> None:

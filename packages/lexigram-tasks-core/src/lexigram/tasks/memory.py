@@ -20,6 +20,7 @@ from lexigram.tasks._memory_jobs import JobBook, MemoryJob
 from lexigram.tasks.control import (
     CancelCallback,
     CancelOutcome,
+    JobError,
     JobInfo,
     JobPage,
     JobState,
@@ -37,7 +38,6 @@ from lexigram.tasks.protocol import (
 
 logger = logging.getLogger("lexigram.tasks.memory")
 
-_RUNNING = JobState.RUNNING
 _SUCCEEDED = JobState.SUCCEEDED
 
 
@@ -62,7 +62,8 @@ class MemoryTaskQueue(BaseTaskQueue):
     like the persistent backends, and implements job inspection,
     cancellation and the worker registry
     (:class:`~lexigram.tasks.control.JobControlProtocol`). Finished jobs stay
-    visible up to ``max_finished`` of them (the oldest are forgotten first).
+    visible, at least the last ``max_finished`` of them (the oldest are
+    forgotten first, in batches).
     Jobs are lost on restart, so the provider warns when it is used outside
     development or testing.
     """
@@ -157,13 +158,14 @@ class MemoryTaskQueue(BaseTaskQueue):
     async def ack(self, delivery: Delivery) -> None:
         entry = self._owned(delivery)
         if entry is not None:
-            self._finish(entry, delivery.outcome or _SUCCEEDED, delivery)
+            self._finish(entry, delivery.outcome or _SUCCEEDED, delivery.error, time.time())
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        now = time.time()
         for delivery in deliveries:
             entry = self._owned(delivery)
             if entry is not None:
-                self._finish(entry, delivery.outcome or _SUCCEEDED, delivery)
+                self._finish(entry, delivery.outcome or _SUCCEEDED, delivery.error, now)
 
     async def nack(
         self, delivery: Delivery, *, requeue: bool, delay: float = 0.0, reason: str = ""
@@ -177,7 +179,7 @@ class MemoryTaskQueue(BaseTaskQueue):
             entry.error = delivery.error
         if requeue and delivery.job is not None:
             if entry.cancel_requested:  # cancelled while it ran: it must not run again
-                self._finish(entry, JobState.CANCELLED, None)
+                self._finish(entry, JobState.CANCELLED, None, time.time())
                 return
             entry.payload = delivery.job.to_bytes()
             entry.attempt = delivery.job.attempt
@@ -190,7 +192,7 @@ class MemoryTaskQueue(BaseTaskQueue):
         outcome = delivery.outcome
         if outcome not in (JobState.FAILED, JobState.DEAD):
             outcome = JobState.FAILED if delivery.error is not None else JobState.DEAD
-        self._finish(entry, outcome, None)
+        self._finish(entry, outcome, None, time.time())
         self._dead.append(DeadLetter(entry.payload, reason, delivery.job_id, time.time()))
 
     async def extend_lease(self, deliveries: Sequence[Delivery], lease_seconds: float) -> None:
@@ -262,7 +264,7 @@ class MemoryTaskQueue(BaseTaskQueue):
                 except Exception:
                     logger.exception("a cancellation listener failed for job %s", job_id)
             return CancelOutcome.REQUESTED
-        self._finish(entry, JobState.CANCELLED, None)
+        self._finish(entry, JobState.CANCELLED, None, time.time())
         return CancelOutcome.CANCELLED
 
     async def watch_cancellations(self, on_cancel: CancelCallback) -> None:
@@ -339,8 +341,7 @@ class MemoryTaskQueue(BaseTaskQueue):
             entry.attempt += 1
             entry.lease_token = next(self._tokens)
             entry.lease_deadline = deadline
-            entry.state = _RUNNING
-            entry.started_at = started
+            entry.started_at = started  # its state reads RUNNING while it holds a lease
             self._running[entry.id] = entry
             heapq.heappush(self._leases, (deadline, entry.lease_token, entry.id))
             token = (entry.id, entry.lease_token)
@@ -355,16 +356,25 @@ class MemoryTaskQueue(BaseTaskQueue):
             return None
         return entry
 
-    def _finish(self, entry: MemoryJob, state: JobState, delivery: Delivery | None) -> None:
+    def _finish(
+        self, entry: MemoryJob, state: JobState, error: JobError | None, now: float
+    ) -> None:
         """Take the job out of line for good (releasing its dedup key) and keep its record."""
-        self._entries.pop(entry.id, None)
-        self._running.pop(entry.id, None)
+        job_id = entry.id
+        del self._entries[job_id]
+        self._running.pop(job_id, None)
         entry.lease_token = 0
-        if entry.dedup_key is not None and self._dedup.get(entry.dedup_key) == entry.id:
+        if entry.dedup_key is not None and self._dedup.get(entry.dedup_key) == job_id:
             del self._dedup[entry.dedup_key]
-        if delivery is not None and delivery.error is not None:
-            entry.error = delivery.error
-        self._book.finish(entry, state)
+        if error is not None:
+            entry.error = error
+        entry.state = state
+        entry.finished_at = now
+        book = self._book  # JobBook.finish, inline: this is every job's ack
+        book.finished[job_id] = entry
+        book.finished_order.append(entry)
+        if len(book.finished_order) > book.limit:
+            book.trim()
 
     def _promote_delayed(self) -> None:
         now = time.time()
@@ -382,7 +392,7 @@ class MemoryTaskQueue(BaseTaskQueue):
             if entry is None or entry.lease_token != token or entry.lease_deadline > now:
                 continue  # settled, re-leased or extended since
             if entry.cancel_requested:  # its worker died before stopping it: never again
-                self._finish(entry, JobState.CANCELLED, None)
+                self._finish(entry, JobState.CANCELLED, None, time.time())
                 continue
             del self._running[job_id]
             entry.lease_token = 0
