@@ -27,6 +27,7 @@ __all__ = [
     "GROUPS",
     "RATE_LIMITERS",
     "RESULT_STORES",
+    "STATE_STORES",
     "TEMPLATE_STORES",
     "PluginGroup",
 ]
@@ -131,6 +132,12 @@ BACKENDS = PluginGroup(
 RESULT_STORES = PluginGroup(
     "lexigram.tasks.result_stores", "result store type", {"memory": _CORE, "redis": _REDIS}
 )
+#: ``state_store.type`` of a backend that pairs with one (RabbitMQ): ``JobStateStore`` classes.
+STATE_STORES = PluginGroup(
+    "lexigram.tasks.state_stores",
+    "state store type",
+    {"redis": _REDIS, "postgres": "lexigram-tasks-postgres"},
+)
 #: ``tasks.rate_limiter.type``: classes implementing ``RateLimiter``.
 RATE_LIMITERS = PluginGroup(
     "lexigram.tasks.rate_limiters", "rate limiter type", {"local": _CORE, "redis": _REDIS}
@@ -162,6 +169,7 @@ CLI_COMMANDS = PluginGroup(
 GROUPS: tuple[PluginGroup, ...] = (
     BACKENDS,
     RESULT_STORES,
+    STATE_STORES,
     RATE_LIMITERS,
     CONFIG_SECTIONS,
     DLQ_STORAGES,
