@@ -63,12 +63,13 @@ class ControlStatements:
         # last job shown; $6 the page size.
         ready = (
             f"SELECT j.* FROM generate_series($3::int, 0, -1) AS p(priority),"
-            f" LATERAL (SELECT {_COLUMNS} FROM {t}"
+            f" LATERAL (SELECT {_COLUMNS} FROM {t} AS r"
             " WHERE queue_name = $1 AND status = 'ready' AND priority = p.priority AND {when}"
             f" AND {_TASK}"
             " AND (run_at, id) > (CASE WHEN p.priority = $3 THEN $4::text::timestamptz"
             " ELSE '-infinity' END, CASE WHEN p.priority = $3 THEN $5::bigint ELSE 0 END)"
-            " ORDER BY run_at, id LIMIT $6) AS j"
+            # r.run_at: the column, not the epoch of the same name in _COLUMNS.
+            " ORDER BY r.run_at, r.id LIMIT $6) AS j"
             " ORDER BY j.priority DESC, j.run_at_key::timestamptz, j.id LIMIT $6"
         )
         not_retrying = "state IS DISTINCT FROM 'retrying'"
@@ -101,10 +102,10 @@ class ControlStatements:
             ),
             # jobs_finished_idx: ($3 state, $4 finished_at, $5 id).
             list_finished=(
-                f"SELECT {_COLUMNS} FROM {t} WHERE queue_name = $1"
+                f"SELECT {_COLUMNS} FROM {t} AS f WHERE queue_name = $1"
                 " AND status IN ('done', 'failed') AND state = $3"
                 " AND (finished_at, id) > ($4::text::timestamptz, $5::bigint)"
-                f" AND {_TASK} ORDER BY finished_at, id LIMIT $6"
+                f" AND {_TASK} ORDER BY f.finished_at, f.id LIMIT $6"
             ),
             list_all=(
                 f"SELECT {_COLUMNS} FROM {t} WHERE queue_name = $1 AND {_TASK} AND id > $3"
