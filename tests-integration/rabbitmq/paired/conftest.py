@@ -12,12 +12,12 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 
-
 def store_spec(kind: str, redis_url: str, postgres_dsn: str, **options: Any) -> dict[str, Any]:
     """The ``state_store`` mapping of a store of ``kind`` that no other test uses."""
     unique = uuid.uuid4().hex[:10]
     if kind == "redis":
-        return {"type": "redis", "redis_url": redis_url, "namespace": f"lxstate-{unique}", **options}
+        namespace = f"lxstate-{unique}"
+        return {"type": "redis", "redis_url": redis_url, "namespace": namespace, **options}
     return {"type": "postgres", "dsn": postgres_dsn, "schema": f"lxstate_{unique}", **options}
 
 

@@ -26,13 +26,14 @@ from lexigram.tasks.rabbitmq._plumbing import Plumbing
 from lexigram.tasks.rabbitmq.consumer import Consumer
 from lexigram.tasks.rabbitmq.errors import CONNECTION_ERRORS
 from lexigram.tasks.rabbitmq.leases import LeaseBook, delivery_tag
+from lexigram.tasks.rabbitmq.paired import Paired, settled_as
 from lexigram.tasks.rabbitmq.publisher import Publisher
 from lexigram.tasks.rabbitmq.topology import Destination, QueueType
 
 logger = logging.getLogger("lexigram.tasks.rabbitmq")
 
 
-class Delivering(Plumbing):
+class Delivering(Paired, Plumbing):
     """Dequeue, ack, nack and lease extension (the base of :class:`RabbitMQTaskQueue`)."""
 
     queue_type: QueueType
@@ -67,9 +68,49 @@ class Delivering(Plumbing):
                 await self._wait_for_reconnect(max(wait, 1.0))
         finally:
             self._consumer.end()
+        if self._state is not None and out:
+            out = await self._screen(out, lease_seconds)
         if any(d.job is not None and d.job.lost_leases > 0 for d in out):
             await self._hold_nothing_more()
         return out
+
+    async def _screen(self, out: list[Delivery], lease_seconds: float) -> list[Delivery]:
+        """Record the batch as running in the state store; ack the cancelled jobs unrun.
+
+        If the store cannot be reached the jobs are not run unrecorded: they
+        go back to their queue as fresh copies (no attempt used) and the
+        error is raised, so the worker backs off and asks again.
+        """
+        try:
+            dropped = await self._record_leased(out, lease_seconds)
+        except Exception:
+            await self._give_back_leased(out)
+            raise
+        if not dropped:
+            return out
+        kept, cancelled = [], []
+        for delivery in out:
+            if delivery.job is not None and delivery.job.id in dropped:
+                lease = self._leases.owned(delivery.token)
+                if lease is not None:
+                    cancelled.append(lease)
+                logger.info("job %s was cancelled before it started: dropped", delivery.job.id)
+            else:
+                kept.append(delivery)
+        await self._leases.finish(cancelled)
+        return kept
+
+    async def _give_back_leased(self, out: list[Delivery]) -> None:
+        for delivery in out:
+            lease = self._leases.owned(delivery.token)
+            if lease is None:
+                continue
+            properties = messages.without_delivery_count(lease.properties)
+            try:
+                await self._publisher.publish(lease.body, properties, Destination("", lease.queue))
+            except Exception:
+                continue  # its lease lapses and returns it
+            await self._leases.finish([lease])
 
     async def _hold_nothing_more(self) -> None:
         """Stop consuming, and return what the buffer holds, while a suspect job runs.
@@ -201,12 +242,22 @@ class Delivering(Plumbing):
         lease = self._leases.owned(delivery.token)
         if lease is not None:
             await self._leases.finish([lease])
+            if self._state is not None:
+                await self._record_settled([settled_as(delivery, ack=True, requeue=False, delay=0)])
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
-        owned = [self._leases.owned(delivery.token) for delivery in deliveries]
-        leases = [lease for lease in owned if lease is not None]
+        owned = [(d, self._leases.owned(d.token)) for d in deliveries]
+        leases = [lease for _, lease in owned if lease is not None]
         if leases:
             await self._leases.finish(leases)
+            if self._state is not None:
+                await self._record_settled(
+                    [
+                        settled_as(d, ack=True, requeue=False, delay=0)
+                        for d, lease in owned
+                        if lease is not None
+                    ]
+                )
 
     async def nack(
         self, delivery: Delivery, *, requeue: bool, delay: float = 0.0, reason: str = ""
@@ -243,9 +294,20 @@ class Delivering(Plumbing):
             exchange = topology.dead_letter_exchange(lease.queue)
             await self._publisher.publish(body, properties, Destination(exchange, lease.queue))
         await self._leases.finish([lease])
+        if self._state is not None:
+            settled = settled_as(delivery, ack=False, requeue=requeue, delay=delay)
+            await self._record_settled([settled])
 
     async def extend_lease(self, deliveries: Sequence[Delivery], lease_seconds: float) -> None:
+        extended = []
         for delivery in deliveries:
             lease = self._leases.owned(delivery.token)
             if lease is not None:
                 self._leases.arm(lease, lease_seconds)
+                if delivery.job is not None:
+                    extended.append(delivery.job.id)
+        if self._state is not None and extended:
+            try:
+                await self._state.extend_leases(extended, time.time() + lease_seconds)
+            except Exception as exc:  # the broker holds the lease; only the display lags
+                logger.warning("extending leases in the state store failed: %s", exc)

@@ -44,9 +44,11 @@ from lexigram.tasks.rabbitmq.consumer import Consumer
 from lexigram.tasks.rabbitmq.errors import CONNECTION_ERRORS
 from lexigram.tasks.rabbitmq.leases import LeaseBook
 from lexigram.tasks.rabbitmq.logs import OutageLog, install_client_log_filter
+from lexigram.tasks.rabbitmq.paired import control_exchange
 from lexigram.tasks.rabbitmq.publisher import Publication, Publisher
 from lexigram.tasks.rabbitmq.topology import Destination, QueueType
 from lexigram.tasks.redact import redact_url
+from lexigram.tasks.state_store import JobStateStore, create_state_store
 
 
 class RabbitMQTaskQueue(Delivering):
@@ -71,6 +73,11 @@ class RabbitMQTaskQueue(Delivering):
     - ``queue_arguments``: extra ``x-`` arguments for the work queues.
     - ``max_job_bytes``: largest encoded job an enqueue accepts (the broker's
       own ``max_message_size``, 128 MiB by default, is a hard limit above it).
+    - ``state_store``: a :class:`~lexigram.tasks.state_store.JobStateStore`, or
+      its configuration (``{"type": "redis", "redis_url": ...}`` or
+      ``{"type": "postgres", "dsn": ...}``), that records every job's state:
+      with it the queue declares INSPECT, CANCEL and WORKERS (see
+      :mod:`.paired`); without it, job control is unavailable and costs nothing.
     """
 
     system = "rabbitmq"
@@ -94,6 +101,7 @@ class RabbitMQTaskQueue(Delivering):
         reconnect_interval: float = 1.0,
         connection_name: str | None = None,
         max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
+        state_store: JobStateStore | Mapping[str, Any] | None = None,
     ) -> None:
         self.validate_url(amqp_url)
         if queue_type not in ("classic", "quorum"):
@@ -131,6 +139,9 @@ class RabbitMQTaskQueue(Delivering):
         caps = {Capability.DELAY}
         if self.priorities:
             caps.add(Capability.PRIORITY)
+        self._state = None if state_store is None else create_state_store(state_store)
+        if self._state is not None:
+            caps |= {Capability.INSPECT, Capability.CANCEL, Capability.WORKERS}
         self.capabilities = frozenset(caps)
 
         self._connection: AbstractRobustConnection | None = None
@@ -181,6 +192,8 @@ class RabbitMQTaskQueue(Delivering):
         """Connect (robustly: reconnects and re-declares by itself) and declare the topology."""
         if self._connection is not None:
             return
+        if self._state is not None:
+            await self._state.connect()
         try:
             connection = await aio_pika.connect_robust(
                 self.amqp_url,
@@ -189,8 +202,10 @@ class RabbitMQTaskQueue(Delivering):
                 client_properties={"connection_name": self._connection_label()},
             )
         except asyncio.CancelledError:
+            await self._disconnect_store()
             raise
         except Exception as exc:
+            await self._disconnect_store()
             if vhost_refused(exc):
                 raise ConfigurationError(self._describe_vhost_refusal()) from None
             raise BackendConnectionError(self._describe_failure(exc)) from None
@@ -206,7 +221,12 @@ class RabbitMQTaskQueue(Delivering):
         except BaseException:
             self._connection = self._publishing = self._consuming = None
             await connection.close()
+            await self._disconnect_store()
             raise
+
+    async def _disconnect_store(self) -> None:
+        if self._state is not None:
+            await self._state.disconnect()
 
     async def disconnect(self) -> None:
         """Close the connection; unsettled deliveries go back to their queues.
@@ -229,7 +249,10 @@ class RabbitMQTaskQueue(Delivering):
         self._leases.clear()
         self._publisher.clear()
         self._publishing = self._consuming = None
-        await connection.close()
+        try:
+            await connection.close()
+        finally:
+            await self._disconnect_store()
 
     def _on_connection_lost(self, _sender: object, cause: BaseException | None = None) -> None:
         """The connection dropped (the robust connection reconnects by itself).
@@ -266,6 +289,8 @@ class RabbitMQTaskQueue(Delivering):
                 for level in range(topology.LADDER_LEVELS):
                     await channel.queue_delete(topology.ladder_name(prefix, level))
                     await channel.exchange_delete(topology.ladder_name(prefix, level))
+            if self._state is not None:
+                await channel.exchange_delete(control_exchange(self.queue_name))
         finally:
             await channel.close()
 
@@ -287,14 +312,36 @@ class RabbitMQTaskQueue(Delivering):
         return super().encode_job(job)
 
     async def _enqueue_encoded(self, job: Job, data: bytes) -> str:
-        await self._publisher.publish_confirmed(await self._addressed(job, data))
-        return job.id
+        if self._state is None:
+            await self._publisher.publish_confirmed(await self._addressed(job, data))
+            return job.id
+        return (await self._enqueue_recorded([(job, data)]))[0]
 
     async def _enqueue_many_encoded(self, encoded: Sequence[tuple[Job, bytes]]) -> list[str]:
+        if self._state is not None:
+            return await self._enqueue_recorded(encoded)
         # Every job was checked and encoded before this; now they are written
         # in order and every confirm is awaited together.
         await self._publisher.publish_batch([await self._addressed(*item) for item in encoded])
         return [job.id for job, _ in encoded]
+
+    async def _enqueue_recorded(self, encoded: Sequence[tuple[Job, bytes]]) -> list[str]:
+        """Record the jobs in the state store, then publish them (a job is never running
+        unrecorded); a failed publish removes the records again."""
+        jobs = [self._as_sent(job) for job, _ in encoded]
+        await self._record_enqueued(jobs)
+        try:
+            await self._publisher.publish_batch([await self._addressed(*item) for item in encoded])
+        except BaseException as exc:
+            await self._forget_unpublished(jobs, exc)
+            raise
+        return [job.id for job in jobs]
+
+    def _as_sent(self, job: Job) -> Job:
+        routed = self.routes.get(job.task)
+        return (
+            job if routed is None or routed == job.queue else dataclasses.replace(job, queue=routed)
+        )
 
     async def _addressed(self, job: Job, body: bytes) -> Publication:
         self._require_connection()
@@ -386,3 +433,7 @@ class RabbitMQTaskQueue(Delivering):
             delivery_limit=self.delivery_limit,
             extra=self.queue_arguments,
         )
+        if self._state is not None:
+            await self._consuming_channel().declare_exchange(
+                control_exchange(self.queue_name), aio_pika.ExchangeType.FANOUT, durable=True
+            )
