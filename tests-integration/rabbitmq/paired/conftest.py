@@ -18,7 +18,12 @@ def store_spec(kind: str, redis_url: str, postgres_dsn: str, **options: Any) -> 
     if kind == "redis":
         namespace = f"lxstate-{unique}"
         return {"type": "redis", "redis_url": redis_url, "namespace": namespace, **options}
-    return {"type": "postgres", "dsn": postgres_dsn, "schema": f"lxstate_{unique}", **options}
+    return {
+        "type": "postgres",
+        "postgres_dsn": postgres_dsn,
+        "schema": f"lxstate_{unique}",
+        **options,
+    }
 
 
 async def drop_spec(spec: dict[str, Any]) -> None:
@@ -32,7 +37,7 @@ async def drop_spec(spec: dict[str, Any]) -> None:
         finally:
             await client.aclose()
     else:
-        connection = await asyncpg.connect(spec["dsn"])
+        connection = await asyncpg.connect(spec["postgres_dsn"])
         try:
             await connection.execute(f'DROP SCHEMA IF EXISTS "{spec["schema"]}" CASCADE')
         finally:

@@ -20,7 +20,7 @@ from lexigram.tasks.testing import eventually
 pytestmark = pytest.mark.asyncio
 
 
-@pytest_asyncio.fixture(params=["redis"])
+@pytest_asyncio.fixture(params=["redis", "postgres"])
 async def store(request: pytest.FixtureRequest, store_specs: Any) -> AsyncIterator[JobStateStore]:
     opened = create_state_store(store_specs(request.param, finished_ttl=1.0))
     await opened.connect()
