@@ -171,9 +171,10 @@ async def test_listing_pages_through_each_state_with_a_cursor(queue: PostgresTas
     # In the order they run: higher priority first, then first in first out.
     assert seen == [j.id for j in high + low]
 
-    scheduled = await queue.list_jobs(state=JobState.SCHEDULED, limit=10)
-    assert [j.id for j in scheduled.jobs] == [j.id for j in later]
-    assert scheduled.cursor is None
+    scheduled = await queue.list_jobs(state=JobState.SCHEDULED, limit=3)
+    rest = await queue.list_jobs(state=JobState.SCHEDULED, limit=3, cursor=scheduled.cursor)
+    assert [j.id for j in scheduled.jobs + rest.jobs] == [j.id for j in later]
+    assert rest.cursor is None
     by_task = await queue.list_jobs(state=JobState.QUEUED, task="t.b")
     assert [j.id for j in by_task.jobs] == [j.id for j in high]
     everything = await queue.list_jobs(limit=100)

@@ -34,6 +34,7 @@ _COLUMNS = (
 )
 
 _TASK = "($2::text IS NULL OR task = $2)"
+_MAX_ID = "9223372036854775807"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,16 +62,23 @@ class ControlStatements:
         # priority at a time so each branch is a range of jobs_ready_idx (or
         # jobs_retrying_idx). Cursor: ($3 priority, $4 run_at, $5 id) of the
         # last job shown; $6 the page size.
+        after_run_at = "CASE WHEN p.priority = $3 THEN $4::text::timestamptz ELSE '-infinity' END"
+        after_id = "CASE WHEN p.priority = $3 THEN $5::bigint ELSE 0 END"
         ready = (
             f"SELECT j.* FROM generate_series($3::int, 0, -1) AS p(priority),"
             f" LATERAL (SELECT {_COLUMNS} FROM {t} AS r"
             " WHERE queue_name = $1 AND status = 'ready' AND priority = p.priority AND {when}"
-            f" AND {_TASK}"
-            " AND (run_at, id) > (CASE WHEN p.priority = $3 THEN $4::text::timestamptz"
-            " ELSE '-infinity' END, CASE WHEN p.priority = $3 THEN $5::bigint ELSE 0 END)"
+            f" AND {_TASK} AND (run_at, id) > ({{after}})"
             # r.run_at: the column, not the epoch of the same name in _COLUMNS.
             " ORDER BY r.run_at, r.id LIMIT $6) AS j"
             " ORDER BY j.priority DESC, j.run_at_key::timestamptz, j.id LIMIT $6"
+        )
+        # Scheduled jobs start after now(): folded into the one lower bound,
+        # as a separate `run_at > now()` the index scan would start there and
+        # step over every page already shown.
+        after_now = (
+            f"greatest({after_run_at}, now()),"
+            f" CASE WHEN {after_run_at} > now() THEN {after_id} ELSE {_MAX_ID} END"
         )
         not_retrying = "state IS DISTINCT FROM 'retrying'"
         return cls(
@@ -80,9 +88,13 @@ class ControlStatements:
                 " ORDER BY id DESC LIMIT 1"
             ),
             list_ready={
-                "queued": ready.replace("{when}", f"run_at <= now() AND {not_retrying}"),
-                "scheduled": ready.replace("{when}", f"run_at > now() AND {not_retrying}"),
-                "retrying": ready.replace("{when}", "state = 'retrying'"),
+                "queued": ready.replace("{when}", f"run_at <= now() AND {not_retrying}").replace(
+                    "{after}", f"{after_run_at}, {after_id}"
+                ),
+                "scheduled": ready.replace("{when}", not_retrying).replace("{after}", after_now),
+                "retrying": ready.replace("{when}", "state = 'retrying'").replace(
+                    "{after}", f"{after_run_at}, {after_id}"
+                ),
             },
             # Running rows whose lease lapsed show as queued; listed first,
             # by id ($3), before the ready ones (a dequeue takes them first too).

@@ -57,7 +57,8 @@ class PostgresTaskQueue(Inserting, Retention, Controlling):
     :param auto_migrate: create or upgrade the schema on :meth:`connect`
         (otherwise run ``lexigram-tasks postgres migrate`` beforehand).
     :param keep_finished: seconds to keep finished jobs as ``status = 'done'``
-        rows; ``0`` deletes a job as soon as it is acked.
+        rows, where :meth:`get_job` reports how they ended; ``0`` deletes a
+        job as soon as it is acked (cancelled jobs are then kept an hour).
     :param keep_failed: seconds to keep dead-lettered rows; ``None`` keeps them
         until they are replayed or purged.
     :param cleanup_interval: seconds between retention cleanups.
