@@ -385,6 +385,12 @@ async def test_current_job_gives_id_attempt_and_task() -> None:
     @provider.task(name="who")
     async def who() -> list[Any]:
         job = current_job()
+
+        async def inner() -> str:
+            return current_job().id
+
+        # asyncio tasks it starts while it runs see it too.
+        assert await asyncio.create_task(inner()) == job.id
         return [job.id, job.attempt, job.task, job.cancel_requested]
 
     @provider.task(name="who_def")
@@ -462,8 +468,9 @@ async def test_progress_is_visible_in_status_while_the_job_runs() -> None:
         threaded.wait(30)
 
     async def shows(handle: Any, fraction: float) -> JobInfo | None:
+        # The two reports may be written apart (one write per progress_interval).
         info: JobInfo | None = await handle.status()
-        return info if info is not None and info.progress == fraction else None
+        return info if info is not None and info.progress == fraction and info.meta else None
 
     async with provider:
         handle = await halfway.enqueue()
@@ -575,3 +582,48 @@ async def test_jobs_lists_a_backend_by_state_and_task() -> None:
     with pytest.raises(ValueError, match="unknown backend"):
         await provider.jobs(backend="nope")
     await provider.disconnect()
+
+
+async def test_a_job_cancelled_while_in_line_never_starts() -> None:
+    from lexigram.tasks import Job, JobResult, MemoryResultStore, WorkerPool
+
+    queue = MemoryTaskQueue("in-line")
+    store = MemoryResultStore()
+    release = asyncio.Event()
+    ran: list[str] = []
+
+    async def block(name: str) -> None:
+        ran.append(name)
+        await release.wait()
+
+    from lexigram.tasks import Task
+
+    provider = TaskProvider(queue=queue)
+    task: Task[Any, Any] = provider.task(name="block")(block)
+    pool = WorkerPool(queue, {"block": task}, result_store=store, worker_count=1)
+    await queue.connect()
+    await pool.start()
+    try:
+        await queue.enqueue(Job(task="block", args=["first"], queue="in-line"))
+        await eventually(lambda: ran == ["first"])
+        second = Job(task="block", args=["second"], queue="in-line")
+        await queue.enqueue(second)
+        # Leased and waiting for a slot, as the fetch loop leaves a job in line.
+        [delivery] = await queue.dequeue(max_jobs=1)
+        pool._held[id(delivery)] = delivery
+        pool._busy += 1
+        pool._ready.append(delivery)
+        assert await queue.cancel(second.id) is CancelOutcome.REQUESTED
+        outcome: JobResult = await store.wait(second.id, timeout=10)
+        assert outcome.status == "cancelled"
+        await eventually(lambda: state_of_queue(queue, second.id, JobState.CANCELLED))
+        assert not pool._ready and ran == ["first"]
+    finally:
+        release.set()
+        await pool.stop()
+        await queue.disconnect()
+
+
+async def state_of_queue(queue: MemoryTaskQueue, job_id: str, state: JobState) -> bool:
+    info = await queue.get_job(job_id)
+    return info is not None and info.state is state

@@ -306,18 +306,50 @@ class _Reporter:
                 await self._send(report)
 
 
-_current: ContextVar[CurrentJob | None] = ContextVar("lexigram_tasks_current_job", default=None)
+class Seat(Protocol):
+    """Where jobs run one after another (a worker slot): its job now, and the job's span."""
+
+    delivery: Delivery | None
+    current: CurrentJob | None
+    span: Span | None
+    host: ProgressHost
+
+
+#: The seat of the code running here: set once per slot, copied into what the
+#: slot's jobs start (tasks, a ``def`` task's thread), so a job costs no
+#: context-variable write; the :class:`CurrentJob` is built on first use.
+seat: ContextVar[Seat | None] = ContextVar("lexigram_tasks_seat", default=None)
 
 
 def current_job() -> CurrentJob:
-    """The job whose task is running here (also in a plain ``def`` task's thread).
+    """The job whose task is running here: in the task, in what it awaits, in the
+    asyncio tasks it starts and in a plain ``def`` task's thread.
 
-    Raises :class:`NoCurrentJobError` outside a task run by a worker.
+    A task the job starts that outlives it keeps the object it got (``job =
+    current_job()`` while the job runs) rather than calling this later.
+    Raises :class:`NoCurrentJobError` outside a job run by a worker.
     """
-    job = _current.get()
-    if job is None:
-        raise NoCurrentJobError(
-            "current_job() was called outside a running job: it works only inside a task "
-            "while a worker runs it (called directly, the task function has no job)"
-        )
-    return job
+    found = seat.get()
+    if found is not None:
+        current = found.current
+        delivery = found.delivery
+        if current is not None and current._delivery is delivery:
+            return current
+        if delivery is not None and delivery.job is not None and found.span is not None:
+            return job_of(found, delivery)
+    raise NoCurrentJobError(
+        "current_job() was called outside a running job: it works only inside a task "
+        "while a worker runs it (called directly, the task function has no job)"
+    )
+
+
+def job_of(found: Seat, delivery: Delivery) -> CurrentJob:
+    """The :class:`CurrentJob` of ``delivery``, running on ``found``; built once (any thread)."""
+    with _CREATE_LOCK:
+        current = found.current
+        if current is None or current._delivery is not delivery:
+            job, span = delivery.job, found.span
+            assert job is not None  # the callers checked both
+            assert span is not None
+            current = found.current = CurrentJob(job, delivery, span, found.host)
+        return current

@@ -17,6 +17,7 @@ import logging
 import time
 from typing import Any
 
+from lexigram.tasks.current import job_of
 from lexigram.tasks.protocol import Delivery
 from lexigram.tasks.worker._running import Running
 
@@ -33,15 +34,20 @@ class Cancelling(Running):
 
     def _on_cancel(self, job_id: str) -> None:
         """Stop ``job_id`` if this pool holds it: running, or leased and in line."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called from a backend's thread: hand it to the pool's loop
+            self._loop.call_soon_threadsafe(self._on_cancel, job_id)
+            return
         for slot in self._slots:
             delivery = slot.delivery
             if delivery is None or delivery.job is None or delivery.job.id != job_id:
                 continue
-            current = slot.current
-            if current is None:
+            if slot.span is None:
                 # Not in its task yet (waiting for a rate limit, or to run alone):
                 # the heartbeat's fallback asks again once it runs.
                 return
+            current = job_of(slot, delivery)
             if not current.cancel_requested:
                 logger.info("cancellation of job %s (%s) heard", job_id, delivery.job.task)
             current.request_cancel()
@@ -56,7 +62,7 @@ class Cancelling(Running):
                 if self._suspect is delivery:
                     self._suspect = None
                 self._slot_free.set()
-                ending = asyncio.get_running_loop().create_task(self._cancel_in_line(delivery))
+                ending = loop.create_task(self._cancel_in_line(delivery))
                 self._ending.add(ending)
                 ending.add_done_callback(self._ending.discard)
                 return

@@ -17,7 +17,7 @@ from typing import Any
 from opentelemetry.trace import Span
 
 from lexigram.tasks.control import JobState
-from lexigram.tasks.current import CurrentJob, ProgressSink, _current
+from lexigram.tasks.current import ProgressSink, seat
 from lexigram.tasks.errors import JobCancelledError, TaskArgumentsError, TaskTimeoutError
 from lexigram.tasks.events import TaskCompletedEvent, TaskStartedEvent
 from lexigram.tasks.job import Job
@@ -34,6 +34,8 @@ GLOBAL_RATE_KEY = "lexigram:global"
 
 #: Extra job field: when a worker first saw the job's task as unknown (Unix time).
 UNKNOWN_SINCE_FIELD = "unknown_task_since"
+
+_SUCCEEDED = JobState.SUCCEEDED  # read per job: a module global, not an enum lookup
 
 #: Longest a job for an unknown task waits before it is offered again.
 _UNKNOWN_RETRY_DELAY = 30.0
@@ -57,6 +59,7 @@ class Running(Fetching):
         """One worker coroutine: wait for a job, run it, repeat until the pool stops."""
         loop = asyncio.get_running_loop()
         ready = self._ready
+        seat.set(slot)  # in this slot's own context: current_job() finds its job here
         while True:
             if not ready:
                 if self._stopping:
@@ -192,8 +195,7 @@ class Running(Fetching):
             await events.emit(TaskStartedEvent(job, job.queue, self.worker_id))
         started = time.monotonic()
         timeout = job.timeout or task.timeout or self.settings.default_timeout
-        current = slot.current = CurrentJob(job, delivery, span, self)
-        token = _current.set(current)
+        slot.span = span
         try:
             if task.is_async:
                 runner = slot.runner
@@ -223,7 +225,8 @@ class Running(Fetching):
             else:
                 result = await self._run_in_thread(slot, task, job, timeout)
         except Exception as exc:
-            if current._reporter is not None:
+            current = slot.current
+            if current is not None and current._delivery is delivery:
                 await current.flush()
             if isinstance(exc, JobCancelledError) and exc.job_id == job.id:
                 slot.finished = True
@@ -239,10 +242,10 @@ class Running(Fetching):
             await self._failed(job, task, delivery, span, exc, time.monotonic() - started)
             return
         finally:
-            _current.reset(token)
-            slot.current = None
+            slot.span = None  # the job is over: current_job() no longer builds one
         slot.finished = True
-        if current._reporter is not None:
+        current = slot.current
+        if current is not None and current._delivery is delivery:
             await asyncio.shield(current.flush())
         if self.result_store is not None and task.store_result:
             # Shielded: a job that finished is acked, so its result must be stored.
@@ -254,7 +257,7 @@ class Running(Fetching):
             )
         slot.finished = False
         self.jobs_done += 1
-        delivery.outcome = JobState.SUCCEEDED
+        delivery.outcome = _SUCCEEDED
         self._to_ack.append(delivery)
         self._ack_wakeup.set()
 

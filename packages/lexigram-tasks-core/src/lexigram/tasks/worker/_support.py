@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
-from lexigram.tasks.current import CurrentJob
+from opentelemetry.trace import Span
+
+from lexigram.tasks.current import CurrentJob, ProgressHost
 from lexigram.tasks.job import Job
 from lexigram.tasks.protocol import Delivery
 
@@ -87,8 +89,11 @@ class Slot:
     sweeper cancels nothing but the handler. ``expired`` marks a cancellation
     the sweeper made (undone with ``Task.uncancel`` when the job ends);
     ``overran`` a thread that passed its deadline; ``finished`` a job whose
-    handler returned (on cancellation it is acked, not returned). ``current``
-    is the running job's :class:`~lexigram.tasks.current.CurrentJob`;
+    handler returned (on cancellation it is acked, not returned). It is the
+    :class:`~lexigram.tasks.current.Seat` of ``current_job()``: ``span`` is
+    the running job's span, ``current`` its
+    :class:`~lexigram.tasks.current.CurrentJob` once built (it belongs to the
+    job only while its ``delivery`` is the slot's), ``host`` the pool.
     ``cancelled`` marks a cancellation of the runner made because the job's
     cancellation was asked for (undone like ``expired``).
     """
@@ -100,16 +105,20 @@ class Slot:
         "delivery",
         "expired",
         "finished",
+        "host",
         "in_thread",
         "overran",
         "runner",
+        "span",
         "timeout",
         "waiter",
     )
 
     runner: asyncio.Task[None]  # the coroutine's task, set when the pool starts it
 
-    def __init__(self) -> None:
+    def __init__(self, host: ProgressHost) -> None:
+        self.host = host
+        self.span: Span | None = None
         self.delivery: Delivery | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.deadline: float | None = None

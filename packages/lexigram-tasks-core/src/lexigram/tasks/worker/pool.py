@@ -171,7 +171,7 @@ class WorkerPool(Cancelling, SettingsView):
         self._stopped.clear()
         span = self._worker_span("start")
         self._threads = DaemonThreads("lexigram-task")
-        self._slots[:] = [Slot() for _ in range(self.settings.worker_count)]
+        self._slots[:] = [Slot(self) for _ in range(self.settings.worker_count)]
         self._ready.clear()
         self._idle = []
         self._waking = 0
