@@ -109,7 +109,6 @@ class Supervisor:
 
     async def serve(self) -> int:
         """:meth:`run` as a coroutine; signal handlers are installed for its duration."""
-        self._stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         handled = (signal.SIGTERM, signal.SIGINT)
         for signum in handled:

@@ -38,7 +38,7 @@ signal exits at once (unfinished jobs come back when their leases lapse).
 
 With --processes N (or processes: N under tasks.worker) this process is a
 supervisor: it starts N such worker processes, starts one again when it dies,
-and passes the signals on; it runs no job itself.
+and stops them all gracefully on the first signal; it runs no job itself.
 """
 
 EXAMPLES = """\
