@@ -16,6 +16,7 @@ Without a store none of this runs, and the job-control calls raise
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -166,12 +167,16 @@ class Paired:
         channel = await connection.channel(publisher_confirms=False)
         try:
             exchange = await channel.get_exchange(control_exchange(self.queue_name), ensure=False)
-            await exchange.publish(aio_pika.Message(job_id.encode()), routing_key="")
+            message = aio_pika.Message(job_id.encode())
+            # Not mandatory: with no worker watching, nobody needs to hear it.
+            await exchange.publish(message, routing_key="", mandatory=False)
         except CONNECTION_ERRORS as exc:
             # Flagged in the store already: the workers' heartbeat finds it.
             logger.warning("announcing the cancellation of job %s failed: %s", job_id, exc)
         finally:
-            await channel.close()
+            if not channel.is_closed:
+                with contextlib.suppress(*CONNECTION_ERRORS):
+                    await channel.close()
 
     async def watch_cancellations(self, on_cancel: CancelCallback) -> None:
         """Call ``on_cancel(job_id)`` for each running job cancelled, until cancelled.
