@@ -14,6 +14,7 @@ from lexigram.tasks.testing import (
     JobControlContract,
     TaskQueueContract,
     WorkerContract,
+    WorkerControlContract,
 )
 
 
@@ -21,6 +22,10 @@ class PostgresHooks(ContractBase):
     """How the suites reach a real PostgreSQL (one schema per test module)."""
 
     lease_seconds = 1.0
+    #: Acked jobs are deleted (keep_finished=0, the default); cancelled ones are kept.
+    keeps_finished_jobs = False
+    #: Seconds finished jobs are kept (the queue's keep_finished).
+    keep_finished = 0.0
 
     @pytest.fixture(autouse=True)
     def _database(self, postgres_dsn: str, pg_schema: str) -> None:
@@ -28,10 +33,20 @@ class PostgresHooks(ContractBase):
         self.schema = pg_schema
 
     async def create_queue(self, queue_name: str) -> TaskQueueProtocol:
-        return PostgresTaskQueue(postgres_dsn=self.dsn, queue_name=queue_name, schema=self.schema)
+        return PostgresTaskQueue(
+            postgres_dsn=self.dsn,
+            queue_name=queue_name,
+            schema=self.schema,
+            keep_finished=self.keep_finished,
+        )
 
     def queue_spec(self, queue_name: str) -> BackendSpec:
-        options = {"postgres_dsn": self.dsn, "queue_name": queue_name, "schema": self.schema}
+        options = {
+            "postgres_dsn": self.dsn,
+            "queue_name": queue_name,
+            "schema": self.schema,
+            "keep_finished": self.keep_finished,
+        }
         return BackendSpec("lexigram.tasks.postgres:PostgresTaskQueue", options)
 
     async def push_raw(self, queue: TaskQueueProtocol, payload: bytes) -> None:
@@ -61,17 +76,20 @@ class TestPostgresContract(PostgresHooks, TaskQueueContract):
             Capability.WORKERS,
         }
     )
-    #: Acked jobs are deleted (keep_finished=0, the default); cancelled ones are kept.
-    keeps_finished_jobs = False
 
 
 class TestPostgresKeepingFinishedJobControl(PostgresHooks, JobControlContract):
     """The job-control suite again with ``keep_finished``: finished jobs report their state."""
 
-    async def create_queue(self, queue_name: str) -> TaskQueueProtocol:
-        return PostgresTaskQueue(
-            postgres_dsn=self.dsn, queue_name=queue_name, schema=self.schema, keep_finished=3600
-        )
+    keeps_finished_jobs = True
+    keep_finished = 3600.0
+
+
+class TestPostgresKeepingFinishedWorkerControl(PostgresHooks, WorkerControlContract):
+    """The worker's job control again with ``keep_finished``: outcomes stay visible."""
+
+    keeps_finished_jobs = True
+    keep_finished = 3600.0
 
 
 class TestPostgresWorkerContract(PostgresHooks, WorkerContract):
