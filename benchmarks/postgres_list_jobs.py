@@ -2,8 +2,8 @@
 
 Fills a schema of its own with INSERT ... SELECT generate_series (jobs in
 every state, priorities 0-9), then pages through each state to the end and
-prints the time of the first page and of the slowest, deepest pages. The
-schema is dropped afterwards.
+prints the time of the first page and of the slowest, deepest pages, and
+of get_job for 200 random ids. The schema is dropped afterwards.
 
     python benchmarks/postgres_list_jobs.py [--dsn DSN] [--jobs 1000000] [--limit 100]
 """
@@ -95,6 +95,18 @@ async def main() -> None:
             await fill(admin, schema, "bench", args.jobs)
             print(f"filled {args.jobs:,} jobs in {time.perf_counter() - began:.1f} s")
             print(f"limit={args.limit}; ms per page: first, median, p99, slowest, last (pages)")
+            ids = [
+                row[0]
+                for row in await admin.fetch(
+                    f"SELECT job_id FROM {quote_ident(schema)}.jobs ORDER BY random() LIMIT 200"
+                )
+            ]
+            times = []
+            for job_id in ids:
+                began = time.perf_counter()
+                assert await queue.get_job(job_id) is not None
+                times.append((time.perf_counter() - began) * 1000)
+            print(f"get_job: median {statistics.median(times):.2f} ms, slowest {max(times):.2f} ms")
             states: list[JobState | None] = [*JobState, None]
             for state in states:
                 times = await walk(queue, state, args.limit)
