@@ -26,7 +26,12 @@ from lexigram.tasks.cli import build_parser
 from lexigram.tasks.cli.worker import setting_overrides
 from lexigram.tasks.config import load_config
 from lexigram.tasks.config._models import TasksSection
-from lexigram.tasks.worker._settings import WorkerSettingsKeywords, setting_flags, setting_kind
+from lexigram.tasks.worker._settings import (
+    WorkerSettingsKeywords,
+    setting_choices,
+    setting_flags,
+    setting_kind,
+)
 
 DOCS = Path(__file__).resolve().parents[3] / "docs"
 FIELDS = WorkerSettings.names()
@@ -41,7 +46,10 @@ def changed() -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name in FIELDS:
         default = getattr(defaults, name)
-        values[name] = default + 3 if isinstance(default, int) else default * 2 + 1.5
+        if isinstance(default, str):
+            values[name] = next(c for c in setting_choices(name) if c != default)
+        else:
+            values[name] = default + 3 if isinstance(default, int) else default * 2 + 1.5
     return values
 
 
@@ -66,7 +74,10 @@ def test_workers_page_documents_every_setting_with_its_default_and_flag() -> Non
     defaults = WorkerSettings()
     assert list(rows) == list(FIELDS)
     for name, (default, flag, _meaning) in rows.items():
-        assert float(re.findall(r"`([\d.]+)`", default)[0]) == getattr(defaults, name), name
+        if setting_kind(name) is str:
+            assert f"`{getattr(defaults, name)}`" in default, name
+        else:
+            assert float(re.findall(r"`([\d.]+)`", default)[0]) == getattr(defaults, name), name
         assert re.findall(r"`(-[^`]+)`", flag) == list(setting_flags(name)), name
 
 
@@ -104,7 +115,7 @@ def test_python_keywords_and_settings_reach_the_provider_and_its_pools() -> None
 
 async def test_the_pools_a_provider_starts_run_with_its_settings() -> None:
     provider = TaskProvider(queue=MemoryTaskQueue(), **changed())
-    provider.task(name="noop")(lambda: None)
+    provider.task(name="noop", executor="thread")(lambda: None)
     async with provider:
         [pool] = provider.pools.values()
         assert pool.settings == provider.settings
@@ -163,7 +174,10 @@ def test_yaml_reports_every_bad_setting_with_file_line_and_key(tmp_path: Path) -
     problems = caught.value.problems
     for line, name in enumerate(FIELDS, start=4):
         wanted = f"/lexigram.yaml:{line}: tasks.worker.{name}: Input should be greater than"
-        if name in {"shutdown_timeout", "blocked_loop_warning"} or name.endswith(
+        if setting_kind(name) is str:
+            wanted = f"/lexigram.yaml:{line}: tasks.worker.{name}: Input should be "
+            wanted += " or ".join(repr(c) for c in setting_choices(name))
+        elif name in {"shutdown_timeout", "blocked_loop_warning"} or name.endswith(
             ("_retries", "_grace")
         ):
             wanted += " or equal to 0"
@@ -218,4 +232,7 @@ def test_the_keywords_type_checkers_see_are_exactly_the_fields() -> None:
     hints = typing.get_type_hints(WorkerSettingsKeywords)
     assert tuple(hints) == WorkerSettings.names()
     for name in WorkerSettings.names():
-        assert hints[name] is setting_kind(name), name
+        if setting_kind(name) is str:
+            assert typing.get_args(hints[name]) == setting_choices(name), name
+        else:
+            assert hints[name] is setting_kind(name), name

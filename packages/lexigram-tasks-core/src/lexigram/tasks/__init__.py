@@ -34,6 +34,7 @@ from lexigram.tasks.errors import (
     TaskFailedError,
     TaskTimeoutError,
     UnknownTaskError,
+    WorkerProcessCrashed,
 )
 from lexigram.tasks.events import (
     TaskCancelledEvent,
@@ -151,6 +152,7 @@ __all__ = [
     "UnknownTaskError",
     "WorkerInfo",
     "WorkerPool",
+    "WorkerProcessCrashed",
     "WorkerSettings",
     "__version__",
     "current_job",

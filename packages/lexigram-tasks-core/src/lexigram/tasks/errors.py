@@ -57,6 +57,11 @@ class TaskTimeoutError(TaskError, TimeoutError):
     """A task ran longer than its timeout and was cancelled."""
 
 
+class WorkerProcessCrashed(TaskError):
+    """The child process running a process-executor job died before answering
+    (a crash, ``os._exit``); the message names its exit code or signal."""
+
+
 class ResultTimeoutError(TaskError, TimeoutError):
     """A job's result did not arrive within the time asked for."""
 

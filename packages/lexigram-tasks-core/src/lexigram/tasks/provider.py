@@ -9,6 +9,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import (
     Any,
+    Literal,
     ParamSpec,
     Protocol,
     TypeVar,
@@ -163,6 +164,7 @@ class TaskProvider(Controlling):
         backend: str | None = None,
         rate_limit: str | None = None,
         store_result: bool = True,
+        executor: Literal["thread", "process"] | None = None,
     ) -> _TaskDecorator: ...
 
     def task(
@@ -180,6 +182,7 @@ class TaskProvider(Controlling):
         backend: str | None = None,
         rate_limit: str | None = None,
         store_result: bool = True,
+        executor: Literal["thread", "process"] | None = None,
     ) -> Any:
         """Register a handler: ``@provider.task`` or ``@provider.task(max_retries=3, ...)``.
 
@@ -187,7 +190,11 @@ class TaskProvider(Controlling):
         follow exponential backoff with jitter (``retry_backoff`` seconds,
         doubling, capped at ``retry_backoff_max``) for exceptions in
         ``retry_on``; ``rate_limit`` is e.g. ``"100/s"``; ``backend`` routes the
-        task to a named backend.
+        task to a named backend. ``executor`` runs a plain ``def`` in a thread
+        (``"thread"``) or in a child process that can be killed (``"process"``,
+        also for an ``async def``: ``asyncio.run`` in the child); None takes the
+        worker setting ``default_executor`` for a plain ``def`` (see
+        docs/workers.md, Executors).
         """
         if backend is not None and backend not in self.backends:
             raise ValueError(
@@ -212,6 +219,7 @@ class TaskProvider(Controlling):
                 backend=backend,
                 rate_limit=limit,
                 store_result=store_result,
+                executor=executor,
             )
             self.tasks[task_name] = task
             return task

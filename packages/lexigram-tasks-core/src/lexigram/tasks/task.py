@@ -92,6 +92,7 @@ class Task(Generic[P, R]):
         backend: str | None = None,
         rate_limit: Rate | None = None,
         store_result: bool = True,
+        executor: str | None = None,
     ) -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
@@ -108,6 +109,9 @@ class Task(Generic[P, R]):
         self.backend = backend
         self.rate_limit = rate_limit
         self.store_result = store_result
+        #: ``"thread"``, ``"process"`` or None (the worker's ``default_executor``
+        #: for a plain ``def``, the event loop for an ``async def``).
+        self.executor = _checked_executor(fn, name, is_async, executor)
         functools.update_wrapper(self, fn)
         self._signature: inspect.Signature | None = None
         # (fewest, most) positional arguments when the signature is plain
@@ -180,6 +184,30 @@ class Task(Generic[P, R]):
         first job instead.
         """
         return BoundTask(self, EnqueueOptions(delay, eta, priority, dedup_key, headers, backend))
+
+
+def _checked_executor(
+    fn: Callable[..., Any], name: str, is_async: bool, executor: str | None
+) -> str | None:
+    if executor not in (None, "thread", "process"):
+        raise ValueError(f"task {name!r}: executor must be 'thread' or 'process', got {executor!r}")
+    if executor == "thread" and is_async:
+        raise ValueError(
+            f"task {name!r}: an async def task runs on the worker's event loop; "
+            "executor='thread' is for plain def functions (executor='process' runs it "
+            "with asyncio.run in a child process)"
+        )
+    if executor == "process":
+        from lexigram.tasks.worker._process_pool import importable_problem
+
+        problem = importable_problem(fn)
+        if problem is not None:
+            raise ValueError(
+                f"task {name!r} cannot use executor='process': {problem}. A child process "
+                "imports the function by its module and qualified name, so it must be a "
+                "module-level function of an importable module"
+            )
+    return executor
 
 
 class BoundTask(Generic[P, R]):

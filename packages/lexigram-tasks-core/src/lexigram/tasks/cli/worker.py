@@ -25,6 +25,7 @@ from lexigram.tasks.worker import WorkerPool, WorkerSettings
 from lexigram.tasks.worker._settings import (
     parse_setting,
     processes_value,
+    setting_choices,
     setting_flags,
     setting_help,
     setting_kind,
@@ -108,7 +109,7 @@ def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
             type=functools.partial(_setting_value, name),
             metavar=("N|auto" if name == "processes" else "N")
             if setting_kind(name) is int
-            else "SECONDS",
+            else "|".join(setting_choices(name)) or "SECONDS",
             help=f"{setting_help(name)} ({name})",
         )
 
@@ -271,7 +272,7 @@ class _Announcer:
         return sum(pool.processed for pool in self.pools)
 
 
-def _setting_value(name: str, text: str) -> int | float:
+def _setting_value(name: str, text: str) -> int | float | str:
     try:
         if name == "processes":
             text = str(processes_value(text))

@@ -4,10 +4,11 @@ A backend declaring :attr:`~lexigram.tasks.Capability.CANCEL` publishes each
 cancellation on a control channel, which the pool watches for its lifetime;
 the heartbeat asks for the cancellations of the jobs it holds as the
 fallback. A job heard of here ends ``cancelled``: an ``async def`` task's
-slot is cancelled (the task gets ``asyncio.CancelledError``), a plain
-``def`` task's :attr:`CurrentJob.cancel_requested` is set (a thread cannot
-be interrupted), a job leased and still in line never starts. A
-cancellation of a job this pool does not hold is ignored.
+slot is cancelled (the task gets ``asyncio.CancelledError``), the child
+process of a process-executor job is killed, a plain ``def`` task's
+:attr:`CurrentJob.cancel_requested` is set (a thread cannot be
+interrupted), a job leased and still in line never starts. A cancellation
+of a job this pool does not hold is ignored.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class Cancelling(Running):
             if not current.cancel_requested:
                 logger.info("cancellation of job %s (%s) heard", job_id, delivery.job.task)
             current.request_cancel()
+            if self._processes is not None and self._processes.stop_job(slot, "cancel"):
+                return  # its child is killed: the job ends cancelled once it is gone
             if slot.deadline is not None and not slot.in_thread and not slot.cancelled:
                 slot.cancelled = True
                 slot.runner.cancel()

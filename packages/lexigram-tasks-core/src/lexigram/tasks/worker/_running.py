@@ -12,7 +12,7 @@ import functools
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import Span
 
@@ -27,6 +27,9 @@ from lexigram.tasks.results import JobResult
 from lexigram.tasks.task import Task
 from lexigram.tasks.worker._fetching import Fetching
 from lexigram.tasks.worker._support import DaemonThreads, DeadlineSweeper, Slot
+
+if TYPE_CHECKING:
+    from lexigram.tasks.worker._process_pool import ProcessExecutor
 
 logger = logging.getLogger("lexigram.tasks.worker")
 
@@ -51,6 +54,7 @@ class Running(Fetching):
     _slots: list[Slot]
     _sweeper: DeadlineSweeper
     _threads: DaemonThreads | None
+    _processes: ProcessExecutor | None  # created when the first process task runs
     _job_done: asyncio.Event
     _record_progress: Any  # the backend's record_progress, None without INSPECT
     _loop: asyncio.AbstractEventLoop
@@ -94,7 +98,9 @@ class Running(Fetching):
 
     def _expire(self, slot: Slot) -> None:
         """The sweeper found ``slot`` past its deadline."""
-        if slot.in_thread:
+        if self._processes is not None and self._processes.stop_job(slot, "timeout"):
+            pass  # its child is killed; the job ends once the child is gone
+        elif slot.in_thread:
             slot.overran = True
             job = slot.delivery.job if slot.delivery is not None else None
             logger.warning(
@@ -197,7 +203,15 @@ class Running(Fetching):
         timeout = job.timeout or task.timeout or self.settings.default_timeout
         slot.span = span
         try:
-            if task.is_async:
+            if task.executor == "process" or (
+                task.executor is None
+                and not task.is_async
+                and self.settings.default_executor == "process"
+            ):
+                from lexigram.tasks.worker._process_pool import run_in_process
+
+                result = await run_in_process(self, slot, task, job, timeout, span)
+            elif task.is_async:
                 runner = slot.runner
                 cancelling = runner.cancelling()
                 slot.in_thread = False

@@ -12,14 +12,14 @@ import os
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Annotated, Any, ClassVar, TypedDict
+from typing import Annotated, Any, ClassVar, Literal, TypedDict
 
 from annotated_types import Ge, Gt
 
 from lexigram.tasks.keywords import with_keywords
 
 
-def _setting(default: float, help: str, *flags: str) -> Any:
+def _setting(default: float | str, help: str, *flags: str) -> Any:
     """A field with its CLI help and flags (default flag: ``--field-name``)."""
     return field(default=default, metadata={"help": help, "flags": flags})
 
@@ -80,10 +80,24 @@ class WorkerSettings:
     processes: Annotated[int, Ge(1), _AutoProcesses()] = _setting(
         1, "worker processes the worker command starts and supervises ('auto': one per CPU)"
     )
+    default_executor: Literal["thread", "process"] = _setting(
+        "thread", "where plain def tasks that name no executor run: thread or process"
+    )
+    process_pool_size: Annotated[int, Ge(0)] = _setting(
+        0, "child processes of each pool's process executor (0: worker_count, at most one per CPU)"
+    )
+    max_jobs_per_child: Annotated[int, Ge(0)] = _setting(
+        0, "jobs a process-executor child runs before it is replaced (0: no limit)"
+    )
+    max_memory_per_child: Annotated[int, Ge(0)] = _setting(
+        0, "resident memory in MB after which a process-executor child is replaced (0: no limit)"
+    )
 
     def __post_init__(self) -> None:
         for name, (kind, bounds) in _CHECKS.items():
             _check(name, getattr(self, name), kind, bounds)
+        for name, choices in _CHOICES.items():
+            _check_choice(name, getattr(self, name), choices)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -118,6 +132,10 @@ class WorkerSettingsKeywords(TypedDict, total=False):
     progress_interval: float
     registry_interval: float
     processes: int
+    default_executor: Literal["thread", "process"]
+    process_pool_size: int
+    max_jobs_per_child: int
+    max_memory_per_child: int
 
 
 class SettingsView:
@@ -147,13 +165,25 @@ class SettingsAttributes(SettingsView):
 _NAMES = frozenset(WorkerSettings.names())
 _HINTS = typing.get_type_hints(WorkerSettings, include_extras=True)
 #: Field name -> (int or float, its Ge/Gt bounds), from the annotations above.
+#: Field name -> its allowed values, for the ``Literal`` fields (strings).
+_CHOICES: dict[str, tuple[str, ...]] = {
+    name: typing.get_args(_HINTS[name])
+    for name in WorkerSettings.names()
+    if typing.get_origin(_HINTS[name]) is Literal
+}
 _CHECKS: dict[str, tuple[type, tuple[Any, ...]]] = {
     name: (
         typing.get_args(_HINTS[name])[0],
         tuple(b for b in typing.get_args(_HINTS[name])[1:] if isinstance(b, Ge | Gt)),
     )
     for name in WorkerSettings.names()
+    if name not in _CHOICES
 }
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
 def _check(name: str, value: Any, kind: type, bounds: tuple[Any, ...]) -> None:
@@ -182,15 +212,23 @@ def setting_help(name: str) -> str:
 
 
 def setting_kind(name: str) -> type:
-    """``int`` or ``float``: the type of a field."""
-    return _CHECKS[name][0]
+    """``int``, ``float`` or ``str`` (one of :func:`setting_choices`): the type of a field."""
+    return str if name in _CHOICES else _CHECKS[name][0]
 
 
-def parse_setting(name: str, text: str) -> int | float:
+def setting_choices(name: str) -> tuple[str, ...]:
+    """The values a ``str`` field allows (empty for a number)."""
+    return _CHOICES.get(name, ())
+
+
+def parse_setting(name: str, text: str) -> int | float | str:
     """``text`` as the value of field ``name``, checked as :class:`WorkerSettings` checks it.
 
     Raises ``ValueError`` naming the problem.
     """
+    if name in _CHOICES:
+        _check_choice(name, text, _CHOICES[name])
+        return text
     kind = setting_kind(name)
     try:
         value = int(text) if kind is int else float(text)

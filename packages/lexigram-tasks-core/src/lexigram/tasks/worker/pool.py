@@ -35,6 +35,7 @@ from lexigram.tasks.ratelimit import LocalRateLimiter, Rate, RateLimiter
 from lexigram.tasks.results import ResultStore
 from lexigram.tasks.task import Task
 from lexigram.tasks.worker._cancelling import Cancelling
+from lexigram.tasks.worker._process_pool import ProcessExecutor, check_process_tasks
 from lexigram.tasks.worker._running import GLOBAL_RATE_KEY, UNKNOWN_SINCE_FIELD
 from lexigram.tasks.worker._settings import SettingsView, WorkerSettings, WorkerSettingsKeywords
 from lexigram.tasks.worker._support import (
@@ -129,6 +130,7 @@ class WorkerPool(Cancelling, SettingsView):
         self._background: list[asyncio.Task[None]] = []
         self._fetcher: asyncio.Task[None] | None = None
         self._threads: DaemonThreads | None = None
+        self._processes: ProcessExecutor | None = None
         self._watchdog: LoopWatchdog | None = None
         self.processed = 0
         self.jobs_done = 0
@@ -165,6 +167,7 @@ class WorkerPool(Cancelling, SettingsView):
                 "--tasks-module MODULE to 'lexigram-tasks worker', or list the modules under "
                 "tasks.modules in lexigram.yaml"
             )
+        check_process_tasks(self.tasks.values(), self.settings.default_executor)
         self._started = True
         self._acks_closing = False
         self._stopping = False
@@ -236,6 +239,9 @@ class WorkerPool(Cancelling, SettingsView):
                 )
                 await asyncio.gather(*pending, return_exceptions=True)
         self._sweeper.close()
+        if self._processes is not None:
+            await self._processes.close()
+            self._processes = None
         if self._ending:  # jobs cancelled in line: their acks join the last flush
             await asyncio.wait(list(self._ending), timeout=5.0)
         # The ack loop is asked to stop, not cancelled: cancelling it inside

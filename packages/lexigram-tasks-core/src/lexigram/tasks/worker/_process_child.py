@@ -1,0 +1,167 @@
+"""The child side of the process executor: runs one job at a time sent over a pipe.
+
+Kept light: a child imports this module and the tasks' own modules only.
+A request is a JSON document naming the task function by module and
+qualname; the reply is a JSON document with its result or its error, and
+the child's resident memory after the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import inspect
+import json
+import os
+import resource
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from opentelemetry import propagate, trace
+
+from lexigram.tasks import current
+from lexigram.tasks.errors import TaskError
+
+#: Sent instead of a job: the child exits.
+STOP = b"stop"
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class ProgressNotSupportedError(TaskError):
+    """A process-executor task reported progress or metadata (not supported there)."""
+
+
+def child_main(conn: Connection) -> None:
+    """Serve jobs from ``conn`` until told to stop or the parent goes away."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the worker shuts down, not its child
+    _die_with_parent()
+    functions: dict[tuple[str, str], Callable[..., Any]] = {}
+    tracer = trace.get_tracer("lexigram.tasks")
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        if data == STOP:
+            return
+        request = json.loads(data)
+        conn.send_bytes(_run(request, functions, tracer))
+
+
+def _run(
+    request: dict[str, Any],
+    functions: dict[tuple[str, str], Callable[..., Any]],
+    tracer: trace.Tracer,
+) -> bytes:
+    name = request["task"]
+    parent = propagate.extract(request["trace"])
+    with tracer.start_as_current_span(f"run {name}", context=parent) as span:
+        token = current.seat.set(_ChildSeat(request, span))
+        try:
+            fn = _function(request, functions)
+            result = fn(*request["args"], **request["kwargs"])
+            if inspect.iscoroutine(result):
+                result = asyncio.run(result)
+            try:
+                reply = json.dumps({"ok": True, "result": result, "rss": _rss()})
+            except (TypeError, ValueError) as exc:
+                raise TypeError(
+                    f"the result of task {name!r} cannot travel as JSON: {exc}"
+                ) from None
+        except BaseException as exc:  # SystemExit too: it fails the job, not the child
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            span.record_exception(exc)
+            kind = type(exc)
+            reply = json.dumps(
+                {
+                    "ok": False,
+                    "module": kind.__module__,
+                    "type": kind.__qualname__,
+                    "message": str(exc),
+                    "traceback": "".join(traceback.format_exception(exc)),
+                    "rss": _rss(),
+                }
+            )
+        finally:
+            current.seat.reset(token)
+    return reply.encode()
+
+
+def _function(
+    request: dict[str, Any], functions: dict[tuple[str, str], Callable[..., Any]]
+) -> Callable[..., Any]:
+    key = (request["module"], request["qualname"])
+    cached = functions.get(key)
+    if cached is not None:
+        return cached
+    try:
+        found: Any = importlib.import_module(key[0])
+        for part in key[1].split("."):
+            found = getattr(found, part)
+    except Exception as exc:
+        raise ImportError(
+            f"task {request['task']!r}: the process executor's child cannot import its "
+            f"function {key[0]}.{key[1]} ({type(exc).__name__}: {exc}); a process task "
+            "must be a module-level function of an importable module"
+        ) from None
+    inner = getattr(found, "fn", None)  # the Task that @provider.task put in its place
+    fn: Callable[..., Any] = inner if callable(inner) and not inspect.isfunction(found) else found
+    functions[key] = fn
+    return fn
+
+
+def _rss() -> int:
+    """Resident memory in bytes, now (peak where /proc is missing)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE
+    except OSError:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+def _die_with_parent() -> None:
+    """On Linux, SIGKILL this child when the process that started it dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class _NoProgress:
+    """The progress host of a child: reports are refused with a clear error."""
+
+    def progress_sink(self, delivery: Any, span: Any) -> current.ProgressSink:
+        raise ProgressNotSupportedError(
+            "progress and metadata cannot be reported from a task run by the process "
+            "executor (current_job() there gives the id, task and attempt only)"
+        )
+
+
+class _ChildSeat:
+    """The ``current_job()`` seat in a child: the job's id, task and attempt."""
+
+    def __init__(self, request: dict[str, Any], span: Any) -> None:
+        from lexigram.tasks.job import Job
+
+        job = Job(
+            task=request["task"],
+            id=request["id"],
+            attempt=request["attempt"],
+            queue=request["queue"],
+        )
+        marker: Any = object()  # stands for the delivery the worker holds
+        self.delivery: Any = marker
+        self.span = span
+        self.host: current.ProgressHost = _NoProgress()
+        self.current: current.CurrentJob | None = current.CurrentJob(job, marker, span, self.host)

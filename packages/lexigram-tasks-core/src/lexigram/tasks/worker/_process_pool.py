@@ -1,0 +1,373 @@
+"""The process executor: tasks run in child processes that can be killed.
+
+Children are started on demand (``forkserver`` where the platform has it,
+else ``spawn``), at most ``size`` of them, each running one job at a time
+sent over its own pipe as JSON. The loop waits on a child's pipe and on its
+process sentinel at once, so a child that dies mid-job is seen at once. A
+job past its timeout or cancelled has its child sent SIGTERM, then SIGKILL
+after :data:`KILL_GRACE` seconds; the job ends only once that child is gone,
+so its retry never overlaps it. Children are recycled after
+``max_jobs_per_child`` jobs or once their resident memory passes
+``max_memory_mb``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import importlib
+import json
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
+from typing import Any
+
+from opentelemetry import propagate
+from opentelemetry.trace import Span
+
+from lexigram.tasks.errors import (
+    ConfigurationError,
+    JobCancelledError,
+    JobSerializationError,
+    TaskError,
+    WorkerProcessCrashed,
+)
+from lexigram.tasks.job import Job
+from lexigram.tasks.task import Task
+from lexigram.tasks.worker._process_child import STOP, child_main
+
+logger = logging.getLogger("lexigram.tasks.worker")
+
+#: Seconds between SIGTERM and SIGKILL when a child's job is stopped.
+KILL_GRACE = 1.0
+
+_START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a child process (as its ``__cause__``)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def importable_problem(fn: Callable[..., Any]) -> str | None:
+    """Why a child could not import ``fn`` by module and qualname, or None."""
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        return "it has no module and qualified name to be imported by"
+    if "<" in qualname:  # <lambda>, <locals>
+        return f"{qualname} is a lambda or is defined inside a function"
+    if module == "__main__":
+        return "it is defined in __main__, which a child process does not import as such"
+    if module not in sys.modules:
+        return f"its module {module!r} is not imported"
+    return None
+
+
+def check_process_tasks(tasks: Iterable[Task[Any, Any]], default_executor: str) -> None:
+    """Raise :class:`ConfigurationError` naming the process tasks a child could not import."""
+    problems = [
+        f"task {task.name!r}: {problem}"
+        for task in tasks
+        if task.executor == "process"
+        or (task.executor is None and not task.is_async and default_executor == "process")
+        if (problem := importable_problem(task.fn)) is not None
+    ]
+    if problems:
+        raise ConfigurationError(
+            "these tasks run in the process executor, which imports a task's function by "
+            "module and qualified name in a child process, but cannot import them: "
+            + "; ".join(problems)
+            + " (give them executor='thread', or move them to a module)",
+            problems=problems,
+        )
+
+
+class _Child:
+    """One child process and the parent's end of its pipe."""
+
+    def __init__(self, context: BaseContext, number: int) -> None:
+        parent_end, child_end = context.Pipe()
+        self.process = context.Process(  # type: ignore[attr-defined]
+            target=child_main, args=(child_end,), name=f"lexigram-child-{number}", daemon=True
+        )
+        self.process.start()
+        child_end.close()
+        self.conn: Connection = parent_end
+        self.pid: int = self.process.pid
+        self.jobs = 0
+        self.stopped_for: str | None = None  # "timeout" or "cancel" once the pool kills it
+
+    async def call(self, data: bytes) -> bytes | None:
+        """Send a job and wait for its reply; None if the child died first (it is reaped)."""
+        loop = asyncio.get_running_loop()
+        self.conn.send_bytes(data)
+        answered: asyncio.Future[bool] = loop.create_future()
+        fd, sentinel = self.conn.fileno(), self.process.sentinel
+        loop.add_reader(fd, _settle, answered, True)
+        loop.add_reader(sentinel, _settle, answered, False)
+        try:
+            await answered
+        finally:
+            loop.remove_reader(fd)
+            loop.remove_reader(sentinel)
+        with contextlib.suppress(EOFError, OSError):
+            if self.conn.poll():
+                return self.conn.recv_bytes()
+        await self.reap()
+        return None
+
+    def kill(self, reason: str) -> None:
+        """SIGTERM now, SIGKILL after the grace period if it still runs."""
+        self.stopped_for = reason
+        if self.process.exitcode is None:
+            self.process.terminate()
+            asyncio.get_running_loop().call_later(KILL_GRACE, self._kill_now)
+
+    def _kill_now(self) -> None:
+        with contextlib.suppress(ValueError, OSError):  # already reaped and closed
+            if self.process.exitcode is None:
+                self.process.kill()
+
+    async def reap(self) -> None:
+        """Wait until the process has exited, then free it."""
+        loop = asyncio.get_running_loop()
+        while self.process.exitcode is None:
+            gone: asyncio.Future[bool] = loop.create_future()
+            loop.add_reader(self.process.sentinel, _settle, gone, True)
+            try:
+                await asyncio.wait_for(gone, 0.5)
+            except TimeoutError:
+                pass
+            finally:
+                loop.remove_reader(self.process.sentinel)
+        self.conn.close()
+
+    def how_it_ended(self) -> str:
+        code = self.process.exitcode
+        if code is not None and code < 0:
+            with contextlib.suppress(ValueError):
+                return f"killed by signal {signal.Signals(-code).name}"
+            return f"killed by signal {-code}"
+        return f"exit code {code}"
+
+    def retire(self) -> None:
+        """Ask an idle child to exit; reaped in the background."""
+        with contextlib.suppress(OSError):
+            self.conn.send_bytes(STOP)
+        task = asyncio.get_running_loop().create_task(self.reap())
+        _reaping.add(task)
+        task.add_done_callback(_reaping.discard)
+
+
+_reaping: set[asyncio.Task[None]] = set()
+
+
+def _settle(future: asyncio.Future[bool], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+class ProcessExecutor:
+    """At most ``size`` child processes running process-executor jobs of one pool."""
+
+    def __init__(self, size: int, max_jobs_per_child: int, max_memory_mb: int) -> None:
+        self.size = size
+        self.max_jobs = max_jobs_per_child
+        self.max_memory = max_memory_mb * 1024 * 1024
+        self._context = multiprocessing.get_context(_START_METHOD)
+        self._idle: list[_Child] = []
+        self._alive = 0  # children started and not yet gone
+        self._started = 0
+        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._running: dict[object, _Child] = {}  # slot -> the child running its job
+        self._closed = False
+
+    def holds(self, slot: object) -> bool:
+        return slot in self._running
+
+    def stop_job(self, slot: object, reason: str) -> bool:
+        """Kill the child running ``slot``'s job (``"timeout"`` or ``"cancel"``)."""
+        child = self._running.get(slot)
+        if child is None or child.stopped_for is not None:
+            return child is not None
+        child.kill(reason)
+        return True
+
+    async def run(
+        self,
+        slot: object,
+        request: dict[str, Any],
+        started: Callable[[], None],
+        timed_out: Callable[[], Exception],
+    ) -> Any:
+        """Run one job in a child; ``started`` is called once a child has it."""
+        try:
+            data = json.dumps(request).encode()
+        except (TypeError, ValueError) as exc:
+            raise JobSerializationError(
+                f"the arguments of task {request['task']!r} cannot travel as JSON: {exc}"
+            ) from None
+        child = await self._acquire()
+        self._running[slot] = child
+        started()
+        try:
+            reply = await child.call(data)
+        except BaseException:
+            # The slot is cancelled (shutdown past its window): the job goes back
+            # to the queue, so its run must not go on.
+            del self._running[slot]
+            self._lose(child)
+            child.kill("shutdown")
+            child.retire()
+            raise
+        del self._running[slot]
+        if reply is None or child.stopped_for is not None:
+            self._lose(child)
+            if reply is not None:  # it answered as it was being stopped: not reused
+                child.retire()
+            if child.stopped_for == "cancel":
+                raise JobCancelledError(request["id"])
+            if child.stopped_for == "timeout":
+                raise timed_out()
+            raise WorkerProcessCrashed(
+                f"the child process running task {request['task']!r} (pid {child.pid}) died "
+                f"before answering: {child.how_it_ended()}"
+            )
+        answer = json.loads(reply)
+        child.jobs += 1
+        self._release(child, answer["rss"])
+        if answer["ok"]:
+            return answer["result"]
+        raise _rebuild(answer)
+
+    async def _acquire(self) -> _Child:
+        while True:
+            if self._idle:
+                return self._idle.pop()
+            if self._alive < self.size:
+                self._alive += 1
+                self._started += 1
+                try:
+                    return _Child(self._context, self._started)
+                except BaseException:
+                    self._alive -= 1
+                    raise
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # pass the turn on
+                raise
+
+    def _release(self, child: _Child, rss: int) -> None:
+        if self.max_jobs and child.jobs >= self.max_jobs:
+            why = f"ran {child.jobs} jobs (max_jobs_per_child)"
+        elif self.max_memory and rss > self.max_memory:
+            why = f"uses {rss / 2**20:.0f} MB (max_memory_per_child)"
+        else:
+            self._idle.append(child)
+            self._wake()
+            return
+        logger.info("replacing child process %d: it %s", child.pid, why)
+        self._lose(child)
+        child.retire()
+
+    def _lose(self, child: _Child) -> None:
+        self._alive -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def close(self) -> None:
+        """Stop every idle child and wait for them (running ones were stopped by the pool)."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for child in idle:
+            child.retire()
+        for child in list(self._running.values()):
+            child.kill("shutdown")
+        if _reaping:
+            await asyncio.wait(list(_reaping), timeout=KILL_GRACE + 5)
+
+
+def _rebuild(answer: dict[str, Any]) -> Exception:
+    """The child's exception as the parent can best make it (same type where importable)."""
+    exc: Exception
+    kind: Any = None
+    module, name, message = answer["module"], answer["type"], answer["message"]
+    with contextlib.suppress(Exception):
+        found: Any = builtins if module == "builtins" else importlib.import_module(module)
+        for part in name.split("."):
+            found = getattr(found, part)
+        kind = found
+    if isinstance(kind, type) and issubclass(kind, Exception):
+        exc = kind.__new__(kind)
+        exc.args = (message,)
+        with contextlib.suppress(Exception):
+            str(exc)  # a class whose __str__ needs its own attributes
+            exc.__cause__ = RemoteTraceback(answer["traceback"])
+            return exc
+    exc = TaskError(f"{module}.{name}: {message}")
+    exc.__cause__ = RemoteTraceback(answer["traceback"])
+    return exc
+
+
+async def run_in_process(
+    pool: Any, slot: Any, task: Task[Any, Any], job: Job, timeout: float, span: Span
+) -> Any:
+    """Run ``job`` on ``pool``'s process executor (started on first use), under ``timeout``.
+
+    The trace context passed to the child is the current one: the worker's
+    process span when tracing is on, else the job's own.
+    """
+    executor: ProcessExecutor | None = pool._processes
+    if executor is None:
+        settings = pool.settings
+        size = settings.process_pool_size or min(settings.worker_count, os.cpu_count() or 1)
+        executor = pool._processes = ProcessExecutor(
+            size, settings.max_jobs_per_child, settings.max_memory_per_child
+        )
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    fn = task.fn
+    request = {
+        "task": job.task,
+        "id": job.id,
+        "attempt": job.attempt,
+        "queue": job.queue,
+        "module": fn.__module__,
+        "qualname": fn.__qualname__,
+        "args": job.args,
+        "kwargs": job.kwargs,
+        "trace": carrier,
+    }
+
+    def started() -> None:
+        slot.in_thread = False
+        slot.timeout = timeout
+        slot.deadline = deadline = time.monotonic() + timeout
+        if deadline < pool._sweeper.at:
+            pool._sweeper.arm(deadline)
+
+    try:
+        return await executor.run(slot, request, started, lambda: pool._timed_out(job, timeout))
+    finally:
+        slot.deadline = None

@@ -1,0 +1,255 @@
+"""The process executor on the memory backend: results, timeouts that kill, crashes,
+recycling by job count and by memory, cancellation, tracing, un-importable functions."""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from lexigram.tasks import (
+    CancelOutcome,
+    ConfigurationError,
+    JobCancelledError,
+    MemoryTaskQueue,
+    TaskFailedError,
+    TaskProvider,
+    WorkerSettings,
+)
+from lexigram.tasks.testing import eventually
+
+# The children import the task functions by module name: the helper module's folder
+# must be on sys.path (children inherit it).
+sys.path.insert(0, str(Path(__file__).parent))
+import _process_executor_tasks as tasks
+
+
+def provider_for(name: str, **settings: Any) -> TaskProvider:
+    return TaskProvider(queue=MemoryTaskQueue(name), **settings)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def pid_in(path: Path) -> int:
+    text = await eventually(lambda: path.exists() and path.read_text(), 30)
+    return int(text)
+
+
+# -- results ---------------------------------------------------------------------------
+
+
+async def test_results_arguments_and_current_job_travel_between_processes() -> None:
+    provider = provider_for("proc-roundtrip")
+    add = provider.task(name="add", executor="process")(tasks.add)
+    async_add = provider.task(name="async_add", executor="process")(tasks.async_add)
+    whoami = provider.task(name="whoami", executor="process")(tasks.whoami)
+    async with provider:
+        result = await (await add.enqueue(2, b=3)).result(timeout=30)
+        assert result["sum"] == 5 and result["pid"] != os.getpid()
+        assert await (await async_add.enqueue(4, 5)).result(timeout=30) == 9
+        handle = await whoami.enqueue()
+        me = await handle.result(timeout=30)
+    assert (me["id"], me["task"], me["attempt"]) == (handle.id, "whoami", 1)
+    assert not alive(result["pid"])  # the pool's stop ended its children
+
+
+async def test_an_exception_keeps_its_type_and_progress_is_refused_clearly() -> None:
+    provider = provider_for("proc-errors")
+    fail = provider.task(name="fail", executor="process")(tasks.fail)
+    progress = provider.task(name="progress", executor="process")(tasks.report_progress)
+    async with provider:
+        with pytest.raises(TaskFailedError) as failed:
+            await (await fail.enqueue("no such thing")).result(timeout=30)
+        with pytest.raises(TaskFailedError) as refused:
+            await (await progress.enqueue()).result(timeout=30)
+    assert (failed.value.error_type, failed.value.error_message) == ("LookupError", "no such thing")
+    assert refused.value.error_type == "ProgressNotSupportedError"
+    assert "process executor" in refused.value.error_message
+
+
+async def test_default_executor_process_runs_plain_functions_in_a_child() -> None:
+    provider = provider_for("proc-default", default_executor="process")
+    pid = provider.task(name="pid")(tasks.pid)
+    on_thread = provider.task(name="pid_thread", executor="thread")(tasks.burn)
+    async with provider:
+        assert await (await pid.enqueue()).result(timeout=30) != os.getpid()
+        assert await (await on_thread.enqueue(1)).result(timeout=30) > 0
+    with pytest.raises(ValueError, match="default_executor must be one of"):
+        WorkerSettings(default_executor="fork")  # type: ignore[arg-type]
+
+
+# -- timeouts, crashes -------------------------------------------------------------------
+
+
+async def test_a_timed_out_job_has_its_child_killed_before_its_retry_starts(
+    tmp_path: Path,
+) -> None:
+    provider = provider_for("proc-timeout")
+    hang_once = provider.task(
+        name="hang_once", executor="process", timeout=1.0, max_retries=1, retry_backoff=0.01
+    )(tasks.hang_once)
+    hang = provider.task(name="hang", executor="process", timeout=1.0)(tasks.hang)
+    async with provider:
+        retried = await (await hang_once.enqueue(str(tmp_path / "first"))).result(timeout=60)
+        # the retry itself looked: attempt 1's child no longer existed when it started
+        assert retried == {"first_alive": False, "attempt": 2}
+        handle = await hang.enqueue(str(tmp_path / "only"))
+        with pytest.raises(TaskFailedError) as info:
+            await handle.result(timeout=60)
+        assert not alive(await pid_in(tmp_path / "only"))
+    assert info.value.error_type == "TaskTimeoutError"
+    assert "timeout of 1s" in info.value.error_message
+
+
+async def test_a_crashed_child_fails_only_its_job_and_is_replaced() -> None:
+    provider = provider_for("proc-crash", worker_count=2, process_pool_size=2)
+    exit_now = provider.task(name="exit_now", executor="process")(tasks.exit_now)
+    segfault = provider.task(name="segfault", executor="process")(tasks.segfault)
+    add = provider.task(name="add", executor="process")(tasks.add)
+    async with provider:
+        exited, crashed = await exit_now.enqueue(3), await segfault.enqueue()
+        fine = await add.enqueue(1, 1)
+        with pytest.raises(TaskFailedError) as first:
+            await exited.result(timeout=30)
+        with pytest.raises(TaskFailedError) as second:
+            await crashed.result(timeout=30)
+        assert (await fine.result(timeout=30))["sum"] == 2
+        after = [await (await add.enqueue(i, 0)).result(timeout=30) for i in range(3)]
+    assert first.value.error_type == second.value.error_type == "WorkerProcessCrashed"
+    assert "exit code 3" in first.value.error_message
+    assert "'exit_now'" in first.value.error_message
+    assert "SIGSEGV" in second.value.error_message
+    assert [r["sum"] for r in after] == [0, 1, 2]
+
+
+# -- recycling ---------------------------------------------------------------------------
+
+
+async def test_max_jobs_per_child_replaces_children() -> None:
+    provider = provider_for("proc-recycle", max_jobs_per_child=2)
+    pid = provider.task(name="pid", executor="process")(tasks.pid)
+    async with provider:
+        pids = [await (await pid.enqueue()).result(timeout=30) for _ in range(6)]
+    assert len(set(pids)) == 3
+    assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4] == pids[5]
+
+
+async def test_max_memory_per_child_keeps_a_leaking_task_bounded() -> None:
+    limit, step = 120, 20  # MB
+    provider = provider_for("proc-leak", max_memory_per_child=limit)
+    leak = provider.task(name="leak", executor="process")(tasks.leak)
+    async with provider:
+        runs = [await (await leak.enqueue(step)).result(timeout=30) for _ in range(15)]
+    # without the limit one child would reach 300 MB more than it started with
+    highest = max(r["rss"] for r in runs) / 2**20
+    assert highest <= limit + step, f"RSS reached {highest:.0f} MB"
+    assert len({r["pid"] for r in runs}) >= 2
+
+
+# -- cancellation ------------------------------------------------------------------------
+
+
+async def test_cancelling_a_process_job_kills_its_child(tmp_path: Path) -> None:
+    provider = provider_for("proc-cancel")
+    hang = provider.task(name="hang", executor="process", max_retries=3)(tasks.hang)
+    async with provider:
+        handle = await hang.enqueue(str(tmp_path / "pid"))
+        child = await pid_in(tmp_path / "pid")
+        assert await handle.cancel() is CancelOutcome.REQUESTED
+        with pytest.raises(JobCancelledError):
+            await handle.result(timeout=30)
+        assert not alive(child)
+        info = await handle.status()
+        assert info is not None and info.attempt == 1  # not retried
+
+
+# -- tracing -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def tracer_provider(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider
+    provider.shutdown()
+
+
+async def test_the_trace_continues_in_the_child(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    provider = TaskProvider(queue=MemoryTaskQueue("proc-trace"), tracer_provider=tracer_provider)
+    span_parent = provider.task(name="span_parent", executor="process")(tasks.span_parent)
+    async with provider:
+        seen = await (await span_parent.enqueue()).result(timeout=30)
+    [process] = [s for s in exporter.get_finished_spans() if s.kind.name == "CONSUMER"]
+    assert process.context is not None
+    # the child has the OpenTelemetry API only: its span carries the parent's context
+    assert seen == format(process.context.span_id, "016x")
+
+
+# -- what a child cannot import ----------------------------------------------------------
+
+
+def test_functions_a_child_cannot_import_are_refused_at_registration() -> None:
+    provider = provider_for("proc-refused")
+
+    def closure() -> None: ...
+
+    main = types.FunctionType(tasks.pid.__code__, {}, "in_main")
+    main.__module__ = "__main__"
+    for fn, reason in [
+        (lambda: None, "lambda"),
+        (closure, "inside a function"),
+        (main, "__main__"),
+    ]:
+        with pytest.raises(ValueError, match=f"task 'bad'.*{reason}"):
+            provider.task(name="bad", executor="process")(fn)
+    with pytest.raises(ValueError, match="async def task runs on the worker's event loop"):
+        provider.task(name="bad", executor="thread")(tasks.async_add)
+
+
+async def test_default_executor_process_refuses_to_start_with_a_closure() -> None:
+    provider = provider_for("proc-refused-start", default_executor="process")
+
+    @provider.task(name="inner")
+    def inner() -> None: ...
+
+    with pytest.raises(ConfigurationError, match="task 'inner'"):
+        await provider.start()
+    await provider.stop()
+
+
+async def test_a_function_the_child_cannot_import_fails_its_job_naming_the_task() -> None:
+    fake = types.ModuleType("lexigram_parent_only_module")
+    sys.modules[fake.__name__] = fake
+    try:
+        exec("def f():\n    return 1\n", fake.__dict__)
+        provider = provider_for("proc-import")
+        task = provider.task(name="parent_only", executor="process")(fake.f)
+        async with provider:
+            with pytest.raises(TaskFailedError) as info:
+                await (await task.enqueue()).result(timeout=30)
+    finally:
+        del sys.modules[fake.__name__]
+    assert info.value.error_type == "ImportError"
+    assert "task 'parent_only'" in info.value.error_message
+    assert "lexigram_parent_only_module" in info.value.error_message
