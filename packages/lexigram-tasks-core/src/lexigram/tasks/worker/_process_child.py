@@ -29,6 +29,8 @@ from lexigram.tasks.errors import TaskError
 
 #: Sent instead of a job: the child exits.
 STOP = b"stop"
+#: Sent by a child once it has imported the tasks' modules: its jobs' clocks start now.
+READY = b"ready"
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -37,10 +39,19 @@ class ProgressNotSupportedError(TaskError):
     """A process-executor task reported progress or metadata (not supported there)."""
 
 
-def child_main(conn: Connection) -> None:
-    """Serve jobs from ``conn`` until told to stop or the parent goes away."""
+def child_main(conn: Connection, modules: list[str]) -> None:
+    """Import ``modules``, then serve jobs from ``conn`` until told to stop or the parent
+    goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the worker shuts down, not its child
     _die_with_parent()
+    for module in modules:
+        # A module that fails here fails its jobs, which name the task and the error.
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
+    try:
+        conn.send_bytes(READY)
+    except OSError:
+        return
     functions: dict[tuple[str, str], Callable[..., Any]] = {}
     tracer = trace.get_tracer("lexigram.tasks")
     while True:

@@ -42,7 +42,7 @@ from lexigram.tasks.errors import (
 )
 from lexigram.tasks.job import Job
 from lexigram.tasks.task import Task
-from lexigram.tasks.worker._process_child import STOP, child_main
+from lexigram.tasks.worker._process_child import READY, STOP, child_main
 
 logger = logging.getLogger("lexigram.tasks.worker")
 
@@ -74,13 +74,19 @@ def importable_problem(fn: Callable[..., Any]) -> str | None:
     return None
 
 
+def runs_in_process(task: Task[Any, Any], default_executor: str) -> bool:
+    """Whether the process executor runs ``task`` (as the worker decides per job)."""
+    if task.executor is not None:
+        return task.executor == "process"
+    return not task.is_async and default_executor == "process"
+
+
 def check_process_tasks(tasks: Iterable[Task[Any, Any]], default_executor: str) -> None:
     """Raise :class:`ConfigurationError` naming the process tasks a child could not import."""
     problems = [
         f"task {task.name!r}: {problem}"
         for task in tasks
-        if task.executor == "process"
-        or (task.executor is None and not task.is_async and default_executor == "process")
+        if runs_in_process(task, default_executor)
         if (problem := importable_problem(task.fn)) is not None
     ]
     if problems:
@@ -96,10 +102,13 @@ def check_process_tasks(tasks: Iterable[Task[Any, Any]], default_executor: str) 
 class _Child:
     """One child process and the parent's end of its pipe."""
 
-    def __init__(self, context: BaseContext, number: int) -> None:
+    def __init__(self, context: BaseContext, number: int, modules: list[str]) -> None:
         parent_end, child_end = context.Pipe()
         self.process = context.Process(  # type: ignore[attr-defined]
-            target=child_main, args=(child_end,), name=f"lexigram-child-{number}", daemon=True
+            target=child_main,
+            args=(child_end, modules),
+            name=f"lexigram-child-{number}",
+            daemon=True,
         )
         self.process.start()
         child_end.close()
@@ -108,10 +117,18 @@ class _Child:
         self.jobs = 0
         self.stopped_for: str | None = None  # "timeout" or "cancel" once the pool kills it
 
+    async def ready(self) -> bool:
+        """Wait until the child has imported the tasks' modules; False if it died first."""
+        return await self._answer(b"") == READY
+
     async def call(self, data: bytes) -> bytes | None:
         """Send a job and wait for its reply; None if the child died first (it is reaped)."""
+        return await self._answer(data)
+
+    async def _answer(self, data: bytes) -> bytes | None:
         loop = asyncio.get_running_loop()
-        self.conn.send_bytes(data)
+        if data:
+            self.conn.send_bytes(data)
         answered: asyncio.Future[bool] = loop.create_future()
         fd, sentinel = self.conn.fileno(), self.process.sentinel
         loop.add_reader(fd, _settle, answered, True)
@@ -181,8 +198,11 @@ def _settle(future: asyncio.Future[bool], value: bool) -> None:
 class ProcessExecutor:
     """At most ``size`` child processes running process-executor jobs of one pool."""
 
-    def __init__(self, size: int, max_jobs_per_child: int, max_memory_mb: int) -> None:
+    def __init__(
+        self, size: int, max_jobs_per_child: int, max_memory_mb: int, modules: list[str]
+    ) -> None:
         self.size = size
+        self.modules = modules  # imported by each child before its first job
         self.max_jobs = max_jobs_per_child
         self.max_memory = max_memory_mb * 1024 * 1024
         self._context = multiprocessing.get_context(_START_METHOD)
@@ -227,13 +247,13 @@ class ProcessExecutor:
             # The slot is cancelled (shutdown past its window): the job goes back
             # to the queue, so its run must not go on.
             del self._running[slot]
-            self._lose(child)
+            self._lose()
             child.kill("shutdown")
             child.retire()
             raise
         del self._running[slot]
         if reply is None or child.stopped_for is not None:
-            self._lose(child)
+            self._lose()
             if reply is not None:  # it answered as it was being stopped: not reused
                 child.retire()
             if child.stopped_for == "cancel":
@@ -259,10 +279,24 @@ class ProcessExecutor:
                 self._alive += 1
                 self._started += 1
                 try:
-                    return _Child(self._context, self._started)
+                    child = _Child(self._context, self._started, self.modules)
                 except BaseException:
-                    self._alive -= 1
+                    self._lose()
                     raise
+                try:
+                    ready = await child.ready()
+                except BaseException:
+                    self._lose()
+                    child.kill("shutdown")
+                    child.retire()
+                    raise
+                if ready:
+                    return child
+                self._lose()
+                raise WorkerProcessCrashed(
+                    f"a child process of the process executor (pid {child.pid}) died while "
+                    f"starting: {child.how_it_ended()}"
+                )
             waiter = asyncio.get_running_loop().create_future()
             self._waiting.append(waiter)
             try:
@@ -282,10 +316,10 @@ class ProcessExecutor:
             self._wake()
             return
         logger.info("replacing child process %d: it %s", child.pid, why)
-        self._lose(child)
+        self._lose()
         child.retire()
 
-    def _lose(self, child: _Child) -> None:
+    def _lose(self) -> None:
         self._alive -= 1
         self._wake()
 
@@ -342,8 +376,15 @@ async def run_in_process(
     if executor is None:
         settings = pool.settings
         size = settings.process_pool_size or min(settings.worker_count, os.cpu_count() or 1)
+        modules = sorted(
+            {
+                t.fn.__module__
+                for t in pool.tasks.values()
+                if runs_in_process(t, settings.default_executor)
+            }
+        )
         executor = pool._processes = ProcessExecutor(
-            size, settings.max_jobs_per_child, settings.max_memory_per_child
+            size, settings.max_jobs_per_child, settings.max_memory_per_child, modules
         )
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
