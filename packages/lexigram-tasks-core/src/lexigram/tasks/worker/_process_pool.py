@@ -1,7 +1,6 @@
 """The process executor: tasks run in child processes that can be killed.
 
-Children are started on demand (``forkserver`` where the platform has it,
-else ``spawn``), at most ``size`` of them, each running one job at a time
+Children are started on demand (``spawn``), at most ``size`` of them, each running one job at a time
 sent over its own pipe as JSON. The loop waits on a child's pipe and on its
 process sentinel at once, so a child that dies mid-job is seen at once. A
 job past its timeout or cancelled has its child sent SIGTERM, then SIGKILL
@@ -49,7 +48,9 @@ logger = logging.getLogger("lexigram.tasks.worker")
 #: Seconds between SIGTERM and SIGKILL when a child's job is stopped.
 KILL_GRACE = 1.0
 
-_START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+#: Not "fork" (it would copy the worker's threads and connections), nor "forkserver":
+#: its children hold the server open, so they would outlive a worker killed by SIGKILL.
+_START_METHOD = "spawn"
 
 
 class RemoteTraceback(Exception):
