@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
 from lexigram.tasks._otel import Telemetry
+from lexigram.tasks.concurrency import ConcurrencyLimiter
 from lexigram.tasks.environment import current_environment, is_development
 from lexigram.tasks.errors import ConfigurationError
 from lexigram.tasks.events import EventBus
@@ -45,6 +46,7 @@ class Lifecycle(SettingsAttributes):
     result_ttl: float | None
     dead_letter: DeadLetterSink | None
     rate_limiter: RateLimiter | None
+    concurrency_limiter: ConcurrencyLimiter | None
     global_rate_limit: Rate | None
     environment: str | None
     events: EventBus
@@ -75,9 +77,10 @@ class Lifecycle(SettingsAttributes):
         self._connected = False
         if self.result_store is not None:
             await self.result_store.disconnect()
-        closer = getattr(self.rate_limiter, "disconnect", None)
-        if closer is not None:  # e.g. RedisRateLimiter, which connects on first use
-            await closer()
+        for limiter in (self.rate_limiter, self.concurrency_limiter):
+            closer = getattr(limiter, "disconnect", None)
+            if closer is not None:  # e.g. RedisRateLimiter, which connects on first use
+                await closer()
         for queue in self.backends.values():
             await queue.disconnect()
 
@@ -124,6 +127,7 @@ class Lifecycle(SettingsAttributes):
                 telemetry=self.telemetry,
                 dead_letter=self.dead_letter,
                 rate_limiter=self.rate_limiter,
+                concurrency_limiter=self.concurrency_limiter,
                 global_rate_limit=self.global_rate_limit,
                 worker_id=self.worker_id,
             )

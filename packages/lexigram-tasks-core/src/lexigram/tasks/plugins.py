@@ -22,6 +22,7 @@ from lexigram.tasks.optional import missing_dependency, pip_install
 __all__ = [
     "BACKENDS",
     "CLI_COMMANDS",
+    "CONCURRENCY_LIMITERS",
     "CONFIG_SECTIONS",
     "DLQ_STORAGES",
     "GROUPS",
@@ -142,6 +143,12 @@ STATE_STORES = PluginGroup(
 RATE_LIMITERS = PluginGroup(
     "lexigram.tasks.rate_limiters", "rate limiter type", {"local": _CORE, "redis": _REDIS}
 )
+#: ``tasks.concurrency_limiter.type``: classes implementing ``ConcurrencyLimiter``.
+CONCURRENCY_LIMITERS = PluginGroup(
+    "lexigram.tasks.concurrency_limiters",
+    "concurrency limiter type",
+    {"local": _CORE, "redis": _REDIS, "postgres": "lexigram-tasks-postgres"},
+)
 #: Sections of ``tasks:`` that another distribution reads: ``section(mapping) -> factory``.
 CONFIG_SECTIONS = PluginGroup(
     "lexigram.tasks.config", "configuration section", {"dead_letter": _DLQ}
@@ -171,6 +178,7 @@ GROUPS: tuple[PluginGroup, ...] = (
     RESULT_STORES,
     STATE_STORES,
     RATE_LIMITERS,
+    CONCURRENCY_LIMITERS,
     CONFIG_SECTIONS,
     DLQ_STORAGES,
     TEMPLATE_STORES,

@@ -23,12 +23,13 @@ from opentelemetry.trace import TracerProvider
 from lexigram.tasks._controlling import Controlling
 from lexigram.tasks._lifecycle import Service
 from lexigram.tasks._otel import Telemetry
+from lexigram.tasks.concurrency import ConcurrencyLimiter
 from lexigram.tasks.events import EventBus, Handler
 from lexigram.tasks.memory import MemoryTaskQueue
 from lexigram.tasks.protocol import BaseTaskQueue, TaskQueueProtocol
 from lexigram.tasks.ratelimit import Rate, RateLimiter
 from lexigram.tasks.results import MemoryResultStore, ResultStore
-from lexigram.tasks.task import RetryPolicy, Task
+from lexigram.tasks.task import RetryPolicy, Task, TaskLimits
 from lexigram.tasks.worker import DeadLetterSink, WorkerPool, WorkerSettings
 from lexigram.tasks.worker._presence import Presence
 from lexigram.tasks.worker._settings import WorkerSettingsKeywords
@@ -76,6 +77,7 @@ class TaskProvider(Controlling):
         dead_letter: DeadLetterSink | None = None,
         rate_limiter: RateLimiter | None = None,
         global_rate_limit: str | None = None,
+        concurrency_limiter: ConcurrencyLimiter | None = None,
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
         trace_links_only: bool = False,
@@ -106,6 +108,7 @@ class TaskProvider(Controlling):
         self.result_ttl = result_ttl
         self.dead_letter = dead_letter
         self.rate_limiter = rate_limiter
+        self.concurrency_limiter = concurrency_limiter
         self.global_rate_limit = Rate.parse(global_rate_limit) if global_rate_limit else None
         self._global_rate_text = global_rate_limit
         self.environment = environment
@@ -164,6 +167,10 @@ class TaskProvider(Controlling):
         backend: str | None = None,
         rate_limit: str | None = None,
         store_result: bool = True,
+        max_concurrency: int | None = None,
+        concurrency_key: Callable[..., str | int] | None = None,
+        max_concurrency_per_key: int | None = None,
+        rate_limit_key: Callable[..., str | int] | None = None,
         executor: Literal["thread", "process"] | None = None,
     ) -> _TaskDecorator: ...
 
@@ -182,6 +189,10 @@ class TaskProvider(Controlling):
         backend: str | None = None,
         rate_limit: str | None = None,
         store_result: bool = True,
+        max_concurrency: int | None = None,
+        concurrency_key: Callable[..., str | int] | None = None,
+        max_concurrency_per_key: int | None = None,
+        rate_limit_key: Callable[..., str | int] | None = None,
         executor: Literal["thread", "process"] | None = None,
     ) -> Any:
         """Register a handler: ``@provider.task`` or ``@provider.task(max_retries=3, ...)``.
@@ -190,11 +201,14 @@ class TaskProvider(Controlling):
         follow exponential backoff with jitter (``retry_backoff`` seconds,
         doubling, capped at ``retry_backoff_max``) for exceptions in
         ``retry_on``; ``rate_limit`` is e.g. ``"100/s"``; ``backend`` routes the
-        task to a named backend. ``executor`` runs a plain ``def`` in a thread
-        (``"thread"``) or in a child process that can be killed (``"process"``,
-        also for an ``async def``: ``asyncio.run`` in the child); None takes the
-        worker setting ``default_executor`` for a plain ``def`` (see
-        docs/workers.md, Executors).
+        task to a named backend. ``max_concurrency`` caps the runs of the task
+        at once across every worker; ``concurrency_key`` (a function of the
+        job's arguments returning a str or int) with ``max_concurrency_per_key``
+        caps them per key, and ``rate_limit_key`` applies ``rate_limit`` per key.
+        ``executor`` runs a plain ``def`` in a thread (``"thread"``) or in a
+        child process that can be killed (``"process"``, also for an ``async
+        def``: ``asyncio.run`` in the child); None takes the worker setting
+        ``default_executor`` for a plain ``def`` (see docs/workers.md, Executors).
         """
         if backend is not None and backend not in self.backends:
             raise ValueError(
@@ -202,6 +216,9 @@ class TaskProvider(Controlling):
             )
         policy = RetryPolicy(retry_backoff, 2.0, retry_backoff_max, retry_on)
         limit = Rate.parse(rate_limit) if rate_limit else None
+        limits = TaskLimits(
+            max_concurrency, concurrency_key, max_concurrency_per_key, rate_limit_key
+        )
 
         def register(func: Callable[..., Any]) -> Task[Any, Any]:
             task_name = name or f"{func.__module__}.{func.__qualname__}"
@@ -219,6 +236,7 @@ class TaskProvider(Controlling):
                 backend=backend,
                 rate_limit=limit,
                 store_result=store_result,
+                limits=limits,
                 executor=executor,
             )
             self.tasks[task_name] = task

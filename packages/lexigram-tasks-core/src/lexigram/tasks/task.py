@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+R2 = TypeVar("R2")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,41 @@ class EnqueueOptions:
         return self.eta
 
 
+@dataclass(frozen=True, slots=True)
+class TaskLimits:
+    """How many runs of a task may overlap, in total and per key (see docs/workers.md, Limits).
+
+    A key function is called with the job's arguments and returns a str or int.
+    """
+
+    max_concurrency: int | None = None
+    concurrency_key: Callable[..., str | int] | None = None
+    max_concurrency_per_key: int | None = None
+    rate_limit_key: Callable[..., str | int] | None = None
+
+    def __post_init__(self) -> None:
+        for option in ("max_concurrency", "max_concurrency_per_key"):
+            value = getattr(self, option)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(f"{option} must be an int, got {value!r}")
+            if value is not None and value < 1:
+                raise ValueError(f"{option} must be >= 1, got {value}")
+        for option in ("concurrency_key", "rate_limit_key"):
+            value = getattr(self, option)
+            if value is not None and not callable(value):
+                raise TypeError(f"{option} must be a function of the job's arguments")
+        if (self.concurrency_key is None) != (self.max_concurrency_per_key is None):
+            raise ValueError(
+                "concurrency_key and max_concurrency_per_key go together: the key function "
+                "says which runs share a limit, max_concurrency_per_key how many may overlap"
+            )
+
+    @property
+    def concurrent(self) -> bool:
+        """Whether any concurrency limit applies."""
+        return self.max_concurrency is not None or self.max_concurrency_per_key is not None
+
+
 class Task(Generic[P, R]):
     """A handler registered on a :class:`~lexigram.tasks.TaskProvider`.
 
@@ -92,12 +128,15 @@ class Task(Generic[P, R]):
         backend: str | None = None,
         rate_limit: Rate | None = None,
         store_result: bool = True,
+        limits: TaskLimits = TaskLimits(),
         executor: str | None = None,
     ) -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        if limits.rate_limit_key is not None and rate_limit is None:
+            raise ValueError(f"task {name!r}: rate_limit_key needs a rate_limit to apply per key")
         self.fn = fn
         self.provider = provider
         self.name = name
@@ -109,6 +148,7 @@ class Task(Generic[P, R]):
         self.backend = backend
         self.rate_limit = rate_limit
         self.store_result = store_result
+        self.limits = limits
         #: ``"thread"``, ``"process"`` or None (the worker's ``default_executor``
         #: for a plain ``def``, the event loop for an ``async def``).
         self.executor = _checked_executor(fn, name, is_async, executor)
@@ -145,6 +185,24 @@ class Task(Generic[P, R]):
         except TypeError as exc:
             return str(exc)
         return None
+
+    def call_by_name(self, fn: Callable[..., R2], args: Any, kwargs: Any) -> R2:
+        """``fn`` called with the job's arguments by parameter name (defaults filled in),
+        so ``lambda tenant_id, **_: tenant_id`` finds ``tenant_id`` however it was passed."""
+        if self._signature is None:
+            return fn(*args, **kwargs)
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError:
+            return fn(*args, **kwargs)
+        bound.apply_defaults()
+        named: dict[str, Any] = {}
+        for name, value in bound.arguments.items():
+            if self._signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+                named.update(value)
+            else:
+                named[name] = value
+        return fn(**named)
 
     def check_arguments(self, args: Any, kwargs: Any) -> None:
         """Raise :class:`TaskArgumentsError` if the handler cannot take these arguments."""

@@ -25,7 +25,7 @@ from lexigram.tasks.protocol import Delivery
 from lexigram.tasks.ratelimit import Rate, RateLimiter
 from lexigram.tasks.results import JobResult
 from lexigram.tasks.task import Task
-from lexigram.tasks.worker._fetching import Fetching
+from lexigram.tasks.worker._limits import Limiting, LimitKeyError, job_key
 from lexigram.tasks.worker._support import DaemonThreads, DeadlineSweeper, Slot
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ _SUCCEEDED = JobState.SUCCEEDED  # read per job: a module global, not an enum lo
 _UNKNOWN_RETRY_DELAY = 30.0
 
 
-class Running(Fetching):
+class Running(Limiting):
     """Runs the jobs in line on the pool's slots (a base of :class:`WorkerPool`)."""
 
     tasks: Mapping[str, Task[Any, Any]]
@@ -142,17 +142,24 @@ class Running(Fetching):
             if self._stopping:
                 await self._return_to_queue(delivery)
                 return
-        if (task.rate_limit or self.global_rate_limit) and not await self._within_rate_limit(
-            task, delivery
-        ):
+        limited = task.limits.concurrent
+        if limited and not await self._take_limits(task, delivery):
             return
-        with self.telemetry.process(job, self._system, self.worker_id) as span:
-            try:
-                await self._run(slot, job, task, delivery, span)
-            except asyncio.CancelledError:
-                if self._stopping and not slot.finished:
-                    self.telemetry.record_outcome(span, "requeued")
-                raise
+        try:
+            if (task.rate_limit or self.global_rate_limit) and not await self._within_rate_limit(
+                task, delivery
+            ):
+                return
+            with self.telemetry.process(job, self._system, self.worker_id) as span:
+                try:
+                    await self._run(slot, job, task, delivery, span)
+                except asyncio.CancelledError:
+                    if self._stopping and not slot.finished:
+                        self.telemetry.record_outcome(span, "requeued")
+                    raise
+        finally:
+            if limited:
+                await asyncio.shield(self._give_back_limits(delivery))
 
     async def _wait_alone(self) -> None:
         """Wait until no other job of this pool runs and every finished one is acked."""
@@ -339,7 +346,19 @@ class Running(Fetching):
 
     async def _within_rate_limit(self, task: Task[Any, Any], delivery: Delivery) -> bool:
         """Wait for a rate-limit slot, or hand the job back if the wait is long."""
-        limits = [(f"task:{task.name}", task.rate_limit)] if task.rate_limit else []
+        job = delivery.job
+        assert job is not None
+        limits = []
+        if task.rate_limit:
+            key_fn = task.limits.rate_limit_key
+            try:
+                name = f"task:{task.name}" + (
+                    f":key:{job_key(task, job, key_fn, 'rate_limit_key')}" if key_fn else ""
+                )
+            except LimitKeyError as exc:
+                await self._limit_key_failed(delivery, exc)
+                return False
+            limits.append((name, task.rate_limit))
         if self.global_rate_limit is not None:
             limits.append((GLOBAL_RATE_KEY, self.global_rate_limit))
         for key, rate in limits:

@@ -205,6 +205,9 @@ class Settling:
         """A cancellation of ``job_id`` was heard (see ``Cancelling``)."""
         raise NotImplementedError
 
+    async def _extend_limits(self) -> None:
+        """Extend the concurrency slots of the jobs running (see ``Limiting``)."""
+
     async def _store_result(self, result: JobResult) -> None:
         assert self.result_store is not None
         try:
@@ -288,6 +291,7 @@ class Settling:
         )
         while True:
             await asyncio.sleep(interval)
+            await self._extend_limits()
             held = list(self._held.values())
             if not held:
                 continue

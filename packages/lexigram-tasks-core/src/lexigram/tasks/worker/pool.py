@@ -27,6 +27,7 @@ from typing import Any, Unpack
 from opentelemetry.trace import Span
 
 from lexigram.tasks._otel import Telemetry
+from lexigram.tasks.concurrency import ConcurrencyLimiter
 from lexigram.tasks.control import require
 from lexigram.tasks.errors import ConfigurationError
 from lexigram.tasks.events import EventBus
@@ -87,6 +88,7 @@ class WorkerPool(Cancelling, SettingsView):
         dead_letter: DeadLetterSink | None = None,
         rate_limiter: RateLimiter | None = None,
         global_rate_limit: Rate | None = None,
+        concurrency_limiter: ConcurrencyLimiter | None = None,
         worker_id: str | None = None,
         **worker_settings: Unpack[WorkerSettingsKeywords],
     ) -> None:
@@ -100,6 +102,7 @@ class WorkerPool(Cancelling, SettingsView):
         self.dead_letter = dead_letter
         self.rate_limiter = rate_limiter or LocalRateLimiter()
         self.global_rate_limit = global_rate_limit
+        self.concurrency_limiter = concurrency_limiter
         self.worker_id = worker_id or new_worker_id()
         self._system = queue.system
         self._can_delay = Capability.DELAY in queue.capabilities
@@ -167,6 +170,7 @@ class WorkerPool(Cancelling, SettingsView):
                 "--tasks-module MODULE to 'lexigram-tasks worker', or list the modules under "
                 "tasks.modules in lexigram.yaml"
             )
+        self._prepare_limits(list(self.tasks.values()))
         check_process_tasks(self.tasks.values(), self.settings.default_executor)
         self._started = True
         self._acks_closing = False

@@ -1,0 +1,175 @@
+"""Concurrency limits for :class:`WorkerPool`: slots taken before a job runs, given back after.
+
+A job's limits (its task's ``max_concurrency`` and ``max_concurrency_per_key``)
+are taken together from the pool's :class:`~lexigram.tasks.concurrency.ConcurrencyLimiter`
+under a holder id naming this worker and the job. A job over a limit goes
+back to the queue, after a short jittered delay, without using an attempt,
+so the jobs of other keys and tasks behind it go on. The heartbeat extends
+the slots held with the jobs' leases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from lexigram.tasks.concurrency import (
+    ConcurrencyLimiter,
+    Limit,
+    LocalConcurrencyLimiter,
+    limiter_for,
+    local_limit_refused,
+)
+from lexigram.tasks.control import JobState
+from lexigram.tasks.job import Job
+from lexigram.tasks.memory import MemoryTaskQueue
+from lexigram.tasks.protocol import Delivery
+from lexigram.tasks.task import Task
+from lexigram.tasks.worker._fetching import Fetching
+
+logger = logging.getLogger("lexigram.tasks.worker")
+
+#: Seconds a job over its concurrency limit waits before it is offered again, at least and
+#: at most: longer the more jobs under the same limit this worker turned away lately, so a
+#: key with a big backlog steps aside for the few jobs of other keys behind it.
+LIMITED_DELAY = (0.05, 30.0)
+#: Seconds over which the count of a limit's turned-away jobs decays by a factor e.
+_BOUNCE_WINDOW = 1.0
+
+
+class LimitKeyError(Exception):
+    """A task's key function raised or returned something other than a str or int."""
+
+
+class Limiting(Fetching):
+    """Takes and gives back concurrency slots (a base of :class:`WorkerPool`)."""
+
+    concurrency_limiter: ConcurrencyLimiter | None
+    _limit_holds: dict[int, tuple[list[str], str]]  # id(delivery) -> (names, holder)
+    _limit_counts: Counter[str]  # slots this process holds, per name
+    _bounces: dict[str, tuple[float, float]]  # name -> (last, decaying count turned away)
+
+    def _prepare_limits(self, tasks: list[Task[Any, Any]]) -> None:
+        """Pick the limiter at start; refuse per-process counting on a shared backend."""
+        self._limit_holds = {}
+        self._limit_counts = Counter()
+        self._bounces = {}
+        limited = sorted(t.name for t in tasks if t.limits.concurrent)
+        if not limited:
+            return
+        if self.concurrency_limiter is None:
+            self.concurrency_limiter = limiter_for(self.queue)
+        limiter = self.concurrency_limiter
+        local = limiter is None or isinstance(limiter, LocalConcurrencyLimiter)
+        if local and not isinstance(self.queue, MemoryTaskQueue):
+            raise local_limit_refused(self.queue.queue_name, self.queue.system, limited)
+
+    def _limits_of(self, task: Task[Any, Any], job: Job) -> list[Limit]:
+        limits = task.limits
+        found: list[Limit] = []
+        if limits.max_concurrency is not None:
+            found.append((f"task:{task.name}", limits.max_concurrency))
+        if limits.concurrency_key is not None and limits.max_concurrency_per_key is not None:
+            key = job_key(task, job, limits.concurrency_key, "concurrency_key")
+            found.append((f"task:{task.name}:key:{key}", limits.max_concurrency_per_key))
+        return found
+
+    async def _take_limits(self, task: Task[Any, Any], delivery: Delivery) -> bool:
+        """Take the job's slots (True), or settle the job: over a limit or a broken key."""
+        job = delivery.job
+        assert job is not None
+        assert self.concurrency_limiter is not None
+        try:
+            limits = self._limits_of(task, job)
+        except LimitKeyError as exc:
+            await self._limit_key_failed(delivery, exc)
+            return False
+        counts = self._limit_counts
+        # Slots this process holds already fill a limit: no need to ask the limiter.
+        if all(counts[name] < limit for name, limit in limits):
+            holder = f"{self.worker_id}/{job.id}"
+            lease = self.settings.lease_seconds
+            try:
+                taken = await self.concurrency_limiter.acquire(limits, holder, lease)
+            except Exception as exc:
+                logger.warning("taking concurrency slots failed (%s: %s)", type(exc).__name__, exc)
+                taken = False
+            if taken:
+                names = [name for name, _ in limits]
+                counts.update(names)
+                self._limit_holds[id(delivery)] = (names, holder)
+                return True
+        delay = self._limited_delay([name for name, _ in limits])
+        logger.debug(
+            "job %s (%s) is over a concurrency limit; put back for %.2fs", job.id, job.task, delay
+        )
+        if not self._can_delay:
+            await asyncio.sleep(delay)  # no delayed requeue: do not bounce it straight back
+            delay = 0.0
+        await self._return_to_queue(delivery, delay=delay, reason="over its concurrency limit")
+        return False
+
+    def _limited_delay(self, names: list[str]) -> float:
+        """A jittered delay growing with the jobs under these limits turned away lately."""
+        now = time.monotonic()
+        recent = 0.0
+        for name in names:
+            then, level = self._bounces.get(name, (now, 0.0))
+            # Turned-away jobs per _BOUNCE_WINDOW, decaying: no cliff where a count restarts.
+            level = level * math.exp((then - now) / _BOUNCE_WINDOW) + 1.0
+            self._bounces[name] = (now, level)
+            recent = max(recent, level)
+        low, high = LIMITED_DELAY
+        return random.uniform(0.5, 1.0) * min(high, 2 * low + 0.01 * recent)
+
+    async def _give_back_limits(self, delivery: Delivery) -> None:
+        hold = self._limit_holds.pop(id(delivery), None)
+        if hold is None:
+            return
+        names, holder = hold
+        self._limit_counts.subtract(names)
+        assert self.concurrency_limiter is not None
+        try:
+            await self.concurrency_limiter.release(names, holder)
+        except Exception as exc:  # the lease lapses instead
+            logger.warning("releasing concurrency slots %s failed: %s", names, exc)
+
+    async def _extend_limits(self) -> None:
+        """Extend the slots of every job still running (from the heartbeat)."""
+        if not self._limit_holds or self.concurrency_limiter is None:
+            return
+        held = [(name, holder) for names, holder in self._limit_holds.values() for name in names]
+        try:
+            await self.concurrency_limiter.extend(held, self.settings.lease_seconds)
+        except Exception as exc:
+            logger.warning("extending %d concurrency slot(s) failed: %s", len(held), exc)
+
+    async def _limit_key_failed(self, delivery: Delivery, exc: LimitKeyError) -> None:
+        job = delivery.job
+        assert job is not None
+        tb = "".join(traceback.format_exception(exc.__cause__ or exc))
+        logger.error("job %s (%s) failed: %s", job.id, job.task, exc)
+        await self._dead_letter(delivery, "LimitKeyError", str(exc), tb, None, JobState.FAILED)
+
+
+def job_key(task: Task[Any, Any], job: Job, fn: Callable[..., Any], option: str) -> str:
+    """``fn`` of the job's arguments (by name) as a str; :class:`LimitKeyError` if it fails."""
+    try:
+        key = task.call_by_name(fn, job.args, job.kwargs)
+    except Exception as exc:
+        raise LimitKeyError(
+            f"{option} of task {task.name!r} raised {type(exc).__name__}: {exc}"
+        ) from exc
+    if isinstance(key, bool) or not isinstance(key, str | int):
+        raise LimitKeyError(
+            f"{option} of task {task.name!r} returned {key!r} ({type(key).__name__}); "
+            "it must return a str or an int"
+        )
+    return str(key)

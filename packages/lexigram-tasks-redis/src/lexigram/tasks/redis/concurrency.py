@@ -1,0 +1,213 @@
+"""RedisConcurrencyLimiter: lease-based semaphores shared by every worker process, in Redis.
+
+Each semaphore is a sorted set of holders scored by when their lease lapses,
+on the server's clock. One Lua script takes (all or none of) a job's slots:
+it drops the lapsed holders, counts the rest against the limit and adds the
+holder. The acquires and releases that the worker's slots ask for within one
+turn of the event loop go to Redis together, in one script call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from lexigram.tasks.concurrency import Limit
+from lexigram.tasks.redact import redact_url
+from lexigram.tasks.redis._connection import open_client, reported, validate_url
+from redis.asyncio import Redis
+
+logger = logging.getLogger("lexigram.tasks.redis")
+
+# KEYS: the semaphores of the releases, then of the acquires, in order.
+# ARGV: the release count, per release (holder, key count); the acquire count,
+# per acquire (holder, key count, lease seconds, the limit of each key).
+# Returns 1 or 0 per acquire.
+_BATCH = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local a, k = 1, 1
+local function keep_until_last_lease(key)
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2]
+  if last then redis.call('PEXPIREAT', key, math.ceil(tonumber(last) * 1000) + 1000) end
+end
+local releases = tonumber(ARGV[a]); a = a + 1
+for _ = 1, releases do
+  local holder, n = ARGV[a], tonumber(ARGV[a + 1]); a = a + 2
+  for _ = 1, n do redis.call('ZREM', KEYS[k], holder); k = k + 1 end
+end
+local taken = {}
+local acquires = tonumber(ARGV[a]); a = a + 1
+for i = 1, acquires do
+  local holder, n, lease = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]); a = a + 3
+  local fits = 1
+  for j = 0, n - 1 do
+    local key = KEYS[k + j]
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    if not redis.call('ZSCORE', key, holder)
+        and redis.call('ZCARD', key) >= tonumber(ARGV[a + j]) then
+      fits = 0
+    end
+  end
+  if fits == 1 then
+    for j = 0, n - 1 do
+      redis.call('ZADD', KEYS[k + j], now + lease, holder)
+      keep_until_last_lease(KEYS[k + j])
+    end
+  end
+  taken[i] = fits
+  k = k + n; a = a + n
+end
+return taken
+"""
+
+# KEYS: semaphores; ARGV: lease seconds, then the holder of each key.
+_EXTEND = """
+local clock = redis.call('TIME')
+local until_ = tonumber(clock[1]) + tonumber(clock[2]) / 1000000 + tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  if redis.call('ZADD', key, 'XX', 'CH', until_, ARGV[i + 1]) == 1 then
+    redis.call('PEXPIREAT', key, math.ceil(until_ * 1000) + 1000, 'GT')
+  end
+end
+return 0
+"""
+
+_Acquire = tuple[Sequence[Limit], str, float, "asyncio.Future[bool]"]
+
+
+class RedisConcurrencyLimiter:
+    """A :class:`~lexigram.tasks.concurrency.ConcurrencyLimiter` whose slots live in Redis.
+
+    A Redis backend gets one on its own connection without configuration; set
+    it as ``concurrency_limiter`` (``type: redis``) for a backend that keeps
+    no semaphores (RabbitMQ). Every worker process of a deployment must use
+    the same server and ``namespace``. A release is sent with the next batch,
+    at most one event-loop turn later; if it fails, the slot's lease lapses.
+    """
+
+    shared = True
+
+    def __init__(
+        self,
+        redis_url: str = "redis://localhost:6379/0",
+        *,
+        namespace: str = "lexigram",
+        client: Redis | None = None,
+    ) -> None:
+        validate_url(redis_url)
+        self.redis_url = redis_url
+        self.namespace = namespace
+        self._client = client
+        self._owns_client = client is None
+        self._connecting = asyncio.Lock()
+        self._batch: Any = None
+        self._extend: Any = None
+        self._acquires: list[_Acquire] = []
+        self._releases: list[tuple[Sequence[str], str]] = []
+        self._planned = False
+        self._flushing: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisConcurrencyLimiter(redis_url={redact_url(self.redis_url)!r}, "
+            f"namespace={self.namespace!r})"
+        )
+
+    @classmethod
+    def for_queue(cls, queue: Any) -> RedisConcurrencyLimiter:
+        """The limiter on a connected :class:`~lexigram.tasks.redis.RedisTaskQueue`'s client."""
+        return cls(queue.redis_url, client=queue.client)
+
+    def key(self, name: str) -> str:
+        """The Redis key of semaphore ``name``."""
+        return f"{self.namespace}:slots:{name}"
+
+    async def connect(self) -> None:
+        async with self._connecting:
+            if self._client is None:
+                self._client = await open_client(self.redis_url)
+                self._owns_client = True
+            if self._batch is None:
+                self._batch = self._client.register_script(_BATCH)
+                self._extend = self._client.register_script(_EXTEND)
+
+    async def disconnect(self) -> None:
+        """Send the releases still pending, then close the client if this limiter opened it."""
+        if self._releases:
+            self._plan()
+        while self._flushing or self._planned:
+            if self._flushing:
+                await asyncio.gather(*self._flushing, return_exceptions=True)
+            else:
+                await asyncio.sleep(0)
+        client, self._client = self._client, None
+        self._batch = self._extend = None
+        if client is not None and self._owns_client:
+            await client.aclose()
+
+    async def acquire(self, limits: Sequence[Limit], holder: str, lease_seconds: float) -> bool:
+        """Take a slot of every limit for ``holder``, or none; True if taken."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._acquires.append((limits, holder, lease_seconds, future))
+        self._plan()
+        return await future
+
+    async def release(self, names: Sequence[str], holder: str) -> None:
+        """Queue the release of ``holder``'s slots for the next batch."""
+        self._releases.append((names, holder))
+        self._plan()
+
+    async def extend(self, held: Sequence[tuple[str, str]], lease_seconds: float) -> None:
+        if not held:
+            return
+        if self._extend is None:
+            await self.connect()
+        keys = [self.key(name) for name, _ in held]
+        with reported(self.redis_url):
+            await self._extend(keys=keys, args=[repr(lease_seconds), *(h for _, h in held)])
+
+    def _plan(self) -> None:
+        if not self._planned:
+            self._planned = True
+            asyncio.get_running_loop().call_soon(self._start_flush)
+
+    def _start_flush(self) -> None:
+        self._planned = False
+        task = asyncio.get_running_loop().create_task(self._flush())
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    async def _flush(self) -> None:
+        acquires, self._acquires = self._acquires, []
+        releases, self._releases = self._releases, []
+        if not acquires and not releases:
+            return
+        keys: list[str] = []
+        args: list[Any] = [len(releases)]
+        for names, holder in releases:
+            keys += [self.key(name) for name in names]
+            args += [holder, len(names)]
+        args.append(len(acquires))
+        for limits, holder, lease, _ in acquires:
+            keys += [self.key(name) for name, _ in limits]
+            args += [holder, len(limits), repr(lease), *(limit for _, limit in limits)]
+        try:
+            if self._batch is None:
+                await self.connect()
+            with reported(self.redis_url):
+                taken = await self._batch(keys=keys, args=args)
+        except Exception as exc:
+            if releases:
+                logger.warning(
+                    "releasing %d concurrency slot set(s) failed: %s", len(releases), exc
+                )
+            for *_, future in acquires:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (*_, future), fits in zip(acquires, taken, strict=True):
+            if not future.done():
+                future.set_result(bool(fits))
