@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from lexigram.tasks import MemoryTaskQueue, TaskFailedError, TaskProvider
+from lexigram.tasks import ConfigurationError, MemoryTaskQueue, TaskFailedError, TaskProvider
 from lexigram.tasks.concurrency import LocalConcurrencyLimiter
 
 
@@ -147,3 +147,15 @@ async def test_rate_limit_key_paces_each_key_on_its_own() -> None:
     for key in "xyz":
         times = [at for k, at in started if k == key]
         assert all(b - a >= 0.15 for a, b in itertools.pairwise(times))
+
+
+def test_concurrency_limiter_from_configuration() -> None:
+    backend = {"type": "memory"}
+    provider = TaskProvider.from_config(
+        {"tasks": {"backend": backend, "concurrency_limiter": {"type": "local"}}}
+    )
+    assert isinstance(provider.concurrency_limiter, LocalConcurrencyLimiter)
+    with pytest.raises(ConfigurationError, match="unknown concurrency limiter type 'nope'"):
+        TaskProvider.from_config(
+            {"tasks": {"backend": backend, "concurrency_limiter": {"type": "nope"}}}
+        )

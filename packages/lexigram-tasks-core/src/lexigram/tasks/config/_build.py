@@ -22,7 +22,7 @@ from lexigram.tasks.config._signature import OptionsValidator
 from lexigram.tasks.config._source import KeyPath, Source, format_path, join_problems
 from lexigram.tasks.config._urls import url_problems
 from lexigram.tasks.errors import BackendNotFoundError, ConfigurationError
-from lexigram.tasks.plugins import RATE_LIMITERS, RESULT_STORES, PluginGroup
+from lexigram.tasks.plugins import CONCURRENCY_LIMITERS, RATE_LIMITERS, RESULT_STORES, PluginGroup
 from lexigram.tasks.redact import redact_urls
 from lexigram.tasks.registry import TaskBackendRegistry
 from lexigram.tasks.worker import WorkerSettings
@@ -53,6 +53,7 @@ class TasksConfig:
     strict: bool
     max_job_bytes: int | None = None
     rate_limiter: Component | None = None
+    concurrency_limiter: Component | None = None
 
     def provider_kwargs(self, tracer_provider: Any = None) -> dict[str, Any]:
         """The ``TaskProvider`` keyword arguments this configuration gives (backends created).
@@ -76,6 +77,8 @@ class TasksConfig:
             kwargs["global_rate_limit"] = self.global_rate_limit
         if self.rate_limiter is not None:
             kwargs["rate_limiter"] = self.rate_limiter.create()
+        if self.concurrency_limiter is not None:
+            kwargs["concurrency_limiter"] = self.concurrency_limiter.create()
         kwargs["trace_links_only"] = self.trace_links_only
         kwargs["environment"] = self.environment
         kwargs["strict"] = self.strict
@@ -103,6 +106,7 @@ class TasksConfig:
 COMPONENT_GROUPS: dict[str, PluginGroup] = {
     "result_store": RESULT_STORES,
     "rate_limiter": RATE_LIMITERS,
+    "concurrency_limiter": CONCURRENCY_LIMITERS,
 }
 
 
@@ -154,6 +158,13 @@ def build(
     rate_limiter = _component(
         doc, ("tasks", "rate_limiter"), tasks.rate_limiter, RATE_LIMITERS, report
     )
+    concurrency_limiter = _component(
+        doc,
+        ("tasks", "concurrency_limiter"),
+        tasks.concurrency_limiter,
+        CONCURRENCY_LIMITERS,
+        report,
+    )
     dead_letter = _dead_letter(doc, ("tasks", "dead_letter"), tasks.dead_letter, report)
     report.raise_if_any()
     return TasksConfig(
@@ -171,6 +182,7 @@ def build(
         strict=tasks.strict,
         max_job_bytes=tasks.max_job_bytes,
         rate_limiter=rate_limiter,
+        concurrency_limiter=concurrency_limiter,
     )
 
 

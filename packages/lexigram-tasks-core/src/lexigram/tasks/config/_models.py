@@ -42,6 +42,7 @@ class TasksSection(BaseModel):
     dead_letter: dict[str, Any] | None = None
     global_rate_limit: str | None = None
     rate_limiter: ComponentSection | None = None
+    concurrency_limiter: ComponentSection | None = None
     trace_links_only: bool = False
     environment: str | None = None
     strict: bool = True
