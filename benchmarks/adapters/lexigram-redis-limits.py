@@ -1,0 +1,77 @@
+"""lexigram-tasks on Redis, as ``lexigram-redis``, but the task declares a per-key
+concurrency limit (``max_concurrency_per_key=1``) whose keys never collide: every job
+takes and gives back a slot in Redis (RedisConcurrencyLimiter, the queue's own
+connection), and none is ever turned away. The cost of the limits alone.
+
+Run from the repository root:
+    ../shared/bench/run --adapters benchmarks/adapters lexigram-redis lexigram-redis-limits
+"""
+
+import itertools
+import os
+import sys
+
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+import _benchlib as B
+
+SYSTEM, BACKEND = "lexigram", "redis-limits"
+DB = 12
+URL = f"redis://127.0.0.1:6379/{DB}"
+CONCURRENCY = {"noop_drain": 50, "sleep_drain": 100, "latency": 50}
+NOTES = (
+    "worker_count=concurrency; defaults otherwise (lease 30s, poll_interval 0.5s, "
+    "finished jobs kept 500s in rq's finished registry); bulk = enqueue_many, 1000 per call; "
+    "concurrency_key = a new key per call, max_concurrency_per_key=1"
+)
+
+from lexigram.tasks import TaskProvider  # noqa: E402
+from lexigram.tasks.redis import RedisTaskQueue  # noqa: E402
+
+queue = RedisTaskQueue(redis_url=URL, queue_name="bench")
+provider = TaskProvider(queue=queue)
+
+
+_keys = itertools.count()
+
+
+@provider.task(
+    name="bench_job",
+    concurrency_key=lambda mode, enq=None: next(_keys),
+    max_concurrency_per_key=1,
+)
+async def bench_job(mode, enq=None):
+    await B.async_job(mode, enq)
+
+
+async def setup():
+    await provider.connect()
+
+
+async def teardown():
+    await provider.disconnect()
+
+
+def clean():
+    B.redis_flush(URL)
+
+
+async def enqueue(kind, enq=None):
+    await bench_job.enqueue(kind, enq)
+
+
+async def enqueue_bulk(kind, n):
+    for start in range(0, n, 1000):
+        await provider.enqueue_many([bench_job.job(kind) for _ in range(min(1000, n - start))])
+
+
+async def queued_count():
+    return (await queue.counts()).ready
+
+
+def worker_main(scenario, concurrency):
+    provider.worker_count = concurrency
+    provider.run()
+
+
+if __name__ == "__main__":
+    B.main(globals())
