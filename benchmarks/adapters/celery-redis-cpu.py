@@ -9,6 +9,7 @@ import sys
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 import _benchlib as B
 import _cpu_burn
+from celery import Celery
 
 SYSTEM, BACKEND = "celery", "redis-cpu"
 DB = 10
@@ -19,7 +20,6 @@ NOTES = (
     "other celery defaults (prefetch multiplier 4, early ack); no result backend"
 )
 
-from celery import Celery
 
 app = Celery("bench", broker=URL)
 app.conf.task_ignore_result = True

@@ -12,6 +12,8 @@ import threading
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 import _benchlib as B
 import _cpu_burn
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
 
 SYSTEM, BACKEND = "dramatiq", "redis-cpu"
 DB = 14
@@ -23,8 +25,6 @@ NOTES = (
     "Worker(worker_threads=concurrency), default middleware; no result backend"
 )
 
-import dramatiq
-from dramatiq.brokers.redis import RedisBroker
 
 broker = RedisBroker(url=URL)
 dramatiq.set_broker(broker)

@@ -3,7 +3,9 @@ recycling by job count and by memory, cancellation, tracing, un-importable funct
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import sys
 import types
 from collections.abc import Iterator
@@ -136,6 +138,17 @@ async def test_a_crashed_child_fails_only_its_job_and_is_replaced() -> None:
     assert [r["sum"] for r in after] == [0, 1, 2]
 
 
+async def test_a_child_killed_while_idle_is_replaced_without_failing_a_job() -> None:
+    provider = provider_for("proc-idle-kill")
+    pid = provider.task(name="pid", executor="process")(tasks.pid)
+    async with provider:
+        first = await (await pid.enqueue()).result(timeout=30)
+        os.kill(first, signal.SIGKILL)
+        await eventually(lambda: gone(first), 10)
+        second = await (await pid.enqueue()).result(timeout=30)
+    assert second != first
+
+
 # -- recycling ---------------------------------------------------------------------------
 
 
@@ -253,3 +266,44 @@ async def test_a_function_the_child_cannot_import_fails_its_job_naming_the_task(
     assert info.value.error_type == "ImportError"
     assert "task 'parent_only'" in info.value.error_message
     assert "lexigram_parent_only_module" in info.value.error_message
+
+
+# -- a worker killed by SIGKILL ---------------------------------------------------------
+
+_KILLED_WORKER = """
+import asyncio, sys
+sys.path.insert(0, {tests!r})
+import _process_executor_tasks as tasks
+from lexigram.tasks import MemoryTaskQueue, TaskProvider
+
+async def main():
+    provider = TaskProvider(queue=MemoryTaskQueue("proc-sigkill"))
+    hang = provider.task(name="hang", executor="process")(tasks.hang)
+    async with provider:
+        await hang.enqueue({pid_file!r})
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def gone(pid: int) -> bool:
+    """No such process, or a zombie waiting for its new parent to reap it."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+async def test_a_child_dies_with_a_worker_killed_by_sigkill(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    script = _KILLED_WORKER.format(tests=str(Path(__file__).parent), pid_file=str(pid_file))
+    worker = await asyncio.create_subprocess_exec(sys.executable, "-c", script)
+    try:
+        child = await pid_in(pid_file)
+    finally:
+        worker.kill()
+        await worker.wait()
+    await eventually(lambda: gone(child), 10, message=f"child {child} outlived its worker")

@@ -129,7 +129,11 @@ class _Child:
     async def _answer(self, data: bytes) -> bytes | None:
         loop = asyncio.get_running_loop()
         if data:
-            self.conn.send_bytes(data)
+            try:
+                self.conn.send_bytes(data)
+            except OSError:  # it died while idle: as a crash
+                await self.reap()
+                return None
         answered: asyncio.Future[bool] = loop.create_future()
         fd, sentinel = self.conn.fileno(), self.process.sentinel
         loop.add_reader(fd, _settle, answered, True)
@@ -274,8 +278,12 @@ class ProcessExecutor:
 
     async def _acquire(self) -> _Child:
         while True:
-            if self._idle:
-                return self._idle.pop()
+            while self._idle:
+                child = self._idle.pop()
+                if child.process.exitcode is None:
+                    return child
+                self._lose()  # died while idle (killed from outside): replaced below
+                child.conn.close()
             if self._alive < self.size:
                 self._alive += 1
                 self._started += 1
