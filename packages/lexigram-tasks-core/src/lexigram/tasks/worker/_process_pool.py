@@ -13,18 +13,15 @@ so its retry never overlaps it. Children are recycled after
 from __future__ import annotations
 
 import asyncio
-import builtins
 import contextlib
-import importlib
 import json
 import logging
 import multiprocessing
 import os
 import signal
-import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from typing import Any
@@ -33,15 +30,27 @@ from opentelemetry import propagate
 from opentelemetry.trace import Span
 
 from lexigram.tasks.errors import (
-    ConfigurationError,
     JobCancelledError,
     JobSerializationError,
-    TaskError,
     WorkerProcessCrashed,
 )
 from lexigram.tasks.job import Job
 from lexigram.tasks.task import Task
 from lexigram.tasks.worker._process_child import READY, STOP, child_main
+from lexigram.tasks.worker._process_support import (
+    check_process_tasks,
+    importable_problem,
+    rebuild,
+    runs_in_process,
+)
+
+__all__ = [
+    "KILL_GRACE",
+    "ProcessExecutor",
+    "check_process_tasks",
+    "importable_problem",
+    "run_in_process",
+]
 
 logger = logging.getLogger("lexigram.tasks.worker")
 
@@ -51,53 +60,6 @@ KILL_GRACE = 1.0
 #: Not "fork" (it would copy the worker's threads and connections), nor "forkserver":
 #: its children hold the server open, so they would outlive a worker killed by SIGKILL.
 _START_METHOD = "spawn"
-
-
-class RemoteTraceback(Exception):
-    """The traceback of an exception raised in a child process (as its ``__cause__``)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-def importable_problem(fn: Callable[..., Any]) -> str | None:
-    """Why a child could not import ``fn`` by module and qualname, or None."""
-    module = getattr(fn, "__module__", None)
-    qualname = getattr(fn, "__qualname__", None)
-    if not isinstance(module, str) or not isinstance(qualname, str):
-        return "it has no module and qualified name to be imported by"
-    if "<" in qualname:  # <lambda>, <locals>
-        return f"{qualname} is a lambda or is defined inside a function"
-    if module == "__main__":
-        return "it is defined in __main__, which a child process does not import as such"
-    if module not in sys.modules:
-        return f"its module {module!r} is not imported"
-    return None
-
-
-def runs_in_process(task: Task[Any, Any], default_executor: str) -> bool:
-    """Whether the process executor runs ``task`` (as the worker decides per job)."""
-    if task.executor is not None:
-        return task.executor == "process"
-    return not task.is_async and default_executor == "process"
-
-
-def check_process_tasks(tasks: Iterable[Task[Any, Any]], default_executor: str) -> None:
-    """Raise :class:`ConfigurationError` naming the process tasks a child could not import."""
-    problems = [
-        f"task {task.name!r}: {problem}"
-        for task in tasks
-        if runs_in_process(task, default_executor)
-        if (problem := importable_problem(task.fn)) is not None
-    ]
-    if problems:
-        raise ConfigurationError(
-            "these tasks run in the process executor, which imports a task's function by "
-            "module and qualified name in a child process, but cannot import them: "
-            + "; ".join(problems)
-            + " (give them executor='thread', or move them to a module)",
-            problems=problems,
-        )
 
 
 class _Child:
@@ -274,7 +236,7 @@ class ProcessExecutor:
         self._release(child, answer["rss"])
         if answer["ok"]:
             return answer["result"]
-        raise _rebuild(answer)
+        raise rebuild(answer)
 
     async def _acquire(self) -> _Child:
         while True:
@@ -349,28 +311,6 @@ class ProcessExecutor:
             child.kill("shutdown")
         if _reaping:
             await asyncio.wait(list(_reaping), timeout=KILL_GRACE + 5)
-
-
-def _rebuild(answer: dict[str, Any]) -> Exception:
-    """The child's exception as the parent can best make it (same type where importable)."""
-    exc: Exception
-    kind: Any = None
-    module, name, message = answer["module"], answer["type"], answer["message"]
-    with contextlib.suppress(Exception):
-        found: Any = builtins if module == "builtins" else importlib.import_module(module)
-        for part in name.split("."):
-            found = getattr(found, part)
-        kind = found
-    if isinstance(kind, type) and issubclass(kind, Exception):
-        exc = kind.__new__(kind)
-        exc.args = (message,)
-        with contextlib.suppress(Exception):
-            str(exc)  # a class whose __str__ needs its own attributes
-            exc.__cause__ = RemoteTraceback(answer["traceback"])
-            return exc
-    exc = TaskError(f"{module}.{name}: {message}")
-    exc.__cause__ = RemoteTraceback(answer["traceback"])
-    return exc
 
 
 async def run_in_process(
