@@ -20,7 +20,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 from rq import Queue
-from rq.registry import CanceledJobRegistry, FailedJobRegistry
+from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry
 
 from lexigram.tasks.control import (
     CancelOutcome,
@@ -93,7 +93,7 @@ async def test_cancelling_a_priority_job_keeps_the_priority_order(
     assert await client.exists(queue.keys.priorities) == 0
 
 
-async def test_a_dead_letter_queues_job_is_failed_in_rq_but_not_a_dead_letter_here(
+async def test_a_dead_letter_queues_job_is_failed_in_rq_but_finished_for_this_queue(
     queue: RedisTaskQueue, client: aioredis.Redis, redis_url: str
 ) -> None:
     job = _job(queue)
@@ -105,9 +105,15 @@ async def test_a_dead_letter_queues_job_is_failed_in_rq_but_not_a_dead_letter_he
     assert info is not None
     assert (info.state, info.error) == (JobState.DEAD, BOOM)
     assert (await _fields(client, job.id))["status"] == "failed"
-    registry = FailedJobRegistry(queue=_rq_queue(redis_url, queue.queue_name))
-    assert job.id in registry.get_job_ids()
+    rq_queue = _rq_queue(redis_url, queue.queue_name)
+    # Finished as far as this queue goes: the DLQ keeps it, not the backend.
+    assert job.id in FinishedJobRegistry(queue=rq_queue).get_job_ids()
+    assert job.id not in FailedJobRegistry(queue=rq_queue).get_job_ids()
     assert await queue.dead_letters() == []  # the DLQ has it: not listed twice
+    assert (await queue.counts()).failed == 0
+    page = await queue.list_jobs(state=JobState.DEAD)
+    assert [listed.id for listed in page.jobs] == [job.id]
+    assert (await queue.list_jobs(state=JobState.SUCCEEDED)).jobs == []
 
 
 async def test_a_retry_is_marked_and_a_plain_requeue_clears_the_mark(

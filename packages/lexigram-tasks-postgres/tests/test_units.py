@@ -53,6 +53,9 @@ def test_declares_its_capabilities_and_system() -> None:
         Capability.PRIORITY,
         Capability.UNIQUE,
         Capability.TRANSACTIONAL,
+        Capability.INSPECT,
+        Capability.CANCEL,
+        Capability.WORKERS,
     }
 
 

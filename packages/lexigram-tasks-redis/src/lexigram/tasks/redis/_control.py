@@ -49,8 +49,9 @@ _SOURCES: dict[JobState, tuple[str, ...]] = {
     JobState.RETRYING: ("scheduled", "ready"),
     JobState.RUNNING: ("running",),
     JobState.SUCCEEDED: ("finished",),
-    JobState.FAILED: ("failed",),
-    JobState.DEAD: ("failed",),
+    # A job a dead letter queue took is in the finished registry (see ack.lua).
+    JobState.FAILED: ("failed", "finished"),
+    JobState.DEAD: ("failed", "finished"),
     JobState.CANCELLED: ("canceled",),
 }
 # Seconds between reconnection attempts of the cancellation subscription.

@@ -29,12 +29,14 @@ local function settle(lease, outcome, error_type, error_message)
   if ttl <= 0 then
     redis.call('DEL', key)
   elseif outcome then
-    -- rq's failed status and registry; lx_dlq keeps it out of dead_letters().
+    -- A dead letter queue took it: rq's failed status, but in the finished
+    -- registry, since this queue keeps no dead letter of it (counts().failed
+    -- and dead_letters() are the backend's own).
     redis.call('HSET', key, 'status', 'failed', 'ended_at', ended_at, 'lx_token', '',
       'lx_outcome', outcome, 'lx_dlq', '1', 'lx_error_type', error_type,
       'lx_error_message', error_message)
     redis.call('EXPIRE', key, ttl)
-    redis.call('ZADD', K_FAILED, NOW + ttl, id)
+    redis.call('ZADD', K_FINISHED, NOW + ttl, id)
   else
     redis.call('HSET', key, 'status', 'finished', 'ended_at', ended_at, 'lx_token', '')
     redis.call('EXPIRE', key, ttl)
