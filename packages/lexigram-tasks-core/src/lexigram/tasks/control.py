@@ -13,7 +13,10 @@ trip.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -286,6 +289,33 @@ class JobControlProtocol(Protocol):
 
     async def list_workers(self) -> list[WorkerInfo]:
         """The workers whose entries have not expired."""
+
+
+def encode_cursor(parts: Sequence[Any]) -> str:
+    """An opaque, URL-safe listing cursor holding ``parts`` (JSON values)."""
+    raw = json.dumps(list(parts), separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> list[Any]:
+    """The parts :func:`encode_cursor` put in ``cursor``; ``ValueError`` for anything else."""
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, binascii.Error):
+        decoded = None
+    if not isinstance(decoded, list) or not decoded:
+        raise ValueError(f"not a cursor of this listing: {cursor!r}")
+    return decoded
+
+
+def position_cursor(cursor: str | None, start: int = 0) -> int:
+    """The integer position a cursor of a sequence-ordered listing holds (``start`` without one)."""
+    if cursor is None:
+        return start
+    try:
+        return int(cursor)
+    except ValueError:
+        raise ValueError(f"not a cursor of this listing: {cursor!r}") from None
 
 
 def require(backend: object, method: str, capability: str) -> Any:

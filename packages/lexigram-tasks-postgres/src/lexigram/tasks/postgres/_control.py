@@ -7,7 +7,6 @@ statement. Cancellations of running jobs are published with ``NOTIFY`` on
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from collections.abc import Sequence
@@ -22,6 +21,8 @@ from lexigram.tasks.control import (
     JobState,
     Progress,
     WorkerInfo,
+    decode_cursor,
+    encode_cursor,
 )
 from lexigram.tasks.errors import MalformedJobError
 from lexigram.tasks.job import Job
@@ -253,18 +254,13 @@ def _key_of(state: JobState | None, row: Any) -> list[Any]:
 
 
 def _encode_cursor(kind: str, key: list[Any]) -> str:
-    raw = json.dumps([kind, *key], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_cursor([kind, *key])
 
 
 def _decode_cursor(cursor: str | None, kind: str) -> list[Any] | None:
     if cursor is None:
         return None
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        decoded = json.loads(base64.urlsafe_b64decode(padded))
-    except ValueError:
-        decoded = None
-    if not isinstance(decoded, list) or not decoded or decoded[0] != kind:
+    decoded = decode_cursor(cursor)
+    if decoded[0] != kind:
         raise ValueError(f"not a cursor of this listing: {cursor!r}")
     return decoded[1:]

@@ -26,6 +26,7 @@ from lexigram.tasks.control import (
     JobState,
     Progress,
     WorkerInfo,
+    position_cursor,
 )
 from lexigram.tasks.job import Job
 from lexigram.tasks.postgres.connection import (
@@ -300,7 +301,7 @@ class PostgresJobStateStore:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         now = time.time()
-        args: list[Any] = [queue, _position(cursor), limit + 1]
+        args: list[Any] = [queue, position_cursor(cursor), limit + 1]
         conditions = ["true"]
         if task is not None:
             args.append(task)
@@ -408,12 +409,3 @@ def _info(row: Any, now: float) -> JobInfo:
         cancel_requested=row["cancel_requested"] and not state.finished,
         trace_id=row["trace_id"],
     )
-
-
-def _position(cursor: str | None) -> int:
-    if cursor is None:
-        return 0
-    try:
-        return int(cursor)
-    except ValueError:
-        raise ValueError(f"not a cursor of this job state store: {cursor!r}") from None

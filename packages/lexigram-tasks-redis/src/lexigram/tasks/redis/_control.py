@@ -9,8 +9,6 @@ runs; see ``docs/backends/redis.md``, "Inspecting and controlling jobs".
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import logging
 import time
@@ -25,6 +23,8 @@ from lexigram.tasks.control import (
     JobState,
     Progress,
     WorkerInfo,
+    decode_cursor,
+    encode_cursor,
 )
 from lexigram.tasks.errors import JobSerializationError
 from lexigram.tasks.protocol import Delivery
@@ -266,19 +266,16 @@ class JobControl:
 
 
 def _encode_cursor(source: int, position: str) -> str:
-    text = json.dumps([source, position], separators=(",", ":"))
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+    return encode_cursor([source, position])
 
 
 def _decode_cursor(cursor: str | None, sources: int) -> tuple[int, str]:
     """The source (1-based) and position a cursor points at; the start without one."""
     if not cursor:
         return 1, ""
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        source, position = json.loads(base64.urlsafe_b64decode(padded))
+    decoded = decode_cursor(cursor)
+    if len(decoded) == 2:
+        source, position = decoded
         if isinstance(source, int) and isinstance(position, str) and 1 <= source <= sources:
             return source, position
-    except (ValueError, TypeError, binascii.Error):
-        pass
     raise ValueError(f"not a cursor of this listing: {cursor!r}")

@@ -24,6 +24,7 @@ from lexigram.tasks.control import (
     JobState,
     Progress,
     WorkerInfo,
+    position_cursor,
 )
 from lexigram.tasks.job import Job
 from lexigram.tasks.redact import redact_url
@@ -190,7 +191,7 @@ class RedisJobStateStore:
     ) -> JobPage:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
-        after = _position(cursor)
+        after = position_cursor(cursor)
         if task is not None:
             index = self._key("q", queue, "t", task)
         elif state is not None:
@@ -362,12 +363,3 @@ def _text(value: Any) -> str:
 
 def _float(value: str | None) -> float | None:
     return None if value is None or value == "" else float(value)
-
-
-def _position(cursor: str | None) -> int:
-    if cursor is None:
-        return 0
-    try:
-        return int(cursor)
-    except ValueError:
-        raise ValueError(f"not a cursor of this job state store: {cursor!r}") from None
