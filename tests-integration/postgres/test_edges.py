@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -146,3 +147,20 @@ async def test_a_job_over_postgresqls_one_gigabyte_is_refused_even_when_max_job_
     with pytest.raises(JobTooLargeError, match=r"over PostgreSQL's limit of 1,072,693,248"):
         await queue.enqueue(job)
     assert (await queue.counts()).pending == 0
+
+
+async def test_many_callers_starting_one_listener_at_once_share_one_connection(
+    postgres_dsn: str,
+) -> None:
+    from lexigram.tasks.postgres._listener import Listener
+
+    listener = Listener(
+        postgres_dsn, f"lxtest_{uuid.uuid4().hex[:8]}", "q", 10.0, application_name="lxtest"
+    )
+    try:
+        await asyncio.gather(*(listener.ensure() for _ in range(20)))
+        assert listener.listening
+        await listener.ensure()  # already listening: nothing to do, and no error
+        assert listener.listening
+    finally:
+        await listener.close()

@@ -57,12 +57,14 @@ class Listener:
         """Start listening if not already; on failure, keep going without (polling)."""
         if self.listening or time.monotonic() - self._failed_at < RETRY_AFTER:
             return
-        if self._connecting is None:
-            self._connecting = asyncio.create_task(self._connect())
+        connecting = self._connecting
+        if connecting is None:
+            connecting = self._connecting = asyncio.create_task(self._connect())
         try:
-            await asyncio.shield(self._connecting)
+            await asyncio.shield(connecting)
         finally:
-            if self._connecting.done():
+            # Every caller awaits the same attempt; the first to see it done clears it.
+            if connecting.done() and self._connecting is connecting:
                 self._connecting = None
 
     async def _connect(self) -> None:

@@ -20,15 +20,11 @@ class ResultListener(Listener):
     def __init__(self, dsn: str, channel: str, timeout: float, *, application_name: str) -> None:
         super().__init__(dsn, channel, "", timeout, application_name=application_name)
         self._by_job: dict[str, set[asyncio.Future[None]]] = {}
-        self._ensuring = asyncio.Lock()
         self._closed = False
 
     async def ensure(self) -> None:
-        # Listener.ensure clears its connect task in each caller's finally, which
-        # breaks when several waiters call it at once: let one in at a time.
-        async with self._ensuring:
-            if not self._closed:
-                await super().ensure()
+        if not self._closed:
+            await super().ensure()
 
     async def close(self) -> None:
         """Close the connection for good (a closed listener never reconnects)."""
