@@ -32,6 +32,7 @@ from lexigram.tasks.testing import eventually
 # must be on sys.path (children inherit it).
 sys.path.insert(0, str(Path(__file__).parent))
 import _process_executor_tasks as tasks
+import _process_executor_traced as traced_tasks
 
 
 def provider_for(name: str, **settings: Any) -> TaskProvider:
@@ -219,6 +220,28 @@ async def test_the_trace_continues_in_the_child(
     assert seen == format(process.context.span_id, "016x")
 
 
+async def test_with_an_sdk_in_the_child_its_span_is_a_child_of_the_process_span(
+    tracer_provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+
+    spans_file = tmp_path / "child-spans.jsonl"
+    # Read by the children when they import the module (this process imported it without).
+    monkeypatch.setenv("LEXIGRAM_TEST_CHILD_SPANS", str(spans_file))
+    provider = TaskProvider(queue=MemoryTaskQueue("proc-sdk"), tracer_provider=tracer_provider)
+    traced = provider.task(name="traced", executor="process")(traced_tasks.traced)
+    async with provider:
+        assert await (await traced.enqueue()).result(timeout=30) == "done"
+    [process] = [s for s in exporter.get_finished_spans() if s.kind.name == "CONSUMER"]
+    assert process.context is not None
+    [child] = [json.loads(line) for line in spans_file.read_text().splitlines()]
+    assert child["name"] == "run traced"
+    assert (child["trace"], child["parent"]) == (process.context.trace_id, process.context.span_id)
+
+
 # -- what a child cannot import ----------------------------------------------------------
 
 
@@ -266,6 +289,24 @@ async def test_a_function_the_child_cannot_import_fails_its_job_naming_the_task(
     assert info.value.error_type == "ImportError"
     assert "task 'parent_only'" in info.value.error_message
     assert "lexigram_parent_only_module" in info.value.error_message
+
+
+async def test_a_process_job_still_running_at_shutdown_is_returned_and_its_child_killed(
+    tmp_path: Path,
+) -> None:
+    queue = MemoryTaskQueue("proc-shutdown")
+    provider = TaskProvider(queue=queue, shutdown_timeout=0.2)
+    hang = provider.task(name="hang", executor="process")(tasks.hang)
+    await provider.start()
+    await hang.enqueue(str(tmp_path / "pid"))
+    child = await pid_in(tmp_path / "pid")
+    await provider.stop()
+    await eventually(lambda: gone(child), 10, message="the child outlived the shutdown")
+    async with queue:
+        counts = await queue.counts()
+        assert (counts.ready, counts.running, counts.failed) == (1, 0, 0)
+        [delivery] = await queue.dequeue()
+    assert delivery.job is not None and delivery.job.attempt == 1  # no attempt used
 
 
 # -- a worker killed by SIGKILL ---------------------------------------------------------
