@@ -34,6 +34,12 @@ class ConcurrencyLimiter(Protocol):
     async def acquire(self, limits: Sequence[Limit], holder: str, lease_seconds: float) -> bool:
         """Take a slot of every limit for ``holder``, or none of them; True if taken."""
 
+    async def acquire_many(
+        self, requests: Sequence[tuple[Sequence[Limit], str]], lease_seconds: float
+    ) -> list[bool]:
+        """:meth:`acquire` for each ``(limits, holder)``, in order (the worker asks once
+        per fetched batch); a shared limiter answers them in one round trip."""
+
     async def release(self, names: Sequence[str], holder: str) -> None:
         """Give back ``holder``'s slots of ``names`` (a slot not held is ignored)."""
 
@@ -70,6 +76,11 @@ class LocalConcurrencyLimiter:
         for name, _ in limits:
             self._slots.setdefault(name, {})[holder] = now + lease_seconds
         return True
+
+    async def acquire_many(
+        self, requests: Sequence[tuple[Sequence[Limit], str]], lease_seconds: float
+    ) -> list[bool]:
+        return [await self.acquire(limits, holder, lease_seconds) for limits, holder in requests]
 
     async def release(self, names: Sequence[str], holder: str) -> None:
         for name in names:

@@ -158,6 +158,9 @@ class Task(Generic[P, R]):
         # positional-or-keyword parameters: then a call without keywords is
         # checked by counting, the common case at enqueue.
         self._arity: tuple[int, int] | None = None
+        # Their names and defaults, for call_by_name.
+        self._names: tuple[str, ...] | None = None
+        self._defaults: dict[str, Any] = {}
         try:
             self._signature = inspect.signature(fn)
         except (TypeError, ValueError):  # some builtins and C callables have none
@@ -166,6 +169,8 @@ class Task(Generic[P, R]):
         if all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params):
             required = sum(1 for p in params if p.default is p.empty)
             self._arity = (required, len(self._signature.parameters))
+            self._names = tuple(self._signature.parameters)
+            self._defaults = {p.name: p.default for p in params if p.default is not p.empty}
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
@@ -189,6 +194,13 @@ class Task(Generic[P, R]):
     def call_by_name(self, fn: Callable[..., R2], args: Any, kwargs: Any) -> R2:
         """``fn`` called with the job's arguments by parameter name (defaults filled in),
         so ``lambda tenant_id, **_: tenant_id`` finds ``tenant_id`` however it was passed."""
+        names = self._names
+        if names is not None and len(args) <= len(names):
+            # Plain parameters (the common case): no Signature.bind.
+            named = dict(self._defaults)
+            named.update(zip(names, args, strict=False))
+            named.update(kwargs)
+            return fn(**named)
         if self._signature is None:
             return fn(*args, **kwargs)
         try:

@@ -63,6 +63,8 @@ class Fetching(Settling):
                 # Shielded: a cancellation must not leave some of them to lapse.
                 await asyncio.shield(self._return_all(deliveries))
                 break
+            if deliveries:
+                await self._take_batch_limits(deliveries)
             suspect = None
             for delivery in deliveries:
                 if self._is_suspect(delivery):

@@ -17,8 +17,10 @@ import random
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from opentelemetry.trace import Span
 
 from lexigram.tasks.concurrency import (
     ConcurrencyLimiter,
@@ -51,17 +53,22 @@ class LimitKeyError(Exception):
 class Limiting(Fetching):
     """Takes and gives back concurrency slots (a base of :class:`WorkerPool`)."""
 
+    tasks: Mapping[str, Task[Any, Any]]
     concurrency_limiter: ConcurrencyLimiter | None
     _limit_holds: dict[int, tuple[list[str], str]]  # id(delivery) -> (names, holder)
     _limit_counts: Counter[str]  # slots this process holds, per name
     _bounces: dict[str, tuple[float, float]]  # name -> (last, decaying count turned away)
+    _refused: dict[int, Delivery]  # refused when fetched: put back by the slot that takes it
+    _limited_tasks: frozenset[str]
 
     def _prepare_limits(self, tasks: list[Task[Any, Any]]) -> None:
         """Pick the limiter at start; refuse per-process counting on a shared backend."""
         self._limit_holds = {}
         self._limit_counts = Counter()
         self._bounces = {}
+        self._refused = {}
         limited = sorted(t.name for t in tasks if t.limits.concurrent)
+        self._limited_tasks = frozenset(limited)
         if not limited:
             return
         if self.concurrency_limiter is None:
@@ -81,8 +88,52 @@ class Limiting(Fetching):
             found.append((f"task:{task.name}:key:{key}", limits.max_concurrency_per_key))
         return found
 
+    async def _take_batch_limits(self, deliveries: list[Delivery]) -> None:
+        """Take the slots of a fetched batch's limited jobs in one request (from the fetch loop).
+
+        The slot that takes a job then finds its slots taken, or the job refused,
+        and waits for nothing; a job this could not decide is asked for by its slot.
+        """
+        limited = self._limited_tasks
+        limiter = self.concurrency_limiter
+        if not limited or limiter is None:
+            return
+        counts = self._limit_counts
+        asks: list[tuple[Delivery, list[Limit], str]] = []
+        for delivery in deliveries:
+            job = delivery.job
+            # A job back from a dead worker may run alone or be dead-lettered: its slot asks.
+            if job is None or job.task not in limited or job.lost_leases:
+                continue
+            try:
+                limits = self._limits_of(self.tasks[job.task], job)
+            except LimitKeyError:
+                continue  # its slot fails it
+            if any(counts[name] >= limit for name, limit in limits):
+                self._refused[id(delivery)] = delivery
+            else:
+                asks.append((delivery, limits, f"{self.worker_id}/{job.id}"))
+        if not asks:
+            return
+        try:
+            taken = await limiter.acquire_many(
+                [(limits, holder) for _, limits, holder in asks], self.settings.lease_seconds
+            )
+        except Exception as exc:
+            logger.warning("taking concurrency slots failed (%s: %s)", type(exc).__name__, exc)
+            return
+        for (delivery, limits, holder), fits in zip(asks, taken, strict=True):
+            if fits:
+                names = [name for name, _ in limits]
+                counts.update(names)
+                self._limit_holds[id(delivery)] = (names, holder)
+            else:
+                self._refused[id(delivery)] = delivery
+
     async def _take_limits(self, task: Task[Any, Any], delivery: Delivery) -> bool:
         """Take the job's slots (True), or settle the job: over a limit or a broken key."""
+        if id(delivery) in self._limit_holds:
+            return True  # taken when it was fetched
         job = delivery.job
         assert job is not None
         assert self.concurrency_limiter is not None
@@ -92,8 +143,10 @@ class Limiting(Fetching):
             await self._limit_key_failed(delivery, exc)
             return False
         counts = self._limit_counts
-        # Slots this process holds already fill a limit: no need to ask the limiter.
-        if all(counts[name] < limit for name, limit in limits):
+        # Refused when fetched, or slots this process holds already fill a limit.
+        if self._refused.pop(id(delivery), None) is None and all(
+            counts[name] < limit for name, limit in limits
+        ):
             holder = f"{self.worker_id}/{job.id}"
             lease = self.settings.lease_seconds
             try:
@@ -128,6 +181,22 @@ class Limiting(Fetching):
             recent = max(recent, level)
         low, high = LIMITED_DELAY
         return random.uniform(0.5, 1.0) * min(high, 2 * low + 0.01 * recent)
+
+    async def _return_to_queue(
+        self, delivery: Delivery, *, delay: float = 0.0, reason: str = "worker shutdown"
+    ) -> None:
+        # A job given back unrun (at shutdown, say) may hold slots taken when it was fetched.
+        self._refused.pop(id(delivery), None)
+        await self._give_back_limits(delivery)
+        await super()._return_to_queue(delivery, delay=delay, reason=reason)
+
+    async def _settle_cancelled(
+        self, job: Job, delivery: Delivery, span: Span | None, duration: float
+    ) -> None:
+        # A job cancelled while in line never reaches a slot: its slots are given back here.
+        self._refused.pop(id(delivery), None)
+        await self._give_back_limits(delivery)
+        await super()._settle_cancelled(job, delivery, span, duration)
 
     async def _give_back_limits(self, delivery: Delivery) -> None:
         hold = self._limit_holds.pop(id(delivery), None)

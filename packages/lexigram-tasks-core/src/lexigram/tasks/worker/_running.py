@@ -159,7 +159,7 @@ class Running(Limiting):
                     raise
         finally:
             if limited:
-                await asyncio.shield(self._give_back_limits(delivery))
+                await self._give_back_limits(delivery)
 
     async def _wait_alone(self) -> None:
         """Wait until no other job of this pool runs and every finished one is acked."""

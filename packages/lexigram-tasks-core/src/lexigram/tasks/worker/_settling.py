@@ -208,6 +208,9 @@ class Settling:
     async def _extend_limits(self) -> None:
         """Extend the concurrency slots of the jobs running (see ``Limiting``)."""
 
+    async def _take_batch_limits(self, deliveries: list[Delivery]) -> None:
+        """Take the concurrency slots of a fetched batch (see ``Limiting``)."""
+
     async def _store_result(self, result: JobResult) -> None:
         assert self.result_store is not None
         try:

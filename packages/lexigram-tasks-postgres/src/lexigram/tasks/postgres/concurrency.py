@@ -98,6 +98,15 @@ class PostgresConcurrencyLimiter:
         taken: bool = await pool.fetchval(self._acquire, names, counts, holder, lease_seconds)
         return taken
 
+    async def acquire_many(
+        self, requests: Sequence[tuple[Sequence[Limit], str]], lease_seconds: float
+    ) -> list[bool]:
+        """Each request on its own pool connection, at once."""
+        taken = await asyncio.gather(
+            *(self.acquire(limits, holder, lease_seconds) for limits, holder in requests)
+        )
+        return list(taken)
+
     async def release(self, names: Sequence[str], holder: str) -> None:
         pool = await self._pool_ready()
         await pool.execute(self._release, holder, list(names))

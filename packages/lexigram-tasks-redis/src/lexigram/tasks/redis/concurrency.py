@@ -21,46 +21,49 @@ from redis.asyncio import Redis
 
 logger = logging.getLogger("lexigram.tasks.redis")
 
-# KEYS: the semaphores of the releases, then of the acquires, in order.
-# ARGV: the release count, per release (holder, key count); the acquire count,
-# per acquire (holder, key count, lease seconds, the limit of each key).
-# Returns 1 or 0 per acquire.
-_BATCH = """
+# ARGV[1]: the key prefix; ARGV[2]: the releases, a line each: holder, then the names;
+# ARGV[3]: the acquires, a line each: holder, lease seconds, then name and limit pairs.
+# Fields are tab-separated. Returns a string of '1' (taken) or '0', one per acquire.
+# (One string per list, not an argument per field: encoding every field as its own
+# argument costs the client more than the whole script costs the server.)
+_BATCH = r"""
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local a, k = 1, 1
-local function keep_until_last_lease(key)
-  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2]
-  if last then redis.call('PEXPIREAT', key, math.ceil(tonumber(last) * 1000) + 1000) end
+local prefix = ARGV[1]
+local function fields(line)
+  local out = {}
+  for field in string.gmatch(line, '[^\t]+') do out[#out + 1] = field end
+  return out
 end
-local releases = tonumber(ARGV[a]); a = a + 1
-for _ = 1, releases do
-  local holder, n = ARGV[a], tonumber(ARGV[a + 1]); a = a + 2
-  for _ = 1, n do redis.call('ZREM', KEYS[k], holder); k = k + 1 end
+for line in string.gmatch(ARGV[2], '[^\n]+') do
+  local f = fields(line)
+  for i = 2, #f do redis.call('ZREM', prefix .. f[i], f[1]) end
 end
 local taken = {}
-local acquires = tonumber(ARGV[a]); a = a + 1
-for i = 1, acquires do
-  local holder, n, lease = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]); a = a + 3
-  local fits = 1
-  for j = 0, n - 1 do
-    local key = KEYS[k + j]
+for line in string.gmatch(ARGV[3], '[^\n]+') do
+  local f = fields(line)
+  local holder, lease = f[1], tonumber(f[2])
+  local fits, sizes = '1', {}
+  for i = 3, #f, 2 do
+    local key = prefix .. f[i]
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-    if not redis.call('ZSCORE', key, holder)
-        and redis.call('ZCARD', key) >= tonumber(ARGV[a + j]) then
-      fits = 0
+    local size = redis.call('ZCARD', key)
+    sizes[i] = size
+    if size >= tonumber(f[i + 1]) and not redis.call('ZSCORE', key, holder) then fits = '0' end
+  end
+  if fits == '1' then
+    local ms = math.ceil(lease * 1000) + 1000
+    for i = 3, #f, 2 do
+      local key = prefix .. f[i]
+      redis.call('ZADD', key, now + lease, holder)
+      -- The set outlives its longest lease by a second (GT: never shortened).
+      if sizes[i] == 0 then redis.call('PEXPIRE', key, ms)
+      else redis.call('PEXPIRE', key, ms, 'GT') end
     end
   end
-  if fits == 1 then
-    for j = 0, n - 1 do
-      redis.call('ZADD', KEYS[k + j], now + lease, holder)
-      keep_until_last_lease(KEYS[k + j])
-    end
-  end
-  taken[i] = fits
-  k = k + n; a = a + n
+  taken[#taken + 1] = fits
 end
-return taken
+return table.concat(taken)
 """
 
 # KEYS: semaphores; ARGV: lease seconds, then the holder of each key.
@@ -155,6 +158,19 @@ class RedisConcurrencyLimiter:
         self._plan()
         return await future
 
+    async def acquire_many(
+        self, requests: Sequence[tuple[Sequence[Limit], str]], lease_seconds: float
+    ) -> list[bool]:
+        """Every request in one script call (with the acquires and releases pending)."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[bool]] = []
+        for limits, holder in requests:
+            future: asyncio.Future[bool] = loop.create_future()
+            self._acquires.append((limits, holder, lease_seconds, future))
+            futures.append(future)
+        await self._flush()
+        return [future.result() for future in futures]
+
     async def release(self, names: Sequence[str], holder: str) -> None:
         """Queue the release of ``holder``'s slots for the next batch."""
         self._releases.append((names, holder))
@@ -185,29 +201,43 @@ class RedisConcurrencyLimiter:
         releases, self._releases = self._releases, []
         if not acquires and not releases:
             return
-        keys: list[str] = []
-        args: list[Any] = [len(releases)]
-        for names, holder in releases:
-            keys += [self.key(name) for name in names]
-            args += [holder, len(names)]
-        args.append(len(acquires))
-        for limits, holder, lease, _ in acquires:
-            keys += [self.key(name) for name, _ in limits]
-            args += [holder, len(limits), repr(lease), *(limit for _, limit in limits)]
+        freed = "\n".join(
+            "\t".join([_field(holder), *(_field(name) for name in names)])
+            for names, holder in releases
+        )
+        asked = "\n".join(
+            "\t".join(
+                [
+                    _field(holder),
+                    repr(lease),
+                    *(f"{_field(name)}\t{limit}" for name, limit in limits),
+                ]
+            )
+            for limits, holder, lease, _ in acquires
+        )
         try:
             if self._batch is None:
                 await self.connect()
             with reported(self.redis_url):
-                taken = await self._batch(keys=keys, args=args)
+                taken = await self._batch(args=[self.key(""), freed, asked])
         except Exception as exc:
             if releases:
                 logger.warning(
-                    "releasing %d concurrency slot set(s) failed: %s", len(releases), exc
+                    "releasing %d set(s) of concurrency slots failed: %s", len(releases), exc
                 )
             for *_, future in acquires:
                 if not future.done():
                     future.set_exception(exc)
             return
+        if isinstance(taken, str):  # a client made with decode_responses=True
+            taken = taken.encode()
         for (*_, future), fits in zip(acquires, taken, strict=True):
             if not future.done():
-                future.set_result(bool(fits))
+                future.set_result(fits == 49)  # b"1"
+
+
+def _field(name: str) -> str:
+    """``name`` with the batch's separators (and ``%``) percent-escaped."""
+    if "\t" in name or "\n" in name or "%" in name:
+        return name.replace("%", "%25").replace("\t", "%09").replace("\n", "%0A")
+    return name
