@@ -197,10 +197,10 @@ class Task(Generic[P, R]):
         names = self._names
         if names is not None and len(args) <= len(names):
             # Plain parameters (the common case): no Signature.bind.
-            named = dict(self._defaults)
-            named.update(zip(names, args, strict=False))
-            named.update(kwargs)
-            return fn(**named)
+            plain = dict(self._defaults)
+            plain.update(zip(names, args, strict=False))
+            plain.update(kwargs)
+            return fn(**plain)
         if self._signature is None:
             return fn(*args, **kwargs)
         try:

@@ -16,7 +16,6 @@ import math
 import random
 import time
 import traceback
-from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -56,7 +55,7 @@ class Limiting(Fetching):
     tasks: Mapping[str, Task[Any, Any]]
     concurrency_limiter: ConcurrencyLimiter | None
     _limit_holds: dict[int, tuple[list[str], str]]  # id(delivery) -> (names, holder)
-    _limit_counts: Counter[str]  # slots this process holds, per name
+    _limit_counts: dict[str, int]  # slots this process holds, per name
     _bounces: dict[str, tuple[float, float]]  # name -> (last, decaying count turned away)
     _refused: dict[int, Delivery]  # refused when fetched: put back by the slot that takes it
     _limited_tasks: frozenset[str]
@@ -64,7 +63,7 @@ class Limiting(Fetching):
     def _prepare_limits(self, tasks: list[Task[Any, Any]]) -> None:
         """Pick the limiter at start; refuse per-process counting on a shared backend."""
         self._limit_holds = {}
-        self._limit_counts = Counter()
+        self._limit_counts = {}
         self._bounces = {}
         self._refused = {}
         limited = sorted(t.name for t in tasks if t.limits.concurrent)
@@ -109,7 +108,7 @@ class Limiting(Fetching):
                 limits = self._limits_of(self.tasks[job.task], job)
             except LimitKeyError:
                 continue  # its slot fails it
-            if any(counts[name] >= limit for name, limit in limits):
+            if any(counts.get(name, 0) >= limit for name, limit in limits):
                 self._refused[id(delivery)] = delivery
             else:
                 asks.append((delivery, limits, f"{self.worker_id}/{job.id}"))
@@ -125,7 +124,8 @@ class Limiting(Fetching):
         for (delivery, limits, holder), fits in zip(asks, taken, strict=True):
             if fits:
                 names = [name for name, _ in limits]
-                counts.update(names)
+                for name in names:
+                    counts[name] = counts.get(name, 0) + 1
                 self._limit_holds[id(delivery)] = (names, holder)
             else:
                 self._refused[id(delivery)] = delivery
@@ -145,7 +145,7 @@ class Limiting(Fetching):
         counts = self._limit_counts
         # Refused when fetched, or slots this process holds already fill a limit.
         if self._refused.pop(id(delivery), None) is None and all(
-            counts[name] < limit for name, limit in limits
+            counts.get(name, 0) < limit for name, limit in limits
         ):
             holder = f"{self.worker_id}/{job.id}"
             lease = self.settings.lease_seconds
@@ -156,7 +156,8 @@ class Limiting(Fetching):
                 taken = False
             if taken:
                 names = [name for name, _ in limits]
-                counts.update(names)
+                for name in names:
+                    counts[name] = counts.get(name, 0) + 1
                 self._limit_holds[id(delivery)] = (names, holder)
                 return True
         delay = self._limited_delay([name for name, _ in limits])
@@ -203,7 +204,13 @@ class Limiting(Fetching):
         if hold is None:
             return
         names, holder = hold
-        self._limit_counts.subtract(names)
+        counts = self._limit_counts
+        for name in names:
+            left = counts[name] - 1
+            if left:
+                counts[name] = left
+            else:
+                del counts[name]
         assert self.concurrency_limiter is not None
         try:
             await self.concurrency_limiter.release(names, holder)

@@ -162,14 +162,7 @@ class RedisConcurrencyLimiter:
         self, requests: Sequence[tuple[Sequence[Limit], str]], lease_seconds: float
     ) -> list[bool]:
         """Every request in one script call (with the acquires and releases pending)."""
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[bool]] = []
-        for limits, holder in requests:
-            future: asyncio.Future[bool] = loop.create_future()
-            self._acquires.append((limits, holder, lease_seconds, future))
-            futures.append(future)
-        await self._flush()
-        return [future.result() for future in futures]
+        return await self._flush(requests, lease_seconds)
 
     async def release(self, names: Sequence[str], holder: str) -> None:
         """Queue the release of ``holder``'s slots for the next batch."""
@@ -192,34 +185,33 @@ class RedisConcurrencyLimiter:
 
     def _start_flush(self) -> None:
         self._planned = False
-        task = asyncio.get_running_loop().create_task(self._flush())
+        task = asyncio.get_running_loop().create_task(self._flush_pending())
         self._flushing.add(task)
         task.add_done_callback(self._flushing.discard)
 
-    async def _flush(self) -> None:
+    async def _flush_pending(self) -> None:
+        await self._flush((), 0.0)
+
+    async def _flush(
+        self, requests: Sequence[tuple[Sequence[Limit], str]], lease_seconds: float
+    ) -> list[bool]:
+        """Send the pending acquires and releases with ``requests``; the answers to ``requests``."""
         acquires, self._acquires = self._acquires, []
         releases, self._releases = self._releases, []
-        if not acquires and not releases:
-            return
+        if not acquires and not releases and not requests:
+            return []
         freed = "\n".join(
             "\t".join([_field(holder), *(_field(name) for name in names)])
             for names, holder in releases
         )
-        asked = "\n".join(
-            "\t".join(
-                [
-                    _field(holder),
-                    repr(lease),
-                    *(f"{_field(name)}\t{limit}" for name, limit in limits),
-                ]
-            )
-            for limits, holder, lease, _ in acquires
-        )
+        lines = [_asked(limits, holder, lease) for limits, holder, lease, _ in acquires]
+        lease = repr(lease_seconds)
+        lines += [_asked(limits, holder, lease) for limits, holder in requests]
         try:
             if self._batch is None:
                 await self.connect()
             with reported(self.redis_url):
-                taken = await self._batch(args=[self.key(""), freed, asked])
+                taken = await self._batch(args=[self.key(""), freed, "\n".join(lines)])
         except Exception as exc:
             if releases:
                 logger.warning(
@@ -228,12 +220,24 @@ class RedisConcurrencyLimiter:
             for *_, future in acquires:
                 if not future.done():
                     future.set_exception(exc)
-            return
+            if requests:
+                raise
+            return []
         if isinstance(taken, str):  # a client made with decode_responses=True
             taken = taken.encode()
-        for (*_, future), fits in zip(acquires, taken, strict=True):
+        for (*_, future), fits in zip(acquires, taken, strict=False):
             if not future.done():
                 future.set_result(fits == 49)  # b"1"
+        return [fits == 49 for fits in taken[len(acquires) :]]
+
+
+def _asked(limits: Sequence[Limit], holder: str, lease: float | str) -> str:
+    """One acquire's line of the batch: holder, lease, then name and limit pairs."""
+    if len(limits) == 1:
+        name, limit = limits[0]
+        return f"{_field(holder)}\t{lease}\t{_field(name)}\t{limit}"
+    pairs = "\t".join(f"{_field(name)}\t{limit}" for name, limit in limits)
+    return f"{_field(holder)}\t{lease}\t{pairs}"
 
 
 def _field(name: str) -> str:
