@@ -44,7 +44,8 @@ async def test_limiter_takes_all_or_none_across_clients(redis_url: str, ns: str)
         )
         assert taken == [True, False, True]
         assert not await two.acquire([("b", 2)], "h4", 60)
-        await one.release(["a", "b"], "h1")
+        await one.release(["a", "b"], "h1")  # queued for the next batch ...
+        await one.flush()  # ... sent now, before the other client asks
         assert await two.acquire([("b", 2)], "h4", 0.2)
         assert await two.acquire([("a", 1)], "h5", 0.2)
         await two.extend([("a", "h5")], 60)

@@ -169,6 +169,10 @@ class RedisConcurrencyLimiter:
         self._releases.append((names, holder))
         self._plan()
 
+    async def flush(self) -> None:
+        """Send the queued releases (and acquires) now, instead of on the next loop turn."""
+        await self._flush((), 0.0)
+
     async def extend(self, held: Sequence[tuple[str, str]], lease_seconds: float) -> None:
         if not held:
             return
