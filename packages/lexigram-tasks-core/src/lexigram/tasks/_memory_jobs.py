@@ -146,16 +146,8 @@ class JobBook:
             progress_message=entry.progress_message,
             meta=dict(entry.meta or {}),
             cancel_requested=entry.cancel_requested,
-            trace_id=None if job is None else trace_id_of(job.headers),
+            trace_id=None if job is None else job.trace_id,
         )
-
-
-def trace_id_of(headers: Mapping[str, str]) -> str | None:
-    """The trace id of a W3C ``traceparent`` header (``00-<trace id>-<span id>-<flags>``)."""
-    parts = headers.get("traceparent", "").split("-")
-    if len(parts) == 4 and len(parts[1]) == 32:
-        return parts[1]
-    return None
 
 
 def _seq_of(entry: MemoryJob) -> int:

@@ -99,6 +99,12 @@ class Job:
         """Runs of this job that ended without a result: their worker died or lost the lease."""
         return max(self.attempt - 1 - self.failures, 0)
 
+    @property
+    def trace_id(self) -> str | None:
+        """The trace id of its W3C ``traceparent`` header (``00-<trace id>-<span id>-<flags>``)."""
+        parts = self.headers.get("traceparent", "").split("-")
+        return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
+
     def to_dict(self) -> dict[str, Any]:
         """The wire document as a dict (unknown fields included)."""
         doc: dict[str, Any] = dict(self.extra)

@@ -153,7 +153,7 @@ class Controlling(Pooled):
             progress_message=row["progress_message"],
             meta={} if row["meta"] is None else json.loads(row["meta"]),
             cancel_requested=row["cancel_requested"],
-            trace_id=None if job is None else _trace_id(job.headers),
+            trace_id=None if job is None else job.trace_id,
         )
 
     async def record_progress(self, delivery: Delivery, progress: Progress) -> None:
@@ -234,12 +234,6 @@ class Controlling(Pooled):
             await self._run(lambda c: c.execute(self._control.purge_workers))
         rows = await self._run(lambda c: c.fetch(self._control.list_workers))
         return [WorkerInfo.from_dict(json.loads(row[0])) for row in rows]
-
-
-def _trace_id(headers: dict[str, str]) -> str | None:
-    """The trace id of a W3C ``traceparent`` header (``00-<trace id>-<span id>-<flags>``)."""
-    parts = headers.get("traceparent", "").split("-")
-    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
 
 
 def _key_of(state: JobState | None, row: Any) -> list[Any]:

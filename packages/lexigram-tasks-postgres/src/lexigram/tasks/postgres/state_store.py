@@ -368,13 +368,8 @@ def _columns(jobs: Sequence[Job], states: Sequence[JobState]) -> list[list[Any]]
         [job.priority for job in jobs],
         [job.enqueued_at for job in jobs],
         [job.run_at for job in jobs],
-        [_trace_id(job) for job in jobs],
+        [job.trace_id for job in jobs],
     ]
-
-
-def _trace_id(job: Job) -> str | None:
-    parts = job.headers.get("traceparent", "").split("-")  # W3C: 00-<trace>-<span>-<flags>
-    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
 
 
 def _info(row: Any, now: float) -> JobInfo:

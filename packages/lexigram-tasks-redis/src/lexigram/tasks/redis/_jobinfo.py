@@ -79,7 +79,7 @@ def job_info(job_id: str, queue: str, fields: Mapping[str, str]) -> JobInfo | No
         progress_message=fields.get("lx_progress_message"),
         meta=_meta(fields),
         cancel_requested=fields.get("lx_cancel") == "1" and not finished,
-        trace_id=_trace_id(job),
+        trace_id=None if job is None else job.trace_id,
     )
 
 
@@ -127,14 +127,3 @@ def _meta(fields: Mapping[str, str]) -> dict[str, Any]:
             except ValueError:
                 meta[key[len(META_PREFIX) :]] = value
     return meta
-
-
-def _trace_id(job: Job | None) -> str | None:
-    """The trace id of the W3C ``traceparent`` header (``00-<trace id>-<span id>-<flags>``)."""
-    parent = job.headers.get("traceparent") if job is not None else None
-    if not parent:
-        return None
-    parts = parent.split("-")
-    if len(parts) >= 4 and len(parts[1]) == 32:
-        return parts[1]
-    return None

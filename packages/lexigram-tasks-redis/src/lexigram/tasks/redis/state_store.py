@@ -316,9 +316,8 @@ def _fields(job: Job, state: JobState) -> str:
     }
     if job.run_at is not None:
         record["run_at"] = repr(job.run_at)
-    parts = job.headers.get("traceparent", "").split("-")  # W3C: 00-<trace>-<span>-<flags>
-    if len(parts) == 4 and len(parts[1]) == 32:
-        record["trace_id"] = parts[1]
+    if job.trace_id is not None:
+        record["trace_id"] = job.trace_id
     return json.dumps(record)
 
 
