@@ -246,6 +246,43 @@ async def test_cancelling_a_running_async_job_stops_it_within_a_second() -> None
     assert [type(e) for e in events] == [TaskCancelledEvent]
 
 
+class LateListener(MemoryTaskQueue):
+    """The memory backend whose control channel listens only once told to."""
+
+    def __init__(self, queue_name: str) -> None:
+        super().__init__(queue_name)
+        self.subscribe = asyncio.Event()
+
+    async def watch_cancellations(self, on_cancel: Any) -> None:
+        await self.subscribe.wait()
+        await super().watch_cancellations(on_cancel)
+
+
+async def test_a_cancel_sent_before_the_channel_listened_is_caught_up_on_subscription() -> None:
+    queue = LateListener("cancel-late-listener")
+    provider = TaskProvider(queue=queue)  # lease 30 s: the heartbeat would ask after 10 s
+    started = asyncio.Event()
+    stopped: list[float] = []
+
+    @provider.task(name="forever")
+    async def forever() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            stopped.append(time.monotonic())
+            raise
+
+    async with provider:
+        handle = await forever.enqueue()
+        await asyncio.wait_for(started.wait(), 10)
+        assert await handle.cancel() is CancelOutcome.REQUESTED  # nobody listens yet
+        subscribed = time.monotonic()
+        queue.subscribe.set()
+        await eventually(lambda: state_of(handle, JobState.CANCELLED), 8)
+        assert stopped and stopped[0] - subscribed < 5.0  # long before the heartbeat
+
+
 async def test_a_handler_that_swallows_the_cancellation_still_ends_cancelled() -> None:
     provider = TaskProvider(queue=MemoryTaskQueue("cancel-swallowed"))
     started = asyncio.Event()

@@ -275,7 +275,11 @@ class JobControlProtocol(Protocol):
         """Call ``on_cancel(job_id)`` for each cancellation published, until cancelled.
 
         Runs for the worker's lifetime; it reconnects by itself after a broken
-        connection. The heartbeat's :meth:`cancel_requested` covers what it misses.
+        connection. Once the channel listens, and again after each reconnect,
+        it calls :func:`listening` with ``on_cancel``: the worker then asks
+        :meth:`cancel_requested` for the jobs it holds, so a cancellation
+        published before the subscription took is not missed. The heartbeat's
+        :meth:`cancel_requested` covers the rest.
         """
 
     async def cancel_requested(self, deliveries: Sequence[Delivery]) -> set[str]:
@@ -289,6 +293,18 @@ class JobControlProtocol(Protocol):
 
     async def list_workers(self) -> list[WorkerInfo]:
         """The workers whose entries have not expired."""
+
+
+def listening(on_cancel: CancelCallback) -> None:
+    """Tell the worker behind ``on_cancel`` that the control channel listens (now, or again).
+
+    A backend's ``watch_cancellations`` calls it once subscribed and after each
+    reconnect; the worker catches up on cancellations sent before then. A
+    plain callback (no ``listening`` method) ignores it.
+    """
+    notify = getattr(on_cancel, "listening", None)
+    if notify is not None:
+        notify()
 
 
 def encode_cursor(parts: Sequence[Any]) -> str:

@@ -26,6 +26,7 @@ from lexigram.tasks.control import (
     JobState,
     Progress,
     WorkerInfo,
+    listening,
 )
 from lexigram.tasks.job import Job, new_job_id
 from lexigram.tasks.protocol import (
@@ -270,6 +271,7 @@ class MemoryTaskQueue(BaseTaskQueue):
     async def watch_cancellations(self, on_cancel: CancelCallback) -> None:
         """Call ``on_cancel(job_id)`` for each running job cancelled, until cancelled."""
         self._control.listeners.append(on_cancel)
+        listening(on_cancel)
         try:
             await asyncio.get_running_loop().create_future()
         finally:

@@ -16,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
+from lexigram.tasks.control import require
 from lexigram.tasks.current import job_of
-from lexigram.tasks.protocol import Delivery
+from lexigram.tasks.protocol import Capability, Delivery
 from lexigram.tasks.worker._running import Running
 
 logger = logging.getLogger("lexigram.tasks.worker")
@@ -77,13 +79,31 @@ class Cancelling(Running):
         except Exception:
             logger.exception("cancelling job %s failed", delivery.job.id)
 
+    def _listening(self) -> None:
+        """The control channel listens (again): catch up on what was sent before."""
+        if self._held:
+            task = asyncio.get_running_loop().create_task(self._catch_up())
+            self._ending.add(task)
+            task.add_done_callback(self._ending.discard)
+
+    async def _catch_up(self) -> None:
+        try:
+            ask = require(self.queue, "cancel_requested", Capability.CANCEL)
+            cancelled: set[str] = await ask(list(self._held.values()))
+        except Exception as exc:
+            logger.warning("asking for cancellations failed (%s); the heartbeat asks again", exc)
+            return
+        for job_id in cancelled:
+            self._on_cancel(job_id)
+
     async def _watch_cancellations(self, watch: Any) -> None:
         """Run the backend's ``watch_cancellations`` for the pool's life, again after a failure."""
         failures = 0
+        listener = _Listener(self._on_cancel, self._listening)
         while True:
             began = time.monotonic()
             try:
-                await watch(self._on_cancel)
+                await watch(listener)
                 problem = "it returned"
             except Exception as exc:
                 problem = f"{type(exc).__name__}: {exc}"
@@ -99,3 +119,16 @@ class Cancelling(Running):
                 pause,
             )
             await asyncio.sleep(pause)
+
+
+class _Listener:
+    """The pool's ``on_cancel``, with the hook :func:`~lexigram.tasks.control.listening` calls."""
+
+    __slots__ = ("_on_cancel", "listening")
+
+    def __init__(self, on_cancel: Callable[[str], None], on_listening: Callable[[], None]) -> None:
+        self._on_cancel = on_cancel
+        self.listening = on_listening
+
+    def __call__(self, job_id: str) -> None:
+        self._on_cancel(job_id)

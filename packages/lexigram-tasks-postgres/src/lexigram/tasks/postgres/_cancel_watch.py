@@ -37,8 +37,10 @@ async def watch_channel(
     *,
     timeout: float,
     application_name: str,
+    on_listening: Callable[[], None] | None = None,
 ) -> None:
-    """Call ``on_payload(payload)`` for each NOTIFY on ``channel``, until cancelled."""
+    """Call ``on_payload(payload)`` for each NOTIFY on ``channel``, until cancelled;
+    ``on_listening()`` each time the LISTEN takes (first, and after a reconnect)."""
 
     def heard(connection: Any, pid: int, channel: str, payload: str) -> None:
         try:
@@ -48,7 +50,7 @@ async def watch_channel(
 
     while True:
         try:
-            await _listen_until_lost(dsn, channel, heard, timeout, application_name)
+            await _listen_until_lost(dsn, channel, heard, timeout, application_name, on_listening)
         except _ERRORS as exc:
             logger.warning("LISTEN %s failed (%s); retrying in %.0f s", channel, exc, RETRY_AFTER)
         await asyncio.sleep(RETRY_AFTER)
@@ -60,6 +62,7 @@ async def _listen_until_lost(
     heard: Callable[[Any, int, str, str], None],
     timeout: float,
     application_name: str,
+    on_listening: Callable[[], None] | None,
 ) -> None:
     connection = await open_connection(
         dsn, timeout=timeout, server_settings={"application_name": application_name}
@@ -73,6 +76,8 @@ async def _listen_until_lost(
     try:
         connection.add_termination_listener(terminated)
         await connection.add_listener(channel, heard)
+        if on_listening is not None:
+            on_listening()
         while not lost.done():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(lost), CHECK_EVERY)

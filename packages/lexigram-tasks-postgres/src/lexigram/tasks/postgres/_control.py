@@ -23,6 +23,7 @@ from lexigram.tasks.control import (
     WorkerInfo,
     decode_cursor,
     encode_cursor,
+    listening,
 )
 from lexigram.tasks.errors import MalformedJobError
 from lexigram.tasks.job import Job
@@ -204,6 +205,7 @@ class Controlling(Pooled):
             heard,
             timeout=self.connect_timeout,
             application_name=self._application_name,
+            on_listening=lambda: listening(on_cancel),
         )
 
     async def cancel_requested(self, deliveries: Sequence[Delivery]) -> set[str]:

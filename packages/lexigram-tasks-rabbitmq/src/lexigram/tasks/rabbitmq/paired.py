@@ -33,6 +33,7 @@ from lexigram.tasks.control import (
     JobState,
     Progress,
     WorkerInfo,
+    listening,
 )
 from lexigram.tasks.errors import CapabilityNotSupportedError
 from lexigram.tasks.job import Job
@@ -203,6 +204,7 @@ class Paired:
                     logger.exception("a cancellation callback failed")
 
             await queue.consume(heard, no_ack=True)
+            listening(on_cancel)
             await _forever()
         finally:
             if not channel.is_closed:

@@ -25,6 +25,7 @@ from lexigram.tasks.control import (
     WorkerInfo,
     decode_cursor,
     encode_cursor,
+    listening,
 )
 from lexigram.tasks.errors import JobSerializationError
 from lexigram.tasks.protocol import Delivery
@@ -190,6 +191,7 @@ class JobControl:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(channel)
+                listening(on_cancel)
                 failures = 0
                 idle_since = time.monotonic()
                 while True:
