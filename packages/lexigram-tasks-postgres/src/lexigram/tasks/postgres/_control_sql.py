@@ -81,12 +81,18 @@ class ControlStatements:
             f" CASE WHEN {after_run_at} > now() THEN {after_id} ELSE {_MAX_ID} END"
         )
         not_retrying = "state IS DISTINCT FROM 'retrying'"
+        # The newest row of job $2 in queue $1. The job-id index leaves running
+        # rows out (migration 0006: every lease would add an entry to it);
+        # they are few, and found through jobs_running_idx.
+        newest = (
+            f"(SELECT max(id) FROM (SELECT id FROM {t}"
+            " WHERE job_id = $2 AND queue_name = $1 AND status <> 'running'"
+            f" UNION ALL SELECT id FROM {t}"
+            " WHERE queue_name = $1 AND status = 'running' AND job_id = $2) AS found)"
+        )
         return cls(
             cancel_channel=f"{schema}.cancel",
-            get_job=(
-                f"SELECT {_COLUMNS} FROM {t} WHERE job_id = $2 AND queue_name = $1"
-                " ORDER BY id DESC LIMIT 1"
-            ),
+            get_job=f"SELECT {_COLUMNS} FROM {t} WHERE id = {newest}",
             list_ready={
                 "queued": ready.replace("{when}", f"run_at <= now() AND {not_retrying}").replace(
                     "{after}", f"{after_run_at}, {after_id}"
@@ -137,7 +143,7 @@ class ControlStatements:
             cancel=(
                 "WITH target AS ("
                 f" SELECT id, status, lease_expires_at <= now() AS lapsed FROM {t}"
-                " WHERE job_id = $2 AND queue_name = $1 ORDER BY id DESC LIMIT 1 FOR UPDATE),"
+                f" WHERE id = {newest} FOR UPDATE),"
                 f" stopped AS (UPDATE {t} AS j SET status = 'done', state = 'cancelled',"
                 " finished_at = now(), lease_token = NULL, lease_expires_at = NULL"
                 " FROM target WHERE j.id = target.id"
