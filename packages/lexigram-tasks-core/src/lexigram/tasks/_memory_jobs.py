@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lexigram.tasks.control import JobError, JobInfo, JobPage, JobState
+from lexigram.tasks.control import JobError, JobInfo, JobPage, JobState, position_cursor
 from lexigram.tasks.errors import MalformedJobError
 from lexigram.tasks.job import Job
 
@@ -104,7 +104,7 @@ class JobBook:
     ) -> JobPage:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
-        after = _position(cursor)
+        after = position_cursor(cursor, start=-1)
         now = time.time()
         order = self._order
         found: list[MemoryJob] = []
@@ -152,12 +152,3 @@ class JobBook:
 
 def _seq_of(entry: MemoryJob) -> int:
     return entry.seq
-
-
-def _position(cursor: str | None) -> int:
-    if cursor is None:
-        return -1
-    try:
-        return int(cursor)
-    except ValueError:
-        raise ValueError(f"not a cursor of this queue: {cursor!r}") from None
