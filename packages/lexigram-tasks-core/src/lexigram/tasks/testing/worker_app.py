@@ -121,6 +121,7 @@ async def consume(config: WorkerAppConfig) -> None:
     try:
         log.write("ready", "consumer")
         await go.wait()
+        waited_for_peer = False
         while not stop.is_set():
             deliveries = await queue.dequeue(
                 max_jobs=5, lease_seconds=config.lease_seconds, wait=0.1
@@ -130,10 +131,28 @@ async def consume(config: WorkerAppConfig) -> None:
                 log.write("delivered", key)
                 if delivery.job is None or delivery.job.attempt != 1:
                     log.write("redelivered", key)
+            if deliveries and not waited_for_peer:
+                # Hold the first leases until another process has leased jobs too,
+                # so taking part does not hang on which process started first.
+                waited_for_peer = True
+                await _peer_delivered(log, stop, _PEER_WAIT)
             await asyncio.sleep(0)  # hold the leases across a switch, as a worker would
             await queue.ack_many(deliveries)
     finally:
         await queue.disconnect()
+
+
+#: How long a consumer holds its first leases waiting for another process's deliveries.
+_PEER_WAIT = 30.0
+
+
+async def _peer_delivered(log: EventLog, stop: asyncio.Event, timeout: float) -> None:
+    """Return once another process logged ``delivered``, on ``stop``, or after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not stop.is_set() and time.monotonic() < deadline:
+        if log.pids("delivered") - {os.getpid()}:
+            return
+        await asyncio.sleep(0.01)
 
 
 def main(argv: list[str]) -> None:
