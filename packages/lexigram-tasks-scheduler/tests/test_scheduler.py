@@ -312,6 +312,25 @@ async def test_runtime_templates_add_list_pause_resume_remove(
     assert all(j.kwargs == {"region": "eu"} for j in jobs if j.task == "reports.daily")
 
 
+async def test_trigger_enqueues_one_job_now_without_moving_the_schedule(
+    registry: ScheduleRegistry, queue: MemoryTaskQueue, make: Make
+) -> None:
+    @registry.scheduled(cron="0 6 * * *", name="nightly", kwargs={"full": True})
+    def nightly(full: bool) -> None: ...
+
+    scheduler, clock = make(at(2024, 5, 1, 10))
+    await scheduler.pause("nightly")  # paused templates can be triggered too
+    job_id = await scheduler.trigger("nightly")
+    [job] = await drain(queue)
+    assert (job.id, job.kwargs) == (job_id, {"full": True})
+    assert job.headers[HEADER_TEMPLATE] == "nightly"
+    assert job.headers[HEADER_FIRE_TIME] == "2024-05-01T10:00:00+00:00"
+    await scheduler.resume("nightly")
+    assert (await scheduler.get("nightly")).next_run == datetime(2024, 5, 2, 6, tzinfo=UTC)
+    with pytest.raises(TemplateNotFoundError, match="no schedule named 'nope'"):
+        await scheduler.trigger("nope")
+
+
 async def test_runtime_add_checks_its_input(registry: ScheduleRegistry, make: Make) -> None:
     @registry.scheduled(cron="0 6 * * *", name="from-code")
     def nightly() -> None: ...

@@ -136,7 +136,7 @@ async def _fire(
     fired: builtins.list[FiredTick] = []
     for fire_time in to_fire:
         try:
-            job_id = await _enqueue(provider, queue_for(template), template, fire_time)
+            job_id = await enqueue_tick(provider, queue_for(template), template, fire_time)
         except Exception:
             # Give the unsent ticks back, so this or another scheduler retries them.
             sent = fired[-1].fire_time if fired else previous
@@ -146,9 +146,10 @@ async def _fire(
     return fired
 
 
-async def _enqueue(
+async def enqueue_tick(
     provider: TaskProvider, queue: TaskQueueProtocol, template: ScheduleTemplate, fire_time: float
 ) -> str:
+    """Enqueue the job of one tick of ``template``; return its id."""
     dedup_key = (
         f"lexigram-schedule:{template.name}:{fire_time:.0f}"
         if Capability.UNIQUE in queue.capabilities

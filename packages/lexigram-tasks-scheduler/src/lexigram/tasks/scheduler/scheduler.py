@@ -25,6 +25,7 @@ from lexigram.tasks.scheduler._firing import (
     HEADER_TEMPLATE,
     FiredTick,
     due_ticks,
+    enqueue_tick,
     fire_due,
 )
 from lexigram.tasks.scheduler._templates import KnownTemplates
@@ -337,6 +338,21 @@ class TaskScheduler:
     async def resume(self, name: str) -> None:
         """Fire ``name`` again from the next tick; ticks during the pause are not caught up."""
         await self._set_paused(name, False)
+
+    async def trigger(self, name: str) -> str:
+        """Enqueue one job of ``name`` now, outside its schedule; return the job's id.
+
+        The template's cursor does not move (its next tick fires as planned),
+        and a paused template can be triggered too. The job carries the usual
+        headers, with the current time as its fire time.
+        """
+        template = (await self.get(name)).template
+        self._templates.check_route(template)
+        job_id = await enqueue_tick(
+            self.provider, self._templates.queue_for(template), template, self.clock()
+        )
+        logger.info("schedule %r triggered by hand: job %s", name, job_id)
+        return job_id
 
     async def _set_paused(self, name: str, paused: bool) -> None:
         await self.get(name)  # raises if unknown
