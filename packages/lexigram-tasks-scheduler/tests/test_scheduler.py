@@ -318,7 +318,7 @@ async def test_trigger_enqueues_one_job_now_without_moving_the_schedule(
     @registry.scheduled(cron="0 6 * * *", name="nightly", kwargs={"full": True})
     def nightly(full: bool) -> None: ...
 
-    scheduler, clock = make(at(2024, 5, 1, 10))
+    scheduler, _ = make(at(2024, 5, 1, 10))
     await scheduler.pause("nightly")  # paused templates can be triggered too
     job_id = await scheduler.trigger("nightly")
     [job] = await drain(queue)
