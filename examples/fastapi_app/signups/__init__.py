@@ -1,0 +1,1 @@
+"""A FastAPI application that hands work to lexigram-tasks workers (see ../README.md)."""
