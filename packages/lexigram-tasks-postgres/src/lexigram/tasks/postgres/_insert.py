@@ -1,21 +1,29 @@
-"""The insert path of :class:`PostgresTaskQueue`: one or many rows, and dedup-key holders."""
+"""The insert path of :class:`PostgresTaskQueue`: one or many rows, and dedup-key holders.
+
+The steps are written once, as a plan (:meth:`Inserting._plan`) that yields
+each statement and receives its rows; :func:`_drive` runs a plan on an
+async connection (asyncpg or psycopg) and :func:`_drive_sync` on a blocking
+psycopg one, so every driver sends the same statements in the same order.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
 
-import asyncpg
-
 from lexigram.tasks.job import Job
+from lexigram.tasks.postgres._drivers import AsyncpgRunner, AsyncRunner, Request, Rows, SyncRunner
 from lexigram.tasks.postgres._pools import Pooled
 
 #: A job with its encoded payload, checked by ``encode_job`` before any write.
 Encoded = tuple[Job, bytes]
 
-#: Connections bound with :meth:`PostgresTaskQueue.using`, by queue instance id.
-BOUND: ContextVar[Mapping[int, Any] | None] = ContextVar(
+#: The statements of one insert, each answered with its rows; returns the job ids.
+Plan = Generator[Request, Rows, list[str]]
+
+#: Runners bound with :meth:`PostgresTaskQueue.using`, by queue instance id.
+BOUND: ContextVar[Mapping[int, AsyncRunner] | None] = ContextVar(
     "lexigram_tasks_postgres_bound", default=None
 )
 
@@ -26,57 +34,64 @@ _STATEMENT_BYTES = 64 * 1024 * 1024
 
 
 class Inserting(Pooled):
-    """Stores encoded jobs, on a bound connection or a pooled one."""
+    """Stores encoded jobs, on a bound connection, a pooled one or a caller's blocking one."""
 
     async def _store(self, encoded: Sequence[Encoded]) -> list[str]:
-        connection = (BOUND.get() or {}).get(id(self))
-        if connection is not None:
-            return await self._insert(connection, encoded)
-        return await self._run(lambda c: self._insert(c, encoded))
+        runner = (BOUND.get() or {}).get(id(self))
+        if runner is not None:
+            return await self._insert(runner, encoded)
+        return await self._run(lambda c: self._insert(AsyncpgRunner(c), encoded))
 
-    async def _insert(
-        self, connection: asyncpg.Connection, encoded: Sequence[Encoded]
-    ) -> list[str]:
+    async def _insert(self, runner: AsyncRunner, encoded: Sequence[Encoded]) -> list[str]:
         chunks = _chunks(encoded)
         if len(chunks) == 1:
-            return await self._insert_chunk(connection, encoded)
+            return await _drive(runner, self._plan(encoded))
         ids: list[str] = []
-        async with connection.transaction():  # a savepoint inside the caller's transaction
+        async with runner.atomic():  # a savepoint inside the caller's transaction
             for chunk in chunks:
-                ids += await self._insert_chunk(connection, chunk)
+                ids += await _drive(runner, self._plan(chunk))
         return ids
 
-    async def _insert_chunk(
-        self, connection: asyncpg.Connection, encoded: Sequence[Encoded]
-    ) -> list[str]:
+    def _insert_sync(self, runner: SyncRunner, encoded: Sequence[Encoded]) -> list[str]:
+        chunks = _chunks(encoded)
+        if len(chunks) == 1:
+            return _drive_sync(runner, self._plan(encoded))
+        ids: list[str] = []
+        with runner.atomic():
+            for chunk in chunks:
+                ids += _drive_sync(runner, self._plan(chunk))
+        return ids
+
+    def _plan(self, encoded: Sequence[Encoded]) -> Plan:
+        """The statements storing ``encoded`` (one INSERT, more only when dedup keys were taken)."""
         if len(encoded) == 1:
             job, payload = encoded[0]
-            stored = await connection.fetchval(
+            stored = yield Request(
                 self._sql.insert_one,
-                self.queue_name,
-                job.id,
-                job.priority,
-                job.run_at,
-                job.attempt,
-                job.dedup_key,
-                payload,
-                job.task,
+                (
+                    self.queue_name,
+                    job.id,
+                    job.priority,
+                    job.run_at,
+                    job.attempt,
+                    job.dedup_key,
+                    payload,
+                    job.task,
+                ),
             )
-            if stored is not None or job.dedup_key is None:
+            if stored or job.dedup_key is None:
                 return [job.id]
-            return await self._resolve_duplicates(connection, encoded)
+            return (yield from self._resolve_duplicates(encoded))
         columns = _columns(encoded)
         if not any(columns[4]):  # no dedup keys
-            await connection.execute(self._sql.insert_many_plain, self.queue_name, *columns)
+            yield Request(self._sql.insert_many_plain, (self.queue_name, *columns), rows=False)
             return [job.id for job, _ in encoded]
-        rows = await connection.fetch(self._sql.insert_many, self.queue_name, *columns)
-        if len(rows) == len(encoded):
+        rows = yield Request(self._sql.insert_many, (self.queue_name, *columns))
+        if rows is not None and len(rows) == len(encoded):
             return [job.id for job, _ in encoded]
-        return await self._resolve_duplicates(connection, encoded)
+        return (yield from self._resolve_duplicates(encoded))
 
-    async def _resolve_duplicates(
-        self, connection: asyncpg.Connection, encoded: Sequence[Encoded]
-    ) -> list[str]:
+    def _resolve_duplicates(self, encoded: Sequence[Encoded]) -> Plan:
         """Ids for a batch where some dedup keys were taken: the holders' ids.
 
         A holder can finish between the INSERT and this lookup, releasing
@@ -84,8 +99,8 @@ class Inserting(Pooled):
         """
         for _ in range(5):
             keys = list({j.dedup_key for j, _ in encoded if j.dedup_key is not None})
-            rows = await connection.fetch(self._sql.dedup_holders, self.queue_name, keys)
-            holders: dict[str, str] = {row["dedup_key"]: row["job_id"] for row in rows}
+            rows = yield Request(self._sql.dedup_holders, (self.queue_name, keys))
+            holders: dict[str, str] = {row[0]: row[1] for row in rows or ()}
             orphans = [
                 (j, p) for j, p in encoded if j.dedup_key is not None and j.dedup_key not in holders
             ]
@@ -93,8 +108,30 @@ class Inserting(Pooled):
                 return [
                     holders[j.dedup_key] if j.dedup_key is not None else j.id for j, _ in encoded
                 ]
-            await connection.fetch(self._sql.insert_many, self.queue_name, *_columns(orphans))
+            yield Request(self._sql.insert_many, (self.queue_name, *_columns(orphans)))
         raise RuntimeError("dedup keys kept changing hands; enqueue not confirmed")
+
+
+async def _drive(runner: AsyncRunner, plan: Plan) -> list[str]:
+    request = next(plan)
+    while True:
+        rows = await runner.run(request)
+        try:
+            request = plan.send(rows)
+        except StopIteration as done:
+            ids: list[str] = done.value
+            return ids
+
+
+def _drive_sync(runner: SyncRunner, plan: Plan) -> list[str]:
+    request = next(plan)
+    while True:
+        rows = runner.run(request)
+        try:
+            request = plan.send(rows)
+        except StopIteration as done:
+            ids: list[str] = done.value
+            return ids
 
 
 def _columns(encoded: Sequence[Encoded]) -> tuple[list[Any], ...]:

@@ -8,7 +8,7 @@ import logging
 import random
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -18,6 +18,7 @@ from lexigram.tasks.job import DEFAULT_MAX_JOB_BYTES, Job
 from lexigram.tasks.postgres._connect import CONNECTION_ERRORS, redacted, validate_url
 from lexigram.tasks.postgres._control import Controlling
 from lexigram.tasks.postgres._control_sql import ControlStatements
+from lexigram.tasks.postgres._drivers import async_runner, sync_runner
 from lexigram.tasks.postgres._insert import BOUND, Encoded, Inserting
 from lexigram.tasks.postgres._listener import Listener
 from lexigram.tasks.postgres._retention import Retention
@@ -30,6 +31,14 @@ from lexigram.tasks.postgres.migrate import (
     migrate,
 )
 from lexigram.tasks.protocol import Capability, Delivery
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    import psycopg
+
+    #: A connection an async enqueue can join: asyncpg's, or psycopg 3's async one.
+    AsyncConnection: TypeAlias = asyncpg.Connection | psycopg.AsyncConnection[Any]
 
 logger = logging.getLogger("lexigram.tasks.postgres")
 
@@ -202,25 +211,28 @@ class PostgresTaskQueue(Inserting, Retention, Controlling):
     # -- enqueue ---------------------------------------------------------------
 
     @contextlib.contextmanager
-    def using(self, connection: asyncpg.Connection) -> Iterator[None]:
+    def using(self, connection: AsyncConnection) -> Iterator[None]:
         """Run every enqueue made inside this block on ``connection``.
 
-        Open a transaction on ``connection`` around it, and the jobs enqueued
-        inside (directly, through a provider or a task's ``enqueue``) exist if
-        and only if that transaction commits.
+        ``connection`` is an asyncpg connection or a ``psycopg.AsyncConnection``
+        to this queue's database. Open a transaction on it around the block,
+        and the jobs enqueued inside (directly, through a provider or a task's
+        ``enqueue``) exist if and only if that transaction commits.
         """
-        token = BOUND.set({**(BOUND.get() or {}), id(self): connection})
+        token = BOUND.set({**(BOUND.get() or {}), id(self): async_runner(connection)})
         try:
             yield
         finally:
             BOUND.reset(token)
 
-    async def enqueue(self, job: Job, *, connection: asyncpg.Connection | None = None) -> str:
+    async def enqueue(self, job: Job, *, connection: AsyncConnection | None = None) -> str:
         """Store ``job``; with ``connection``, inside that connection's transaction.
 
-        Returns the id of the job holding ``job.dedup_key`` (``job.id`` when
-        it was stored). Raises :class:`~lexigram.tasks.JobSerializationError`
-        (or its :class:`~lexigram.tasks.JobTooLargeError`) before any write.
+        ``connection`` is an asyncpg connection or a ``psycopg.AsyncConnection``
+        (see :meth:`enqueue_sync` for a blocking one). Returns the id of the job
+        holding ``job.dedup_key`` (``job.id`` when it was stored). Raises
+        :class:`~lexigram.tasks.JobSerializationError` (or its
+        :class:`~lexigram.tasks.JobTooLargeError`) before any write.
         """
         if connection is None:
             return await super().enqueue(job)
@@ -228,7 +240,7 @@ class PostgresTaskQueue(Inserting, Retention, Controlling):
             return await super().enqueue(job)
 
     async def enqueue_many(
-        self, jobs: Sequence[Job], *, connection: asyncpg.Connection | None = None
+        self, jobs: Sequence[Job], *, connection: AsyncConnection | None = None
     ) -> list[str]:
         """Store ``jobs`` with one multi-row INSERT (one round trip, atomic).
 
@@ -239,6 +251,25 @@ class PostgresTaskQueue(Inserting, Retention, Controlling):
             return await super().enqueue_many(jobs)
         with self.using(connection):
             return await super().enqueue_many(jobs)
+
+    def enqueue_sync(self, job: Job, *, connection: psycopg.Connection[Any]) -> str:
+        """:meth:`enqueue` on a blocking ``psycopg.Connection``, in its transaction.
+
+        For code without an event loop (a Django view, a WSGI app, a script):
+        the same checks and the same INSERT, sent on ``connection``. The queue
+        need not be connected. Outside a transaction (autocommit), the job is
+        committed at once.
+        """
+        return self.enqueue_many_sync([job], connection=connection)[0]
+
+    def enqueue_many_sync(
+        self, jobs: Sequence[Job], *, connection: psycopg.Connection[Any]
+    ) -> list[str]:
+        """:meth:`enqueue_many` on a blocking ``psycopg.Connection``, in its transaction."""
+        runner = sync_runner(connection)
+        if not jobs:
+            return []
+        return self._insert_sync(runner, [(job, self.encode_job(job)) for job in jobs])
 
     def encode_job(self, job: Job) -> bytes:
         """:meth:`BaseTaskQueue.encode_job`, and PostgreSQL's own limit on one value."""
