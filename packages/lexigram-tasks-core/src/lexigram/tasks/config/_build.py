@@ -17,7 +17,12 @@ from lexigram.tasks.config._components import (
     resolve_section,
 )
 from lexigram.tasks.config._messages import describe
-from lexigram.tasks.config._models import ComponentSection, NamedBackendSection, TasksSection
+from lexigram.tasks.config._models import (
+    ComponentSection,
+    MetricsSection,
+    NamedBackendSection,
+    TasksSection,
+)
 from lexigram.tasks.config._signature import OptionsValidator
 from lexigram.tasks.config._source import KeyPath, Source, format_path, join_problems
 from lexigram.tasks.config._urls import url_problems
@@ -54,6 +59,8 @@ class TasksConfig:
     max_job_bytes: int | None = None
     rate_limiter: Component | None = None
     concurrency_limiter: Component | None = None
+    #: ``tasks.metrics``: where ``lexigram-tasks worker`` serves Prometheus metrics.
+    metrics: MetricsSection | None = None
 
     def provider_kwargs(self, tracer_provider: Any = None) -> dict[str, Any]:
         """The ``TaskProvider`` keyword arguments this configuration gives (backends created).
@@ -183,6 +190,7 @@ def build(
         max_job_bytes=tasks.max_job_bytes,
         rate_limiter=rate_limiter,
         concurrency_limiter=concurrency_limiter,
+        metrics=tasks.metrics,
     )
 
 

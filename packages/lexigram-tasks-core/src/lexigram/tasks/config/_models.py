@@ -28,6 +28,17 @@ class NamedBackendSection(ComponentSection):
     primary: bool = False
 
 
+class MetricsSection(BaseModel):
+    """``tasks.metrics``: the Prometheus endpoint of ``lexigram-tasks worker``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: TCP port of ``/metrics`` (0: any free one; with several processes, see the docs).
+    port: int = Field(ge=0, le=65535)
+    #: Address to listen on; the default keeps the endpoint on this machine.
+    host: str = Field(default="127.0.0.1", min_length=1)
+
+
 class TasksSection(BaseModel):
     """The ``tasks:`` section."""
 
@@ -47,6 +58,7 @@ class TasksSection(BaseModel):
     environment: str | None = None
     strict: bool = True
     max_job_bytes: int | None = Field(default=None, gt=0)
+    metrics: MetricsSection | None = None
 
     @field_validator("global_rate_limit")
     @classmethod
@@ -68,4 +80,5 @@ class ConfigDocument(BaseModel):
 SECTION_KEYS: dict[tuple[str, ...], list[str]] = {
     ("tasks",): list(TasksSection.model_fields),
     ("tasks", "worker"): list(WorkerSettings.names()),
+    ("tasks", "metrics"): list(MetricsSection.model_fields),
 }
