@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
 import pytest
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, WebSocket
 from fastapi.testclient import TestClient
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.sdk.trace import TracerProvider
@@ -253,6 +253,20 @@ def test_starlette_endpoints_call_get_provider_and_get_task() -> None:
     )
     with TestClient(app) as client:
         assert client.post("/signups?user_id=5").json() == {"result": "welcome 5", "same": True}
+
+
+def test_a_websocket_route_gets_the_provider_too() -> None:
+    provider = shop_provider()
+    app = shop_app(provider)
+
+    @app.websocket("/live")
+    async def live(websocket: WebSocket, tasks: Provider) -> None:
+        await websocket.accept()
+        await websocket.send_json({"same": tasks is provider})
+        await websocket.close()
+
+    with TestClient(app) as client, client.websocket_connect("/live") as socket:
+        assert socket.receive_json() == {"same": True}
 
 
 def test_get_provider_without_the_lifespan_says_what_to_do() -> None:
