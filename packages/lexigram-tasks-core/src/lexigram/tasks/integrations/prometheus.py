@@ -27,6 +27,7 @@ total: Prometheus sees the reset of one series, which ``rate()`` handles.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import urllib.request
@@ -59,6 +60,8 @@ except ModuleNotFoundError as _exc:  # pragma: no cover - exercised in a subproc
     if _message is None:
         raise
     raise ImportError(_message, name=_exc.name) from _exc
+
+logger = logging.getLogger("lexigram.tasks.integrations.prometheus")
 
 __all__ = [
     "DEFAULT_HOST",
@@ -120,7 +123,12 @@ def record_for_prometheus(registry: CollectorRegistry = REGISTRY) -> bool:
             "lexigram.tasks.integrations.prometheus.metric_reader() among its metric_readers"
         )
     readers = _readers_of(current)
-    if readers is not None and not any(isinstance(r, PrometheusMetricReader) for r in readers):
+    if readers is None:
+        logger.warning(
+            "cannot tell whether the global MeterProvider has a Prometheus reader (this "
+            "opentelemetry-sdk hides them): without one the endpoint serves no task metrics"
+        )
+    elif not any(isinstance(r, PrometheusMetricReader) for r in readers):
         raise ConfigurationError(
             "the application already set a global OpenTelemetry MeterProvider, and it has no "
             "Prometheus reader, so the endpoint would serve none of the task metrics "
@@ -138,9 +146,11 @@ def _global_meter_provider_unset() -> bool:
 
 
 def _readers_of(provider: MeterProvider) -> tuple[Any, ...] | None:
-    """The metric readers of an SDK provider, or None if this SDK version hides them."""
-    config = getattr(provider, "_sdk_config", None)
-    readers = getattr(config, "metric_readers", None)
+    """The metric readers of an SDK provider, or None if this SDK version hides them
+    (private attributes: the SDK has no public way to list them)."""
+    readers = getattr(provider, "_metric_readers", None)
+    if readers is None:
+        readers = getattr(getattr(provider, "_sdk_config", None), "metric_readers", None)
     return None if readers is None else tuple(readers)
 
 
