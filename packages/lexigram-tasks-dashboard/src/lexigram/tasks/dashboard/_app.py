@@ -63,7 +63,6 @@ class Settings:
     allow_actions: bool = False
     trace_url: str | None = None
     refresh: float = 5.0
-    workers_every: float = 15.0
     page_size: int = 50
     title: str = "lexigram-tasks"
 
@@ -94,7 +93,8 @@ class Dashboard:
         self.provider = provider
         self.settings = settings
         self.gate = Gate(auth, settings.allow_actions)
-        self.sampler = Sampler(provider, settings.refresh, settings.workers_every)
+        # The worker list (for the charts) changes slowly: read it every third refresh.
+        self.sampler = Sampler(provider, settings.refresh, 3 * settings.refresh)
         self.env = _environment()
         self._connect_lock = asyncio.Lock()
         self.app: Starlette | None = None
