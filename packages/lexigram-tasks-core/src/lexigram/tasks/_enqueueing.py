@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from lexigram.tasks._lifecycle import Lifecycle
@@ -67,6 +67,25 @@ class Enqueueing(Lifecycle):
         queue = self._route(job.task, backend)
         with self.telemetry.send(job, queue.system):
             job_id = await queue.enqueue(job)
+        return JobHandle(job_id, job.task, job.queue, self.result_store, self._job_control())
+
+    def send_job_with(
+        self,
+        job: Job,
+        store: Callable[[TaskQueueProtocol, Job], str],
+        *,
+        backend: str | None = None,
+    ) -> JobHandle[Any]:
+        """Send ``job`` through ``store(queue, job)``, a blocking write the caller supplies.
+
+        For code without an event loop, such as a transactional enqueue on a
+        blocking database connection: the routing, PRODUCER span and trace
+        context of :meth:`enqueue_job`, with ``store`` in place of the await.
+        ``store`` returns the stored job's id. The provider is not connected.
+        """
+        queue = self._route(job.task, backend)
+        with self.telemetry.send(job, queue.system):
+            job_id = store(queue, job)
         return JobHandle(job_id, job.task, job.queue, self.result_store, self._job_control())
 
     async def enqueue_many(
