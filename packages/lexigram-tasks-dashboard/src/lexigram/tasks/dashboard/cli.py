@@ -9,7 +9,11 @@ otherwise, and is read-only unless ``--allow-actions`` is given.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import ipaddress
+import signal
+from collections.abc import Iterator
 from typing import Any
 
 from lexigram.tasks.cli import EXIT_OK, EXIT_USAGE, CLIError, add_app_arguments, load_app, status
@@ -51,8 +55,6 @@ def register(subparsers: Any) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from lexigram.tasks.dashboard import dashboard
 
     provider = load_app(args)
@@ -70,10 +72,7 @@ async def run(args: argparse.Namespace) -> int:
             f"warning: serving on {args.host} without authentication: anyone who can reach "
             "it sees job arguments (mount dashboard() behind your app's auth instead)"
         )
-    config = uvicorn.Config(
-        app, host=args.host, port=args.port, lifespan="off", log_level="warning"
-    )
-    server = uvicorn.Server(config)
+    server = _server(app, args.host, args.port)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     mode = "actions allowed" if args.allow_actions else "read-only"
     status(f"dashboard on http://{shown}:{args.port}/ ({mode}); Ctrl-C stops it")
@@ -82,6 +81,32 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         await provider.disconnect()
     return EXIT_OK
+
+
+def _server(app: Any, host: str, port: int) -> Any:
+    """A uvicorn server that stops gracefully on SIGINT/SIGTERM and then returns.
+
+    uvicorn re-raises the signal once it has stopped, which would end the
+    process before the provider is disconnected (and exit 130 on Ctrl-C);
+    like ``lexigram-tasks worker``, the first signal stops cleanly with status 0.
+    """
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            loop = asyncio.get_running_loop()
+            handled = (signal.SIGINT, signal.SIGTERM)
+            for signum in handled:
+                loop.add_signal_handler(signum, self.handle_exit, signum, None)
+            try:
+                yield
+            finally:
+                for signum in handled:
+                    loop.remove_signal_handler(signum)
+
+    config = uvicorn.Config(app, host=host, port=port, lifespan="off", log_level="warning")
+    return Server(config)
 
 
 def _port(text: str) -> int:
