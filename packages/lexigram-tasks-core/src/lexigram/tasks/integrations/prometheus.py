@@ -244,6 +244,8 @@ def _serve(registry: Any, port: int, host: str) -> MetricsEndpoint:
 def port_is_free(port: int, host: str = DEFAULT_HOST) -> bool:
     """Whether ``host:port`` can be bound now (a check before starting processes on it)."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # As the HTTP server binds: a port left in TIME_WAIT by a stopped server is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:
