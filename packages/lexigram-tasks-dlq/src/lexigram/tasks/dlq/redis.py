@@ -17,15 +17,14 @@ any other filter on the records it fetches.
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from lexigram.tasks.dlq.filters import FailureFilter
 from lexigram.tasks.dlq.record import FailureRecord
-from lexigram.tasks.redact import redact_url
-from lexigram.tasks.redis.connection import open_client, validate_url
+from lexigram.tasks.redis.connection import SentinelAddress, open_client, redact, resolve_url
 
 _PUT = """
 local prefix, id = ARGV[1], ARGV[2]
@@ -67,16 +66,23 @@ _CHUNK = 200
 class RedisDeadLetterStorage:
     """Failure records in Redis: a hash per record plus sorted sets by failure time.
 
-    ``redis_url`` may be ``rediss://`` for TLS. Several applications can share
-    a server by using different ``prefix`` es.
+    ``redis_url`` may be ``rediss://`` for TLS, or ``redis+sentinel://`` (or
+    ``sentinels=`` with ``service_name=``) for a master found through Redis
+    Sentinel. Several applications can share a server by using different
+    ``prefix`` es.
     """
 
     def __init__(
-        self, redis_url: str = "redis://localhost:6379/0", prefix: str = "lexigram:dlq"
+        self,
+        redis_url: str = "redis://localhost:6379/0",
+        prefix: str = "lexigram:dlq",
+        *,
+        sentinels: Sequence[SentinelAddress] | None = None,
+        service_name: str | None = None,
     ) -> None:
         if not prefix:
             raise ValueError("prefix must not be empty")
-        validate_url(redis_url)
+        redis_url = resolve_url(redis_url, sentinels, service_name)
         self.redis_url = redis_url
         self.prefix = prefix
         self._client: aioredis.Redis | None = None
@@ -84,7 +90,7 @@ class RedisDeadLetterStorage:
         self._delete: Any = None
 
     def __repr__(self) -> str:
-        url = redact_url(self.redis_url)
+        url = redact(self.redis_url)
         return f"RedisDeadLetterStorage(redis_url={url!r}, prefix={self.prefix!r})"
 
     # -- lifecycle -------------------------------------------------------------

@@ -1,15 +1,29 @@
-"""Opening redis-py clients with errors that never show a password."""
+"""Opening redis-py clients with errors that never show a password.
+
+Every component of this package, and the DLQ's and the scheduler's Redis
+storages, get their clients from :func:`open_client`, so a
+``redis+sentinel://`` URL works for all of them alike.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 from lexigram.tasks.errors import BackendConnectionError, ConfigurationError
-from lexigram.tasks.redact import redact_text, redact_url
+from lexigram.tasks.redact import redact_text
+from lexigram.tasks.redis._sentinel import (
+    SENTINEL_SCHEMES,
+    SentinelAddress,
+    is_sentinel_url,
+    master_client,
+    parse_sentinel_url,
+    redact,
+    secrets,
+    sentinel_url,
+)
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
@@ -21,24 +35,45 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 #: a network blip) reconnects and is sent again this many times.
 RETRIES = 3
 
-#: The URL schemes redis-py connects with.
-SCHEMES = ("redis", "rediss", "unix")
+#: The URL schemes lexigram's Redis clients connect with.
+SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES)
 
 
 def validate_url(url: str) -> None:
-    """Raise :class:`ConfigurationError` unless ``url`` is a redis://, rediss:// or unix:// URL.
+    """Raise :class:`ConfigurationError` unless ``url`` is a Redis URL lexigram connects with.
 
-    Only the scheme is checked (nothing is contacted), so a configuration
-    loader can call it before connecting; the message never shows a password.
+    That is redis://, rediss:// (TLS), unix:// (a socket), or
+    redis+sentinel:// / rediss+sentinel://, which are read in full (the
+    message names the part that is wrong). Nothing is contacted, so a
+    configuration loader can call it before connecting; the message never
+    shows a password.
     """
     scheme, separator, _ = url.partition("://")
     scheme = scheme.lower() if separator else ""
-    if scheme not in SCHEMES:
+    if scheme in SENTINEL_SCHEMES:
+        parse_sentinel_url(url)
+    elif scheme not in SCHEMES:
         found = f"scheme {scheme!r}" if scheme else "no scheme"
         raise ConfigurationError(
-            f"{redact_url(url)!r} is not a Redis URL ({found}): it must start with "
-            "redis://, rediss:// (TLS) or unix:// (a socket)"
+            f"{redact(url)!r} is not a Redis URL ({found}): it must start with "
+            "redis://, rediss:// (TLS), unix:// (a socket) or redis+sentinel:// (Sentinel)"
         )
+
+
+def resolve_url(
+    redis_url: str, sentinels: Sequence[SentinelAddress] | None, service_name: str | None
+) -> str:
+    """The URL a component connects with: ``redis_url``, or with ``sentinels=`` and
+    ``service_name=`` the ``redis+sentinel://`` URL they make (credentials, database
+    and TLS taken from ``redis_url``). Checked as :func:`validate_url` does."""
+    if sentinels is None and service_name is None:
+        validate_url(redis_url)
+        return redis_url
+    if sentinels is None or service_name is None:
+        raise ConfigurationError("sentinels= and service_name= go together: give both")
+    url = sentinel_url(sentinels, service_name, base=redis_url)
+    validate_url(url)
+    return url
 
 
 def client_defaults() -> dict[str, Any]:
@@ -65,13 +100,6 @@ def _keepalive_options() -> dict[int, int]:
     return {getattr(socket, name): value for name, value in wanted.items() if hasattr(socket, name)}
 
 
-def _password(url: str) -> str | None:
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None
-
-
 async def open_client(redis_url: str, *, purpose: str = "", **options: Any) -> Redis:
     """A connected client for ``redis_url``, checked with a PING.
 
@@ -81,18 +109,23 @@ async def open_client(redis_url: str, *, purpose: str = "", **options: Any) -> R
     A dropped connection is re-established and the command resent
     (:data:`RETRIES` times). ``options`` go to ``Redis.from_url``.
     """
-    where = f"{redact_url(redis_url)} for {purpose}" if purpose else redact_url(redis_url)
-    secret = _password(redis_url)
+    where = f"{redact(redis_url)} for {purpose}" if purpose else redact(redis_url)
+    hidden = secrets(redis_url)
+    settings = {**client_defaults(), **options}
     try:
-        client = Redis.from_url(redis_url, **{**client_defaults(), **options})
-    except (ValueError, TypeError) as exc:
-        message = redact_text(str(exc), secret)
+        if is_sentinel_url(redis_url):
+            client: Redis = master_client(redis_url, settings)
+        else:
+            client = Redis.from_url(redis_url, **settings)
+    except (ValueError, TypeError, ConfigurationError) as exc:
+        message = redact_text(str(exc), *hidden)
         raise BackendConnectionError(f"invalid Redis URL {where}: {message}") from None
     try:
         await client.ping()
-    except (RedisError, OSError) as exc:
+    except (RedisError, OSError, TypeError) as exc:
+        # TypeError: an option in the URL's query that redis-py's connections do not take.
         await client.aclose()
-        message = redact_text(str(exc), secret) or type(exc).__name__
+        message = redact_text(str(exc), *hidden) or type(exc).__name__
         raise BackendConnectionError(f"cannot connect to Redis at {where}: {message}") from None
     return client
 
@@ -107,7 +140,6 @@ def reported(redis_url: str) -> Iterator[None]:
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        message = redact_text(str(exc), _password(redis_url)) or type(exc).__name__
-        raise BackendConnectionError(
-            f"Redis at {redact_url(redis_url)} did not answer: {message}"
-        ) from None
+        message = redact_text(str(exc), *secrets(redis_url)) or type(exc).__name__
+        where = redact(redis_url)
+        raise BackendConnectionError(f"Redis at {where} did not answer: {message}") from None

@@ -126,15 +126,33 @@ class PreparedScript:
                 self.script.sha, len(self.keys), *self.keys, *self.head, *args
             )
 
+    async def call_then_wait(self, args: list[Any], replicas: int, timeout: float) -> list[Any]:
+        """Run the script with ``args``, then WAIT on the same connection until
+        ``replicas`` replicas have its writes or ``timeout`` seconds pass.
 
-async def on_connection(client: Redis, packed: bytes, *, replies: int) -> Any:
+        Returns the script's reply and how many replicas confirmed.
+        """
+        wait = [b"*3\r\n", *map(self._bulk, ("WAIT", replicas, max(1, round(timeout * 1000))))]
+        packed = self.pack(args) + b"".join(wait)
+        try:
+            replies: list[Any] = await on_connection(self.client, packed, replies=2, keep=True)
+        except NoScriptError:
+            await self.client.script_load(self.script.source)
+            replies = await on_connection(self.client, packed, replies=2, keep=True)
+        return replies
+
+
+async def on_connection(client: Redis, packed: bytes, *, replies: int, keep: bool = False) -> Any:
     """Send commands packed in the Redis protocol on a connection of ``client``'s
-    pool and return the last of their ``replies``; retried like redis-py's own."""
+    pool and return the last of their ``replies`` (all of them with ``keep``);
+    retried like redis-py's own."""
     pool = client.connection_pool
     connection: AbstractConnection = await pool.get_connection()  # type: ignore[no-untyped-call]
 
     async def send_and_read() -> Any:
         await connection.send_packed_command(packed)
+        if keep:
+            return [await connection.read_response() for _ in range(replies)]
         for _ in range(replies - 1):
             await connection.read_response()
         return await connection.read_response()

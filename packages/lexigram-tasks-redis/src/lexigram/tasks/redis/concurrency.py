@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from lexigram.tasks.concurrency import Limit
-from lexigram.tasks.redact import redact_url
-from lexigram.tasks.redis._connection import open_client, reported, validate_url
+from lexigram.tasks.redis._connection import open_client, reported, resolve_url
+from lexigram.tasks.redis._sentinel import SentinelAddress, redact
 from redis.asyncio import Redis
 
 logger = logging.getLogger("lexigram.tasks.redis")
@@ -97,10 +97,12 @@ class RedisConcurrencyLimiter:
         self,
         redis_url: str = "redis://localhost:6379/0",
         *,
+        sentinels: Sequence[SentinelAddress] | None = None,
+        service_name: str | None = None,
         namespace: str = "lexigram",
         client: Redis | None = None,
     ) -> None:
-        validate_url(redis_url)
+        redis_url = resolve_url(redis_url, sentinels, service_name)
         self.redis_url = redis_url
         self.namespace = namespace
         self._client = client
@@ -115,7 +117,7 @@ class RedisConcurrencyLimiter:
 
     def __repr__(self) -> str:
         return (
-            f"RedisConcurrencyLimiter(redis_url={redact_url(self.redis_url)!r}, "
+            f"RedisConcurrencyLimiter(redis_url={redact(self.redis_url)!r}, "
             f"namespace={self.namespace!r})"
         )
 

@@ -4,7 +4,10 @@
 Clients reconnect and resend a command after a dropped connection, use TCP
 keepalive, and every failure to connect becomes
 :class:`~lexigram.tasks.BackendConnectionError` naming the URL with its
-password hidden.
+password hidden. ``redis+sentinel://`` URLs (a master found through Redis
+Sentinel) work wherever a ``redis://`` URL does; :func:`resolve_url` turns
+``sentinels=`` and ``service_name=`` keywords into one, and :func:`redact`
+hides both the URL's password and a ``sentinel_password`` in its query.
 """
 
 from __future__ import annotations
@@ -15,7 +18,26 @@ from lexigram.tasks.redis._connection import (
     client_defaults,
     open_client,
     reported,
+    resolve_url,
     validate_url,
 )
+from lexigram.tasks.redis._sentinel import (
+    SENTINEL_SCHEMES,
+    SentinelAddress,
+    redact,
+    sentinel_url,
+)
 
-__all__ = ["RETRIES", "SCHEMES", "client_defaults", "open_client", "reported", "validate_url"]
+__all__ = [
+    "RETRIES",
+    "SCHEMES",
+    "SENTINEL_SCHEMES",
+    "SentinelAddress",
+    "client_defaults",
+    "open_client",
+    "redact",
+    "reported",
+    "resolve_url",
+    "sentinel_url",
+    "validate_url",
+]

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lexigram.tasks.control import JobState
+from lexigram.tasks.errors import BackendConnectionError
 from lexigram.tasks.job import DEFAULT_MAX_JOB_BYTES, Job
 from lexigram.tasks.protocol import (
     BaseTaskQueue,
@@ -24,10 +25,10 @@ from lexigram.tasks.protocol import (
     Delivery,
     QueueCounts,
 )
-from lexigram.tasks.redact import redact_url
 from lexigram.tasks.redis import _scripts
-from lexigram.tasks.redis._connection import open_client, reported, validate_url
+from lexigram.tasks.redis._connection import open_client, reported, resolve_url
 from lexigram.tasks.redis._control import JobControl
+from lexigram.tasks.redis._sentinel import SentinelAddress, redact
 from lexigram.tasks.redis.keys import JOB_PREFIX, QueueKeys, job_key, workers_key
 from redis.asyncio import Redis
 
@@ -48,7 +49,12 @@ class RedisTaskQueue(BaseTaskQueue, JobControl):
     """A Redis-backed queue whose jobs rq's tooling can see.
 
     ``redis_url`` accepts ``redis://``, ``rediss://`` (TLS) and ``unix://``
-    URLs. Finished jobs stay in rq's finished registry (cancelled ones in
+    URLs, and ``redis+sentinel://`` for a master found through Redis
+    Sentinel (or ``sentinels=`` and ``service_name=`` with ``redis_url``
+    giving the credentials and database); see ``docs/scale.md``. With
+    ``wait_replicas=N`` an enqueue returns once N replicas hold the job
+    (Redis's WAIT, up to ``wait_timeout`` seconds), so a failover cannot
+    lose it. Finished jobs stay in rq's finished registry (cancelled ones in
     its canceled registry) for ``finished_ttl`` seconds (0 deletes them at
     once); dead letters stay ``failure_ttl`` seconds. Jobs can be looked up,
     listed, cancelled and report progress, and workers register themselves
@@ -82,15 +88,19 @@ class RedisTaskQueue(BaseTaskQueue, JobControl):
         redis_url: str = "redis://localhost:6379/0",
         queue_name: str = "default",
         *,
+        sentinels: Sequence[SentinelAddress] | None = None,
+        service_name: str | None = None,
         finished_ttl: float = DEFAULT_FINISHED_TTL,
         failure_ttl: float = DEFAULT_FAILURE_TTL,
         connect_timeout: float = 5.0,
         socket_timeout: float | None = None,
         max_connections: int | None = None,
         max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
         client: Redis | None = None,
     ) -> None:
-        validate_url(redis_url)
+        redis_url = resolve_url(redis_url, sentinels, service_name)
         if finished_ttl < 0 or failure_ttl <= 0:
             raise ValueError("finished_ttl must be >= 0 and failure_ttl > 0")
         if not 1 <= max_job_bytes <= REDIS_MAX_STRING:
@@ -98,8 +108,15 @@ class RedisTaskQueue(BaseTaskQueue, JobControl):
                 f"max_job_bytes must be between 1 and {REDIS_MAX_STRING:,} "
                 f"(Redis's largest string), got {max_job_bytes:,}"
             )
+        if wait_replicas < 0 or wait_timeout <= 0:
+            raise ValueError(
+                f"wait_replicas must be >= 0 and wait_timeout > 0, "
+                f"got {wait_replicas} and {wait_timeout}"
+            )
         self.redis_url = redis_url
         self.queue_name = queue_name
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = wait_timeout
         self.finished_ttl = finished_ttl
         self.failure_ttl = failure_ttl
         self.connect_timeout = connect_timeout
@@ -119,8 +136,7 @@ class RedisTaskQueue(BaseTaskQueue, JobControl):
 
     def __repr__(self) -> str:
         return (
-            f"RedisTaskQueue(redis_url={redact_url(self.redis_url)!r}, "
-            f"queue_name={self.queue_name!r})"
+            f"RedisTaskQueue(redis_url={redact(self.redis_url)!r}, queue_name={self.queue_name!r})"
         )
 
     @property
@@ -153,7 +169,7 @@ class RedisTaskQueue(BaseTaskQueue, JobControl):
     # -- producing -------------------------------------------------------------
 
     async def _enqueue_encoded(self, job: Job, data: bytes) -> str:
-        ids = await self._run("enqueue", self._enqueue_args(job, data))
+        ids = await self._store(self._enqueue_args(job, data))
         return str(ids[0].decode())
 
     async def _enqueue_many_encoded(self, encoded: Sequence[tuple[Job, bytes]]) -> list[str]:
@@ -169,8 +185,27 @@ class RedisTaskQueue(BaseTaskQueue, JobControl):
         ]
         holders: list[str] = []
         for chunk in chunks:
-            holders += [raw.decode() for raw in await self._run("enqueue", chunk)]
+            holders += [raw.decode() for raw in await self._store(chunk)]
         return holders
+
+    async def _store(self, args: list[Any]) -> Any:
+        """Run the enqueue script; with ``wait_replicas``, return once that many
+        replicas have the jobs, or raise :class:`BackendConnectionError` (the jobs
+        are stored on the master, but a failover now could lose them)."""
+        if not self.wait_replicas:
+            return await self._run("enqueue", args)
+        script = self._script("enqueue")
+        with reported(self.redis_url):
+            ids, confirmed = await script.call_then_wait(
+                args, self.wait_replicas, self.wait_timeout
+            )
+        if confirmed < self.wait_replicas:
+            raise BackendConnectionError(
+                f"{redact(self.redis_url)}: {confirmed} of {self.wait_replicas} replica(s) "
+                f"confirmed the enqueue within {self.wait_timeout}s; the job is on the master "
+                "but a failover now could lose it (enqueueing it again is safe)"
+            )
+        return ids
 
     def _enqueue_args(self, job: Job, data: bytes) -> list[Any]:
         """The enqueue script's seven arguments for ``job`` (see enqueue.lua)."""

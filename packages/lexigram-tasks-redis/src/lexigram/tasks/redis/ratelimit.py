@@ -8,11 +8,12 @@ processes on any number of hosts draw from the same budget atomically.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from lexigram.tasks.ratelimit import Rate
-from lexigram.tasks.redact import redact_url
-from lexigram.tasks.redis._connection import open_client, reported, validate_url
+from lexigram.tasks.redis._connection import open_client, reported, resolve_url
+from lexigram.tasks.redis._sentinel import SentinelAddress, redact
 from redis.asyncio import Redis
 
 # KEYS[1]: the limit's state (its "theoretical arrival time"); ARGV: interval, burst.
@@ -47,11 +48,13 @@ class RedisRateLimiter:
         self,
         redis_url: str = "redis://localhost:6379/0",
         *,
+        sentinels: Sequence[SentinelAddress] | None = None,
+        service_name: str | None = None,
         namespace: str = "lexigram",
         burst: int = 1,
         client: Redis | None = None,
     ) -> None:
-        validate_url(redis_url)
+        redis_url = resolve_url(redis_url, sentinels, service_name)
         if burst < 1:
             raise ValueError(f"burst must be >= 1, got {burst}")
         self.redis_url = redis_url
@@ -64,7 +67,7 @@ class RedisRateLimiter:
 
     def __repr__(self) -> str:
         return (
-            f"RedisRateLimiter(redis_url={redact_url(self.redis_url)!r}, "
+            f"RedisRateLimiter(redis_url={redact(self.redis_url)!r}, "
             f"namespace={self.namespace!r}, burst={self.burst})"
         )
 

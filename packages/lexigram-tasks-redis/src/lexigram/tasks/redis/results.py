@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from lexigram.tasks.errors import JobSerializationError, MalformedJobError, ResultTimeoutError
-from lexigram.tasks.redact import redact_url
-from lexigram.tasks.redis._connection import open_client, reported, validate_url
+from lexigram.tasks.redis._connection import open_client, reported, resolve_url
 from lexigram.tasks.redis._listener import ChannelListener
+from lexigram.tasks.redis._sentinel import SentinelAddress, redact
 from lexigram.tasks.results import JobResult
 from redis.asyncio import Redis
 
@@ -40,13 +41,15 @@ class CacheBackendResultStore:
         self,
         redis_url: str = "redis://localhost:6379/0",
         *,
+        sentinels: Sequence[SentinelAddress] | None = None,
+        service_name: str | None = None,
         ttl: float = 3600.0,
         max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
         key_prefix: str = "lexigram:result:",
         recheck_interval: float = 5.0,
         client: Redis | None = None,
     ) -> None:
-        validate_url(redis_url)
+        redis_url = resolve_url(redis_url, sentinels, service_name)
         if ttl <= 0 or recheck_interval <= 0:
             raise ValueError("ttl and recheck_interval must be > 0")
         self.redis_url = redis_url
@@ -60,7 +63,7 @@ class CacheBackendResultStore:
         self._waiters: dict[str, list[asyncio.Future[JobResult]]] = {}
 
     def __repr__(self) -> str:
-        return f"CacheBackendResultStore(redis_url={redact_url(self.redis_url)!r}, ttl={self.ttl})"
+        return f"CacheBackendResultStore(redis_url={redact(self.redis_url)!r}, ttl={self.ttl})"
 
     def key(self, job_id: str) -> str:
         """The key (and pub/sub channel) of ``job_id``'s result."""

@@ -27,8 +27,8 @@ from lexigram.tasks.control import (
     position_cursor,
 )
 from lexigram.tasks.job import Job
-from lexigram.tasks.redact import redact_url
-from lexigram.tasks.redis._connection import open_client, reported, validate_url
+from lexigram.tasks.redis._connection import open_client, reported, resolve_url
+from lexigram.tasks.redis._sentinel import SentinelAddress, redact
 from lexigram.tasks.state_store import DEFAULT_FINISHED_TTL, Leased, Settled
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
@@ -66,10 +66,12 @@ class RedisJobStateStore:
         self,
         redis_url: str,
         *,
+        sentinels: Sequence[SentinelAddress] | None = None,
+        service_name: str | None = None,
         namespace: str = "lexigram:state",
         finished_ttl: float = DEFAULT_FINISHED_TTL,
     ) -> None:
-        validate_url(redis_url)
+        redis_url = resolve_url(redis_url, sentinels, service_name)
         if finished_ttl <= 0:
             raise ValueError(f"finished_ttl must be > 0 seconds, got {finished_ttl}")
         self.redis_url = redis_url
@@ -80,7 +82,7 @@ class RedisJobStateStore:
         self._last_purge = time.monotonic()
 
     def __repr__(self) -> str:
-        return f"RedisJobStateStore({redact_url(self.redis_url)!r}, namespace={self.namespace!r})"
+        return f"RedisJobStateStore({redact(self.redis_url)!r}, namespace={self.namespace!r})"
 
     async def connect(self) -> None:
         if self._client is not None:

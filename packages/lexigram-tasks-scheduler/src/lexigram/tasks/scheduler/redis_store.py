@@ -11,16 +11,18 @@ cursor is one atomic step on the server.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from lexigram.tasks.optional import import_optional
-from lexigram.tasks.redact import redact_url
 from lexigram.tasks.scheduler.errors import TemplateExistsError
 from lexigram.tasks.scheduler.store import StoreSnapshot, TemplateState
 from lexigram.tasks.scheduler.template import ScheduleTemplate
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+
+    from lexigram.tasks.redis.connection import SentinelAddress
 
 # KEYS: cursor hash. ARGV: name, fire time. Returns the old cursor, or nil if not behind.
 _CLAIM = """
@@ -72,26 +74,37 @@ def _number(value: float) -> str:
 
 class RedisTemplateStore:
     """Scheduler state shared through Redis; every scheduler using the same
-    ``redis_url`` and ``prefix`` fires each tick once."""
+    ``redis_url`` and ``prefix`` fires each tick once. ``redis_url`` may be a
+    ``redis+sentinel://`` URL, or ``sentinels=`` with ``service_name=`` may name
+    the sentinels (``redis_url`` then gives the credentials and database)."""
 
-    def __init__(self, redis_url: str, *, prefix: str = "lexigram:scheduler") -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        prefix: str = "lexigram:scheduler",
+        sentinels: Sequence[SentinelAddress] | None = None,
+        service_name: str | None = None,
+    ) -> None:
         import_optional(
             "lexigram.tasks.redis",
             "lexigram-tasks-scheduler",
             extra="redis",
             feature="RedisTemplateStore",
         )
-        from lexigram.tasks.redis import validate_url  # installed: checked just above
+        # installed: checked just above
+        from lexigram.tasks.redis.connection import resolve_url
 
-        validate_url(redis_url)
-        self.redis_url = redis_url
+        self.redis_url = resolve_url(redis_url, sentinels, service_name)
         self.prefix = prefix
         self._keys = {part: f"{prefix}:{part}" for part in ("templates", "cursor", "paused")}
         self._client: Redis | None = None
         self._scripts: dict[str, Any] = {}
 
     def __repr__(self) -> str:
-        return f"RedisTemplateStore({redact_url(self.redis_url)!r}, prefix={self.prefix!r})"
+        from lexigram.tasks.redis.connection import redact
+
+        return f"RedisTemplateStore({redact(self.redis_url)!r}, prefix={self.prefix!r})"
 
     async def connect(self) -> None:
         if self._client is not None:
