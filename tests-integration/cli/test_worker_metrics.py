@@ -282,3 +282,25 @@ async def test_the_supervisor_port_serves_every_worker_process_labelled(
 
     assert await supervisor.stop() == 0
     assert not any(serving(port + i) for i in range(3))
+
+
+async def test_a_worker_port_in_use_stops_the_supervisor_before_any_worker_starts(
+    app_dir: Path, env: dict[str, str]
+) -> None:
+    port = free_ports(3)
+    command = [*COMMAND, "app:provider", "--processes", "2", "--metrics-port", str(port)]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port + 2))
+        taken.listen()
+        result = await asyncio.to_thread(
+            subprocess.run,
+            command,
+            cwd=app_dir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 3, result.stderr
+    assert f"error: metrics port {port + 2} on 127.0.0.1 is in use" in result.stderr
+    assert "started (pid" not in result.stderr
