@@ -62,6 +62,7 @@ from lexigram.tasks.registry import TaskBackendRegistry
 from lexigram.tasks.results import JobResult, MemoryResultStore, ResultStore
 from lexigram.tasks.task import Task
 from lexigram.tasks.worker import JobFailure, WorkerPool, WorkerSettings
+from lexigram.tasks.workflows import chain, chord, group
 
 if TYPE_CHECKING:
     from lexigram.tasks.dlq import DeadLetterQueue, FailureRecord
@@ -155,6 +156,9 @@ __all__ = [
     "WorkerProcessCrashed",
     "WorkerSettings",
     "__version__",
+    "chain",
+    "chord",
     "current_job",
+    "group",
     "scheduled",
 ]

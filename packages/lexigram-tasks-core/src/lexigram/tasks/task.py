@@ -17,6 +17,7 @@ from lexigram.tasks.ratelimit import Rate
 if TYPE_CHECKING:
     from lexigram.tasks.handle import JobHandle
     from lexigram.tasks.provider import TaskProvider
+    from lexigram.tasks.workflows import Signature
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -236,6 +237,23 @@ class Task(Generic[P, R]):
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
         """Send a job running this task with these arguments."""
         return await self.provider.enqueue_job(self.job(*args, **kwargs), backend=self.backend)
+
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
+        """A signature of this task for a workflow (``chain``, ``group``, ``chord``).
+
+        In a chain, the step gets the previous step's result as its first
+        argument, before ``args``; arguments are checked when the workflow is
+        enqueued. See ``docs/workflows.md``.
+        """
+        from lexigram.tasks.workflows import Signature
+
+        return Signature(self, args, kwargs)
+
+    def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
+        """An immutable signature: the step takes exactly ``args``, not the previous result."""
+        from lexigram.tasks.workflows import Signature
+
+        return Signature(self, args, kwargs, immutable=True)
 
     def options(
         self,

@@ -29,8 +29,13 @@ from lexigram.tasks.results import JobResult, ResultStore
 from lexigram.tasks.task import Task
 from lexigram.tasks.worker._settings import WorkerSettings
 from lexigram.tasks.worker._support import DeadLetterSink, JobFailure
+from lexigram.tasks.workflows._plan import STEP_HEADER
+from lexigram.tasks.workflows._runtime import WorkflowRuntime, is_step
 
 logger = logging.getLogger("lexigram.tasks.worker")
+
+#: Seconds before a workflow step whose state could not be recorded runs again.
+_WORKFLOW_RETRY_DELAY = 1.0
 
 
 class Settling:
@@ -53,6 +58,8 @@ class Settling:
     _acks_closing: bool
     jobs_done: int
     jobs_failed: int
+    #: Advances the workflows of the steps this pool runs (set when the ack loop starts).
+    _workflows: WorkflowRuntime | None = None
 
     async def _failed(
         self,
@@ -133,6 +140,13 @@ class Settling:
     ) -> None:
         """Set the job aside for good: ``FAILED`` when its task failed, else ``DEAD``."""
         job = delivery.job
+        if job is not None and STEP_HEADER in job.headers and self._workflows is not None:
+            try:
+                await self._workflows.step_failed(job, error_type, message)
+            except Exception:
+                logger.exception("recording the failure of workflow step %s failed", job.id)
+                await self._return_to_queue(delivery, delay=_WORKFLOW_RETRY_DELAY)
+                return
         delivery.outcome = state
         delivery.error = JobError(error_type, message)
         reason = f"{error_type}: {message}" if message else error_type
@@ -196,6 +210,11 @@ class Settling:
             await self.events.emit(
                 TaskCancelledEvent(job, job.queue, self.worker_id, duration=duration)
             )
+        if STEP_HEADER in job.headers and self._workflows is not None:
+            try:
+                await self._workflows.step_cancelled(job)
+            except Exception:
+                logger.exception("cancelling the workflow of step %s failed", job.id)
         delivery.outcome = JobState.CANCELLED
         delivery.error = None
         self._to_ack.append(delivery)
@@ -250,6 +269,8 @@ class Settling:
 
     async def _ack_loop(self) -> None:
         """Ack finished jobs in batches; on stop it finishes the batch in hand, then returns."""
+        if self._workflows is None:
+            self._workflows = WorkflowRuntime(self)
         while not self._acks_closing:
             await self._ack_wakeup.wait()
             self._ack_wakeup.clear()
@@ -260,6 +281,9 @@ class Settling:
         attempt = 0
         while self._to_ack:
             batch, self._to_ack = self._to_ack, []
+            steps = [d for d in batch if is_step(d)]
+            if steps:
+                batch = await self._advance_workflows(batch, steps)
             try:
                 await self.queue.ack_many(batch)
             except asyncio.CancelledError:
@@ -283,6 +307,32 @@ class Settling:
                 continue
             for delivery in batch:
                 self._held.pop(id(delivery), None)
+
+    async def _advance_workflows(
+        self, batch: list[Delivery], steps: list[Delivery]
+    ) -> list[Delivery]:
+        """Record finished workflow steps before their ack; returns what to ack.
+
+        When the store cannot be reached the steps are not acked but handed
+        back to run again a little later, so no workflow is left stalled.
+        """
+        assert self._workflows is not None
+        try:
+            await self._workflows.advance(steps)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.error(
+                "recording %d finished workflow step(s) failed (%s: %s); they run again",
+                len(steps),
+                type(exc).__name__,
+                exc,
+            )
+            for delivery in steps:
+                await self._return_to_queue(delivery, delay=_WORKFLOW_RETRY_DELAY)
+            held = {id(d) for d in steps}
+            return [d for d in batch if id(d) not in held]
+        return batch
 
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.lease_seconds / 3

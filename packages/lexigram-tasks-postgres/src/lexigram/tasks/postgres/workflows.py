@@ -1,0 +1,262 @@
+"""PostgresWorkflowStore: workflow state in the queue's PostgreSQL schema (migration 0007).
+
+Tables ``workflows`` (status, plan, error, steps left) and
+``workflow_steps`` (per step: inputs not done, enqueued, result, span).
+Every call that changes a workflow first locks its ``workflows`` row
+(``FOR UPDATE``, in id order when several), so calls on one workflow run one
+after another and the transaction that takes a step's ``pending`` to zero
+is the one that claims it. Expired workflows are deleted in small batches
+when new ones are created.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from lexigram.tasks.postgres.schema import check_schema_name, quote_ident
+from lexigram.tasks.workflows.store import Claim, StepOutcome, WorkflowSnapshot
+
+__all__ = ["PostgresWorkflowStore"]
+
+#: Seconds between two deletions of expired workflows (run on a create).
+PURGE_INTERVAL = 60.0
+_PURGE_BATCH = 500
+
+
+class PostgresWorkflowStore:
+    """Workflow state on PostgreSQL, on the connection pool of a queue or job state store.
+
+    Build it with :meth:`sharing` (the queue's own database, as workflows do
+    by default); the schema must be migrated to version 7 or later, which a
+    queue with ``auto_migrate`` does on connect.
+    """
+
+    def __init__(self, source: Any, schema: str) -> None:
+        self._source = source
+        self.schema = check_schema_name(schema)
+        s = quote_ident(schema)
+        self._workflows = f"{s}.workflows"
+        self._steps = f"{s}.workflow_steps"
+        self._last_purge = 0.0
+
+    @classmethod
+    def sharing(cls, source: Any) -> PostgresWorkflowStore:
+        """A store on the pool of ``source`` (a PostgresTaskQueue or PostgresJobStateStore)."""
+        return cls(source, source.schema)
+
+    def __repr__(self) -> str:
+        return f"PostgresWorkflowStore(schema={self.schema!r})"
+
+    async def connect(self) -> None:
+        self._pool()
+
+    def _pool(self) -> asyncpg.Pool:
+        pool: asyncpg.Pool | None = getattr(self._source, "_pool", None)
+        if pool is None:
+            raise RuntimeError(f"{self._source!r} is not connected: connect it first")
+        return pool
+
+    async def create(
+        self, workflow_id: str, plan: str, pending: Sequence[int], steps: int, ttl: float
+    ) -> None:
+        async with self._pool().acquire() as connection, connection.transaction():
+            await connection.execute(
+                f"INSERT INTO {self._workflows} (id, plan, steps, remaining, expires_at)"
+                " VALUES ($1, $2, $3, $3, now() + make_interval(secs => $4))",
+                workflow_id,
+                plan,
+                steps,
+                float(ttl),
+            )
+            await connection.execute(
+                f"INSERT INTO {self._steps} (workflow_id, step, pending)"
+                " SELECT $1, s - 1, p FROM unnest($2::int[]) WITH ORDINALITY AS u(p, s)",
+                workflow_id,
+                list(pending),
+            )
+        if time.monotonic() - self._last_purge > PURGE_INTERVAL:
+            self._last_purge = time.monotonic()
+            await self._pool().execute(
+                f"DELETE FROM {self._workflows} WHERE id IN (SELECT id FROM {self._workflows}"
+                f" WHERE expires_at < now() LIMIT {_PURGE_BATCH})"
+            )
+
+    async def plan(self, workflow_id: str) -> str | None:
+        value: str | None = await self._pool().fetchval(
+            f"SELECT plan FROM {self._workflows} WHERE id = $1", workflow_id
+        )
+        return value
+
+    async def complete(self, outcomes: Sequence[StepOutcome]) -> list[Claim]:
+        if not outcomes:
+            return []
+        ids = sorted({o.workflow_id for o in outcomes})
+        async with self._pool().acquire() as connection, connection.transaction():
+            rows = await connection.fetch(
+                f"SELECT id, steps FROM {self._workflows} WHERE id = ANY($1::text[])"
+                " ORDER BY id FOR UPDATE",
+                ids,
+            )
+            counted = {r["id"]: r["steps"] for r in rows}
+            done = await connection.fetch(
+                f"UPDATE {self._steps} t SET result = o.result, span = o.span, enqueued = true"
+                " FROM unnest($1::text[], $2::int[], $3::text[], $4::text[])"
+                " AS o(wf, step, result, span)"
+                " WHERE t.workflow_id = o.wf AND t.step = o.step AND t.result IS NULL"
+                " RETURNING t.workflow_id, t.step",
+                [o.workflow_id for o in outcomes],
+                [o.step for o in outcomes],
+                [o.result for o in outcomes],
+                [o.span or None for o in outcomes],
+            )
+            fresh = {(r["workflow_id"], r["step"]) for r in done}
+            lowered: dict[tuple[str, int], int] = {}
+            finished: dict[str, int] = {}
+            waiting: set[tuple[str, int]] = set()
+            for outcome in outcomes:
+                key = (outcome.workflow_id, outcome.step)
+                if outcome.workflow_id not in counted:
+                    continue
+                for dependent in outcome.dependents:
+                    waiting.add((outcome.workflow_id, dependent))
+                if key not in fresh:
+                    continue
+                fresh.discard(key)  # a step listed twice in one batch counts once
+                if outcome.step < counted[outcome.workflow_id]:
+                    finished[outcome.workflow_id] = finished.get(outcome.workflow_id, 0) + 1
+                for dependent in outcome.dependents:
+                    target = (outcome.workflow_id, dependent)
+                    lowered[target] = lowered.get(target, 0) + 1
+            if lowered:
+                await connection.execute(
+                    f"UPDATE {self._steps} t SET pending = t.pending - d.n"
+                    " FROM unnest($1::text[], $2::int[], $3::int[]) AS d(wf, step, n)"
+                    " WHERE t.workflow_id = d.wf AND t.step = d.step",
+                    [k[0] for k in lowered],
+                    [k[1] for k in lowered],
+                    list(lowered.values()),
+                )
+            if finished:
+                await connection.execute(
+                    f"UPDATE {self._workflows} w SET remaining = w.remaining - r.n,"
+                    " status = CASE WHEN w.status = 'running' AND w.remaining - r.n = 0"
+                    " THEN 'succeeded' ELSE w.status END"
+                    " FROM unnest($1::text[], $2::int[]) AS r(wf, n) WHERE w.id = r.wf",
+                    list(finished),
+                    list(finished.values()),
+                )
+            if not waiting:
+                return []
+            ready = await connection.fetch(
+                f"SELECT t.workflow_id, t.step FROM {self._steps} t"
+                f" JOIN {self._workflows} w ON w.id = t.workflow_id"
+                " JOIN unnest($1::text[], $2::int[]) AS c(wf, step)"
+                " ON t.workflow_id = c.wf AND t.step = c.step"
+                " WHERE w.status = 'running' AND t.pending = 0 AND NOT t.enqueued"
+                " AND t.result IS NULL ORDER BY t.workflow_id, t.step",
+                [k[0] for k in waiting],
+                [k[1] for k in waiting],
+            )
+        return [
+            Claim(r["workflow_id"], r["step"], (r["workflow_id"], r["step"]) in lowered)
+            for r in ready
+        ]
+
+    async def inputs(self, workflow_id: str, steps: Sequence[int]) -> dict[int, tuple[str, str]]:
+        if not steps:
+            return {}
+        rows = await self._pool().fetch(
+            f"SELECT step, result, span FROM {self._steps}"
+            " WHERE workflow_id = $1 AND step = ANY($2::int[]) AND result IS NOT NULL",
+            workflow_id,
+            list(steps),
+        )
+        return {r["step"]: (r["result"], r["span"] or "") for r in rows}
+
+    async def mark_enqueued(self, workflow_id: str, steps: Sequence[int]) -> str:
+        async with self._pool().acquire() as connection, connection.transaction():
+            status: str | None = await connection.fetchval(
+                f"SELECT status FROM {self._workflows} WHERE id = $1 FOR UPDATE", workflow_id
+            )
+            if status is None:
+                return "cancelled"
+            await connection.execute(
+                f"UPDATE {self._steps} SET enqueued = true"
+                " WHERE workflow_id = $1 AND step = ANY($2::int[])",
+                workflow_id,
+                list(steps),
+            )
+        return status
+
+    async def fail(self, workflow_id: str, step: int, error: str) -> Claim | None:
+        async with self._pool().acquire() as connection, connection.transaction():
+            row = await connection.fetchrow(
+                f"SELECT status, steps FROM {self._workflows} WHERE id = $1 FOR UPDATE",
+                workflow_id,
+            )
+            if row is None:
+                return None
+            fresh = row["status"] == "running"
+            if fresh:
+                await connection.execute(
+                    f"UPDATE {self._workflows} SET status = 'failed', error = $2 WHERE id = $1",
+                    workflow_id,
+                    error,
+                )
+            elif row["status"] != "failed":
+                return None
+            waiting = await connection.fetchval(
+                f"SELECT NOT enqueued FROM {self._steps} WHERE workflow_id = $1 AND step = $2",
+                workflow_id,
+                row["steps"],
+            )
+        return Claim(workflow_id, row["steps"], fresh) if waiting else None
+
+    async def cancel(self, workflow_id: str) -> list[int]:
+        async with self._pool().acquire() as connection, connection.transaction():
+            steps = await connection.fetchval(
+                f"SELECT steps FROM {self._workflows} WHERE id = $1 FOR UPDATE", workflow_id
+            )
+            if steps is None:
+                return []
+            await connection.execute(
+                f"UPDATE {self._workflows} SET status = 'cancelled'"
+                " WHERE id = $1 AND status = 'running'",
+                workflow_id,
+            )
+            rows = await connection.fetch(
+                f"SELECT step FROM {self._steps} WHERE workflow_id = $1 AND enqueued"
+                " AND result IS NULL AND step < $2 ORDER BY step",
+                workflow_id,
+                steps,
+            )
+        return [r["step"] for r in rows]
+
+    async def snapshot(self, workflow_id: str) -> WorkflowSnapshot | None:
+        async with self._pool().acquire() as connection:
+            head = await connection.fetchrow(
+                f"SELECT status, plan, error FROM {self._workflows} WHERE id = $1", workflow_id
+            )
+            if head is None:
+                return None
+            rows = await connection.fetch(
+                f"SELECT step, enqueued, result FROM {self._steps} WHERE workflow_id = $1",
+                workflow_id,
+            )
+        results = {r["step"]: r["result"] for r in rows if r["result"] is not None}
+        return WorkflowSnapshot(
+            head["status"],
+            head["plan"],
+            head["error"],
+            results,
+            frozenset(r["step"] for r in rows if r["enqueued"]),
+            frozenset(results),
+        )
+
+    async def forget(self, workflow_id: str) -> None:
+        """Delete a workflow's state now (it also expires by itself)."""
+        await self._pool().execute(f"DELETE FROM {self._workflows} WHERE id = $1", workflow_id)
