@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from lexigram.tasks.handle import JobHandle
 from lexigram.tasks.job import Job
+from lexigram.tasks.optional import import_optional
 from lexigram.tasks.protocol import TaskQueueProtocol
 from lexigram.tasks.task import BoundTask, Task
 
@@ -41,10 +42,11 @@ def routed(task: Task[P, R] | BoundTask[P, R]) -> tuple[Task[P, R], str | None]:
 
 def postgres_queue(queue: TaskQueueProtocol, task_name: str) -> PostgresTaskQueue:
     """``queue`` when it is a PostgresTaskQueue; otherwise a TypeError saying what to use."""
-    from lexigram.tasks.postgres import PostgresTaskQueue
-
-    if isinstance(queue, PostgresTaskQueue):
-        return queue
+    postgres = import_optional(
+        "lexigram.tasks.postgres", "lexigram-tasks-postgres", feature="transactional enqueue"
+    )
+    if isinstance(queue, postgres.PostgresTaskQueue):
+        return cast("PostgresTaskQueue", queue)
     raise TypeError(
         f"task {task_name!r} is sent to {queue!r}: a job can join a database transaction "
         "only on a PostgresTaskQueue (on other backends, enqueue after the commit)"

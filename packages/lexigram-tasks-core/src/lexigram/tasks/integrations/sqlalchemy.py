@@ -13,15 +13,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-from sqlalchemy.orm import Session
-
 from lexigram.tasks.integrations._transactional import (
     enqueue_on,
     enqueue_sync_on,
     in_transaction,
 )
+from lexigram.tasks.optional import import_optional
+
+import_optional(
+    "sqlalchemy.ext.asyncio",
+    "lexigram-tasks-core",
+    extra="sqlalchemy",
+    feature="lexigram.tasks.integrations.sqlalchemy",
+)
+from sqlalchemy.engine import Connection  # noqa: E402  (after the friendlier check above)
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession  # noqa: E402
+from sqlalchemy.orm import Session  # noqa: E402
 
 if TYPE_CHECKING:
     from lexigram.tasks.handle import JobHandle

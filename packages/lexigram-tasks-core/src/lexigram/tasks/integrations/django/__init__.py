@@ -21,16 +21,21 @@ from __future__ import annotations
 
 from typing import Any, ParamSpec, TypeVar
 
-from django.db import (  # type: ignore[import-untyped]
+from lexigram.tasks.handle import JobHandle
+from lexigram.tasks.integrations._transactional import enqueue_sync_on, routed
+from lexigram.tasks.optional import import_optional
+from lexigram.tasks.task import BoundTask, Task
+
+import_optional(
+    "django.db", "lexigram-tasks-core", extra="django", feature="lexigram.tasks.integrations.django"
+)
+from django.db import (  # type: ignore[import-untyped]  # noqa: E402
     DEFAULT_DB_ALIAS,
     connections,
     transaction,
 )
 
-from lexigram.tasks.handle import JobHandle
-from lexigram.tasks.integrations._transactional import enqueue_sync_on, routed
-from lexigram.tasks.integrations.django._bridge import run_sync, shutdown
-from lexigram.tasks.task import BoundTask, Task
+from lexigram.tasks.integrations.django._bridge import run_sync, shutdown  # noqa: E402
 
 __all__ = ["Database", "enqueue_in_transaction", "enqueue_on_commit", "shutdown"]
 
