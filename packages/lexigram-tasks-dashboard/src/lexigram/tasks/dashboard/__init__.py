@@ -17,7 +17,7 @@ from lexigram.tasks.dashboard._app import Dashboard, Settings, build_app
 from lexigram.tasks.dashboard._version import __version__
 from lexigram.tasks.provider import TaskProvider
 
-__all__ = ["Access", "AuthHook", "Settings", "__version__", "dashboard"]
+__all__ = ["Access", "AuthHook", "__version__", "dashboard"]
 
 _GET, _POST = ["GET"], ["POST"]
 _ROUTES = [

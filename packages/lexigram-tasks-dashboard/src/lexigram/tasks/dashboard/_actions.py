@@ -13,7 +13,7 @@ from starlette.responses import RedirectResponse, Response
 from lexigram.tasks.control import JobInfo, JobState
 from lexigram.tasks.dashboard._app import Dashboard
 from lexigram.tasks.dashboard._forms import BadInput
-from lexigram.tasks.dashboard._pages import _failure_criteria
+from lexigram.tasks.dashboard._pages import failure_criteria
 from lexigram.tasks.dashboard._sources import dead_letter_queue, scheduler_of
 from lexigram.tasks.job import Job
 
@@ -91,7 +91,7 @@ async def replay_failures(board: Dashboard, request: Request) -> Response:
         raise HTTPException(404, "This provider has no dead letter queue.")
     await board.ensure_connected()
     if form.get("scope") == "all":
-        report = await dlq.replay_many(board.provider, **_failure_criteria(form))
+        report = await dlq.replay_many(board.provider, **failure_criteria(form))
         return _back(board, request, "failures", "replayed", len(report.replayed))
     ids = [str(v) for v in form.getlist("ids") if v]
     if not ids:
@@ -110,7 +110,7 @@ async def purge_failures(board: Dashboard, request: Request) -> Response:
     if dlq is None:
         raise HTTPException(404, "This provider has no dead letter queue.")
     if form.get("scope") == "all":
-        removed = await dlq.purge(**_failure_criteria(form))
+        removed = await dlq.purge(**failure_criteria(form))
         return _back(board, request, "failures", "purged", removed)
     ids = [str(v) for v in form.getlist("ids") if v]
     if not ids:

@@ -76,8 +76,10 @@ async def jobs(board: Dashboard, request: Request) -> Response:
     query = request.query_params
     wanted_id = forms.optional_text(query.get("id"))
     if wanted_id is not None:
-        info = await board.provider.get_job(wanted_id)
-        if info is not None:
+        dlq = dead_letter_queue(board.provider)
+        if await board.provider.get_job(wanted_id) is not None or (
+            dlq is not None and await dlq.get(wanted_id) is not None
+        ):
             return RedirectResponse(board.url(request, "job", job_id=wanted_id), 303)
         raise HTTPException(404, f"No job with id {wanted_id!r} is known.")
     backend = forms.optional_text(query.get("backend")) or board.provider.primary
@@ -174,7 +176,7 @@ async def failures(board: Dashboard, request: Request) -> Response:
     if dlq is None:
         return await board.render(request, "failures.html", dlq=False)
     query = request.query_params
-    criteria = _failure_criteria(query)
+    criteria = failure_criteria(query)
     offset = forms.whole("offset", query.get("offset"), 0, high=10**9)
     size = board.settings.page_size
     records = await dlq.list(limit=size, offset=offset, newest_first=True, **criteria)
@@ -197,7 +199,7 @@ async def failures(board: Dashboard, request: Request) -> Response:
     )
 
 
-def _failure_criteria(source: Any) -> dict[str, Any]:
+def failure_criteria(source: Any) -> dict[str, Any]:
     """The DLQ filter fields of a query string or form (``FailureFilter``'s names)."""
     return {
         "task": forms.optional_text(source.get("task")),
