@@ -53,19 +53,21 @@ def _port_free(port: int) -> bool:
 
 
 class SentinelNodes:
-    """One master, one replica, three sentinels watching them as ``mymaster``.
+    """One master, ``replicas`` replicas, three sentinels watching them as ``mymaster``.
 
-    ``data_port`` and ``data_port + 1`` are the master and the replica,
-    ``sentinel_port`` to ``sentinel_port + 2`` the sentinels.
+    ``data_port`` is the master, the replicas follow it; ``sentinel_port``
+    to ``sentinel_port + 2`` are the sentinels.
     """
 
-    def __init__(self, directory: Path, data_port: int, sentinel_port: int) -> None:
+    def __init__(
+        self, directory: Path, data_port: int, sentinel_port: int, *, replicas: int = 1
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is needed on PATH for the Sentinel tests", pytrace=False)
         self.binary = binary
         self.directory = directory
-        self.data_ports = [data_port, data_port + 1]
+        self.data_ports = [data_port + i for i in range(1 + replicas)]
         self.sentinel_ports = [sentinel_port + i for i in range(3)]
         busy = [p for p in self.data_ports + self.sentinel_ports if not _port_free(p)]
         if busy:
@@ -79,12 +81,14 @@ class SentinelNodes:
         return f"redis+sentinel://{hosts}/{SERVICE}/0"
 
     def start(self) -> SentinelNodes:
-        master, replica = self.data_ports
+        master, *replicas = self.data_ports
         self._server(master)
-        self._server(replica, "--replicaof", "127.0.0.1", str(master))
-        # Sentinels started once the replica is in sync list it from their first
-        # INFO of the master, instead of after the next one (10 s later).
-        self._wait_synced(replica)
+        for replica in replicas:
+            self._server(replica, "--replicaof", "127.0.0.1", str(master))
+        # Sentinels started once the replicas are in sync list them from their
+        # first INFO of the master, instead of after the next one (10 s later).
+        for replica in replicas:
+            self._wait_synced(replica)
         for port in self.sentinel_ports:
             config = self.directory / f"sentinel-{port}.conf"
             config.write_text(
@@ -99,9 +103,9 @@ class SentinelNodes:
             sentinel = self.client(port)
             try:
                 wait_for(
-                    lambda s=sentinel: _sees_everyone(s.sentinel_master(SERVICE)),
+                    lambda s=sentinel: self._sees_everyone(s.sentinel_master(SERVICE)),
                     15,
-                    f"sentinel {port} did not find the replica and the other sentinels",
+                    f"sentinel {port} did not find the replicas and the other sentinels",
                 )
             finally:
                 sentinel.close()
@@ -157,6 +161,10 @@ class SentinelNodes:
         for process in self.processes.values():
             process.wait(timeout=10)
 
-
-def _sees_everyone(state: dict[str, Any]) -> bool:
-    return int(state.get("num-slaves", 0)) >= 1 and int(state.get("num-other-sentinels", 0)) >= 2
+    def _sees_everyone(self, state: dict[str, Any]) -> bool:
+        replicas = len(self.data_ports) - 1
+        others = len(self.sentinel_ports) - 1
+        return (
+            int(state.get("num-slaves", 0)) >= replicas
+            and int(state.get("num-other-sentinels", 0)) >= others
+        )

@@ -134,7 +134,8 @@ def _address(item: str, bad: Any) -> tuple[str, int]:
 
 
 def _service_and_db(path: str, bad: Any) -> tuple[str, int]:
-    segments = [unquote(segment) for segment in path.strip("/").split("/")] if path else []
+    inner = path.removeprefix("/").removesuffix("/")
+    segments = [unquote(segment) for segment in inner.split("/")] if inner else []
     if not segments or not segments[0]:
         raise bad("it names no service: add the master's name as the path, e.g. /mymaster/0")
     if len(segments) > 2:
