@@ -15,13 +15,13 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aiormq.abc import AbstractChannel
 
 from lexigram.tasks.protocol import BaseTaskQueue
-from lexigram.tasks.redact import redact_text, redact_url
+from lexigram.tasks.rabbitmq.endpoints import Endpoints, UnreachableError
 
 
 class Plumbing(BaseTaskQueue):
     """The connection and channels of a RabbitMQ queue (the base of :class:`RabbitMQTaskQueue`)."""
 
-    amqp_url: str
+    endpoints: Endpoints
     queue_name: str
     connection_name: str | None
     _connection: AbstractRobustConnection | None
@@ -55,27 +55,25 @@ class Plumbing(BaseTaskQueue):
         return self.connection_name or f"lexigram-tasks {self.queue_name}"
 
     def _redacted(self, exc: BaseException) -> str:
-        return redact_text(str(exc), urlsplit(self.amqp_url).password)
+        return self.endpoints.redact(str(exc))
 
     def _describe_failure(self, exc: BaseException) -> str:
         detail = self._redacted(exc) or type(exc).__name__
         hint = ""
-        if isinstance(
-            exc,
-            aiormq.exceptions.ProbableAuthenticationError | aiormq.exceptions.AuthenticationError,
-        ):
+        if any(isinstance(cause, AUTHENTICATION_ERRORS) for cause in failure_causes(exc)):
             hint = " (check the user name and password)"
+        nodes = "any of the nodes " if len(self.endpoints) > 1 else ""
         return (
-            f"cannot connect to RabbitMQ at {redact_url(self.amqp_url)}: "
+            f"cannot connect to RabbitMQ at {nodes}{self.endpoints.shown}: "
             f"{type(exc).__name__}: {detail}{hint}"
         )
 
     def _describe_vhost_refusal(self) -> str:
-        parts = urlsplit(self.amqp_url)
+        parts = urlsplit(self.endpoints.urls[0])
         vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
         user = unquote(parts.username) if parts.username else "guest"
         return (
-            f"cannot connect to RabbitMQ at {redact_url(self.amqp_url)}: vhost {vhost!r} "
+            f"cannot connect to RabbitMQ at {self.endpoints.shown}: vhost {vhost!r} "
             f"does not exist or access refused for user {user!r} (create it with "
             f"`rabbitmqctl add_vhost {vhost}` and grant access with `rabbitmqctl "
             f"set_permissions -p {vhost} {user} '.*' '.*' '.*'`, or fix the URL's path)"
@@ -83,7 +81,7 @@ class Plumbing(BaseTaskQueue):
 
     def _describe_publish_failure(self, exc: BaseException) -> str:
         return (
-            f"publishing to {redact_url(self.amqp_url)} failed: "
+            f"publishing to {self.endpoints.shown} failed: "
             f"{type(exc).__name__}: {self._redacted(exc)}"
         )
 
@@ -91,6 +89,19 @@ class Plumbing(BaseTaskQueue):
         if self._publishing is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._publishing.ready(), timeout)
+
+
+AUTHENTICATION_ERRORS = (
+    aiormq.exceptions.ProbableAuthenticationError,
+    aiormq.exceptions.AuthenticationError,
+)
+
+
+def failure_causes(exc: BaseException) -> tuple[BaseException, ...]:
+    """The errors behind a failed connect: each node's, or ``exc`` itself for one node."""
+    if isinstance(exc, UnreachableError):
+        return tuple(cause for _, cause in exc.failures)
+    return (exc,)
 
 
 def vhost_refused(exc: BaseException) -> bool:

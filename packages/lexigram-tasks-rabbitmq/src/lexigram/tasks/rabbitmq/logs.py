@@ -73,10 +73,11 @@ def install_client_log_filter() -> None:
 class OutageLog:
     """Logs when a connection is lost (once per outage) and when it is back."""
 
-    def __init__(self, name: str, url: str, reconnect_interval: float) -> None:
+    def __init__(self, name: str, url: str, reconnect_interval: float, nodes: int = 1) -> None:
         self.name = name
         self.url = url
         self.reconnect_interval = reconnect_interval
+        self.nodes = nodes
         self._since: float | None = None
 
     @property
@@ -87,12 +88,15 @@ class OutageLog:
         if self._since is not None:
             return  # the same outage: a failed reconnect attempt
         self._since = time.monotonic()
+        how = f"every {self.reconnect_interval:g}s"
+        if self.nodes > 1:
+            how = f"to each of the {self.nodes} nodes in turn, then {how}"
         logger.warning(
-            "RabbitMQ connection %r to %s lost (%s); reconnecting every %gs",
+            "RabbitMQ connection %r to %s lost (%s); reconnecting %s",
             self.name,
             self.url,
             describe or (type(cause).__name__ if cause is not None else "closed"),
-            self.reconnect_interval,
+            how,
         )
 
     def restored(self) -> None:

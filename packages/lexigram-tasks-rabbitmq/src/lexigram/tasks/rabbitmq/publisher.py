@@ -46,12 +46,14 @@ class Publisher:
         declaring: Callable[[], AbstractRobustChannel],
         *,
         queue_type: QueueType,
+        quorum_replicas: int | None = None,
         describe_failure: Callable[[BaseException], str],
         reconnect_timeout: float,
     ) -> None:
         self._channel = channel
         self._declaring = declaring
         self.queue_type = queue_type
+        self.quorum_replicas = quorum_replicas
         self._describe_failure = describe_failure
         self.reconnect_timeout = reconnect_timeout
         self._ladder_exchanges: dict[str, AbstractExchange] = {}
@@ -151,6 +153,7 @@ class Publisher:
                     destination=destination,
                     level=level,
                     lower=lower,
+                    quorum_replicas=self.quorum_replicas,
                 )
                 self._ladder_levels[prefix] = level
 

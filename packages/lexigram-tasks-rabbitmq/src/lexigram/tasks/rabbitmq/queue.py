@@ -37,17 +37,17 @@ from lexigram.tasks.errors import (
 )
 from lexigram.tasks.job import DEFAULT_MAX_JOB_BYTES, Job
 from lexigram.tasks.protocol import Capability, DeadLetter, QueueCounts
-from lexigram.tasks.rabbitmq import messages, topology
+from lexigram.tasks.rabbitmq import endpoints, messages, topology
 from lexigram.tasks.rabbitmq._delivery import Delivering
-from lexigram.tasks.rabbitmq._plumbing import vhost_refused
+from lexigram.tasks.rabbitmq._plumbing import failure_causes, vhost_refused
 from lexigram.tasks.rabbitmq.consumer import Consumer
+from lexigram.tasks.rabbitmq.endpoints import Endpoints
 from lexigram.tasks.rabbitmq.errors import CONNECTION_ERRORS
 from lexigram.tasks.rabbitmq.leases import LeaseBook
 from lexigram.tasks.rabbitmq.logs import OutageLog, install_client_log_filter
 from lexigram.tasks.rabbitmq.paired import control_exchange
 from lexigram.tasks.rabbitmq.publisher import Publication, Publisher
 from lexigram.tasks.rabbitmq.topology import Destination, QueueType
-from lexigram.tasks.redact import redact_url
 from lexigram.tasks.state_store import JobStateStore, create_state_store
 
 
@@ -57,8 +57,16 @@ class RabbitMQTaskQueue(Delivering):
     ``amqp_url`` and ``queue_name`` are all most users set. The keyword names
     are also the ``tasks.backend`` keys of the YAML configuration.
 
+    - ``amqp_url``: one node's URL, or a cluster's nodes, as one URL with
+      several hosts (``amqp://user:pw@h1:5672,h2:5672/vhost``) or a list of
+      URLs; connecting tries them in order, each reconnect moves on to the
+      next (see :mod:`.endpoints`). ``max_reconnect_interval`` lets the wait
+      between failed rounds of the nodes double up to it.
+
     - ``queue_type``: ``"classic"`` or ``"quorum"`` (replicated; optional
-      ``delivery_limit``).
+      ``delivery_limit``, and ``quorum_replicas``: how many nodes hold each
+      quorum queue, ``x-quorum-initial-group-size``; by default every node,
+      up to the broker's limit).
     - ``priorities``: job priorities 0-9 on a classic queue (``x-max-priority``);
       off by default, since a priority queue delays every delivery a little.
     - ``prefetch``: unacked deliveries this connection may hold per consumed
@@ -84,7 +92,7 @@ class RabbitMQTaskQueue(Delivering):
 
     def __init__(
         self,
-        amqp_url: str,
+        amqp_url: str | Sequence[str],
         queue_name: str = "default",
         *,
         queue_type: QueueType = "classic",
@@ -95,15 +103,17 @@ class RabbitMQTaskQueue(Delivering):
         exchange_type: str = "direct",
         message_ttl: float | None = None,
         delivery_limit: int | None = None,
+        quorum_replicas: int | None = None,
         priorities: bool = False,
         queue_arguments: Mapping[str, Any] | None = None,
         connect_timeout: float = 10.0,
         reconnect_interval: float = 1.0,
+        max_reconnect_interval: float | None = None,
         connection_name: str | None = None,
         max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
         state_store: JobStateStore | Mapping[str, Any] | None = None,
     ) -> None:
-        self.validate_url(amqp_url)
+        self.endpoints = Endpoints.parse(amqp_url)
         if queue_type not in ("classic", "quorum"):
             raise ValueError(f"queue_type must be 'classic' or 'quorum', got {queue_type!r}")
         if prefetch is not None and prefetch < 1:
@@ -112,6 +122,11 @@ class RabbitMQTaskQueue(Delivering):
             raise ValueError(f"message_ttl must be > 0 seconds, got {message_ttl}")
         if delivery_limit is not None and queue_type != "quorum":
             raise ValueError("delivery_limit needs queue_type='quorum' (classic queues lack it)")
+        if quorum_replicas is not None and (queue_type != "quorum" or quorum_replicas < 1):
+            raise ValueError(
+                f"quorum_replicas must be >= 1 and needs queue_type='quorum', got "
+                f"{quorum_replicas} with queue_type={queue_type!r}"
+            )
         if priorities and queue_type == "quorum":
             raise ValueError(
                 "quorum queues have no 0-9 priorities; use queue_type='classic' for priorities"
@@ -121,7 +136,7 @@ class RabbitMQTaskQueue(Delivering):
         if max_job_bytes < 1:
             raise ValueError(f"max_job_bytes must be >= 1, got {max_job_bytes}")
         self.max_job_bytes = max_job_bytes
-        self.amqp_url = amqp_url
+        self.amqp_url = amqp_url if isinstance(amqp_url, str) else tuple(amqp_url)
         self.queue_name = queue_name
         self.queue_type: QueueType = queue_type
         self.prefetch = prefetch
@@ -130,10 +145,12 @@ class RabbitMQTaskQueue(Delivering):
         self.routes = dict(routes or {})
         self.message_ttl = message_ttl
         self.delivery_limit = delivery_limit
+        self.quorum_replicas = quorum_replicas
         self.priorities = priorities
         self.queue_arguments = dict(queue_arguments or {})
         self.connect_timeout = connect_timeout
         self.reconnect_interval = reconnect_interval
+        self.max_reconnect_interval = max_reconnect_interval
         self.connection_name = connection_name
         self.consumed_queues: tuple[str, ...] = tuple(dict.fromkeys([queue_name, *queues]))
         caps = {Capability.DELAY}
@@ -149,7 +166,9 @@ class RabbitMQTaskQueue(Delivering):
         self._consuming: AbstractRobustChannel | None = None
         self._leases = LeaseBook()
         install_client_log_filter()
-        self._outage = OutageLog(self._connection_label(), redact_url(amqp_url), reconnect_interval)
+        self._outage = OutageLog(
+            self._connection_label(), self.endpoints.shown, reconnect_interval, len(self.endpoints)
+        )
         self._consumer = Consumer(
             self._consuming_channel,
             self.consumed_queues,
@@ -162,27 +181,23 @@ class RabbitMQTaskQueue(Delivering):
             self._publishing_channel,
             self._consuming_channel,
             queue_type=queue_type,
+            quorum_replicas=quorum_replicas,
             describe_failure=self._describe_publish_failure,
             reconnect_timeout=connect_timeout,
         )
 
     @staticmethod
-    def validate_url(url: str) -> None:
-        """Raise :class:`ConfigurationError` unless ``url`` is an ``amqp://`` or ``amqps://`` URL.
+    def validate_url(url: str | Sequence[str]) -> None:
+        """Raise :class:`ConfigurationError` unless ``url`` is one or more RabbitMQ URLs.
 
-        The configuration loader calls it for ``amqp_url``; the message redacts the password.
+        That is an ``amqp://`` or ``amqps://`` URL (with one host or several),
+        or a list of them; the message redacts the password.
         """
-        scheme, separator, _ = url.partition("://") if isinstance(url, str) else ("", "", "")
-        if not separator or scheme.lower() not in ("amqp", "amqps"):
-            shown = redact_url(url) if isinstance(url, str) else type(url).__name__
-            raise ConfigurationError(
-                f"amqp_url {shown!r} is not a RabbitMQ URL: it must start with amqp:// or "
-                "amqps:// (amqp://user:password@host:5672/vhost)"
-            )
+        Endpoints.parse(url)
 
     def __repr__(self) -> str:
         return (
-            f"RabbitMQTaskQueue(amqp_url={redact_url(self.amqp_url)!r}, "
+            f"RabbitMQTaskQueue(amqp_url={self.endpoints.shown!r}, "
             f"queue_name={self.queue_name!r}, queue_type={self.queue_type!r})"
         )
 
@@ -195,10 +210,11 @@ class RabbitMQTaskQueue(Delivering):
         if self._state is not None:
             await self._state.connect()
         try:
-            connection = await aio_pika.connect_robust(
-                self.amqp_url,
+            connection = await endpoints.connect(
+                self.endpoints,
                 timeout=self.connect_timeout,
                 reconnect_interval=self.reconnect_interval,
+                max_reconnect_interval=self.max_reconnect_interval,
                 client_properties={"connection_name": self._connection_label()},
             )
         except asyncio.CancelledError:
@@ -206,7 +222,7 @@ class RabbitMQTaskQueue(Delivering):
             raise
         except Exception as exc:
             await self._disconnect_store()
-            if vhost_refused(exc):
+            if any(vhost_refused(cause) for cause in failure_causes(exc)):
                 raise ConfigurationError(self._describe_vhost_refusal()) from None
             raise BackendConnectionError(self._describe_failure(exc)) from None
         try:
@@ -431,6 +447,7 @@ class RabbitMQTaskQueue(Delivering):
             max_priority=9 if self.priorities else 0,
             message_ttl=self.message_ttl,
             delivery_limit=self.delivery_limit,
+            quorum_replicas=self.quorum_replicas,
             extra=self.queue_arguments,
         )
         if self._state is not None:

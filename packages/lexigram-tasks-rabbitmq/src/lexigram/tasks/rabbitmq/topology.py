@@ -100,9 +100,10 @@ def work_queue_arguments(
     message_ttl: float | None,
     delivery_limit: int | None,
     extra: dict[str, Any],
+    quorum_replicas: int | None = None,
 ) -> dict[str, Any]:
     """``x-`` arguments of the work queue."""
-    args = _kind(queue_type)
+    args = _kind(queue_type, quorum_replicas)
     args["x-dead-letter-exchange"] = dead_letter_exchange(queue)
     if queue_type == "classic" and max_priority > 0:
         args["x-max-priority"] = max_priority
@@ -116,15 +117,22 @@ def work_queue_arguments(
     return args
 
 
-def dead_letter_queue_arguments(queue_type: QueueType) -> dict[str, Any]:
-    return _kind(queue_type)
+def dead_letter_queue_arguments(
+    queue_type: QueueType, quorum_replicas: int | None = None
+) -> dict[str, Any]:
+    return _kind(queue_type, quorum_replicas)
 
 
 def ladder_queue_arguments(
-    queue_type: QueueType, *, prefix: str, level: int, destination: Destination
+    queue_type: QueueType,
+    *,
+    prefix: str,
+    level: int,
+    destination: Destination,
+    quorum_replicas: int | None = None,
 ) -> dict[str, Any]:
     """Level ``level`` holds messages ``2**level`` ms, then passes them one level down."""
-    args = _kind(queue_type)
+    args = _kind(queue_type, quorum_replicas)
     args["x-message-ttl"] = 1 << level
     if level == 0:
         args["x-dead-letter-exchange"] = destination.exchange
@@ -137,11 +145,15 @@ def ladder_queue_arguments(
     return args
 
 
-def _kind(queue_type: QueueType) -> dict[str, Any]:
+def _kind(queue_type: QueueType, quorum_replicas: int | None = None) -> dict[str, Any]:
     # The classic storage version is left to the broker (v1 before 3.13, v2 after):
     # on 3.10, v2 confirms publishes faster but hands jobs to workers later (figures
     # in docs/backends/rabbitmq.md); queue_arguments={"x-queue-version": 2} picks it.
-    return {"x-queue-type": queue_type}
+    args: dict[str, Any] = {"x-queue-type": queue_type}
+    if queue_type == "quorum" and quorum_replicas is not None:
+        # How many cluster nodes hold a replica (the broker caps it at the node count).
+        args["x-quorum-initial-group-size"] = quorum_replicas
+    return args
 
 
 def _quorum_safe_dead_lettering() -> dict[str, Any]:
@@ -161,13 +173,16 @@ async def declare_work_queue(
     arguments: dict[str, Any],
     queue_type: QueueType,
     exchange: AbstractExchange | None,
+    quorum_replicas: int | None = None,
 ) -> None:
     """The work queue, its dead-letter exchange and queue; bound to ``exchange`` if given."""
     dlx = await channel.declare_exchange(
         dead_letter_exchange(queue), aio_pika.ExchangeType.FANOUT, durable=True
     )
     dlq = await channel.declare_queue(
-        dead_letter_queue(queue), durable=True, arguments=dead_letter_queue_arguments(queue_type)
+        dead_letter_queue(queue),
+        durable=True,
+        arguments=dead_letter_queue_arguments(queue_type, quorum_replicas),
     )
     await dlq.bind(dlx, routing_key="")
     work = await channel.declare_queue(queue, durable=True, arguments=arguments)
@@ -186,6 +201,7 @@ async def declare_work_queues(
     message_ttl: float | None,
     delivery_limit: int | None,
     extra: dict[str, Any],
+    quorum_replicas: int | None = None,
 ) -> None:
     """Declare ``targets`` as :func:`declare_work_queue` does, bound to ``exchange_name`` if set.
 
@@ -203,6 +219,7 @@ async def declare_work_queues(
                 message_ttl=message_ttl,
                 delivery_limit=delivery_limit,
                 extra=extra,
+                quorum_replicas=quorum_replicas,
             )
             await declare_work_queue(
                 channel,
@@ -210,12 +227,14 @@ async def declare_work_queues(
                 arguments=arguments,
                 queue_type=queue_type,
                 exchange=exchange,
+                quorum_replicas=quorum_replicas,
             )
     except aiormq.exceptions.ChannelPreconditionFailed as exc:
         raise ConfigurationError(
             f"RabbitMQ refused the declaration of {targets!r}: {exc}. A queue or exchange "
             "of that name exists with other settings (queue_type, message_ttl, "
-            "delivery_limit, priorities, queue_arguments): keep its settings or delete it"
+            "delivery_limit, quorum_replicas, priorities, queue_arguments): keep its "
+            "settings or delete it"
         ) from None
 
 
@@ -226,13 +245,18 @@ async def declare_ladder_level(
     destination: Destination,
     level: int,
     lower: AbstractExchange | None,
+    quorum_replicas: int | None = None,
 ) -> AbstractExchange:
     """One level of a delay ladder; ``lower`` is the level below (``None`` for level 0)."""
     prefix = destination.ladder_prefix
     name = ladder_name(prefix, level)
     exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
     arguments = ladder_queue_arguments(
-        queue_type, prefix=prefix, level=level, destination=destination
+        queue_type,
+        prefix=prefix,
+        level=level,
+        destination=destination,
+        quorum_replicas=quorum_replicas,
     )
     queue = await channel.declare_queue(name, durable=True, arguments=arguments)
     await queue.bind(exchange, routing_key=ladder_binding_key(level, "1"))

@@ -1,0 +1,116 @@
+"""A RabbitMQ cluster loses the node holding the queue's leader during a run.
+
+3,000 jobs go through a quorum queue replicated on the three nodes of
+:mod:`_local_cluster`, sent by eight concurrent producers with publisher
+confirms. Producer and workers list the nodes with the leader's first, so
+both are connected to it when it is stopped (``rabbitmqctl stop_app``, in
+the background) after the first thousand confirmed enqueues. Every job whose
+enqueue was confirmed must run, and the workers must reconnect to another
+node by themselves. The time to recover is each connection's outage, as
+its "restored after" log line reports it, and the longest enqueue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections import Counter
+
+import pytest
+from _local_cluster import LocalCluster
+
+from lexigram.tasks import TaskProvider
+from lexigram.tasks.errors import BackendConnectionError
+from lexigram.tasks.rabbitmq import RabbitMQTaskQueue
+from lexigram.tasks.testing import eventually
+
+JOBS = 3_000
+STOP_AFTER = 1_000
+PRODUCERS = 8
+RESTORED = re.compile(r"RabbitMQ connection '([^']+)' to .* restored after ([\d.]+)s")
+
+
+def _queue(urls: list[str], name: str, label: str) -> RabbitMQTaskQueue:
+    return RabbitMQTaskQueue(
+        urls,
+        name,
+        queue_type="quorum",
+        quorum_replicas=3,
+        reconnect_interval=0.2,
+        connect_timeout=5,
+        connection_name=label,
+    )
+
+
+async def test_confirmed_jobs_survive_the_leader_node_stopping(
+    cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="lexigram.tasks.rabbitmq")
+    name = f"lxcluster-{uuid.uuid4().hex[:8]}"
+    ran: Counter[int] = Counter()
+    workers = TaskProvider(queue=_queue(cluster.urls, name, "workers"), worker_count=16)
+    producer = TaskProvider(queue=_queue(cluster.urls, name, "producer"))
+
+    @workers.task(name="cluster.job")
+    async def job(n: int) -> None:
+        ran[n] += 1
+
+    producer.task(name="cluster.job")(job.fn)
+    await producer.connect()
+    leader = await cluster.leader_of(name)
+    assert leader is cluster.nodes[0], f"declared through node 1, the leader is {leader.name}"
+    members = await cluster.ctl(leader, "list_queues", "name", "members")
+    assert all(node.name in members for node in cluster.nodes), members  # quorum_replicas=3
+
+    confirmed: set[int] = set()
+    resent = 0
+    slowest = 0.0
+    numbers = iter(range(JOBS))
+    stopping: asyncio.Task[None] | None = None
+
+    async def produce() -> None:
+        nonlocal resent, slowest, stopping
+        for n in numbers:
+            if n == STOP_AFTER:
+                stopping = asyncio.ensure_future(cluster.stop_app(leader))
+            began = time.monotonic()
+            while True:
+                try:
+                    await producer.enqueue("cluster.job", n)
+                except BackendConnectionError:
+                    resent += 1  # not confirmed: sent again
+                    continue
+                break
+            slowest = max(slowest, time.monotonic() - began)
+            confirmed.add(n)
+
+    await workers.start()
+    try:
+        await asyncio.gather(*(produce() for _ in range(PRODUCERS)))
+        assert stopping is not None
+        await stopping
+        await eventually(lambda: confirmed <= ran.keys(), timeout=60, interval=0.2)
+        worker_queue = workers.backends["default"]
+        assert isinstance(worker_queue, RabbitMQTaskQueue)
+        connection = worker_queue._connection  # where the workers are now
+        assert connection is not None
+        assert connection.url.port != leader.amqp_port, "the workers are still on the leader"
+    finally:
+        await workers.stop()
+        await producer.disconnect()
+        await cluster.start_app(leader)
+
+    outages = dict(RESTORED.findall(caplog.text))
+    lost = confirmed - ran.keys()
+    twice = sum(1 for count in ran.values() if count > 1)
+    print(
+        f"\n{JOBS} jobs, {leader.name} (the queue's leader) stopped after {STOP_AFTER}: "
+        f"confirmed jobs lost {len(lost)}, run twice {twice}, enqueues resent {resent}; "
+        f"outage of the workers' connection {outages.get('workers', '?')}s, of the "
+        f"producer's {outages.get('producer', '?')}s; slowest enqueue {slowest:.2f}s"
+    )
+    assert not lost
+    assert set(outages) == {"workers", "producer"}, caplog.text
