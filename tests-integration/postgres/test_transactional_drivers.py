@@ -15,6 +15,10 @@ from typing import Any
 import psycopg
 import pytest
 import pytest_asyncio
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 from sqlalchemy import create_engine, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
@@ -321,3 +325,30 @@ async def test_options_and_dedup_keys_go_through_the_same_insert(
     deliveries = await collect(queue, 3, lease_seconds=5)
     assert [d.job_id for d in deliveries] == [first.id, *ids]  # priority 7 first
     assert deliveries[0].job is not None and deliveries[0].job.priority == 7
+
+
+@pytest.mark.parametrize("case", [PsycopgSync, SqlalchemyPsycopgSync], ids=lambda c: c.name)
+async def test_a_blocking_enqueue_is_traced_as_task_enqueue_is(
+    case: type[Case], postgres_dsn: str, queue: PostgresTaskQueue
+) -> None:
+    """One PRODUCER span, child of the caller's span, whose context the job carries."""
+    exporter = InMemorySpanExporter()
+    tracers = TracerProvider()
+    tracers.add_span_processor(SimpleSpanProcessor(exporter))
+    _, send_receipt = _provider(queue, tracer_provider=tracers)
+    app = case(postgres_dsn, f"{quote_ident(queue.schema)}.orders")
+    await app.open()
+    try:
+        with tracers.get_tracer("web").start_as_current_span("POST /orders") as request:
+            await app.enqueue(send_receipt, _order_id())
+        await app.end(commit=True)
+    finally:
+        await app.close()
+    [send] = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.PRODUCER]
+    assert send.name == f"send {queue.queue_name}"
+    assert send.parent is not None
+    assert send.parent.span_id == request.get_span_context().span_id
+    [delivery] = await collect(queue, 1, lease_seconds=5)
+    assert delivery.job is not None
+    assert delivery.job.trace_id == format(send.context.trace_id, "032x")
+    assert delivery.job.headers["traceparent"].split("-")[2] == format(send.context.span_id, "016x")
