@@ -23,7 +23,6 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import aio_pika
 import aiormq
 from aio_pika.abc import (
     AbstractChannel,
@@ -36,8 +35,8 @@ from lexigram.tasks.dlq import _tracing
 from lexigram.tasks.dlq.record import FailureRecord
 from lexigram.tasks.errors import BackendConnectionError, ConfigurationError, MalformedJobError
 from lexigram.tasks.job import Job
-from lexigram.tasks.rabbitmq import RabbitMQTaskQueue, messages, topology
-from lexigram.tasks.redact import redact_text, redact_url
+from lexigram.tasks.rabbitmq import RabbitMQTaskQueue, endpoints, messages, topology
+from lexigram.tasks.rabbitmq.endpoints import Endpoints
 
 if TYPE_CHECKING:
     from lexigram.tasks.dlq.queue import DeadLetterQueue
@@ -61,26 +60,32 @@ class RabbitMQDeadLetterFeeder:
     ``await feeder.drain()`` moves what is there now; ``start()``/``stop()``
     consume continuously (``provider.add_service(feeder)`` ties them to the
     workers). ``queue_names`` are the work queues (not their ``.dlq``).
+    ``amqp_url`` takes what ``RabbitMQTaskQueue`` takes: one node, or a
+    cluster's nodes (several hosts in one URL, or a list of URLs), tried in
+    turn on connect and on every reconnect.
     """
 
     def __init__(
         self,
         dlq: DeadLetterQueue,
-        amqp_url: str,
+        amqp_url: str | Sequence[str],
         queue_names: Sequence[str] = ("default",),
         *,
         prefetch: int = 50,
         connect_timeout: float = 10.0,
         retry_interval: float = 1.0,
+        reconnect_interval: float = 5.0,
     ) -> None:
         if not queue_names:
             raise ValueError("queue_names must name at least one work queue")
         self.dlq = dlq
-        self.amqp_url = amqp_url
+        self.endpoints = Endpoints.parse(amqp_url)
+        self.amqp_url = amqp_url if isinstance(amqp_url, str) else tuple(amqp_url)
         self.queue_names = tuple(queue_names)
         self.prefetch = prefetch
         self.connect_timeout = connect_timeout
         self.retry_interval = retry_interval
+        self.reconnect_interval = reconnect_interval
         self.moved = 0
         self._connection: AbstractConnection | None = None
         self._consuming: list[tuple[AbstractQueue, str]] = []
@@ -90,11 +95,11 @@ class RabbitMQDeadLetterFeeder:
         cls, dlq: DeadLetterQueue, queue: RabbitMQTaskQueue, **kwargs: Any
     ) -> RabbitMQDeadLetterFeeder:
         """A feeder for every queue a ``RabbitMQTaskQueue`` consumes."""
-        return cls(dlq, queue.amqp_url, queue.consumed_queues, **kwargs)
+        return cls(dlq, queue.endpoints.urls, queue.consumed_queues, **kwargs)
 
     def __repr__(self) -> str:
         return (
-            f"RabbitMQDeadLetterFeeder(amqp_url={redact_url(self.amqp_url)!r}, "
+            f"RabbitMQDeadLetterFeeder(amqp_url={self.endpoints.shown!r}, "
             f"queue_names={self.queue_names!r})"
         )
 
@@ -176,20 +181,21 @@ class RabbitMQDeadLetterFeeder:
     # -- helpers ---------------------------------------------------------------
 
     async def _connect(self, *, robust: bool) -> AbstractConnection:
-        connect = aio_pika.connect_robust if robust else aio_pika.connect
         try:
-            connection: AbstractConnection = await connect(
-                self.amqp_url, timeout=self.connect_timeout
-            )
+            if robust:
+                return await endpoints.connect(
+                    self.endpoints,
+                    timeout=self.connect_timeout,
+                    reconnect_interval=self.reconnect_interval,
+                )
+            return await endpoints.connect_once(self.endpoints, timeout=self.connect_timeout)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            password = _password(self.amqp_url)
             raise BackendConnectionError(
-                f"cannot connect to RabbitMQ at {redact_url(self.amqp_url)} to read dead "
-                f"letters: {redact_text(f'{type(exc).__name__}: {exc}', password)}"
+                f"cannot connect to RabbitMQ at {self.endpoints.shown} to read dead "
+                f"letters: {self.endpoints.redact(f'{type(exc).__name__}: {exc}')}"
             ) from None
-        return connection
 
     async def _dead_letter_queue(self, channel: AbstractChannel, work_queue: str) -> AbstractQueue:
         name = topology.dead_letter_queue(work_queue)
@@ -316,12 +322,3 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     return str(value)
-
-
-def _password(url: str) -> str | None:
-    from urllib.parse import urlsplit
-
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None
