@@ -233,3 +233,22 @@ async def test_wait_replicas_beyond_the_replicas_present_fails_the_enqueue(
             await queue.enqueue(Job(task="sentinel.t", queue=name))
         assert (await queue.counts()).ready == 1  # stored on the master all the same
         await queue.purge()
+
+
+async def test_a_master_short_of_min_replicas_to_write_refuses_with_a_clear_error(
+    sentinel_nodes: SentinelNodes,
+) -> None:
+    name = f"lxsentinel-{uuid.uuid4().hex[:10]}"
+    master = sentinel_nodes.client(sentinel_nodes.master_port())
+    master.config_set("min-replicas-to-write", 2)  # one replica is connected
+    try:
+        async with RedisTaskQueue(sentinel_nodes.url, queue_name=name) as queue:
+            with pytest.raises(BackendConnectionError, match="min-replicas-to-write"):
+                await queue.enqueue(Job(task="sentinel.t", queue=name))
+            master.config_set("min-replicas-to-write", 1)
+            await queue.enqueue(Job(task="sentinel.t", queue=name))
+            assert (await queue.counts()).ready == 1  # the refused one left nothing
+            await queue.purge()
+    finally:
+        master.config_set("min-replicas-to-write", 0)
+        master.close()

@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 #: A command that fails on a dropped connection (CLIENT KILL, a server restart,
@@ -135,7 +135,9 @@ def reported(redis_url: str) -> Iterator[None]:
     """Turn redis-py's connection and timeout errors into :class:`BackendConnectionError`.
 
     They are raised once redis-py's own retries (:data:`RETRIES`) are spent;
-    the message names the (redacted) URL.
+    the message names the (redacted) URL. So is a master's refusal to write
+    while fewer replicas than its ``min-replicas-to-write`` are connected
+    (nothing was written: the refusal comes at a script's first write).
     """
     try:
         yield
@@ -143,3 +145,11 @@ def reported(redis_url: str) -> Iterator[None]:
         message = redact_text(str(exc), *secrets(redis_url)) or type(exc).__name__
         where = redact(redis_url)
         raise BackendConnectionError(f"Redis at {where} did not answer: {message}") from None
+    except ResponseError as exc:
+        if not str(exc).startswith("NOREPLICAS"):
+            raise
+        reason = str(exc).partition(". script:")[0]
+        raise BackendConnectionError(
+            f"Redis at {redact(redis_url)} refused the write: {reason} "
+            "(fewer replicas connected than its min-replicas-to-write)"
+        ) from None
