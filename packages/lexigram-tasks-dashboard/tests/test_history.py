@@ -1,10 +1,15 @@
-"""The overview's hour of throughput, from the workers' done/failed counters."""
+"""The overview's readings: throughput from the workers' counters, slow counts in the background."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
+from lexigram.tasks import MemoryTaskQueue, TaskProvider
 from lexigram.tasks.control import WorkerInfo
 from lexigram.tasks.dashboard._charts import failure_rate_chart, throughput_chart
-from lexigram.tasks.dashboard._history import Throughput
+from lexigram.tasks.dashboard._history import Sample, Sampler, Throughput
+from lexigram.tasks.protocol import QueueCounts
 
 T0 = 1_700_000_000.0 - 1_700_000_000.0 % 60  # the start of a minute
 
@@ -55,3 +60,39 @@ def test_charts_say_what_they_show() -> None:
     assert {bar.kind for bar in runs.bars} == {"done", "failed"}
     assert failure_rate_chart(minutes).caption == "failure rate over the hour: 25.0%"
     assert failure_rate_chart(hour.hour(T0 + 7200)).caption.endswith("no runs")
+
+
+class SlowCounts(MemoryTaskQueue):
+    """A queue whose counts take ``delay`` seconds, like a large unvacuumed table."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        self.calls = 0
+
+    async def counts(self) -> QueueCounts:
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        return await super().counts()
+
+
+async def test_a_slow_count_never_holds_a_page_and_is_read_less_often() -> None:
+    queue = SlowCounts(delay=0.5)
+    sampler = Sampler(TaskProvider(queue=queue), refresh=0.01, workers_every=0.01)
+    began = time.monotonic()
+    first = await sampler.current()
+    assert first.pending and time.monotonic() - began < 0.4  # waited first_wait, not 0.5 s
+    ready = await wait_for_sample(sampler)
+    assert "default" in ready.counts
+    assert sampler.interval >= 5  # ten times the half second the reading took
+    for _ in range(20):
+        assert (await sampler.current()) is ready  # no new reading: not due yet
+    assert queue.calls == 1
+
+
+async def wait_for_sample(sampler: Sampler) -> Sample:
+    deadline = time.monotonic() + 5
+    while (sample := await sampler.current()).pending:
+        assert time.monotonic() < deadline, "the first reading never finished"
+        await asyncio.sleep(0.02)
+    return sample

@@ -5,7 +5,7 @@ publishes two counters in its registry entry (``WorkerInfo.done``: runs whose
 task returned; ``failed``: runs that raised or timed out, retried or not).
 The sampler reads the counts and the worker list at most once per
 ``refresh`` seconds for every page open (the worker list at most every
-``workers_every`` seconds), and adds each worker's counter increase since the
+``workers_every`` seconds), in the background, and adds each worker's counter increase since the
 previous read to a per-minute bucket. The hour therefore starts empty when
 the dashboard starts, and a worker that stopped between two reads loses its
 last increments.
@@ -49,9 +49,15 @@ class Sample:
     """One reading: counts per backend (or the error reading them), and the workers."""
 
     at: float
+    #: No reading has finished yet (the first is under way).
+    pending: bool = False
     counts: dict[str, QueueCounts] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     workers: list[WorkerInfo] | None = None
+
+
+def _loop() -> asyncio.AbstractEventLoop:
+    return asyncio.get_running_loop()
 
 
 class Throughput:
@@ -96,7 +102,15 @@ class Throughput:
 
 
 class Sampler:
-    """Takes at most one reading per ``refresh`` seconds, shared by every open page."""
+    """One reading of the backends serves every open page; pages never wait for a slow one.
+
+    A reading is started when the last is ``refresh`` seconds old, or older
+    than ten times the last reading took (so a slow count, say on a large
+    PostgreSQL table, keeps the database below a tenth of one connection's
+    time). It runs in the background: pages get the previous reading at once,
+    and only the very first page waits, up to ``first_wait`` seconds, for the
+    first one (then it says the counts are being read).
+    """
 
     def __init__(
         self,
@@ -104,25 +118,48 @@ class Sampler:
         refresh: float,
         workers_every: float,
         clock: Callable[[], float] = time.time,
+        first_wait: float = 0.2,
     ) -> None:
         self.provider = provider
         self.refresh = refresh
         self.workers_every = max(workers_every, refresh)
         self.clock = clock
+        self.first_wait = first_wait
         self.throughput = Throughput()
+        self.readings = 0
+        #: How long the last reading took, in seconds.
+        self.last_duration = 0.0
         self._last: Sample | None = None
         self._workers_read: float | None = None
-        self._lock = asyncio.Lock()
-        self.readings = 0
+        self._reading: asyncio.Task[None] | None = None
+
+    @property
+    def interval(self) -> float:
+        """Seconds between readings: ``refresh``, or ten times the last reading's time."""
+        return max(self.refresh, 10 * self.last_duration)
 
     async def current(self) -> Sample:
-        """The latest reading, taking a new one if the last is ``refresh`` seconds old."""
-        async with self._lock:
-            now = self.clock()
-            if self._last is not None and now - self._last.at < self.refresh:
-                return self._last
+        """The latest reading (a new one starts in the background when it is due)."""
+        now = self.clock()
+        reading = self._reading
+        if reading is not None and (reading.done() or reading.get_loop() is not _loop()):
+            reading = self._reading = None  # finished, or left behind by a closed loop
+        if reading is None and (self._last is None or now - self._last.at >= self.interval):
+            reading = self._reading = asyncio.create_task(self._take(now))
+        if self._last is None and reading is not None:
+            await asyncio.wait({reading}, timeout=self.first_wait)
+        return self._last if self._last is not None else Sample(at=now, pending=True)
+
+    async def _take(self, now: float) -> None:
+        began = time.monotonic()
+        try:
             self._last = await self._read(now)
-            return self._last
+        except Exception as exc:  # never left unretrieved in a background task
+            self._last = Sample(
+                at=now, errors={"read": redact_urls(f"{type(exc).__name__}: {exc}")}
+            )
+        finally:
+            self.last_duration = time.monotonic() - began
 
     async def _read(self, now: float) -> Sample:
         sample = Sample(at=now)

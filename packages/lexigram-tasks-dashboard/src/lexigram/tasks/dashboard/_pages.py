@@ -65,6 +65,7 @@ async def _live_context(board: Dashboard) -> dict[str, Any]:
         "sample": sample,
         "workers": sample.workers or [],
         "workers_error": sample.errors.get("workers"),
+        "read_error": sample.errors.get("read"),
         "throughput": throughput_chart(minutes),
         "failure_rate": failure_rate_chart(minutes),
     }
