@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from collections.abc import AsyncIterator
 from html import unescape
 from typing import Any
@@ -205,3 +207,41 @@ async def test_the_overview_shares_one_reading_between_refreshes(provider: TaskP
             assert (await http.get("/live")).status_code == 200
         await http.get("/")
     assert app.state.dashboard.sampler.readings == 1
+
+
+async def test_retry_now_replays_a_dead_letter_or_enqueues_a_copy(provider: TaskProvider) -> None:
+    @provider.task(name="demo.boom", max_retries=0)
+    async def boom(n: int) -> None:
+        raise ValueError(f"boom {n}")
+
+    async with provider:
+        failed = await boom.enqueue(7)
+        dlq = provider.dead_letter
+        assert isinstance(dlq, DeadLetterQueue)
+        deadline = time.monotonic() + 10
+        while await dlq.get(failed.id) is None:
+            assert time.monotonic() < deadline, "the failure never reached the DLQ"
+            await asyncio.sleep(0.01)
+    cancelled = await provider.enqueue("demo.add", 1, 2)
+    await provider.cancel(cancelled.id)
+    async with client(dashboard(provider, allow_actions=True)) as http:
+        page = await http.get(f"/jobs/{failed.id}")
+        assert "Traceback" in page.text and "boom 7" in page.text and "Retry now" in page.text
+        replayed = await post(http, f"/jobs/{failed.id}/retry")
+        new_id = replayed.headers["location"].split("/jobs/")[1].split("?")[0]
+        assert new_id != failed.id
+        assert await dlq.get(failed.id) is None
+        copied = await post(http, f"/jobs/{cancelled.id}/retry")
+        copy_id = copied.headers["location"].split("/jobs/")[1].split("?")[0]
+        shown = await http.get(copied.headers["location"])
+        assert "A new job was enqueued" in shown.text
+        refused = await post(http, f"/jobs/{copy_id}/retry")  # queued: nothing to retry
+        assert refused.status_code == 400 and "only a failed, cancelled or dead job" in refused.text
+    replay = await provider.get_job(new_id)
+    copy = await provider.get_job(copy_id)
+    assert replay is not None and (replay.task, replay.args) == ("demo.boom", [7])
+    assert copy is not None and (copy.task, copy.args, copy.state) == (
+        "demo.add",
+        [1, 2],
+        JobState.QUEUED,
+    )
