@@ -8,6 +8,7 @@ commits or rolls back. The job must go with the order, either way.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -352,3 +353,21 @@ async def test_a_blocking_enqueue_is_traced_as_task_enqueue_is(
     assert delivery.job is not None
     assert delivery.job.trace_id == format(send.context.trace_id, "032x")
     assert delivery.job.headers["traceparent"].split("-")[2] == format(send.context.span_id, "016x")
+
+
+async def test_the_commit_wakes_a_waiting_worker(
+    postgres_dsn: str, queue: PostgresTaskQueue
+) -> None:
+    """PostgreSQL sends the NOTIFY at commit, whichever driver wrote the row."""
+    _, send_receipt = _provider(queue)
+    waiter = asyncio.create_task(queue.dequeue(lease_seconds=5, wait=30.0))
+    try:
+        with psycopg.connect(postgres_dsn) as conn:
+            handle = pg_tasks.enqueue_sync(conn, send_receipt, _order_id())
+            await asyncio.sleep(0.3)  # time for the waiter to (wrongly) take it
+            assert not waiter.done(), "a job of an uncommitted transaction was delivered"
+        # Leaving the block committed; without the NOTIFY the waiter would sleep 30 s.
+        deliveries = await asyncio.wait_for(waiter, 10.0)
+    finally:
+        waiter.cancel()
+    assert [d.job_id for d in deliveries] == [handle.id]
