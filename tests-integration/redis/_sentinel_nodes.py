@@ -136,6 +136,21 @@ class SentinelNodes:
         finally:
             replica.close()
 
+    def add_sentinel(self, port: int, service: str, password: str) -> None:
+        """Start one more sentinel, requiring ``password``, that watches the master
+        alone under the name ``service`` (so the others ignore it); :meth:`stop` stops it."""
+        config = self.directory / f"sentinel-{port}.conf"
+        config.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {self.directory}\nrequirepass {password}\n"
+            f"sentinel monitor {service} 127.0.0.1 {self.master_port()} 1\n"
+        )
+        self._spawn(port, str(config), "--sentinel")
+        sentinel = self.client(port, password=password)
+        try:
+            wait_for(lambda: sentinel.sentinel_master(service), 10, f"sentinel {port} not up")
+        finally:
+            sentinel.close()
+
     def client(self, port: int, **options: Any) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, **options)
 

@@ -252,3 +252,22 @@ async def test_a_master_short_of_min_replicas_to_write_refuses_with_a_clear_erro
     finally:
         master.config_set("min-replicas-to-write", 0)
         master.close()
+
+
+async def test_sentinels_requiring_a_password_get_the_one_in_the_url(
+    sentinel_nodes: SentinelNodes,
+) -> None:
+    sentinel_nodes.add_sentinel(26386, "guarded", "w4tchword")
+    name = f"lxsentinel-{uuid.uuid4().hex[:10]}"
+    url = "redis+sentinel://127.0.0.1:26386/guarded/0"
+    async with RedisTaskQueue(f"{url}?sentinel_password=w4tchword", queue_name=name) as queue:
+        await queue.enqueue(Job(task="sentinel.t", queue=name))
+        assert (await queue.counts()).ready == 1
+        await queue.purge()
+    with pytest.raises(BackendConnectionError, match="No master found for 'guarded'") as caught:
+        await RedisTaskQueue(f"{url}?sentinel_password=b4dguess", queue_name=name).connect()
+    message = str(caught.value)
+    assert "b4dguess" not in message and "sentinel_password=***" in message
+    # each sentinel is named by its address, with its answer
+    assert "sentinel 127.0.0.1:26386 - auth:AuthenticationError" in message, message
+    assert "<redis" not in message

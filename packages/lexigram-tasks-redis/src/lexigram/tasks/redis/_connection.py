@@ -23,6 +23,7 @@ from lexigram.tasks.redis._sentinel import (
     redact,
     secrets,
     sentinel_url,
+    tidy,
 )
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -125,7 +126,7 @@ async def open_client(redis_url: str, *, purpose: str = "", **options: Any) -> R
     except (RedisError, OSError, TypeError) as exc:
         # TypeError: an option in the URL's query that redis-py's connections do not take.
         await client.aclose()
-        message = redact_text(str(exc), *hidden) or type(exc).__name__
+        message = redact_text(tidy(str(exc)), *hidden) or type(exc).__name__
         raise BackendConnectionError(f"cannot connect to Redis at {where}: {message}") from None
     return client
 
@@ -142,7 +143,7 @@ def reported(redis_url: str) -> Iterator[None]:
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        message = redact_text(str(exc), *secrets(redis_url)) or type(exc).__name__
+        message = redact_text(tidy(str(exc)), *secrets(redis_url)) or type(exc).__name__
         where = redact(redis_url)
         raise BackendConnectionError(f"Redis at {where} did not answer: {message}") from None
     except ResponseError as exc:

@@ -51,6 +51,18 @@ def redact(url: str) -> str:
     return _QUERY_SECRET.sub(r"\1***", redact_url(url))
 
 
+# How redis-py names a sentinel in "No master found" errors: its client's whole repr.
+_CLIENT_REPR = re.compile(
+    r"<redis\.asyncio\.client\.Redis\(.*?host=([^,]+),port=(\d+),.*?\)>\)>\)>"
+)
+
+
+def tidy(message: str) -> str:
+    """redis-py's master-discovery error with each sentinel named by its address."""
+    message = message.replace(" : <redis", ": <redis", 1)
+    return _CLIENT_REPR.sub(r"sentinel \1:\2", message)
+
+
 def secrets(url: str) -> list[str]:
     """The passwords in ``url`` (userinfo and query), to scrub from error messages."""
     try:
