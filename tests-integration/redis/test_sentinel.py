@@ -29,7 +29,7 @@ from lexigram.tasks.redis.concurrency import RedisConcurrencyLimiter
 from lexigram.tasks.redis.state_store import RedisJobStateStore
 from lexigram.tasks.results import JobResult
 from lexigram.tasks.scheduler.redis_store import RedisTemplateStore
-from lexigram.tasks.testing import BackendSpec, TaskQueueContract
+from lexigram.tasks.testing import BackendSpec, TaskQueueContract, eventually
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -166,28 +166,39 @@ async def test_an_unknown_service_is_a_connection_error_without_the_passwords(
     assert "hunter2" not in repr(queue) and "swordfish" not in repr(queue)
 
 
-async def test_closing_a_component_closes_its_sentinel_connections(
+async def test_closing_a_component_closes_its_connections_to_master_and_sentinels(
     sentinel_nodes: SentinelNodes,
 ) -> None:
     name = f"lxsentinel-{uuid.uuid4().hex[:10]}"
     queue = RedisTaskQueue(f"{sentinel_nodes.url}?client_name={name}", queue_name=name)
 
-    def named_clients() -> int:
+    def on_master() -> int:
+        master = sentinel_nodes.client(sentinel_nodes.master_port())
+        try:
+            return sum(1 for c in master.client_list() if c.get("name") == name)
+        finally:
+            master.close()
+
+    def on_sentinels() -> int:
+        """Clients of the sentinels other than the sentinels themselves (and this check)."""
         total = 0
-        for port in [*sentinel_nodes.data_ports, *sentinel_nodes.sentinel_ports]:
+        for port in sentinel_nodes.sentinel_ports:
             node = sentinel_nodes.client(port)
             try:
-                total += sum(1 for c in node.client_list() if c.get("name") == name)
+                clients = node.client_list()
+                total += sum(1 for c in clients if not c["name"].startswith("sentinel-")) - 1
             finally:
                 node.close()
         return total
 
+    before = on_sentinels()
     await queue.connect()
     await queue.enqueue(Job(task="sentinel.t", queue=name))
-    assert named_clients() >= 1  # the master's connections carry the name
+    assert on_master() >= 1  # the master's connections carry the name
+    assert on_sentinels() > before  # the master was asked for
     await queue.purge()
     await queue.disconnect()
-    assert named_clients() == 0
+    await eventually(lambda: on_master() == 0 and on_sentinels() == before, timeout=5)
 
 
 async def test_wait_replicas_puts_each_job_on_the_replica_before_enqueue_returns(
