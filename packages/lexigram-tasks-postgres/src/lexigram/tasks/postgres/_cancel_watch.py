@@ -12,14 +12,21 @@ import asyncpg
 
 from lexigram.tasks.errors import BackendConnectionError
 from lexigram.tasks.postgres._connect import open_connection
+from lexigram.tasks.postgres._hosts import wants_writable
 
 logger = logging.getLogger("lexigram.tasks.postgres")
 
 #: Wait this long before connecting again after a failure or a lost connection.
 RETRY_AFTER = 1.0
 #: A quiet connection is checked this often: a peer that vanished without
-#: closing the socket (a failover, a dropped route) sends no termination.
+#: closing the socket (a failover, a dropped route) sends no termination, and
+#: a primary demoted to read-only keeps the connection open but hears no
+#: NOTIFY of the new primary.
 CHECK_EVERY = 15.0
+#: True while the server still takes writes (what target_session_attrs=read-write asks).
+_STILL_PRIMARY = (
+    "SELECT NOT pg_is_in_recovery() AND current_setting('default_transaction_read_only') = 'off'"
+)
 
 _ERRORS: tuple[type[BaseException], ...] = (
     BackendConnectionError,
@@ -78,11 +85,16 @@ async def _listen_until_lost(
         await connection.add_listener(channel, heard)
         if on_listening is not None:
             on_listening()
+        check = _STILL_PRIMARY if wants_writable(dsn) else "SELECT true"
         while not lost.done():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(lost), CHECK_EVERY)
-            if not lost.done():
-                await asyncio.wait_for(connection.fetchval("SELECT 1"), timeout)
+            if not lost.done() and not await asyncio.wait_for(connection.fetchval(check), timeout):
+                logger.warning(
+                    "the server of LISTEN %s no longer takes writes (a failover?); reconnecting",
+                    channel,
+                )
+                return
         logger.info("the LISTEN %s connection was closed; reconnecting", channel)
     finally:
         connection.remove_termination_listener(terminated)

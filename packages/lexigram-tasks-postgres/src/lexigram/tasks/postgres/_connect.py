@@ -1,4 +1,8 @@
-"""Opening connections, and telling a lost connection from a failed statement."""
+"""Opening connections, and telling a lost connection from a failed statement.
+
+Every connection and pool of the PostgreSQL packages is made here; a DSN
+naming several hosts is handled by :mod:`._hosts` (failover).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from lexigram.tasks.errors import BackendConnectionError, ConfigurationError
+from lexigram.tasks.postgres import _hosts
 from lexigram.tasks.redact import redact_text, redact_url
 
 #: Errors after which the statement may simply be retried on a fresh connection.
@@ -21,8 +26,16 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     # A connection the server just terminated, whose close asyncpg has not
     # yet processed: "cannot switch to state ...; another operation is in progress".
     asyncpg.exceptions.InternalClientError,
-    ConnectionError,
+    ConnectionError,  # also: no host of a multi-host DSN could be used
     OSError,
+)
+
+#: Errors after which a pool's connections may all be to a server that went
+#: away or can no longer write (a failover demoted it): each is answered by
+#: opening fresh connections and running the statement again.
+RETRY_ERRORS: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,  # 25006: a standby or read-only server
 )
 
 
@@ -31,19 +44,21 @@ SCHEMES = ("postgres", "postgresql")
 
 
 def validate_url(url: str) -> None:
-    """Raise :class:`ConfigurationError` unless ``url`` starts with ``postgres(ql)://``.
+    """Raise :class:`ConfigurationError` unless ``url`` is a usable PostgreSQL URL.
 
-    The message names the URL (password hidden) and the accepted schemes; a
-    wrong scheme would otherwise only show at connect time, looking like an
-    unreachable server.
+    It must start with ``postgres(ql)://``; several hosts must each read
+    ``host[:port]`` (``[address]:port`` for IPv6); ``target_session_attrs``,
+    if given, must pick a server that takes writes. The message names the
+    URL (password hidden) and the problem: a wrong scheme would otherwise
+    only show at connect time, looking like an unreachable server.
     """
     scheme, separator, _ = url.partition("://")
-    if separator and scheme.lower() in SCHEMES:
-        return
-    raise ConfigurationError(
-        f"{redacted(url)!r} is not a PostgreSQL URL: it must start with "
-        + " or ".join(f"{s}://" for s in SCHEMES)
-    )
+    if not separator or scheme.lower() not in SCHEMES:
+        raise ConfigurationError(
+            f"{redacted(url)!r} is not a PostgreSQL URL: it must start with "
+            + " or ".join(f"{s}://" for s in SCHEMES)
+        )
+    _hosts.check(url)
 
 
 def dsn_password(dsn: str) -> str | None:
@@ -85,8 +100,13 @@ _CONNECT_FAILURES: tuple[type[BaseException], ...] = (
 async def open_connection(
     dsn: str, *, timeout: float = 10.0, purpose: str = "", **kwargs: Any
 ) -> asyncpg.Connection:
-    """One connection to ``dsn``; failures become :class:`BackendConnectionError`."""
+    """One connection to ``dsn``; failures become :class:`BackendConnectionError`.
+
+    With several hosts, ``timeout`` applies to each (see :mod:`._hosts`).
+    """
     try:
+        if _hosts.several(dsn):
+            return await _hosts.connect_first(dsn, timeout=timeout, **kwargs)
         return await asyncpg.connect(dsn, timeout=timeout, **kwargs)
     except _CONNECT_FAILURES as exc:
         raise connection_error(dsn, exc, purpose=purpose) from None
@@ -101,7 +121,14 @@ async def open_pool(
     purpose: str = "",
     **kwargs: Any,
 ) -> asyncpg.Pool:
-    """A connection pool to ``dsn``; failures become :class:`BackendConnectionError`."""
+    """A connection pool to ``dsn``; failures become :class:`BackendConnectionError`.
+
+    With several hosts, each new connection goes to the first host that
+    takes writes (see :mod:`._hosts`), so a pool whose connections were
+    dropped after a failover reconnects to the new primary.
+    """
+    if _hosts.several(dsn):
+        kwargs.setdefault("connect", _hosts.connect_first)
     try:
         pool: asyncpg.Pool = await asyncpg.create_pool(
             dsn, min_size=min_size, max_size=max_size, timeout=timeout, **kwargs

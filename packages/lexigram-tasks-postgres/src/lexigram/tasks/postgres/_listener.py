@@ -62,6 +62,11 @@ class Listener:
             connecting = self._connecting = asyncio.create_task(self._connect())
         try:
             await asyncio.shield(connecting)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this caller was cancelled
+            # close() cancelled the attempt: the caller finds the listener closed.
         finally:
             # Every caller awaits the same attempt; the first to see it done clears it.
             if connecting.done() and self._connecting is connecting:
@@ -110,6 +115,18 @@ class Listener:
             except _CLOSE_ERRORS:
                 connection.terminate()
         self._wake()
+
+    def drop(self) -> None:
+        """Let go of the connection (its server may be gone or no longer the primary);
+        the next :meth:`ensure` connects again, to the server that takes writes now.
+
+        Waiters are woken: notifications sent meanwhile went to the new server.
+        """
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.remove_termination_listener(self._on_terminated)
+            connection.terminate()
+            self._wake()
 
     def _on_notify(self, connection: Any, pid: int, channel: str, payload: str) -> None:
         if payload == self._queue_name:

@@ -30,7 +30,7 @@ from lexigram.tasks.errors import (
     MalformedJobError,
     ResultTimeoutError,
 )
-from lexigram.tasks.postgres._pools import _keep_session
+from lexigram.tasks.postgres._pools import _keep_session, failover_patience, run_retrying
 from lexigram.tasks.postgres._results_listener import ResultListener
 from lexigram.tasks.postgres.connection import (
     CONNECTION_ERRORS,
@@ -320,20 +320,25 @@ class PostgresResultStore:
         return BackendConnectionError(f"{self!r} is not connected: call connect() first")
 
     async def _run(self, operation: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """Run ``operation`` on a pooled connection, once more on a fresh one if it drops."""
-        for attempt in (1, 2):
-            pool = self._pool
-            if pool is None:
-                raise self._not_connected()
-            try:
-                async with pool.acquire() as connection:
-                    return await operation(connection)
-            except CONNECTION_ERRORS as exc:
-                if attempt == 2 or self._pool is None:
-                    raise connection_error(self.postgres_dsn, exc, purpose=_PURPOSE) from exc
-                logger.warning("PostgreSQL connection lost (%s); retrying", type(exc).__name__)
-                await asyncio.sleep(0.1)
-        raise AssertionError("unreachable")
+        """Run ``operation`` on a pooled connection, again on a fresh one if it drops."""
+        return await run_retrying(
+            self._current_pool,
+            operation,
+            dsn=self.postgres_dsn,
+            purpose=_PURPOSE,
+            patience=failover_patience(self.postgres_dsn, self.connect_timeout),
+            on_lost=self._server_lost,
+        )
+
+    async def _current_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise self._not_connected()
+        return self._pool
+
+    def _server_lost(self) -> None:
+        """LISTEN again too: the server may be gone or no longer the primary."""
+        if self._listener is not None:
+            self._listener.drop()
 
 
 def _decode(job_id: str, data: Any) -> JobResult:

@@ -29,13 +29,8 @@ from lexigram.tasks.control import (
     position_cursor,
 )
 from lexigram.tasks.job import Job
-from lexigram.tasks.postgres.connection import (
-    CONNECTION_ERRORS,
-    connection_error,
-    open_pool,
-    redacted,
-    validate_url,
-)
+from lexigram.tasks.postgres._pools import failover_patience, run_retrying
+from lexigram.tasks.postgres.connection import open_pool, redacted, validate_url
 from lexigram.tasks.postgres.migrate import apply_migrations
 from lexigram.tasks.postgres.schema import check_schema_name, quote_ident
 from lexigram.tasks.state_store import DEFAULT_FINISHED_TTL, Leased, Settled
@@ -213,12 +208,21 @@ class PostgresJobStateStore:
                 await pool.close()
 
     async def _execute(self, method: str, sql: str, *args: Any) -> Any:
+        """``connection.<method>(sql, *args)``, again on a fresh connection if it drops."""
         if self._pool is None:
             raise RuntimeError(f"{self!r} is not connected: call connect() first")
-        try:
-            return await getattr(self._pool, method)(sql, *args)
-        except CONNECTION_ERRORS as exc:
-            raise connection_error(self.postgres_dsn, exc, purpose=_PURPOSE) from None
+        return await run_retrying(
+            self._current_pool,
+            lambda connection: getattr(connection, method)(sql, *args),
+            dsn=self.postgres_dsn,
+            purpose=_PURPOSE,
+            patience=failover_patience(self.postgres_dsn, self.connect_timeout),
+        )
+
+    async def _current_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError(f"{self!r} is not connected: call connect() first")
+        return self._pool
 
     # -- a job's life ----------------------------------------------------------
 
