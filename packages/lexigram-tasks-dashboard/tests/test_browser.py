@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -291,7 +291,9 @@ def test_every_page_and_the_actions_in_a_browser(
     page.wait_text("Replayed 1 record(s)", ".notice")
     assert ids["failed"] not in page.text("table.failures")  # its job runs (and fails) anew
 
-    # Schedules: pause, then the row says paused and offers Resume.
+    # Schedules, with JavaScript off (the confirm steps need none): pause, then the row
+    # says paused and offers Resume.
+    browser.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": True})
     page.open("/schedules")
     assert "nightly-report" in page.text() and "0 6 * * *" in page.text()
     page.click("//tr[@data-name='nightly-report']//summary[normalize-space()='Pause']")
@@ -300,6 +302,7 @@ def test_every_page_and_the_actions_in_a_browser(
     row = "tr[data-name='nightly-report'] td.schedule-state"
     assert page.text(row) == "paused"
     assert page.text("tr[data-name='stock-sync'] td.schedule-state") == "active"
+    browser.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": False})
     page.shot("schedules")
 
     # The overview's charts, once the freed worker has run a burst of jobs.
@@ -310,7 +313,9 @@ def test_every_page_and_the_actions_in_a_browser(
         caption = driver.find_element(By.CSS_SELECTOR, ".chart .caption").text
         return int(caption.split()[0]) >= 27  # "N runs in the last hour, ..."
 
-    WebDriverWait(browser, 20, poll_frequency=0.2).until(runs_drawn, "the burst in the chart")
-    assert browser.find_elements(By.CSS_SELECTOR, ".chart rect.done")
-    assert browser.find_elements(By.CSS_SELECTOR, ".chart rect.failed")
+    # The script replaces the chart while we read it: a stale element means "look again".
+    patient = WebDriverWait(browser, 20, 0.2, ignored_exceptions=[StaleElementReferenceException])
+    patient.until(runs_drawn, "the burst in the chart")
+    assert patient.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".chart rect.done"))
+    assert patient.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".chart rect.failed"))
     page.shot("overview")
