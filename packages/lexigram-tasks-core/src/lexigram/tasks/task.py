@@ -238,19 +238,23 @@ class Task(Generic[P, R]):
         """Send a job running this task with these arguments."""
         return await self.provider.enqueue_job(self.job(*args, **kwargs), backend=self.backend)
 
-    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
+    def s(self, *args: Any, **kwargs: Any) -> Signature[R]:
         """A signature of this task for a workflow (``chain``, ``group``, ``chord``).
 
         In a chain, the step gets the previous step's result as its first
-        argument, before ``args``; arguments are checked when the workflow is
-        enqueued. See ``docs/workflows.md``.
+        argument, before ``args``, so a chained step leaves that argument
+        out: that is why ``s`` is not typed with the task's parameters (a type
+        checker would report every chained step). The arguments are checked
+        against the task when the workflow is enqueued. ``si`` is the typed,
+        immutable form. See ``docs/workflows.md``.
         """
         from lexigram.tasks.workflows import Signature
 
         return Signature(self, args, kwargs)
 
     def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
-        """An immutable signature: the step takes exactly ``args``, not the previous result."""
+        """An immutable signature: the step takes exactly these arguments (typed like
+        ``enqueue``), not the previous step's result."""
         from lexigram.tasks.workflows import Signature
 
         return Signature(self, args, kwargs, immutable=True)

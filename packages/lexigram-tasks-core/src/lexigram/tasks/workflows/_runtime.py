@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import propagate, trace
+from opentelemetry import context, propagate, trace
 
 from lexigram.tasks.control import JobState
 from lexigram.tasks.events import EventBus, TaskCompletedEvent, TaskStartedEvent
@@ -168,7 +168,7 @@ class WorkflowRuntime:
                 given = resolve(step.input, results) if step.receives else None
                 links = [inputs[d][1] for d in step.deps if d in inputs and inputs[d][1]]
                 jobs.append(build_step_job(plan, workflow_id, index, given, links))
-            await self._send(jobs)
+            await self._send(plan, jobs)
             status = await store.mark_enqueued(workflow_id, steps)
             if status != RUNNING:
                 # Cancelled or failed while these were being sent: stop them again.
@@ -184,13 +184,23 @@ class WorkflowRuntime:
         store = await self.store()
         return not await store.inputs(workflow_id, [index])
 
-    async def _send(self, jobs: list[Job]) -> None:
+    async def _send(self, plan: Plan, jobs: list[Job]) -> None:
         if not jobs:
             return
         pool = self._pool
         queue = pool.queue
-        with pool.telemetry.send_many(jobs, queue.system, queue.queue_name):
-            await queue.enqueue_many(jobs)
+        # The send span belongs to the workflow's trace, as the steps do.
+        token = (
+            context.attach(propagate.extract({"traceparent": plan.traceparent}))
+            if plan.traceparent
+            else None
+        )
+        try:
+            with pool.telemetry.send_many(jobs, queue.system, queue.queue_name):
+                await queue.enqueue_many(jobs)
+        finally:
+            if token is not None:
+                context.detach(token)
 
     # -- steps that failed or were cancelled -----------------------------------
 
@@ -223,7 +233,7 @@ class WorkflowRuntime:
             if snapshot is not None and snapshot.error:
                 failure = json.loads(snapshot.error)
         handler = build_step_job(plan, workflow_id, claim.step, failure, [])
-        await self._send([handler])
+        await self._send(plan, [handler])
         await store.mark_enqueued(workflow_id, [claim.step])
 
     async def step_cancelled(self, job: Job) -> None:

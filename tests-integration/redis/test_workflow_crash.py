@@ -1,0 +1,29 @@
+"""200 workflows of 20 steps on Redis while workers are SIGKILLed at random: every
+callback runs once, with the right inputs."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+
+from lexigram.tasks.redis import RedisTaskQueue
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+import workflow_crash_app as app
+import workflow_crash_cases as cases
+
+
+async def test_killed_workers_neither_lose_nor_double_a_callback(
+    redis_url: str, tmp_path: Path
+) -> None:
+    queue = f"lxwfcrash-{uuid.uuid4().hex[:10]}"
+    try:
+        outcome = await app.run("redis", redis_url, queue, "", redis_url, queue, log_dir=tmp_path)
+        figures = cases.check(outcome, 200)
+        print(f"redis: {figures}, {outcome.seconds:.1f}s")
+        assert outcome.kills >= 3
+    finally:
+        leftover = RedisTaskQueue(redis_url, queue)
+        async with leftover:
+            await leftover.purge()

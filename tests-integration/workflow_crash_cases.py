@@ -1,0 +1,31 @@
+"""The checks of the workflow crash test, shared by the Redis and PostgreSQL runs."""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import workflow_crash_app as app
+
+
+def check(outcome: app.Outcome, workflows: int) -> dict[str, Any]:
+    """Every callback ran with the right input, from one job (attempts never repeat)."""
+    assert outcome.results == [app.FAN_OUT] * workflows
+    by_workflow: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for run in outcome.runs:
+        by_workflow[run["workflow"]].append(run)
+    assert sorted(by_workflow) == list(range(workflows))
+    reruns = 0
+    for workflow, runs in by_workflow.items():
+        assert {r["job"] for r in runs} == {outcome.handles[workflow].job_ids[-1]}
+        attempts = [r["attempt"] for r in runs]
+        # A second enqueue would start over at attempt 1; a run after a kill has a new attempt.
+        assert len(set(attempts)) == len(attempts), (workflow, attempts)
+        for run in runs:
+            assert run["values"] == app.expected_input(workflow), workflow
+        reruns += len(runs) - 1
+    return {"kills": outcome.kills, "callback_reruns_after_a_kill": reruns}
