@@ -31,6 +31,7 @@ from lexigram.tasks.errors import JobSerializationError
 from lexigram.tasks.protocol import Delivery
 from lexigram.tasks.redis._connection import reported
 from lexigram.tasks.redis._jobinfo import decode_hash, job_info, text
+from lexigram.tasks.redis._sentinel import tidy
 from lexigram.tasks.redis.keys import QueueKeys, cancel_channel, job_key, worker_key, workers_key
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -210,7 +211,7 @@ class JobControl:
                 logger.warning(
                     "cancellation channel of queue %r interrupted (%s); reconnecting in %.1fs",
                     self.queue_name,
-                    exc,
+                    tidy(str(exc)),
                     pause,
                 )
                 await asyncio.sleep(pause)

@@ -15,6 +15,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from lexigram.tasks.redis._sentinel import tidy
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
@@ -82,7 +83,9 @@ class ChannelListener:
                 except (RedisError, OSError) as exc:
                     # The next call reconnects and resubscribes; waiters re-read
                     # their keys meanwhile, so a message lost now only delays them.
-                    logger.warning("result notifications interrupted (%s); reconnecting", exc)
+                    logger.warning(
+                        "result notifications interrupted (%s); reconnecting", tidy(str(exc))
+                    )
                     await asyncio.sleep(0.1)
                     continue
                 if message is not None and message.get("type") == "message":
