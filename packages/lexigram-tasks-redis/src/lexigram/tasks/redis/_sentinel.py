@@ -16,7 +16,7 @@ breaks, the next one (a retried command's) goes to the promoted replica.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
@@ -37,6 +37,9 @@ SENTINEL_TIMEOUT = 5.0
 _QUERY_SECRET = re.compile(r"([?&][^=&#]*password=)[^&#]*", re.IGNORECASE)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+
+# Builds the error naming what is wrong with the URL being read.
+_Bad = Callable[[str], ConfigurationError]
 
 #: A sentinel as ``sentinels=`` accepts it: ``"host:port"``, ``"host"`` or ``(host, port)``.
 SentinelAddress = str | tuple[str, int]
@@ -127,7 +130,7 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     return SentinelTarget(sentinels, service_name, master_options, sentinel_options)
 
 
-def _address(item: str, bad: Any) -> tuple[str, int]:
+def _address(item: str, bad: _Bad) -> tuple[str, int]:
     text = item.strip()
     if text.startswith("["):  # [IPv6]:port
         host, _, tail = text[1:].partition("]")
@@ -145,7 +148,7 @@ def _address(item: str, bad: Any) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def _service_and_db(path: str, bad: Any) -> tuple[str, int]:
+def _service_and_db(path: str, bad: _Bad) -> tuple[str, int]:
     inner = path.removeprefix("/").removesuffix("/")
     segments = [unquote(segment) for segment in inner.split("/")] if inner else []
     if not segments or not segments[0]:
@@ -158,7 +161,7 @@ def _service_and_db(path: str, bad: Any) -> tuple[str, int]:
     return segments[0], int(db_text)
 
 
-def _sentinel_options(query: dict[str, str], tls: bool, bad: Any) -> dict[str, Any]:
+def _sentinel_options(query: dict[str, str], tls: bool, bad: _Bad) -> dict[str, Any]:
     options: dict[str, Any] = {}
     username, password = query.pop("sentinel_username", None), query.pop("sentinel_password", None)
     if username:
