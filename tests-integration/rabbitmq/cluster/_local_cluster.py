@@ -138,6 +138,12 @@ class LocalCluster:
     async def start_app(self, node: Node) -> None:
         await self.ctl(node, "start_app")
 
+    async def kill(self, node: Node) -> None:
+        """SIGKILL ``node``'s processes (the group this cluster started): a crash, not a stop."""
+        assert node.process is not None
+        os.killpg(node.process.pid, signal.SIGKILL)
+        await asyncio.to_thread(node.process.wait, 30)
+
     def close(self) -> None:
         """Stop every node this cluster started (by its process group), then delete its files."""
         for node in self.nodes:

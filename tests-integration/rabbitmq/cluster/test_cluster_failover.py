@@ -3,8 +3,9 @@
 3,000 jobs go through a quorum queue replicated on the three nodes of
 :mod:`_local_cluster`, sent by eight concurrent producers with publisher
 confirms. Producer and workers list the nodes with the leader's first, so
-both are connected to it when it is stopped (``rabbitmqctl stop_app``, in
-the background) after the first thousand confirmed enqueues. Every job whose
+both are connected to it when it goes away after the first thousand
+confirmed enqueues: stopped (``rabbitmqctl stop_app``, which hands the
+leadership over first), or killed with SIGKILL (the others elect a leader). Every job whose
 enqueue was confirmed must run, and the workers must reconnect to another
 node by themselves. The time to recover is each connection's outage, as
 its "restored after" log line reports it, and the longest enqueue.
@@ -18,9 +19,10 @@ import re
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 
 import pytest
-from _local_cluster import LocalCluster
+from _local_cluster import LocalCluster, Node
 
 from lexigram.tasks import TaskProvider
 from lexigram.tasks.errors import BackendConnectionError
@@ -47,6 +49,22 @@ def _queue(urls: list[str], name: str, label: str) -> RabbitMQTaskQueue:
 
 async def test_confirmed_jobs_survive_the_leader_node_stopping(
     cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    await _run_through_failover(cluster, caplog, "stopped", cluster.stop_app)
+    await cluster.start_app(cluster.nodes[0])
+
+
+async def test_confirmed_jobs_survive_the_leader_node_being_killed(
+    cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    await _run_through_failover(cluster, caplog, "killed", cluster.kill)
+
+
+async def _run_through_failover(
+    cluster: LocalCluster,
+    caplog: pytest.LogCaptureFixture,
+    how: str,
+    take_down: Callable[[Node], Awaitable[None]],
 ) -> None:
     caplog.set_level(logging.WARNING, logger="lexigram.tasks.rabbitmq")
     name = f"lxcluster-{uuid.uuid4().hex[:8]}"
@@ -75,7 +93,7 @@ async def test_confirmed_jobs_survive_the_leader_node_stopping(
         nonlocal resent, slowest, stopping
         for n in numbers:
             if n == STOP_AFTER:
-                stopping = asyncio.ensure_future(cluster.stop_app(leader))
+                stopping = asyncio.ensure_future(take_down(leader))
             began = time.monotonic()
             while True:
                 try:
@@ -101,13 +119,12 @@ async def test_confirmed_jobs_survive_the_leader_node_stopping(
     finally:
         await workers.stop()
         await producer.disconnect()
-        await cluster.start_app(leader)
 
     outages = dict(RESTORED.findall(caplog.text))
     lost = confirmed - ran.keys()
     twice = sum(1 for count in ran.values() if count > 1)
     print(
-        f"\n{JOBS} jobs, {leader.name} (the queue's leader) stopped after {STOP_AFTER}: "
+        f"\n{JOBS} jobs, {leader.name} (the queue's leader) {how} after {STOP_AFTER}: "
         f"confirmed jobs lost {len(lost)}, run twice {twice}, enqueues resent {resent}; "
         f"outage of the workers' connection {outages.get('workers', '?')}s, of the "
         f"producer's {outages.get('producer', '?')}s; slowest enqueue {slowest:.2f}s"

@@ -3,12 +3,20 @@
 Every publish is ``mandatory`` and waits for the broker's confirm: a message
 no queue would receive raises :class:`PublishRefusedError` instead of
 vanishing. If the connection drops while a confirm is pending, the message
-is published again after the reconnect (at least once, rarely twice).
+is published again after the reconnect (at least once, rarely twice). A
+``basic.nack`` means the broker did not store the message: a quorum queue
+answers so while it has no leader (a cluster node died and the others are
+electing one), so the message is sent again, on a new channel and after a
+growing pause, for up to ``reconnect_timeout`` seconds before the nack is
+raised. The new channel matters: on RabbitMQ 3.10 a channel nacked by a
+leaderless quorum queue went on nacking every publish to it for minutes
+after the new leader was elected, while a new channel was accepted at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Callable, Sequence
 from typing import Final, cast
@@ -25,6 +33,9 @@ from lexigram.tasks.rabbitmq.topology import Destination, QueueType
 
 #: Publishing attempts across reconnects before giving up.
 PUBLISH_ATTEMPTS: Final = 3
+
+#: First and longest pause before a nacked message is sent again (seconds).
+NACK_PAUSES: Final = (0.05, 1.0)
 
 #: The broker's answers that mean "not this message" rather than "connection lost".
 #: A refused publish closes the channel (``PRECONDITION_FAILED``, e.g. over
@@ -107,7 +118,11 @@ class Publisher:
             results = await asyncio.gather(
                 *(_send(channel, item) for item in batch), return_exceptions=True
             )
-            refused = [(len(batch[i][2]), i) for i, r in enumerate(results) if _is_refusal(r)]
+            refused = [
+                (len(batch[i][2]), i)
+                for i, r in enumerate(results)
+                if _is_refusal(r) and not _is_nack(r)
+            ]
             if refused:
                 # A refusal closes the channel, failing the messages in flight with it
                 # too: the largest is the one most likely refused for its size.
@@ -115,7 +130,7 @@ class Publisher:
                 raise _refusal(cast(BaseException, results[culprit]), batch[culprit]) from None
             retry = []
             for item, result in zip(batch, results, strict=True):
-                if isinstance(result, CONNECTION_ERRORS):
+                if isinstance(result, CONNECTION_ERRORS) or _is_nack(result):
                     retry.append(item)
                 elif isinstance(result, BaseException):
                     raise result
@@ -124,18 +139,47 @@ class Publisher:
 
     async def publish_confirmed(self, item: Publication) -> None:
         publisher = self._channel()
-        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+        loop = asyncio.get_running_loop()
+        lost = 0
+        pause, longest = NACK_PAUSES
+        give_up = loop.time() + self.reconnect_timeout
+        while True:
             try:
-                await _send(await publisher.get_underlay_channel(), item)
+                channel = await publisher.get_underlay_channel()
+                await _send(channel, item)
                 return
             except REFUSALS as exc:
-                raise _refusal(exc, item) from None
+                if not _is_nack(exc) or loop.time() + pause > give_up:
+                    raise _refusal(exc, item) from None
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, longest)
+                await self._replace(publisher, channel, give_up)
             except CONNECTION_ERRORS as exc:
-                if attempt == PUBLISH_ATTEMPTS:
+                lost += 1
+                if lost == PUBLISH_ATTEMPTS:
                     raise BackendConnectionError(self._describe_failure(exc)) from None
                 # A lost confirm means "unknown", not "refused": publish again once
                 # the robust connection is back.
                 await asyncio.wait_for(publisher.ready(), self.reconnect_timeout)
+
+    async def _replace(
+        self, publisher: AbstractRobustChannel, nacked: AbstractChannel, give_up: float
+    ) -> None:
+        """Close the channel that nacked; the robust channel opens a new one by itself.
+
+        Concurrent publishes on it fail as on a lost connection and are sent again.
+        """
+        if not nacked.is_closed:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await nacked.close()
+        loop = asyncio.get_running_loop()
+        while loop.time() < give_up:
+            with contextlib.suppress(TimeoutError, *CONNECTION_ERRORS):
+                await asyncio.wait_for(publisher.ready(), max(give_up - loop.time(), 0.01))
+                current = await publisher.get_underlay_channel()
+                if current is not nacked and not current.is_closed:
+                    return
+            await asyncio.sleep(0.01)
 
     async def _ensure_ladder(self, destination: Destination, top: int) -> None:
         """Declare the ladder ending at ``destination`` up to level ``top``."""
@@ -175,6 +219,15 @@ def _is_refusal(result: object) -> bool:
     return isinstance(result, REFUSALS)
 
 
+def _is_nack(result: object) -> bool:
+    """A ``basic.nack``: the broker did not store the message (not a return or a closed channel)."""
+    return (
+        isinstance(result, aiormq.exceptions.DeliveryError)
+        and not isinstance(result, aiormq.exceptions.PublishError)
+        and isinstance(result.frame, spec.Basic.Nack)
+    )
+
+
 def _refusal(exc: BaseException, item: Publication) -> BaseException:
     exchange, routing_key, _, properties = item
     if (too_large := _TOO_LARGE.search(str(exc))) is not None:
@@ -189,5 +242,11 @@ def _refusal(exc: BaseException, item: Publication) -> BaseException:
         return PublishRefusedError(
             f"RabbitMQ could not route a message to exchange {exchange or '(default)'!r} "
             f"with routing key {routing_key!r}: no queue is bound there ({exc})"
+        )
+    if _is_nack(exc):
+        return PublishRefusedError(
+            f"RabbitMQ did not store job {properties.message_id} (basic.nack, sent again for "
+            "connect_timeout seconds): the queue is full with x-overflow reject-publish, or a "
+            "quorum queue has had no leader for that long (a majority of its nodes is down)"
         )
     return PublishRefusedError(f"RabbitMQ refused a message: {exc}")
