@@ -28,6 +28,7 @@ from lexigram.tasks import TaskProvider
 from lexigram.tasks.errors import BackendConnectionError
 from lexigram.tasks.postgres import PostgresTaskQueue
 from lexigram.tasks.postgres.results import PostgresResultStore
+from lexigram.tasks.protocol import QueueCounts
 from lexigram.tasks.testing import eventually
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -124,6 +125,10 @@ async def _produce(
         await asyncio.sleep(0)
 
 
+async def _settled(provider: TaskProvider) -> bool:
+    return (await provider.counts())["default"] == QueueCounts(0, 0, 0, 0)
+
+
 def _missing(tally: Tally) -> list[int]:
     return sorted(set(tally.committed) - set(tally.ran))
 
@@ -167,6 +172,10 @@ async def _through_switch(
         switched.set()
         await producing
         await eventually(lambda: not _missing(tally), timeout=30, message="committed jobs lost")
+        # Leases taken on the old primary were acked on the new one (or lapsed and ran again).
+        await eventually(
+            lambda: _settled(producer), timeout=30, message="jobs left leased or queued"
+        )
         after = await producer.tasks["work"].enqueue(-2)
         assert await after.result(timeout=15) == -2  # its LISTEN moved to the new primary too
 
