@@ -35,15 +35,54 @@ PRODUCERS = 8
 RESTORED = re.compile(r"RabbitMQ connection '([^']+)' to .* restored after ([\d.]+)s")
 
 
-def _queue(urls: list[str], name: str, label: str) -> RabbitMQTaskQueue:
+def _queue(urls: list[str], name: str, label: str, replicas: int = 3) -> RabbitMQTaskQueue:
     return RabbitMQTaskQueue(
         urls,
         name,
         queue_type="quorum",
-        quorum_replicas=3,
+        quorum_replicas=replicas,
         reconnect_interval=0.2,
         connect_timeout=5,
         connection_name=label,
+    )
+
+
+async def test_jobs_per_second_with_three_replicas_and_with_one(cluster: LocalCluster) -> None:
+    """The same run without a failure: 3,000 jobs, 8 producers, 16 workers, one process."""
+    print("\n" + "; ".join([await _rate(cluster, 3), await _rate(cluster, 1)]))
+
+
+async def _rate(cluster: LocalCluster, replicas: int) -> str:
+    name = f"lxcluster-{uuid.uuid4().hex[:8]}"
+    ran: set[int] = set()
+    workers = TaskProvider(queue=_queue(cluster.urls, name, "w", replicas), worker_count=16)
+    producer = TaskProvider(queue=_queue(cluster.urls, name, "p", replicas))
+
+    @workers.task(name="cluster.job")
+    async def job(n: int) -> None:
+        ran.add(n)
+
+    producer.task(name="cluster.job")(job.fn)
+    await producer.connect()
+    numbers = iter(range(JOBS))
+
+    async def produce() -> None:
+        for n in numbers:
+            await producer.enqueue("cluster.job", n)
+
+    await workers.start()
+    try:
+        began = time.monotonic()
+        await asyncio.gather(*(produce() for _ in range(PRODUCERS)))
+        enqueued = time.monotonic() - began
+        await eventually(lambda: len(ran) == JOBS, timeout=60, interval=0.05)
+        done = time.monotonic() - began
+    finally:
+        await workers.stop()
+        await producer.disconnect()
+    return (
+        f"{replicas} replica(s): {JOBS / enqueued:,.0f} confirmed enqueues/s, "
+        f"{JOBS / done:,.0f} jobs/s enqueued and run"
     )
 
 

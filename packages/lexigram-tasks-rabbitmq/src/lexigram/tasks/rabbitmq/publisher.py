@@ -70,6 +70,7 @@ class Publisher:
         self._ladder_exchanges: dict[str, AbstractExchange] = {}
         self._ladder_levels: dict[str, int] = {}
         self._ladder_lock = asyncio.Lock()
+        self._replacing = asyncio.Lock()
 
     @property
     def ladder_prefixes(self) -> set[str]:
@@ -167,11 +168,12 @@ class Publisher:
     ) -> None:
         """Close the channel that nacked; the robust channel opens a new one by itself.
 
-        Concurrent publishes on it fail as on a lost connection and are sent again.
+        Concurrent publishes on it fail as on a lost connection and are sent again;
+        of several publishes nacked at once, the first closes it.
         """
-        if not nacked.is_closed:
-            with contextlib.suppress(*CONNECTION_ERRORS):
-                await nacked.close()
+        async with self._replacing:
+            if not nacked.is_closed:
+                await _close(nacked)
         loop = asyncio.get_running_loop()
         while loop.time() < give_up:
             with contextlib.suppress(TimeoutError, *CONNECTION_ERRORS):
@@ -213,6 +215,18 @@ async def _send(channel: AbstractChannel, item: Publication) -> None:
         mandatory=True,
         wait=False,
     )
+
+
+async def _close(channel: AbstractChannel) -> None:
+    try:
+        await channel.close()
+    except CONNECTION_ERRORS:
+        pass
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        # aiormq's own closing task was cancelled: the connection went down meanwhile.
 
 
 def _is_refusal(result: object) -> bool:
