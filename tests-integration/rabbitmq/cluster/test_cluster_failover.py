@@ -152,9 +152,8 @@ async def _run_through_failover(
         await eventually(lambda: confirmed <= ran.keys(), timeout=60, interval=0.2)
         worker_queue = workers.backends["default"]
         assert isinstance(worker_queue, RabbitMQTaskQueue)
-        connection = worker_queue._connection  # where the workers are now
-        assert connection is not None
-        assert connection.url.port != leader.amqp_port, "the workers are still on the leader"
+        now_on = worker_queue.node
+        assert now_on is not None and f":{leader.amqp_port}/" not in now_on, now_on
     finally:
         await workers.stop()
         await producer.disconnect()

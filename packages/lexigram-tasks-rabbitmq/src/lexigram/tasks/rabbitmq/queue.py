@@ -48,6 +48,7 @@ from lexigram.tasks.rabbitmq.logs import OutageLog, install_client_log_filter
 from lexigram.tasks.rabbitmq.paired import control_exchange
 from lexigram.tasks.rabbitmq.publisher import Publication, Publisher
 from lexigram.tasks.rabbitmq.topology import Destination, QueueType
+from lexigram.tasks.redact import redact_url
 from lexigram.tasks.state_store import JobStateStore, create_state_store
 
 
@@ -194,6 +195,16 @@ class RabbitMQTaskQueue(Delivering):
         or a list of them; the message redacts the password.
         """
         Endpoints.parse(url)
+
+    @property
+    def node(self) -> str | None:
+        """The URL (password redacted) of the node connected to, or tried during an outage.
+
+        ``None`` before :meth:`connect` and after :meth:`disconnect`.
+        """
+        if not isinstance(self._connection, endpoints.RotatingConnection):
+            return None
+        return redact_url(str(self._connection.url))
 
     def __repr__(self) -> str:
         return (
