@@ -217,6 +217,35 @@ async def test_listing_running_retrying_and_finished_jobs(queue: PostgresTaskQue
         assert succeeded.jobs == []
 
 
+@pytest.mark.parametrize("state", [None, JobState.QUEUED], ids=["any-state", "queued"])
+async def test_a_task_filter_reads_a_bounded_range_per_page(
+    queue: PostgresTaskQueue, state: JobState | None
+) -> None:
+    """A task with few jobs behind many others gives short pages with a cursor
+    (each page reads at most SCAN_BUDGET rows), and paging finds every job once."""
+    from lexigram.tasks.postgres._control import SCAN_BUDGET
+
+    crowd = [Job(task="t.crowd", queue=queue.queue_name) for _ in range(SCAN_BUDGET + 500)]
+    rare = [Job(task="t.rare", queue=queue.queue_name) for _ in range(3)]
+    await queue.enqueue_many([rare[0], *crowd[:SCAN_BUDGET], rare[1], *crowd[SCAN_BUDGET:]])
+    await queue.enqueue(rare[2])
+
+    pages = []
+    cursor = None
+    while True:
+        page = await queue.list_jobs(state=state, task="t.rare", limit=2, cursor=cursor)
+        pages.append([j.id for j in page.jobs])
+        if page.cursor is None:
+            break
+        cursor = page.cursor
+    assert [i for ids in pages for i in ids] == [j.id for j in rare]
+    assert all(len(ids) <= 2 for ids in pages)
+    # The first page read the rare job and the budget's worth of the crowd: short.
+    assert pages[0] == [rare[0].id], "a filtered page read past its budget"
+    assert all(j.task == "t.rare" for j in (await queue.list_jobs(task="t.rare")).jobs)
+    assert len((await queue.list_jobs(state=state, task="t.crowd", limit=7)).jobs) == 7
+
+
 async def test_progress_is_stored_only_while_the_lease_is_held(queue: PostgresTaskQueue) -> None:
     job, delivery = await _one(queue)
     await queue.record_progress(delivery, Progress(0.25, "a quarter", {"rows": 10}))

@@ -28,7 +28,7 @@ from lexigram.tasks.control import (
 from lexigram.tasks.errors import MalformedJobError
 from lexigram.tasks.job import Job
 from lexigram.tasks.postgres._cancel_watch import watch_channel
-from lexigram.tasks.postgres._control_sql import ControlStatements
+from lexigram.tasks.postgres._control_sql import ControlStatements, budgeted
 from lexigram.tasks.postgres._pools import Pooled
 from lexigram.tasks.protocol import Delivery
 
@@ -41,6 +41,9 @@ _FINISHED_STATES = frozenset(
 )
 #: The first key of a ready listing: from the highest priority, before any run_at.
 _READY_START: list[Any] = [9, "-infinity", 0]
+#: Rows of its index range a task-filtered page reads at most: a task with few
+#: jobs gives short pages (with a cursor) instead of a scan of the whole queue.
+SCAN_BUDGET = 2000
 
 
 class Controlling(Pooled):
@@ -83,47 +86,73 @@ class Controlling(Pooled):
         kind = "all" if state is None else state.value
         key = _decode_cursor(cursor, kind)
         if state in _READY_STATES:
-            rows, more = await self._list_ready(state, task, limit, key)
-        elif state is JobState.RUNNING:
-            rows, more = await self._fetch(
+            rows, last = await self._list_ready(state, task, limit, key)
+        elif state is JobState.RUNNING:  # few rows: read whole, no scan budget
+            rows, last = await self._fetch(
                 self._control.list_running, task, key[0] if key else 0, limit
             )
         elif state in _FINISHED_STATES:
             start = key or ["-infinity", 0]
-            rows, more = await self._fetch(
+            rows, last = await self._scan(
                 self._control.list_finished, task, state.value, *start, limit
             )
         else:
-            rows, more = await self._fetch(
-                self._control.list_all, task, key[0] if key else 0, limit
-            )
+            rows, last = await self._scan(self._control.list_all, task, key[0] if key else 0, limit)
         jobs = [self._info(row) for row in rows]
-        if not more or not rows:
+        if last is None:
             return JobPage(jobs, None)
-        return JobPage(jobs, _encode_cursor(kind, _key_of(state, rows[-1])))
+        return JobPage(jobs, _encode_cursor(kind, _key_of(state, last)))
 
     async def _list_ready(
         self, state: JobState, task: str | None, limit: int, key: list[Any] | None
-    ) -> tuple[list[Any], bool]:
+    ) -> tuple[list[Any], Any | None]:
         statement = self._control.list_ready[state.value]
         if state is JobState.QUEUED and (key is None or key[0] == "lapsed"):
             after = 0 if key is None else int(key[1])
-            rows, more = await self._fetch(self._control.list_lapsed, task, after, limit)
-            if more:
-                return rows, True
+            rows, last = await self._fetch(self._control.list_lapsed, task, after, limit)
+            if last is not None:
+                return rows, last
             if len(rows) == limit:  # a full page: do ready jobs follow?
-                ready, more = await self._fetch(statement, task, *_READY_START, 1)
-                return rows, bool(ready)
-            ready, more = await self._fetch(statement, task, *_READY_START, limit - len(rows))
-            return rows + ready, more
+                ready, beyond = await self._scan(statement, task, *_READY_START, 1)
+                return rows, (rows[-1] if ready or beyond is not None else None)
+            ready, last = await self._scan(statement, task, *_READY_START, limit - len(rows))
+            return rows + ready, last
         start = _READY_START if key is None else key[1:]
-        return await self._fetch(statement, task, *start, limit)
+        return await self._scan(statement, task, *start, limit)
 
-    async def _fetch(self, statement: str, *args: Any) -> tuple[list[Any], bool]:
-        """Rows of a listing statement whose last argument is the page size; and if more follow."""
+    async def _fetch(self, statement: str, *args: Any) -> tuple[list[Any], Any | None]:
+        """A page of a listing statement whose last argument is the page size.
+
+        Returns its rows and the row the next page's cursor starts after
+        (None when nothing follows).
+        """
         *head, limit = args
         rows = await self._run(lambda c: c.fetch(statement, self.queue_name, *head, limit + 1))
-        return list(rows[:limit]), len(rows) > limit
+        return list(rows[:limit]), (rows[limit - 1] if len(rows) > limit else None)
+
+    async def _scan(
+        self, statement: str, task: str | None, *args: Any
+    ) -> tuple[list[Any], Any | None]:
+        """:meth:`_fetch`, reading at most :data:`SCAN_BUDGET` rows when filtered by task.
+
+        Unfiltered, each row read is shown. Filtered, the statement reads
+        the budget's rows of its index range without the filter, the
+        matching ones are kept, and when the budget ran out first the last
+        row read becomes the cursor: a short page, whatever the queue's size.
+        """
+        if task is None:
+            return await self._fetch(statement, None, *args)
+        *head, limit = args
+        wrapped = budgeted(statement, params=len(head) + 3)
+        rows = await self._run(
+            lambda c: c.fetch(wrapped, self.queue_name, None, *head, SCAN_BUDGET, task, limit + 1)
+        )
+        matched = [row for row in rows if row["task"] == task]
+        if len(matched) > limit:
+            return matched[:limit], matched[limit - 1]
+        if rows and rows[-1]["scan_count"] >= SCAN_BUDGET:
+            return matched, rows[-1]
+        return matched, None
 
     def _info(self, row: Any) -> JobInfo:
         try:

@@ -7,6 +7,7 @@ first does (see :meth:`ControlStatements.for_schema` for which index).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from lexigram.tasks.postgres.migrate import quote_ident
@@ -35,6 +36,26 @@ _COLUMNS = (
 
 _TASK = "($2::text IS NULL OR task = $2)"
 _MAX_ID = "9223372036854775807"
+
+
+@functools.lru_cache(maxsize=64)
+def budgeted(statement: str, params: int) -> str:
+    """``statement`` (its task parameter given NULL, its page size the budget)
+    with the task filter applied to the rows it read.
+
+    Kept: the first ``$(params + 2)`` rows whose task is ``$(params + 1)``,
+    and the last row read (its ``scan_count`` says how many were read).
+    """
+    task, wanted = f"${params + 1}", f"${params + 2}"
+    return (
+        "SELECT * FROM (SELECT s.*, row_number() OVER () AS scan_rn,"
+        " count(*) OVER () AS scan_count,"
+        f" count(*) FILTER (WHERE s.task = {task}::text)"
+        " OVER (ROWS UNBOUNDED PRECEDING) AS scan_matched"
+        f" FROM ({statement}) AS s) AS b"
+        f" WHERE (b.task = {task}::text AND b.scan_matched <= {wanted}::bigint)"
+        " OR b.scan_rn = b.scan_count ORDER BY b.scan_rn"
+    )
 
 
 @dataclass(frozen=True, slots=True)
