@@ -60,7 +60,8 @@ def ready(queue: RedisTaskQueue) -> int:
         (
             "type: redis\n    redis_url: ${URL}",
             "lexigram.yaml:4: tasks.backend.redis_url: 'http://:***@127.0.0.1:6379/0' is not a "
-            "Redis URL: it must start with redis://, rediss:// or unix://",
+            "Redis URL: it must start with redis://, rediss://, unix://, redis+sentinel:// or "
+            "rediss+sentinel://",
         ),
         (
             "type: rabbitmq\n    amqp_url: ${URL}",

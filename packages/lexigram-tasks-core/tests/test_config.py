@@ -641,7 +641,8 @@ def test_an_unknown_backend_type_among_other_problems_is_a_backend_not_found_err
         (
             "backend: {type: redis, redis_url: 'http://h:6379/0'}",
             "tasks.backend.redis_url",
-            "'http://h:6379/0' is not a Redis URL: it must start with redis://, rediss:// or unix://",
+            "'http://h:6379/0' is not a Redis URL: it must start with redis://, rediss://, "
+            "unix://, redis+sentinel:// or rediss+sentinel://",
         ),
         (
             "backend: {type: rabbitmq, amqp_url: 'http://guest:pw@h/'}",

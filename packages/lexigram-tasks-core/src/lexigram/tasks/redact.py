@@ -7,16 +7,23 @@ from urllib.parse import urlsplit, urlunsplit
 
 _DSN_PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+# A query parameter carrying a secret (?password=..., ?sentinel_password=...), up
+# to the next parameter; punctuation ending the URL belongs to the text around it.
+_QUERY_PASSWORD = re.compile(r"([?&][^=&#]*password=)[^&#]*?(?=[.,:;]*$|[&#])", re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:
-    """Replace the password in a URL or key=value DSN with ``***``.
+    """Replace the password in a URL (and any ``...password=`` query value) or
+    key=value DSN with ``***``.
 
     >>> redact_url("redis://:s3cret@localhost:6379/0")
     'redis://:***@localhost:6379/0'
+    >>> redact_url("redis+sentinel://s1/mymaster?sentinel_password=s3cret")
+    'redis+sentinel://s1/mymaster?sentinel_password=***'
     """
     if "://" not in url:
         return _DSN_PASSWORD.sub(r"\1***", url)
+    url = _QUERY_PASSWORD.sub(r"\1***", url)
     try:
         parts = urlsplit(url)
     except ValueError:

@@ -12,7 +12,7 @@ from typing import Any
 
 from lexigram.tasks.redact import redact_url
 
-_REDIS = ("Redis", ("redis", "rediss", "unix"))
+_REDIS = ("Redis", ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"))
 _POSTGRES = ("PostgreSQL", ("postgres", "postgresql"))
 
 #: ``(component label, type) -> {key: (system, accepted schemes)}``.

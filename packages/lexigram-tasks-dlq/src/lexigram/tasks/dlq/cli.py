@@ -269,7 +269,7 @@ def _open(
 def storage_from_url(url: str, args: argparse.Namespace) -> DeadLetterStorage:
     """The storage a ``--storage-url`` names, by its scheme."""
     scheme = url.partition("://")[0].lower()
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"):
         from lexigram.tasks.dlq.redis import RedisDeadLetterStorage
 
         return RedisDeadLetterStorage(redis_url=url, prefix=args.prefix)
@@ -278,7 +278,8 @@ def storage_from_url(url: str, args: argparse.Namespace) -> DeadLetterStorage:
 
         return PostgresDeadLetterStorage(url, schema=args.schema, auto_migrate=False)
     raise CLIError(
-        f"--storage-url {redact_url(url)!r}: use a redis://, rediss:// or postgresql:// URL",
+        f"--storage-url {redact_url(url)!r}: use a redis://, rediss://, "
+        "redis+sentinel:// or postgresql:// URL",
         EXIT_USAGE,
     )
 

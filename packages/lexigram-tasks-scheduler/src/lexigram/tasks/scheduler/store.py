@@ -148,6 +148,8 @@ URL_SCHEMES: dict[str, str] = {
     "redis": "redis",
     "rediss": "redis",
     "unix": "redis",
+    "redis+sentinel": "redis",
+    "rediss+sentinel": "redis",
     "postgres": "postgres",
     "postgresql": "postgres",
 }
