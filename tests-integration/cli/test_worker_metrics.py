@@ -8,12 +8,9 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import re
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -28,7 +25,9 @@ from lexigram.tasks.testing import eventually
 
 pytestmark = pytest.mark.timeout(90)
 
-COMMAND = [sys.executable, "-m", "lexigram.tasks.cli", "worker"]
+sys.path.insert(0, str(Path(__file__).parent))
+from cli_process import COMMAND  # noqa: E402
+from cli_process import Running as Worker  # noqa: E402
 
 APP = """
 import asyncio
@@ -96,56 +95,6 @@ def _free(port: int) -> bool:
 def serving(port: int) -> bool:
     with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
-class Worker:
-    """A ``lexigram-tasks worker`` process, its output collected line by line."""
-
-    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            [*COMMAND, *args],
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    async def ready(self, workers: int) -> None:
-        await eventually(
-            lambda: len(re.findall(r"worker( \d+)? started: app", self.output)) >= workers,
-            60,
-            message=f"{workers} worker(s) did not start:\n{self.output}",
-        )
-
-    async def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            code = await asyncio.to_thread(self.process.wait, 30)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"still running 30 s after SIGTERM:\n{self.output}") from None
-        await asyncio.to_thread(self._reader.join, 10)
-        return code
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()  # a failed test: the supervisor's workers follow it (pipe)
-        self.process.wait(10)
-        self._reader.join(10)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
 
 
 def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
