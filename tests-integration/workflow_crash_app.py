@@ -109,11 +109,14 @@ async def run(
     processes: int = 3,
     kill_every: tuple[float, float] = (0.3, 1.0),
     kill_for: float = 45.0,
+    max_kills: int = 12,
     finish_within: float = 60.0,
     log_dir: Path,
 ) -> Outcome:
     """Enqueue ``workflows``; kill a random ready worker every ``kill_every`` seconds
-    until every callback ran or ``kill_for`` seconds passed, then wait up to
+    (``max_kills`` times at most: each kill makes the jobs of the killed worker
+    wait for their leases, then run one at a time) until every callback ran or
+    ``kill_for`` seconds passed, then wait up to
     ``finish_within`` seconds for every workflow; return what ran."""
     argv = [sys.executable, __file__, backend, url, queue, schema, record_url, prefix]
     os.makedirs(log_dir, exist_ok=True)
@@ -141,7 +144,7 @@ async def run(
                 break
             ready = [entry for entry in live if entry[1].exists()]
             # Two ready workers at least: one is killed, one goes on.
-            if time.monotonic() >= next_kill and len(ready) >= 2:
+            if time.monotonic() >= next_kill and len(ready) >= 2 and kills < max_kills:
                 victim = ready[rng.randrange(len(ready))]
                 live.remove(victim)
                 os.kill(victim[0].pid, signal.SIGKILL)

@@ -21,12 +21,13 @@ import json
 import logging
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context, propagate, trace
 
 from lexigram.tasks.control import JobState
+from lexigram.tasks.current import seat
 from lexigram.tasks.events import EventBus, TaskCompletedEvent, TaskStartedEvent
 from lexigram.tasks.job import Job
 from lexigram.tasks.protocol import Capability, Delivery
@@ -56,10 +57,17 @@ _finished: dict[int, tuple[Job, Any, str]] = {}
 _listening: weakref.WeakKeyDictionary[EventBus, set[type[Any]]] = weakref.WeakKeyDictionary()
 
 
-def _on_completed(event: TaskCompletedEvent) -> None:
+def _on_completed(event: TaskCompletedEvent) -> Awaitable[None] | None:
     job = event.job
-    if STEP_HEADER in job.headers:
-        _finished[id(job)] = (job, event.result, _current_traceparent())
+    if STEP_HEADER not in job.headers:
+        return None
+    _finished[id(job)] = (job, event.result, _current_traceparent())
+    here = seat.get()
+    delivery = here.delivery if here is not None else None
+    runtime = getattr(here.host, "_workflows", None) if here is not None else None
+    if delivery is None or delivery.job is not job or not isinstance(runtime, WorkflowRuntime):
+        return None
+    return runtime.finish_now(delivery)
 
 
 def _on_started(event: TaskStartedEvent) -> None:
@@ -93,6 +101,8 @@ class WorkflowRuntime:
         self._pool = pool
         self._plans: OrderedDict[str, Plan] = OrderedDict()
         self._store: WorkflowStore | None = None
+        #: Deliveries :meth:`finish_now` acked: the ack loop drops them from its batch.
+        self.acked_early: set[int] = set()
         bus = pool.events
         heard = _listening.setdefault(bus, set())
         if TaskCompletedEvent not in heard:
@@ -109,6 +119,47 @@ class WorkflowRuntime:
         return self._store
 
     # -- steps that returned ---------------------------------------------------
+
+    async def finish_now(self, delivery: Delivery) -> None:
+        """Record a final step (a chord's callback, a chain's last step) and ack it at once.
+
+        Waiting for its ack batch would leave a window in which a killed
+        worker makes the callback run again. Other steps stay batched, which
+        is what makes a wide fan-out cheap (one store call per ack batch).
+        On any error the ack loop takes over.
+        """
+        job = delivery.job
+        assert job is not None
+        where = parse_step_header(job.headers[STEP_HEADER])
+        plan = await self._plan(where[0]) if where is not None else None
+        if where is None or plan is None or where[1] >= len(plan.steps):
+            return
+        step = plan.steps[where[1]]
+        if step.dependents or not step.deps:
+            return
+        entry = _finished.get(id(job))
+        try:
+            await self.advance([delivery])
+        except Exception as exc:
+            if entry is not None:
+                _finished[id(job)] = entry  # the ack loop records it
+            logger.warning("recording workflow step %s failed (%s); retried", job.id, exc)
+            return
+        delivery.outcome = JobState.SUCCEEDED
+        try:
+            await self._pool.queue.ack_many([delivery])
+        except Exception:
+            return  # acked with its batch
+        self.acked_early.add(id(delivery))
+        self._pool._held.pop(id(delivery), None)
+
+    def not_acked_yet(self, batch: list[Delivery]) -> list[Delivery]:
+        """``batch`` without the deliveries :meth:`finish_now` acked (forgetting them)."""
+        early = self.acked_early
+        kept = [d for d in batch if id(d) not in early]
+        for delivery in batch:
+            early.discard(id(delivery))
+        return kept
 
     async def advance(self, deliveries: Sequence[Delivery]) -> None:
         """Record the results of finished steps and enqueue the steps they make ready.
