@@ -84,11 +84,7 @@ class LocalCluster:
 
     def _spawn(self, node: Node) -> None:
         node.home.mkdir(parents=True, exist_ok=True)
-        (node.home / "rabbitmq.conf").write_text(
-            f"listeners.tcp.1 = 127.0.0.1:{node.amqp_port}\n"
-            # The tests stop nodes on purpose: no need to keep the others paused.
-            "cluster_partition_handling = ignore\n"
-        )
+        (node.home / "rabbitmq.conf").write_text(f"listeners.tcp.1 = 127.0.0.1:{node.amqp_port}\n")
         (node.home / "enabled_plugins").write_text("[].\n")
         (node.home / "rabbitmq-env.conf").write_text("")
         log = (node.home / "server.log").open("wb")

@@ -29,6 +29,9 @@ from lexigram.tasks.errors import BackendConnectionError
 from lexigram.tasks.rabbitmq import RabbitMQTaskQueue
 from lexigram.tasks.testing import eventually
 
+# The first test also waits for the cluster to start (20 to 55 s on two busy cores).
+pytestmark = pytest.mark.timeout(300)
+
 JOBS = 3_000
 STOP_AFTER = 1_000
 PRODUCERS = 8
