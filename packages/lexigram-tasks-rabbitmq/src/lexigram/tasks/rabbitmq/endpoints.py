@@ -29,8 +29,8 @@ from urllib.parse import urlsplit
 import aio_pika
 from aio_pika import RobustConnection
 from aio_pika.abc import AbstractConnection
+from aio_pika.connection import make_url
 from pamqp.common import FieldTable
-from yarl import URL
 
 from lexigram.tasks.errors import ConfigurationError
 from lexigram.tasks.redact import redact_text, redact_url
@@ -128,7 +128,7 @@ class RotatingConnection(RobustConnection):
         **kwargs: Any,
     ) -> None:
         super().__init__(
-            URL(endpoints.urls[start]), reconnect_interval=reconnect_interval, **kwargs
+            make_url(endpoints.urls[start]), reconnect_interval=reconnect_interval, **kwargs
         )
         self.endpoints = endpoints
         self.node = start
@@ -141,7 +141,7 @@ class RotatingConnection(RobustConnection):
         # fails; either way the next attempt goes to the next node.
         self.failures += 1
         self.node = (self.node + 1) % len(self.endpoints)
-        self.url = URL(self.endpoints.urls[self.node])
+        self.url = make_url(self.endpoints.urls[self.node])
         self.reconnect_interval = self.wait_after(self.failures)
         await super()._on_connection_close(closing)
 
