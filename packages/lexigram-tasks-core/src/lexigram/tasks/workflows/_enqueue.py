@@ -12,7 +12,7 @@ from opentelemetry.trace import SpanKind
 from lexigram.tasks.job import new_job_id
 from lexigram.tasks.protocol import Capability
 from lexigram.tasks.workflows._canvas import Chain, Chord, Group, Signature, Workflow
-from lexigram.tasks.workflows._plan import Plan, build_step_job, compile_plan
+from lexigram.tasks.workflows._plan import Plan, build_step_job, compile_plan, resolve
 from lexigram.tasks.workflows._resolve import connected_store
 from lexigram.tasks.workflows.handle import WorkflowHandle
 from lexigram.tasks.workflows.store import DEFAULT_WORKFLOW_TTL
@@ -44,7 +44,11 @@ async def enqueue_workflow(shape: Workflow, workflow_id: str | None) -> Workflow
             workflow_id, plan.to_json(), plan.pending(), len(plan.steps), DEFAULT_WORKFLOW_TTL
         )
         initial = plan.initial()
-        jobs = [build_step_job(plan, workflow_id, i, None, []) for i in initial]
+        # A step that waits for nothing may still take an input: an empty group's [].
+        jobs = [
+            build_step_job(plan, workflow_id, i, resolve(plan.steps[i].input, {}), [])
+            for i in initial
+        ]
         await provider.enqueue_many(jobs, backend=backend)
         await store.mark_enqueued(workflow_id, initial)
     return WorkflowHandle(workflow_id, plan, store, provider)
