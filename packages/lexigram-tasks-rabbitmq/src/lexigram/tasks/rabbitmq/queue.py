@@ -66,8 +66,8 @@ class RabbitMQTaskQueue(Delivering):
 
     - ``queue_type``: ``"classic"`` or ``"quorum"`` (replicated; optional
       ``delivery_limit``, and ``quorum_replicas``: how many nodes hold each
-      quorum queue, ``x-quorum-initial-group-size``; by default every node,
-      up to the broker's limit).
+      quorum queue, ``x-quorum-initial-group-size``; by default the broker's
+      ``quorum_cluster_size``, 3).
     - ``priorities``: job priorities 0-9 on a classic queue (``x-max-priority``);
       off by default, since a priority queue delays every delivery a little.
     - ``prefetch``: unacked deliveries this connection may hold per consumed
