@@ -134,9 +134,11 @@ async def run(
     recorder = aioredis.Redis.from_url(record_url)
     begin = time.monotonic()
     kills = 0
+    handles: list[WorkflowHandle] = []
     try:
         await provider.connect()
-        handles = [await shape(provider, w).enqueue() for w in range(workflows)]
+        for w in range(workflows):
+            handles.append(await shape(provider, w).enqueue())
         rng = random.Random(21)
         next_kill = time.monotonic() + rng.uniform(*kill_every)
         while time.monotonic() - begin < kill_for:
@@ -164,6 +166,8 @@ async def run(
                 os.kill(process.pid, signal.SIGKILL)
                 process.wait()
         await recorder.delete(f"{prefix}:runs")
+        for handle in handles:
+            await handle.forget()
         await recorder.aclose()
         await provider.disconnect()
 

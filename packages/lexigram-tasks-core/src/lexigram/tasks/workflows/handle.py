@@ -135,6 +135,10 @@ class WorkflowHandle:
             steps.append(StepStatus(index, step.task, job_id, state))
         return WorkflowStatus(self.id, snapshot.status, steps)
 
+    async def forget(self) -> None:
+        """Delete the workflow's state from its store now (it also expires after a week)."""
+        await self._store.forget(self.id)
+
     async def cancel(self) -> list[CancelOutcome]:
         """Stop the workflow: no further step starts; queued and running steps are cancelled.
 

@@ -121,6 +121,9 @@ class WorkflowStore(Protocol):
     async def snapshot(self, workflow_id: str) -> WorkflowSnapshot | None:
         """The workflow's whole state, None if unknown or expired."""
 
+    async def forget(self, workflow_id: str) -> None:
+        """Delete a workflow's state now (it also expires by itself)."""
+
 
 @dataclass(slots=True)
 class _Workflow:
@@ -230,3 +233,6 @@ class MemoryWorkflowStore:
             frozenset(flow.enqueued),
             frozenset(flow.results),
         )
+
+    async def forget(self, workflow_id: str) -> None:
+        self._workflows.pop(workflow_id, None)
