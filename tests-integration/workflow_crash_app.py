@@ -110,10 +110,12 @@ async def run(
     kill_every: tuple[float, float] = (0.3, 1.0),
     kill_for: float = 45.0,
     max_kills: int = 12,
+    waves: int = 8,
     finish_within: float = 60.0,
     log_dir: Path,
 ) -> Outcome:
-    """Enqueue ``workflows``; kill a random ready worker every ``kill_every`` seconds
+    """Enqueue ``workflows`` in ``waves`` (one after each kill); kill a random ready
+    worker every ``kill_every`` seconds
     (``max_kills`` times at most: each kill makes the jobs of the killed worker
     wait for their leases, then run one at a time) until every callback ran or
     ``kill_for`` seconds passed, then wait up to
@@ -137,12 +139,15 @@ async def run(
     handles: list[WorkflowHandle] = []
     try:
         await provider.connect()
-        for w in range(workflows):
-            handles.append(await shape(provider, w).enqueue())
         rng = random.Random(21)
         next_kill = time.monotonic() + rng.uniform(*kill_every)
+        per_wave = -(-workflows // waves)
         while time.monotonic() - begin < kill_for:
-            if await recorder.llen(f"{prefix}:runs") >= workflows:
+            # Wave k is sent after the k-th kill, so kills land while workflows run.
+            if len(handles) < workflows and kills >= len(handles) // per_wave:
+                for w in range(len(handles), min(len(handles) + per_wave, workflows)):
+                    handles.append(await shape(provider, w).enqueue())
+            elif await recorder.llen(f"{prefix}:runs") >= workflows:
                 break
             ready = [entry for entry in live if entry[1].exists()]
             # Two ready workers at least: one is killed, one goes on.

@@ -21,4 +21,4 @@ async def test_killed_workers_neither_lose_nor_double_a_callback(
     )
     figures = cases.check(outcome, 200)
     print(f"postgres: {figures}, {outcome.seconds:.1f}s")
-    assert outcome.kills >= 3
+    assert outcome.kills >= 7  # a wave of workflows is sent after each kill

@@ -22,7 +22,7 @@ async def test_killed_workers_neither_lose_nor_double_a_callback(
         outcome = await app.run("redis", redis_url, queue, "", redis_url, queue, log_dir=tmp_path)
         figures = cases.check(outcome, 200)
         print(f"redis: {figures}, {outcome.seconds:.1f}s")
-        assert outcome.kills >= 3
+        assert outcome.kills >= 7  # a wave of workflows is sent after each kill
     finally:
         leftover = RedisTaskQueue(redis_url, queue)
         async with leftover:

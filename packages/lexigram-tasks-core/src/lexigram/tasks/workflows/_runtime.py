@@ -17,6 +17,7 @@ span, to which the steps waiting for it link.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import weakref
@@ -32,6 +33,7 @@ from lexigram.tasks.events import EventBus, TaskCompletedEvent, TaskStartedEvent
 from lexigram.tasks.job import Job
 from lexigram.tasks.protocol import Capability, Delivery
 from lexigram.tasks.workflows._plan import (
+    FINAL_HEADER,
     LINKS_HEADER,
     STEP_HEADER,
     Plan,
@@ -62,6 +64,8 @@ def _on_completed(event: TaskCompletedEvent) -> Awaitable[None] | None:
     if STEP_HEADER not in job.headers:
         return None
     _finished[id(job)] = (job, event.result, _current_traceparent())
+    if FINAL_HEADER not in job.headers:
+        return None  # recorded with its ack batch
     here = seat.get()
     delivery = here.delivery if here is not None else None
     runtime = getattr(here.host, "_workflows", None) if here is not None else None
@@ -100,6 +104,7 @@ class WorkflowRuntime:
     def __init__(self, pool: Settling) -> None:
         self._pool = pool
         self._plans: OrderedDict[str, Plan] = OrderedDict()
+        self._loading: dict[str, asyncio.Future[Plan | None]] = {}
         self._store: WorkflowStore | None = None
         #: Deliveries :meth:`finish_now` acked: the ack loop drops them from its batch.
         self.acked_early: set[int] = set()
@@ -130,13 +135,6 @@ class WorkflowRuntime:
         """
         job = delivery.job
         assert job is not None
-        where = parse_step_header(job.headers[STEP_HEADER])
-        plan = await self._plan(where[0]) if where is not None else None
-        if where is None or plan is None or where[1] >= len(plan.steps):
-            return
-        step = plan.steps[where[1]]
-        if step.dependents or not step.deps:
-            return
         entry = _finished.get(id(job))
         try:
             await self.advance([delivery])
@@ -309,6 +307,14 @@ class WorkflowRuntime:
         if plan is not None:
             self._plans.move_to_end(workflow_id)
             return plan
+        # One load per workflow however many steps ask at once (a wide plan is big).
+        loading = self._loading.get(workflow_id)
+        if loading is None:
+            loading = self._loading[workflow_id] = asyncio.ensure_future(self._load(workflow_id))
+            loading.add_done_callback(lambda _: self._loading.pop(workflow_id, None))
+        return await asyncio.shield(loading)
+
+    async def _load(self, workflow_id: str) -> Plan | None:
         text = await (await self.store()).plan(workflow_id)
         if text is None:
             return None

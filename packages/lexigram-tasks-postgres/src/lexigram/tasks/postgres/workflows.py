@@ -5,7 +5,9 @@ Tables ``workflows`` (status, plan, error, steps left) and
 Every call that changes a workflow first locks its ``workflows`` row
 (``FOR UPDATE``, in id order when several), so calls on one workflow run one
 after another and the transaction that takes a step's ``pending`` to zero
-is the one that claims it. Expired workflows are deleted in small batches
+is the one that claims it. Recording finished steps is one call of the
+function ``workflow_complete`` (migration 0008), so those locks are held for
+one round trip. Expired workflows are deleted in small batches
 when new ones are created.
 """
 
@@ -31,7 +33,7 @@ class PostgresWorkflowStore:
     """Workflow state on PostgreSQL, on the connection pool of a queue or job state store.
 
     Build it with :meth:`sharing` (the queue's own database, as workflows do
-    by default); the schema must be migrated to version 7 or later, which a
+    by default); the schema must be migrated to version 8 or later, which a
     queue with ``auto_migrate`` does on connect.
     """
 
@@ -41,6 +43,7 @@ class PostgresWorkflowStore:
         s = quote_ident(schema)
         self._workflows = f"{s}.workflows"
         self._steps = f"{s}.workflow_steps"
+        self._complete = f"{s}.workflow_complete"
         self._last_purge = 0.0
 
     @classmethod
@@ -94,77 +97,17 @@ class PostgresWorkflowStore:
     async def complete(self, outcomes: Sequence[StepOutcome]) -> list[Claim]:
         if not outcomes:
             return []
-        ids = sorted({o.workflow_id for o in outcomes})
-        async with self._pool().acquire() as connection, connection.transaction():
-            rows = await connection.fetch(
-                f"SELECT id, steps FROM {self._workflows} WHERE id = ANY($1::text[])"
-                " ORDER BY id FOR UPDATE",
-                ids,
-            )
-            counted = {r["id"]: r["steps"] for r in rows}
-            done = await connection.fetch(
-                f"UPDATE {self._steps} t SET result = o.result, span = o.span, enqueued = true"
-                " FROM unnest($1::text[], $2::int[], $3::text[], $4::text[])"
-                " AS o(wf, step, result, span)"
-                " WHERE t.workflow_id = o.wf AND t.step = o.step AND t.result IS NULL"
-                " RETURNING t.workflow_id, t.step",
-                [o.workflow_id for o in outcomes],
-                [o.step for o in outcomes],
-                [o.result for o in outcomes],
-                [o.span or None for o in outcomes],
-            )
-            fresh = {(r["workflow_id"], r["step"]) for r in done}
-            lowered: dict[tuple[str, int], int] = {}
-            finished: dict[str, int] = {}
-            waiting: set[tuple[str, int]] = set()
-            for outcome in outcomes:
-                key = (outcome.workflow_id, outcome.step)
-                if outcome.workflow_id not in counted:
-                    continue
-                for dependent in outcome.dependents:
-                    waiting.add((outcome.workflow_id, dependent))
-                if key not in fresh:
-                    continue
-                fresh.discard(key)  # a step listed twice in one batch counts once
-                if outcome.step < counted[outcome.workflow_id]:
-                    finished[outcome.workflow_id] = finished.get(outcome.workflow_id, 0) + 1
-                for dependent in outcome.dependents:
-                    target = (outcome.workflow_id, dependent)
-                    lowered[target] = lowered.get(target, 0) + 1
-            if lowered:
-                await connection.execute(
-                    f"UPDATE {self._steps} t SET pending = t.pending - d.n"
-                    " FROM unnest($1::text[], $2::int[], $3::int[]) AS d(wf, step, n)"
-                    " WHERE t.workflow_id = d.wf AND t.step = d.step",
-                    [k[0] for k in lowered],
-                    [k[1] for k in lowered],
-                    list(lowered.values()),
-                )
-            if finished:
-                await connection.execute(
-                    f"UPDATE {self._workflows} w SET remaining = w.remaining - r.n,"
-                    " status = CASE WHEN w.status = 'running' AND w.remaining - r.n = 0"
-                    " THEN 'succeeded' ELSE w.status END"
-                    " FROM unnest($1::text[], $2::int[]) AS r(wf, n) WHERE w.id = r.wf",
-                    list(finished),
-                    list(finished.values()),
-                )
-            if not waiting:
-                return []
-            ready = await connection.fetch(
-                f"SELECT t.workflow_id, t.step FROM {self._steps} t"
-                f" JOIN {self._workflows} w ON w.id = t.workflow_id"
-                " JOIN unnest($1::text[], $2::int[]) AS c(wf, step)"
-                " ON t.workflow_id = c.wf AND t.step = c.step"
-                " WHERE w.status = 'running' AND t.pending = 0 AND NOT t.enqueued"
-                " AND t.result IS NULL ORDER BY t.workflow_id, t.step",
-                [k[0] for k in waiting],
-                [k[1] for k in waiting],
-            )
-        return [
-            Claim(r["workflow_id"], r["step"], (r["workflow_id"], r["step"]) in lowered)
-            for r in ready
-        ]
+        rows = await self._pool().fetch(
+            f"SELECT * FROM {self._complete}($1::text[], $2::int[], $3::text[], $4::text[],"
+            " $5::int[], $6::int[])",
+            [o.workflow_id for o in outcomes],
+            [o.step for o in outcomes],
+            [o.result for o in outcomes],
+            [o.span or None for o in outcomes],
+            [len(o.dependents) for o in outcomes],
+            [d for o in outcomes for d in o.dependents],
+        )
+        return [Claim(r["claim_workflow"], r["claim_step"], r["claim_fresh"]) for r in rows]
 
     async def inputs(self, workflow_id: str, steps: Sequence[int]) -> dict[int, tuple[str, str]]:
         if not steps:
