@@ -23,8 +23,9 @@ import pytest
 
 T = TypeVar("T")
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+#: Debian's packages by default; elsewhere (a CI image with Chrome) the variables say where.
+CHROMIUM = os.environ.get("LEXIGRAM_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("LEXIGRAM_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
 ROOT = Path(__file__).resolve().parents[3]
 #: Set to 1 to rewrite the PNGs docs/dashboard.md shows (else they go to a temporary folder).
 SCREENSHOTS_VARIABLE = "LEXIGRAM_WRITE_SCREENSHOTS"
@@ -134,7 +135,9 @@ def browser() -> Iterator[Any]:
     for path in (CHROMIUM, CHROMEDRIVER):
         if not os.path.exists(path):
             pytest.fail(
-                f"{path} is needed: apt-get install chromium chromium-driver", pytrace=False
+                f"{path} is needed: apt-get install chromium chromium-driver, or set "
+                "LEXIGRAM_TEST_CHROMIUM and LEXIGRAM_TEST_CHROMEDRIVER",
+                pytrace=False,
             )
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
