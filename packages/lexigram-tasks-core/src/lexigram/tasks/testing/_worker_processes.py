@@ -93,7 +93,8 @@ class WorkerProcessContract(ContractBase):
     ) -> None:
         """SIGTERM with 8 ``def`` jobs running and a 0.5 s window: the process exits
         without waiting for their threads, and each job runs again later exactly once."""
-        job_seconds = 3.0
+        # Long enough that "exited before the jobs could end" holds on a loaded machine.
+        job_seconds = 6.0
         keys = [f"job-{n}" for n in range(8)]
         await queue.enqueue_many([app_job(queue, "slow_sync", k, job_seconds) for k in keys])
         first = processes.start(worker_count=8, shutdown_timeout=0.5)
