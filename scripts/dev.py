@@ -80,7 +80,12 @@ def main() -> int:
     for var, (port, url) in SERVICES.items():
         if var not in env and port_open(port):
             env[var] = url
-    return subprocess.call([str(BIN / "python"), "-m", "pytest", *sys.argv[2:]], cwd=ROOT, env=env)
+    # Most tests wait on servers and worker processes: one pytest process per core
+    # (at most 4), a test file at a time each; `-n 0` after the command runs one.
+    processes = min(os.cpu_count() or 1, 4)
+    parallel = ["-n", str(processes), "--dist", "loadfile"] if processes > 1 else []
+    command = [str(BIN / "python"), "-m", "pytest", *parallel, *sys.argv[2:]]
+    return subprocess.call(command, cwd=ROOT, env=env)
 
 
 if __name__ == "__main__":

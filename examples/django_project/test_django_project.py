@@ -42,8 +42,10 @@ def schema() -> Iterator[str]:
 
 @pytest.mark.parametrize("backend", ["postgres", "redis"])
 def test_shop_checks(backend: str, schema: str) -> None:
+    # The checks run in one process of their own: not in parallel (PYTEST_ADDOPTS=-n ...).
+    inherited = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
     env = {
-        **os.environ,
+        **inherited,
         "DATABASE_URL": _service(
             "LEXIGRAM_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
         ),
