@@ -27,6 +27,7 @@ from lexigram.tasks.results import JobResult
 from lexigram.tasks.task import Task
 from lexigram.tasks.worker._limits import Limiting, LimitKeyError, job_key
 from lexigram.tasks.worker._support import DaemonThreads, DeadlineSweeper, Slot
+from lexigram.tasks.workflows._plan import STEP_HEADER
 
 if TYPE_CHECKING:
     from lexigram.tasks.worker._process_pool import ProcessExecutor
@@ -271,6 +272,10 @@ class Running(Limiting):
         if self.result_store is not None and task.store_result:
             # Shielded: a job that finished is acked, so its result must be stored.
             await asyncio.shield(self._store_result(JobResult.success(job.id, result)))
+        if self._workflows is not None and STEP_HEADER in job.headers:
+            finishing = self._workflows.returned(delivery, result)
+            if finishing is not None:
+                await finishing
         if events.wants(TaskCompletedEvent):
             duration = time.monotonic() - started
             await events.emit(

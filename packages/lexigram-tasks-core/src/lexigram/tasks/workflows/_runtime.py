@@ -10,9 +10,10 @@ backend honours one; before re-enqueueing a recovered claim, the runtime
 asks the backend whether that job exists (``get_job``) and the store
 whether the step is done, so a step is never enqueued twice.
 
-Results reach the runtime through :class:`~lexigram.tasks.TaskCompletedEvent`
-(emitted before the job is queued for its ack), together with the step's
-span, to which the steps waiting for it link.
+The pool hands each step's result to :meth:`WorkflowRuntime.returned` when
+its task returns (before the job is queued for its ack), together with the
+step's span, to which the steps waiting for it link; jobs that are not
+workflow steps never reach this module.
 """
 
 from __future__ import annotations
@@ -28,8 +29,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import context, propagate, trace
 
 from lexigram.tasks.control import JobState
-from lexigram.tasks.current import seat
-from lexigram.tasks.events import EventBus, TaskCompletedEvent, TaskStartedEvent
+from lexigram.tasks.events import EventBus, TaskStartedEvent
 from lexigram.tasks.job import Job
 from lexigram.tasks.protocol import Capability, Delivery
 from lexigram.tasks.workflows._plan import (
@@ -57,21 +57,6 @@ _PLAN_CACHE = 512
 #: One table per process: pools of one provider share its event bus and worker id.
 _finished: dict[int, tuple[Job, Any, str]] = {}
 _listening: weakref.WeakKeyDictionary[EventBus, set[type[Any]]] = weakref.WeakKeyDictionary()
-
-
-def _on_completed(event: TaskCompletedEvent) -> Awaitable[None] | None:
-    job = event.job
-    if STEP_HEADER not in job.headers:
-        return None
-    _finished[id(job)] = (job, event.result, _current_traceparent())
-    if FINAL_HEADER not in job.headers:
-        return None  # recorded with its ack batch
-    here = seat.get()
-    delivery = here.delivery if here is not None else None
-    runtime = getattr(here.host, "_workflows", None) if here is not None else None
-    if delivery is None or delivery.job is not job or not isinstance(runtime, WorkflowRuntime):
-        return None
-    return runtime.finish_now(delivery)
 
 
 def _on_started(event: TaskStartedEvent) -> None:
@@ -110,9 +95,6 @@ class WorkflowRuntime:
         self.acked_early: set[int] = set()
         bus = pool.events
         heard = _listening.setdefault(bus, set())
-        if TaskCompletedEvent not in heard:
-            heard.add(TaskCompletedEvent)
-            bus.subscribe(TaskCompletedEvent, _on_completed)
         # Links are only worth a start event per job when spans are recorded.
         if TaskStartedEvent not in heard and pool.telemetry.tracing:
             heard.add(TaskStartedEvent)
@@ -124,6 +106,16 @@ class WorkflowRuntime:
         return self._store
 
     # -- steps that returned ---------------------------------------------------
+
+    def returned(self, delivery: Delivery, result: Any) -> Awaitable[None] | None:
+        """A step's task returned ``result``: kept for its ack batch to record;
+        a final step is recorded and acked at once (await what this returns)."""
+        job = delivery.job
+        assert job is not None
+        _finished[id(job)] = (job, result, _current_traceparent())
+        if FINAL_HEADER not in job.headers:
+            return None
+        return self.finish_now(delivery)
 
     async def finish_now(self, delivery: Delivery) -> None:
         """Record a final step (a chord's callback, a chain's last step) and ack it at once.
