@@ -163,9 +163,11 @@ class MemoryTaskQueue(BaseTaskQueue):
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         now = time.time()
-        for delivery in deliveries:
-            entry = self._owned(delivery)
-            if entry is not None:
+        running = self._running
+        for delivery in deliveries:  # _owned, inline: this is every job's ack
+            entry_id, lease_token = delivery.token
+            entry = running.get(entry_id)
+            if entry is not None and entry.lease_token == lease_token:
                 self._finish(entry, delivery.outcome or _SUCCEEDED, delivery.error, now)
 
     async def nack(

@@ -7,7 +7,7 @@ import inspect
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from lexigram.tasks.errors import TaskArgumentsError
@@ -83,6 +83,8 @@ class TaskLimits:
     concurrency_key: Callable[..., str | int] | None = None
     max_concurrency_per_key: int | None = None
     rate_limit_key: Callable[..., str | int] | None = None
+    #: Whether any concurrency limit applies (read for every job: a field, not a property).
+    concurrent: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for option in ("max_concurrency", "max_concurrency_per_key"):
@@ -100,11 +102,8 @@ class TaskLimits:
                 "concurrency_key and max_concurrency_per_key go together: the key function "
                 "says which runs share a limit, max_concurrency_per_key how many may overlap"
             )
-
-    @property
-    def concurrent(self) -> bool:
-        """Whether any concurrency limit applies."""
-        return self.max_concurrency is not None or self.max_concurrency_per_key is not None
+        limited = self.max_concurrency is not None or self.max_concurrency_per_key is not None
+        object.__setattr__(self, "concurrent", limited)
 
 
 class Task(Generic[P, R]):
