@@ -281,11 +281,13 @@ class Settling:
         attempt = 0
         while self._to_ack:
             batch, self._to_ack = self._to_ack, []
-            if self._workflows is not None and self._workflows.acked_early:
-                batch = self._workflows.not_acked_yet(batch)
-            steps = [d for d in batch if is_step(d)]
-            if steps:
-                batch = await self._advance_workflows(batch, steps)
+            workflows = self._workflows
+            if workflows is not None and workflows.acked_early:
+                batch = workflows.not_acked_yet(batch)
+            if workflows is not None and workflows.results_waiting:
+                steps = [d for d in batch if is_step(d)]
+                if steps:
+                    batch = await self._advance_workflows(batch, steps)
             try:
                 await self.queue.ack_many(batch)
             except asyncio.CancelledError:

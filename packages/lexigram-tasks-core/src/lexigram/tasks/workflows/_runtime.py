@@ -143,6 +143,11 @@ class WorkflowRuntime:
         self.acked_early.add(id(delivery))
         self._pool._held.pop(id(delivery), None)
 
+    @property
+    def results_waiting(self) -> bool:
+        """Whether any step's result waits for its ack batch (else a batch holds no step)."""
+        return bool(_finished)
+
     def not_acked_yet(self, batch: list[Delivery]) -> list[Delivery]:
         """``batch`` without the deliveries :meth:`finish_now` acked (forgetting them)."""
         early = self.acked_early
