@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import sentry_sdk
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.integrations.logging import LoggingIntegration
@@ -62,16 +61,8 @@ def sentry() -> Iterator[KeptEnvelopes]:
 
 
 @pytest.fixture
-def spans() -> InMemorySpanExporter:
-    return InMemorySpanExporter()
-
-
-@pytest.fixture
-def provider(spans: InMemorySpanExporter) -> Iterator[TaskProvider]:
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-    yield TaskProvider(queue=MemoryTaskQueue("billing"), tracer_provider=tracer_provider)
-    tracer_provider.shutdown()
+def provider(tracer_provider: TracerProvider) -> TaskProvider:
+    return TaskProvider(queue=MemoryTaskQueue("billing"), tracer_provider=tracer_provider)
 
 
 def register(provider: TaskProvider) -> None:
@@ -94,7 +85,7 @@ async def run_job(provider: TaskProvider, task: str) -> str:
 
 
 async def test_a_job_failing_for_good_is_one_event_with_its_job_and_trace(
-    sentry: KeptEnvelopes, provider: TaskProvider, spans: InMemorySpanExporter
+    sentry: KeptEnvelopes, provider: TaskProvider, exporter: InMemorySpanExporter
 ) -> None:
     register(provider)
     report_failures(provider)
@@ -118,8 +109,8 @@ async def test_a_job_failing_for_good_is_one_event_with_its_job_and_trace(
         2,
         1,
     )
-    [send] = [s for s in spans.get_finished_spans() if s.name == "send billing"]
-    last_run = [s for s in spans.get_finished_spans() if s.name == "process billing"][-1]
+    [send] = [s for s in exporter.get_finished_spans() if s.name == "send billing"]
+    last_run = [s for s in exporter.get_finished_spans() if s.name == "process billing"][-1]
     assert send.context is not None and last_run.context is not None
     trace_id = format(send.context.trace_id, "032x")
     assert event["contexts"]["trace"]["trace_id"] == job["trace_id"] == trace_id
