@@ -54,6 +54,10 @@ class ContractBase:
     #: ``False`` for a backend that forgets a job once it finishes (Capability.INSPECT):
     #: a finished job's id then gives None, and cancelling it ``not_found``.
     keeps_finished_jobs: ClassVar[bool] = True
+    #: ``False`` for a backend whose ``counts().running`` covers only the jobs
+    #: this connection holds (RabbitMQ: AMQP 0-9-1 does not report another
+    #: connection's unacked messages); the tests then read it from the holder.
+    counts_leases_of_other_connections: ClassVar[bool] = True
 
     async def create_queue(self, queue_name: str) -> TaskQueueProtocol:
         """Return a new, NOT connected queue instance reading and writing ``queue_name``.
