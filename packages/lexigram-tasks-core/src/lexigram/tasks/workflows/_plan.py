@@ -2,15 +2,17 @@
 
 Each step is one task call. A step's *input* is a reference to results: a
 step number, a list of references (a group's results), or None (no input).
-A step waits for every step its input refers to (``deps``), also when it is
-immutable and ignores them; the plan stores the reverse edges
-(``dependents``) so that recording a result can lower the counters of
+A step waits for the steps that end what comes before it (``deps``): those
+its input refers to, also when it is immutable and ignores them, and, after
+an empty group, the steps before that group. The plan stores the reverse
+edges (``dependents``) so that recording a result can lower the counters of
 exactly the steps waiting for it.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -124,44 +126,61 @@ def step_job_id(workflow_id: str, step: int) -> str:
 
 
 def compile_plan(shape: Workflow, provider: TaskProvider) -> Plan:
-    """Flatten ``shape`` into steps, checking every step's arguments against its task."""
+    """Flatten ``shape`` into steps, checking every step's arguments against its task.
+
+    Walking a shape gives two things to what follows it: its result (a
+    reference) and the steps that must finish first (``after``). They differ
+    for an empty group, whose result is ``[]`` but which is over only when
+    what came before it is, and for immutable steps, which ignore the result
+    but still wait.
+    """
     steps: list[Step] = []
 
-    def add(sig: Signature[Any], prev: Ref) -> int:
+    def add(sig: Signature[Any], prev: Ref, after: list[int]) -> int:
         index = len(steps)
-        steps.append(_step(sig, prev, provider))
-        for dep in _flatten(prev):
+        steps.append(_step(sig, prev, after, provider))
+        for dep in after:
             steps[dep].dependents.append(index)
         return index
 
-    def walk(node: Workflow, prev: Ref) -> Ref:
+    def walk(node: Workflow, prev: Ref, after: list[int]) -> tuple[Ref, list[int]]:
         if node is not shape and node.error_handler is not None:
             raise ValueError(
                 f"on_error applies to a whole workflow: set it on the outermost shape, "
                 f"not on {node!r}"
             )
         if isinstance(node, Signature):
-            return add(node, prev)
+            index = add(node, prev, after)
+            return index, [index]
         if isinstance(node, Chain):
-            ref = prev
+            ref, waits = prev, after
             for child in node.steps:
-                ref = walk(child, ref)
-            return ref
+                ref, waits = walk(child, ref, waits)
+            return ref, waits
         if isinstance(node, Group):
-            return [walk(child, prev) for child in node.steps]
+            if not node.steps:
+                return [], after
+            parts = [walk(child, prev, after) for child in node.steps]
+            return [ref for ref, _ in parts], _union(waits for _, waits in parts)
         if isinstance(node, Chord):
-            return walk(node.body, walk(node.header, prev))
+            return walk(node.body, *walk(node.header, prev, after))
         raise TypeError(f"not a workflow shape: {node!r}")
 
-    result = walk(shape, None)
+    result, _ = walk(shape, None, [])
     if not steps:
         raise ValueError("a workflow needs at least one step")
     handler_sig = shape.error_handler
-    handler = _step(handler_sig, None, provider, failure=True) if handler_sig else None
+    handler = _step(handler_sig, None, [], provider, failure=True) if handler_sig else None
     return Plan(_name(shape), steps, result, handler)
 
 
-def _step(sig: Signature[Any], prev: Ref, provider: TaskProvider, failure: bool = False) -> Step:
+def _step(
+    sig: Signature[Any],
+    prev: Ref,
+    after: list[int],
+    provider: TaskProvider,
+    failure: bool = False,
+) -> Step:
     task = sig.task
     if task.provider is not provider:
         raise ValueError(
@@ -184,20 +203,11 @@ def _step(sig: Signature[Any], prev: Ref, provider: TaskProvider, failure: bool 
     doc["args"] = list(sig.args)
     for key in ("id", "enqueued_at", "attempt", "failures", "dedup_key"):
         doc.pop(key, None)
-    return Step(task.name, doc, receives, prev if not sig.immutable else None, _flatten(prev))
+    return Step(task.name, doc, receives, prev if not sig.immutable else None, list(after))
 
 
-def _flatten(ref: Ref) -> list[int]:
-    if ref is None:
-        return []
-    if isinstance(ref, int):
-        return [ref]
-    found: list[int] = []
-    for item in ref:
-        for dep in _flatten(item):
-            if dep not in found:
-                found.append(dep)
-    return found
+def _union(lists: Iterable[list[int]]) -> list[int]:
+    return list(dict.fromkeys(i for items in lists for i in items))
 
 
 def _name(shape: Workflow) -> str:

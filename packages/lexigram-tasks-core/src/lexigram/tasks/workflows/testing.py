@@ -62,6 +62,8 @@ class Flows:
         self.sink = sink
         self.calls: Counter[str] = Counter()
         self.seen: dict[str, list[Any]] = {}
+        #: Every call, in the order the steps ran: (task, arguments).
+        self.order: list[tuple[str, Any]] = []
         self.started = asyncio.Event()
         self.release = asyncio.Event()
         self.add: Task[[int, int], int] = self._register_add()
@@ -73,6 +75,7 @@ class Flows:
     def _note(self, name: str, value: Any) -> None:
         self.calls[name] += 1
         self.seen.setdefault(name, []).append(value)
+        self.order.append((name, value))
 
     def _register_add(self) -> Task[[int, int], int]:
         @self.provider.task(name="contract.add")
@@ -174,6 +177,59 @@ class WorkflowContract(ContractBase):
         ).enqueue()
         # 1 -> [11, 321] -> 332 -> [1332, 333 + 334]
         assert await handle.result(timeout=WAIT) == [1332, 667]
+
+    @pytest.mark.asyncio
+    async def test_every_nesting_waits_for_what_comes_before_it(self, flows: Flows) -> None:
+        add, total = flows.add, flows.total
+        shapes = {
+            # group in chain: the group waits for the first step, the last for the group
+            "group in chain": (chain(add.s(0, 1), group(add.s(10), add.s(20)), total.s()), 32),
+            # immutable members and callback still wait for the steps before them
+            "immutable": (
+                chain(add.s(0, 2), group(add.si(0, 3), add.si(0, 4)), add.si(0, 5)),
+                5,
+            ),
+            "chain in group": (group(chain(add.s(0, 7), add.s(1)), add.s(0, 8)), [8, 8]),
+            "chord in chain": (
+                chain(add.s(0, 9), chord(group(add.s(1), add.s(2)), total.s()), add.s(100)),
+                121,
+            ),
+            "chain of chords": (
+                chain(
+                    chord(group(add.s(0, 11), add.s(0, 12)), total.s()),
+                    chord(group(add.s(1), add.s(2)), total.s()),
+                ),
+                49,
+            ),
+            "group in group": (chain(add.s(0, 13), group(group(add.s(1)), add.s(2))), [[14], 15]),
+        }
+        handles = {name: await shape.enqueue() for name, (shape, _) in shapes.items()}
+        for name, (_, expected) in shapes.items():
+            assert await handles[name].result(timeout=WAIT) == expected, name
+
+        def ran(*call: Any) -> int:
+            return flows.order.index(("add", call) if len(call) == 2 else ("total", call[0]))
+
+        # Each step ran after every step it waits for, whatever it did with their results.
+        assert ran(0, 1) < min(ran(1, 10), ran(1, 20))
+        assert max(ran(1, 10), ran(1, 20)) < ran([11, 21])
+        assert ran(0, 2) < min(ran(0, 3), ran(0, 4))
+        assert max(ran(0, 3), ran(0, 4)) < ran(0, 5)
+        assert ran(0, 9) < ran(9, 1) < ran([10, 11]) < ran(21, 100)
+        assert max(ran(0, 11), ran(0, 12)) < ran([11, 12]) < ran(23, 1) < ran([24, 25])
+        assert ran(0, 13) < min(ran(13, 1), ran(13, 2))
+
+    @pytest.mark.asyncio
+    async def test_a_step_after_an_empty_group_waits_for_the_step_before_it(
+        self, flows: Flows
+    ) -> None:
+        handle = await chain(flows.block.s(6), group(), flows.total.s()).enqueue()
+        await asyncio.wait_for(flows.started.wait(), WAIT)
+        status = await handle.status()
+        assert [s.state for s in status.steps] == [JobState.RUNNING, None]
+        flows.release.set()
+        assert await handle.result(timeout=WAIT) == 0
+        assert flows.order == [("block", 6), ("total", [])]
 
     @pytest.mark.asyncio
     async def test_an_immutable_step_ignores_the_previous_result(self, flows: Flows) -> None:
