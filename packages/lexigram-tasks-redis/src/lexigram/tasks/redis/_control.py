@@ -32,7 +32,7 @@ from lexigram.tasks.protocol import Delivery
 from lexigram.tasks.redis._connection import reported
 from lexigram.tasks.redis._jobinfo import decode_hash, job_info, text
 from lexigram.tasks.redis._sentinel import tidy
-from lexigram.tasks.redis.keys import QueueKeys, cancel_channel, job_key, worker_key, workers_key
+from lexigram.tasks.redis.keys import QueueKeys, cancel_channel
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -86,7 +86,7 @@ class JobControl:
         provider falls back to the result store.
         """
         with reported(self.redis_url):
-            raw = await self.client.hgetall(job_key(job_id))
+            raw = await self.client.hgetall(self.keys.job(job_id))
         return self._info(job_id, decode_hash(raw))
 
     def _info(self, job_id: str, fields: dict[str, str]) -> JobInfo | None:
@@ -175,7 +175,7 @@ class JobControl:
         with reported(self.redis_url):
             async with self.client.pipeline(transaction=False) as pipe:
                 for job_id in ids:
-                    pipe.hget(job_key(job_id), "lx_cancel")
+                    pipe.hget(self.keys.job(job_id), "lx_cancel")
                 flags = await pipe.execute()
         return {job_id for job_id, flag in zip(ids, flags, strict=True) if flag == b"1"}
 
@@ -228,11 +228,11 @@ class JobControl:
 
     async def register_worker(self, info: WorkerInfo, ttl: float) -> None:
         """Write the worker's entry (a key expiring after ``ttl``) and index it by expiry."""
-        index = workers_key(self.queue_name)
+        index = self.keys.workers
         with reported(self.redis_url):
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.set(
-                    worker_key(self.queue_name, info.id),
+                    self.keys.worker(info.id),
                     json.dumps(info.to_dict()),
                     px=max(1, int(ttl * 1000)),
                 )
@@ -242,19 +242,19 @@ class JobControl:
     async def deregister_worker(self, worker_id: str) -> None:
         with reported(self.redis_url):
             async with self.client.pipeline(transaction=True) as pipe:
-                pipe.delete(worker_key(self.queue_name, worker_id))
-                pipe.zrem(workers_key(self.queue_name), worker_id)
+                pipe.delete(self.keys.worker(worker_id))
+                pipe.zrem(self.keys.workers, worker_id)
                 await pipe.execute()
 
     async def list_workers(self) -> list[WorkerInfo]:
         """The workers whose entries have not expired (expired ones are pruned here)."""
-        index = workers_key(self.queue_name)
+        index = self.keys.workers
         with reported(self.redis_url):
             members: list[Any] = await self.client.zrange(index, 0, -1)
             ids = [text(raw) for raw in members]
             if not ids:
                 return []
-            entries = await self.client.mget([worker_key(self.queue_name, i) for i in ids])
+            entries = await self.client.mget([self.keys.worker(i) for i in ids])
             gone = [i for i, entry in zip(ids, entries, strict=True) if entry is None]
             if gone:
                 await self.client.zrem(index, *gone)

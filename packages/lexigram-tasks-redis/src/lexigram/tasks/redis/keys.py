@@ -4,11 +4,17 @@ The key names come from the rq library itself (``Queue.key``, the
 registries' ``.key``, ``Job.key_for``), so they follow rq, including its
 ``RQ_KEY_PREFIX`` setting, and rq's tooling finds lexigram jobs where it
 looks for its own.
+
+On Redis Cluster a script may touch only keys of one hash slot, so there a
+queue (or each shard of one) names its keys after a hash tag: rq's names
+for the queue ``{tag}`` (``rq:queue:{tag}``, ``rq:wip:{tag}`` ...), job
+hashes under ``rq:job:{tag}:``, and a set of its own in place of rq's
+shared set of queues. rq's tooling does not read that layout.
 """
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, replace
 from functools import lru_cache
 
 from rq import Queue
@@ -25,6 +31,10 @@ import redis
 
 #: Prefix of the keys rq has no equivalent for (leases, priorities, wake-ups ...).
 OWN_PREFIX = "lexigram:queue:"
+#: Prefix of every job hash in rq's layout, as the scripts need it.
+JOB_PREFIX: str = RQJob.redis_job_namespace_prefix
+# How many of QueueKeys' fields the scripts take (the fields after them are not KEYS).
+_SCRIPT_KEYS = 12
 
 
 @lru_cache(maxsize=1)
@@ -62,9 +72,17 @@ class QueueKeys:
     sequence: str
     #: rq's CanceledJobRegistry, scored by expiry: cancelled jobs.
     canceled: str
+    #: Prefix of the job hashes (rq's ``rq:job:``; ``rq:job:{tag}:`` on a cluster).
+    job_prefix: str = JOB_PREFIX
+    #: Our sorted set of the workers registered on the queue, scored by expiry.
+    workers: str = ""
 
     @classmethod
-    def for_queue(cls, name: str) -> QueueKeys:
+    def for_queue(cls, name: str, *, tag: str | None = None) -> QueueKeys:
+        """The keys of queue ``name``: rq's layout, or with ``tag`` the cluster layout
+        whose every key (job hashes included) carries the hash tag ``{tag}``."""
+        if tag is not None:
+            return cls._tagged("{" + tag + "}")
         rq_queue = Queue(name, connection=_naming_connection())
         own = f"{OWN_PREFIX}{name}:"
         return cls(
@@ -80,10 +98,26 @@ class QueueKeys:
             queues=Queue.redis_queues_keys,
             sequence=own + "sequence",
             canceled=CanceledJobRegistry(queue=rq_queue).key,
+            workers=own + "workers",
         )
 
+    @classmethod
+    def _tagged(cls, tagged: str) -> QueueKeys:
+        plain = cls.for_queue(tagged)
+        own = f"{OWN_PREFIX}{tagged}:"
+        return replace(plain, queues=own + "queues", job_prefix=f"{JOB_PREFIX}{tagged}:")
+
     def as_list(self) -> list[str]:
-        return list(astuple(self))
+        """The keys the scripts take, ``KEYS[1..12]``."""
+        return list(astuple(self))[:_SCRIPT_KEYS]
+
+    def job(self, job_id: str) -> str:
+        """The hash holding job ``job_id``."""
+        return self.job_prefix + job_id
+
+    def worker(self, worker_id: str) -> str:
+        """One registered worker's entry (JSON, expiring with its TTL)."""
+        return self.workers.removesuffix("workers") + "worker:" + worker_id
 
     def queue_owned(self) -> list[str]:
         """The keys that belong to this queue alone (not rq's shared set of queues)."""
@@ -94,10 +128,6 @@ def job_key(job_id: str) -> str:
     """The hash holding one job (rq's ``Job.key_for``)."""
     key: str | bytes = RQJob.key_for(job_id)  # bytes in rq 3, str in rq 2
     return key if isinstance(key, str) else key.decode()
-
-
-#: Prefix of every job hash, as the scripts need it.
-JOB_PREFIX: str = RQJob.redis_job_namespace_prefix
 
 
 def workers_key(queue_name: str) -> str:

@@ -29,7 +29,7 @@ from lexigram.tasks.redis import _scripts
 from lexigram.tasks.redis._connection import open_client, reported, resolve_url
 from lexigram.tasks.redis._control import JobControl
 from lexigram.tasks.redis._sentinel import SentinelAddress, redact
-from lexigram.tasks.redis.keys import JOB_PREFIX, QueueKeys, job_key, workers_key
+from lexigram.tasks.redis.keys import QueueKeys
 from redis.asyncio import Redis
 
 #: rq's default ``result_ttl``: finished jobs stay visible this long.
@@ -125,7 +125,7 @@ class RedisTaskQueue(BaseTaskQueue, JobControl):
         self.max_job_bytes = max_job_bytes
         self.keys = QueueKeys.for_queue(queue_name)
         self._key_list = self.keys.as_list()
-        self._head = [JOB_PREFIX, queue_name]
+        self._head = [self.keys.job_prefix, queue_name]
         self._prepared: dict[str, _scripts.PreparedScript] = {}
         self._client: Redis | None = client
         self._owns_client = client is None
@@ -228,7 +228,7 @@ class RedisTaskQueue(BaseTaskQueue, JobControl):
     async def _push_raw(self, client: Redis, payload: bytes, job_id: str) -> None:
         async with client.pipeline(transaction=True) as pipe:
             pipe.hset(
-                job_key(job_id),
+                self.keys.job(job_id),
                 mapping={"data": payload, "status": "queued", "origin": self.queue_name},
             )
             pipe.rpush(self.keys.ready, job_id)
@@ -289,7 +289,7 @@ class RedisTaskQueue(BaseTaskQueue, JobControl):
         lease = token + b" " + raw_id
         if missing == b"1":
             problem = (
-                f"queue entry {key_id!r} has no job stored at {job_key(key_id)!r}; "
+                f"queue entry {key_id!r} has no job stored at {self.keys.job(key_id)!r}; "
                 "a producer must write the job hash before pushing its id"
             )
             return Delivery(None, data, lease, problem)
@@ -382,11 +382,11 @@ class RedisTaskQueue(BaseTaskQueue, JobControl):
                 pipe.zrange(zset, 0, -1)
             listed = await pipe.execute()
         ids = {raw.decode() for group in listed for raw in group}
-        job_keys = [job_key(job_id) for job_id in ids]
+        job_keys = [keys.job(job_id) for job_id in ids]
         async with client.pipeline(transaction=False) as pipe:
             for start in range(0, len(job_keys), 1000):
                 pipe.delete(*job_keys[start : start + 1000])
-            pipe.delete(*keys.queue_owned(), workers_key(self.queue_name))
+            pipe.delete(*keys.queue_owned(), keys.workers)
             pipe.srem(keys.queues, keys.ready)
             deleted = await pipe.execute()
         return sum(deleted[:-2])  # the job-key DELETEs, not the queue's own keys
