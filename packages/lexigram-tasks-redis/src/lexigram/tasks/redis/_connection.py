@@ -2,7 +2,7 @@
 
 Every component of this package, and the DLQ's and the scheduler's Redis
 storages, get their clients from :func:`open_client`, so a
-``redis+sentinel://`` URL works for all of them alike.
+``redis+sentinel://`` or ``redis+cluster://`` URL works for all of them alike.
 """
 
 from __future__ import annotations
@@ -14,6 +14,12 @@ from typing import Any
 
 from lexigram.tasks.errors import BackendConnectionError, ConfigurationError
 from lexigram.tasks.redact import redact_text
+from lexigram.tasks.redis._cluster import (
+    CLUSTER_SCHEMES,
+    cluster_client,
+    is_cluster_url,
+    parse_cluster_url,
+)
 from lexigram.tasks.redis._sentinel import (
     SENTINEL_SCHEMES,
     SentinelAddress,
@@ -28,8 +34,8 @@ from lexigram.tasks.redis._sentinel import (
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 #: A command that fails on a dropped connection (CLIENT KILL, a server restart,
@@ -37,15 +43,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 RETRIES = 3
 
 #: The URL schemes lexigram's Redis clients connect with.
-SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES)
+SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES, *CLUSTER_SCHEMES)
 
 
 def validate_url(url: str) -> None:
     """Raise :class:`ConfigurationError` unless ``url`` is a Redis URL lexigram connects with.
 
     That is redis://, rediss:// (TLS), unix:// (a socket), or
-    redis+sentinel:// / rediss+sentinel://, which are read in full (the
-    message names the part that is wrong). Nothing is contacted, so a
+    redis+sentinel:// / rediss+sentinel:// and redis+cluster:// /
+    rediss+cluster://, which are read in full (the message names the part
+    that is wrong). Nothing is contacted, so a
     configuration loader can call it before connecting; the message never
     shows a password.
     """
@@ -53,11 +60,14 @@ def validate_url(url: str) -> None:
     scheme = scheme.lower() if separator else ""
     if scheme in SENTINEL_SCHEMES:
         parse_sentinel_url(url)
+    elif scheme in CLUSTER_SCHEMES:
+        parse_cluster_url(url)
     elif scheme not in SCHEMES:
         found = f"scheme {scheme!r}" if scheme else "no scheme"
         raise ConfigurationError(
             f"{redact(url)!r} is not a Redis URL ({found}): it must start with "
-            "redis://, rediss:// (TLS), unix:// (a socket) or redis+sentinel:// (Sentinel)"
+            "redis://, rediss:// (TLS), unix:// (a socket), redis+sentinel:// (Sentinel) "
+            "or redis+cluster:// (Redis Cluster)"
         )
 
 
@@ -116,6 +126,8 @@ async def open_client(redis_url: str, *, purpose: str = "", **options: Any) -> R
     try:
         if is_sentinel_url(redis_url):
             client: Redis = master_client(redis_url, settings)
+        elif is_cluster_url(redis_url):
+            client = cluster_client(redis_url, settings)
         else:
             client = Redis.from_url(redis_url, **settings)
     except (ValueError, TypeError, ConfigurationError) as exc:
@@ -123,7 +135,7 @@ async def open_client(redis_url: str, *, purpose: str = "", **options: Any) -> R
         raise BackendConnectionError(f"invalid Redis URL {where}: {message}") from None
     try:
         await client.ping()
-    except (RedisError, OSError, TypeError) as exc:
+    except (RedisError, RedisClusterException, OSError, TypeError) as exc:
         # TypeError: an option in the URL's query that redis-py's connections do not take.
         await client.aclose()
         message = redact_text(tidy(str(exc)), *hidden) or type(exc).__name__
@@ -142,7 +154,13 @@ def reported(redis_url: str) -> Iterator[None]:
     """
     try:
         yield
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+    except (
+        RedisConnectionError,
+        RedisTimeoutError,
+        OSError,
+        ClusterError,  # a cluster without a master for some slot (a failover under way)
+        RedisClusterException,  # no node reachable, a slot no node serves
+    ) as exc:
         message = redact_text(tidy(str(exc)), *secrets(redis_url)) or type(exc).__name__
         where = redact(redis_url)
         raise BackendConnectionError(f"Redis at {where} did not answer: {message}") from None

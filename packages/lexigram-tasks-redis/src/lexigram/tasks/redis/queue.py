@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lexigram.tasks.control import JobState
-from lexigram.tasks.errors import BackendConnectionError
+from lexigram.tasks.errors import BackendConnectionError, ConfigurationError
 from lexigram.tasks.job import DEFAULT_MAX_JOB_BYTES, Job
 from lexigram.tasks.protocol import (
     BaseTaskQueue,
@@ -26,6 +26,7 @@ from lexigram.tasks.protocol import (
     QueueCounts,
 )
 from lexigram.tasks.redis import _scripts
+from lexigram.tasks.redis._cluster import ClusterScript, is_cluster, is_cluster_url
 from lexigram.tasks.redis._connection import open_client, reported, resolve_url
 from lexigram.tasks.redis._control import JobControl
 from lexigram.tasks.redis._sentinel import SentinelAddress, redact
@@ -64,6 +65,13 @@ class RedisTaskQueue(BaseTaskQueue, JobControl):
     Pass ``client=`` to share an existing ``redis.asyncio.Redis`` (the queue
     then leaves closing it to you).
 
+    On Redis Cluster (a ``redis+cluster://`` URL, or a ``RedisCluster`` as
+    ``client=``) every key of the queue carries the hash tag ``{queue_name}``;
+    ``shards=N`` spreads the queue over N tags (``{queue_name:0}`` ...), so N
+    slots and as many masters share its load (an instance of the subclass
+    :class:`~lexigram.tasks.redis._shards.ShardedRedisTaskQueue`). See
+    ``docs/scale.md``, "Redis Cluster".
+
     An enqueue refuses a job whose JSON is over ``max_job_bytes``
     (:class:`~lexigram.tasks.errors.JobTooLargeError`); a URL with another
     scheme raises :class:`~lexigram.tasks.errors.ConfigurationError` here,
@@ -98,9 +106,12 @@ class RedisTaskQueue(BaseTaskQueue, JobControl):
         max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
         wait_replicas: int = 0,
         wait_timeout: float = 1.0,
+        shards: int = 1,
         client: Redis | None = None,
     ) -> None:
         redis_url = resolve_url(redis_url, sentinels, service_name)
+        self.cluster = is_cluster_url(redis_url) or (client is not None and is_cluster(client))
+        self.shards = _check_shards(shards, queue_name, cluster=self.cluster)
         if finished_ttl < 0 or failure_ttl <= 0:
             raise ValueError("finished_ttl must be >= 0 and failure_ttl > 0")
         if not 1 <= max_job_bytes <= REDIS_MAX_STRING:
@@ -123,16 +134,28 @@ class RedisTaskQueue(BaseTaskQueue, JobControl):
         self.socket_timeout = socket_timeout
         self.max_connections = max_connections
         self.max_job_bytes = max_job_bytes
-        self.keys = QueueKeys.for_queue(queue_name)
-        self._key_list = self.keys.as_list()
-        self._head = [self.keys.job_prefix, queue_name]
         self._prepared: dict[str, _scripts.PreparedScript] = {}
+        self._use_keys(QueueKeys.for_queue(queue_name, tag=queue_name if self.cluster else None))
         self._client: Redis | None = client
         self._owns_client = client is None
         # Set when a lease found the queue empty: when (monotonic) the next
         # delayed job or lease falls due. dequeue then waits without first
         # asking again, since any new job leaves a wake-up token.
         self._idle_until: float | None = None
+
+    def __new__(cls, *args: Any, shards: int = 1, **kwargs: Any) -> RedisTaskQueue:
+        if cls is RedisTaskQueue and shards > 1:
+            from lexigram.tasks.redis._shards import ShardedRedisTaskQueue
+
+            cls = ShardedRedisTaskQueue
+        return super().__new__(cls)
+
+    def _use_keys(self, keys: QueueKeys) -> None:
+        """Work on the queue (or shard) whose keys are ``keys``."""
+        self.keys = keys
+        self._key_list = keys.as_list()
+        self._head = [keys.job_prefix, self.queue_name]
+        self._prepared.clear()
 
     def __repr__(self) -> str:
         return (
@@ -159,7 +182,11 @@ class RedisTaskQueue(BaseTaskQueue, JobControl):
             self._client = await open_client(self.redis_url, **options)
             self._owns_client = True
         with reported(self.redis_url):
-            await _scripts.load_all(self._client)
+            if self.cluster:  # SCRIPT LOAD goes to every master
+                for script in _scripts.SCRIPTS.values():
+                    await self._client.script_load(script.source)
+            else:
+                await _scripts.load_all(self._client)
 
     async def disconnect(self) -> None:
         client, self._client = self._client, None
@@ -265,9 +292,12 @@ class RedisTaskQueue(BaseTaskQueue, JobControl):
             # Sleep on the wake-up list until an enqueue (or the next due job)
             # and lease in the same round trip: the script runs the moment
             # BLPOP returns, so an idle worker picks a new job up at once.
-            reply = await _scripts.run_after_blpop(
-                lease, self.keys.wake, max(block, _MIN_BLOCK), args
-            )
+            if isinstance(lease, ClusterScript):
+                reply = await lease.after_blpop(self.keys.wake, max(block, _MIN_BLOCK), args)
+            else:
+                reply = await _scripts.run_after_blpop(
+                    lease, self.keys.wake, max(block, _MIN_BLOCK), args
+                )
             deliveries = self._leased(reply)
             if deliveries:
                 return deliveries
@@ -400,6 +430,23 @@ class RedisTaskQueue(BaseTaskQueue, JobControl):
         client, script = self.client, _scripts.SCRIPTS[name]
         prepared = self._prepared.get(name)
         if prepared is None or prepared.client is not client or prepared.script is not script:
-            prepared = _scripts.PreparedScript(client, name, self._key_list, self._head)
+            kind = ClusterScript if self.cluster else _scripts.PreparedScript
+            prepared = kind(client, name, self._key_list, self._head)
             self._prepared[name] = prepared
         return prepared
+
+
+def _check_shards(shards: int, queue_name: str, *, cluster: bool) -> int:
+    if shards < 1:
+        raise ValueError(f"shards must be at least 1, got {shards}")
+    if shards > 1 and not cluster:
+        raise ConfigurationError(
+            f"shards={shards} needs Redis Cluster (a redis+cluster:// URL): on one server "
+            "every shard would live on the same machine"
+        )
+    if cluster and ("{" in queue_name or "}" in queue_name):
+        raise ConfigurationError(
+            f"queue name {queue_name!r}: on Redis Cluster it becomes the keys' hash tag "
+            "and may not contain '{' or '}'"
+        )
+    return shards
