@@ -7,7 +7,8 @@ runs one worker process, which creates ``READY_FILE`` once its workers run
 Each workflow is ``chain(seed.s(w), group(18 x
 step.s(j)), collect.s(w))``: 20 steps. ``collect`` appends one line per run to
 the Redis list ``PREFIX:runs`` at ``RECORD_URL``: its job id, attempt,
-workflow number and the list it was given. :func:`run` starts workers and,
+workflow number and the list it was given; it returns ``[len(list), attempt]``,
+so the workflow's result names the run that was recorded. :func:`run` starts workers and,
 while the workflows run, SIGKILLs a random ready one whenever two are ready
 (a process takes seconds to start on a busy machine, so killing faster would
 only leave no worker at all), and returns the runs.
@@ -74,11 +75,12 @@ def build_provider(
         return workflow * 100 + j
 
     @provider.task(name="crash.collect")
-    async def collect(values: list[int], workflow: int) -> int:
+    async def collect(values: list[int], workflow: int) -> list[int]:
         job = current_job()
         line = {"job": job.id, "attempt": job.attempt, "workflow": workflow, "values": values}
         await recorder.rpush(f"{prefix}:runs", json.dumps(line))
-        return len(values)
+        # The workflow's result names the run whose result was recorded.
+        return [len(values), job.attempt]
 
     return provider
 

@@ -31,6 +31,7 @@ from lexigram.tasks.workflows._plan import STEP_HEADER
 
 if TYPE_CHECKING:
     from lexigram.tasks.worker._process_pool import ProcessExecutor
+    from lexigram.tasks.workflows._runtime import WorkflowRuntime
 
 logger = logging.getLogger("lexigram.tasks.worker")
 
@@ -123,6 +124,14 @@ class Running(Limiting):
             await self._dead_letter(delivery, "MalformedJobError", delivery.problem or "", "", None)
             logger.warning("dead-lettered a message that is not a valid job: %s", reason)
             return
+        # A workflow step delivered again may have finished before its worker died.
+        if (
+            job.attempt > 1
+            and self._workflows is not None
+            and STEP_HEADER in job.headers
+            and await self._skip_recorded_step(delivery)
+        ):
+            return
         # A job whose worker died comes back with a lost lease. It runs again,
         # alone, ``lost_lease_retries`` times, so a killed worker's job still
         # runs while a job that kills every worker stops, and takes no other job with it.
@@ -161,6 +170,40 @@ class Running(Limiting):
         finally:
             if limited:
                 await self._give_back_limits(delivery)
+
+    async def _skip_recorded_step(self, delivery: Delivery) -> bool:
+        """Ack, without running it, a step whose result its killed worker recorded.
+
+        Returns False when the step must run. When the workflow store cannot
+        be reached the step is handed back for later, not run blind.
+        """
+        assert self._workflows is not None
+        try:
+            if not await self._workflows.recorded(delivery):
+                return False
+        except Exception as exc:
+            logger.warning(
+                "looking up workflow step %s failed (%s: %s); it is handed back",
+                delivery.job.id if delivery.job is not None else None,
+                type(exc).__name__,
+                exc,
+            )
+            await self._return_to_queue(delivery, delay=1.0, reason="workflow store unavailable")
+            return True
+        delivery.outcome = _SUCCEEDED
+        self._to_ack.append(delivery)
+        self._ack_wakeup.set()
+        return True
+
+    async def _ack_now(self, delivery: Delivery, workflows: WorkflowRuntime) -> None:
+        """Ack a recorded final step at once, not with its batch (which then skips it)."""
+        delivery.outcome = _SUCCEEDED
+        try:
+            await self.queue.ack_many([delivery])
+        except Exception:
+            return  # acked with its batch
+        workflows.acked_early.add(id(delivery))
+        self._held.pop(id(delivery), None)
 
     async def _wait_alone(self) -> None:
         """Wait until no other job of this pool runs and every finished one is acked."""
@@ -272,10 +315,11 @@ class Running(Limiting):
         if self.result_store is not None and task.store_result:
             # Shielded: a job that finished is acked, so its result must be stored.
             await asyncio.shield(self._store_result(JobResult.success(job.id, result)))
-        if self._workflows is not None and STEP_HEADER in job.headers:
-            finishing = self._workflows.returned(delivery, result)
-            if finishing is not None:
-                await finishing
+        workflows = self._workflows
+        if workflows is not None and STEP_HEADER in job.headers:
+            finishing = workflows.returned(delivery, result)
+            if finishing is not None and await finishing:
+                await self._ack_now(delivery, workflows)
         if events.wants(TaskCompletedEvent):
             duration = time.monotonic() - started
             await events.emit(

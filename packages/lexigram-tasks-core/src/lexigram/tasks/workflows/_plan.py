@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 STEP_HEADER = "lexigram-workflow"
 #: Job header of a step that waited for others: their spans' traceparents, comma separated.
 LINKS_HEADER = "lexigram-workflow-links"
-#: Job header of a final step that waited for others (a chord's callback): recorded at once.
+#: Job header of a final step that waited for others (a chord's callback) or of the
+#: error handler: recorded as soon as it returns, not with its ack batch.
 FINAL_HEADER = "lexigram-workflow-final"
 
 PLAN_VERSION = 1
@@ -238,7 +239,7 @@ def build_step_job(plan: Plan, workflow_id: str, index: int, given: Any, links: 
         headers["traceparent"] = plan.traceparent
     if links:
         headers[LINKS_HEADER] = ",".join(links)
-    if step.deps and not step.dependents and index < len(plan.steps):
+    if (step.deps and not step.dependents) or index == len(plan.steps):
         headers[FINAL_HEADER] = "1"
     doc["headers"] = headers
     if plan.unique:

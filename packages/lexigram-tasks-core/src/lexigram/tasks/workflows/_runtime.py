@@ -13,7 +13,11 @@ whether the step is done, so a step is never enqueued twice.
 The pool hands each step's result to :meth:`WorkflowRuntime.returned` when
 its task returns (before the job is queued for its ack), together with the
 step's span, to which the steps waiting for it link; jobs that are not
-workflow steps never reach this module.
+workflow steps never reach this module. A step delivered again (a later
+attempt) is first looked up (:meth:`WorkflowRuntime.recorded`): when its
+result is recorded already, its worker died between recording and ack, and
+the step is acked without running again, so a step (a chord's callback
+included) that finished runs once; one killed while running runs again.
 """
 
 from __future__ import annotations
@@ -91,7 +95,8 @@ class WorkflowRuntime:
         self._plans: OrderedDict[str, Plan] = OrderedDict()
         self._loading: dict[str, asyncio.Future[Plan | None]] = {}
         self._store: WorkflowStore | None = None
-        #: Deliveries :meth:`finish_now` acked: the ack loop drops them from its batch.
+        #: Deliveries acked as soon as :meth:`record_now` recorded them: the ack
+        #: loop drops them from its batch.
         self.acked_early: set[int] = set()
         bus = pool.events
         heard = _listening.setdefault(bus, set())
@@ -107,23 +112,24 @@ class WorkflowRuntime:
 
     # -- steps that returned ---------------------------------------------------
 
-    def returned(self, delivery: Delivery, result: Any) -> Awaitable[None] | None:
-        """A step's task returned ``result``: kept for its ack batch to record;
-        a final step is recorded and acked at once (await what this returns)."""
+    def returned(self, delivery: Delivery, result: Any) -> Awaitable[bool] | None:
+        """A step's task returned ``result``: kept for its ack batch to record; a
+        final step is recorded at once (await what this returns: True when
+        recorded, and then the caller acks it at once too, see :meth:`record_now`)."""
         job = delivery.job
         assert job is not None
         _finished[id(job)] = (job, result, _current_traceparent())
         if FINAL_HEADER not in job.headers:
             return None
-        return self.finish_now(delivery)
+        return self.record_now(delivery)
 
-    async def finish_now(self, delivery: Delivery) -> None:
-        """Record a final step (a chord's callback, a chain's last step) and ack it at once.
+    async def record_now(self, delivery: Delivery) -> bool:
+        """Record a final step (a chord's callback, a chain's last step, the error handler).
 
         Waiting for its ack batch would leave a window in which a killed
-        worker makes the callback run again. Other steps stay batched, which
-        is what makes a wide fan-out cheap (one store call per ack batch).
-        On any error the ack loop takes over.
+        worker leaves the step unrecorded, so that it runs again. Other steps
+        stay batched, which is what makes a wide fan-out cheap (one store call
+        per ack batch). On an error, returns False and the ack loop takes over.
         """
         job = delivery.job
         assert job is not None
@@ -134,14 +140,39 @@ class WorkflowRuntime:
             if entry is not None:
                 _finished[id(job)] = entry  # the ack loop records it
             logger.warning("recording workflow step %s failed (%s); retried", job.id, exc)
-            return
-        delivery.outcome = JobState.SUCCEEDED
-        try:
-            await self._pool.queue.ack_many([delivery])
-        except Exception:
-            return  # acked with its batch
-        self.acked_early.add(id(delivery))
-        self._pool._held.pop(id(delivery), None)
+            return False
+        return True
+
+    async def recorded(self, delivery: Delivery) -> bool:
+        """Whether a delivered step already finished: its result is in the store.
+
+        That is a step whose worker died after recording its result and
+        before its ack. It must not run again: this redoes, idempotently,
+        what recording it started (enqueue the steps it claimed, which a
+        recovered claim does only if they are not in the queue yet), and the
+        caller acks the delivery without running it.
+        """
+        job = delivery.job
+        assert job is not None
+        where = parse_step_header(job.headers.get(STEP_HEADER, ""))
+        if where is None:
+            return False
+        workflow_id, index = where
+        store = await self.store()
+        found = (await store.inputs(workflow_id, [index])).get(index)
+        if found is None:
+            return False
+        plan = await self._plan(workflow_id)
+        if plan is not None and index < len(plan.steps):
+            dependents = tuple(plan.steps[index].dependents)
+            outcome = StepOutcome(workflow_id, index, found[0], dependents, found[1])
+            await self._enqueue_claims(await store.complete([outcome]))
+        logger.info(
+            "workflow step %s (%s) finished before its worker stopped; not run again",
+            job.id,
+            job.task,
+        )
+        return True
 
     @property
     def results_waiting(self) -> bool:
@@ -149,7 +180,7 @@ class WorkflowRuntime:
         return bool(_finished)
 
     def not_acked_yet(self, batch: list[Delivery]) -> list[Delivery]:
-        """``batch`` without the deliveries :meth:`finish_now` acked (forgetting them)."""
+        """``batch`` without the deliveries acked early (forgetting them)."""
         early = self.acked_early
         kept = [d for d in batch if id(d) not in early]
         for delivery in batch:
@@ -176,18 +207,20 @@ class WorkflowRuntime:
                 logger.warning("job %s names an unknown workflow step; nothing follows it", job.id)
                 continue
             workflow_id, index = where
-            if index >= len(plan.steps):
-                continue  # the error handler: nothing waits for it
+            if index > len(plan.steps) or (plan.handler is None and index == len(plan.steps)):
+                continue
             try:
                 text = json.dumps(result, separators=(",", ":"), allow_nan=False)
             except (TypeError, ValueError) as exc:
-                await self.step_failed(
-                    job, "JobSerializationError", f"the step's result is not JSON: {exc}"
-                )
-                continue
-            outcomes.append(
-                StepOutcome(workflow_id, index, text, tuple(plan.steps[index].dependents), span)
-            )
+                if index < len(plan.steps):
+                    await self.step_failed(
+                        job, "JobSerializationError", f"the step's result is not JSON: {exc}"
+                    )
+                    continue
+                text = "null"  # the error handler: only that it finished is kept
+            # The error handler is recorded too, so that a redelivery finds it done.
+            dependents = tuple(plan.step(index).dependents)
+            outcomes.append(StepOutcome(workflow_id, index, text, dependents, span))
         if outcomes:
             store = await self.store()
             await self._enqueue_claims(await store.complete(outcomes))
