@@ -8,7 +8,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from lexigram.tasks.errors import TaskArgumentsError
 from lexigram.tasks.job import MAX_PRIORITY, MIN_PRIORITY, Job
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from lexigram.tasks.workflows import Signature
 
 P = ParamSpec("P")
+P2 = ParamSpec("P2")
 R = TypeVar("R")
 R2 = TypeVar("R2")
 
@@ -237,15 +238,24 @@ class Task(Generic[P, R]):
         """Send a job running this task with these arguments."""
         return await self.provider.enqueue_job(self.job(*args, **kwargs), backend=self.backend)
 
+    @overload
+    def s(self: Task[P, R], *args: P.args, **kwargs: P.kwargs) -> Signature[R]: ...
+
+    @overload
+    def s(
+        self: Task[Concatenate[Any, P2], R], *args: P2.args, **kwargs: P2.kwargs
+    ) -> Signature[R]: ...
+
     def s(self, *args: Any, **kwargs: Any) -> Signature[R]:
         """A signature of this task for a workflow (``chain``, ``group``, ``chord``).
 
         In a chain, the step gets the previous step's result as its first
-        argument, before ``args``, so a chained step leaves that argument
-        out: that is why ``s`` is not typed with the task's parameters (a type
-        checker would report every chained step). The arguments are checked
-        against the task when the workflow is enqueued. ``si`` is the typed,
-        immutable form. See ``docs/workflows.md``.
+        argument, before ``args``, so a chained step leaves that argument out.
+        Type checkers accept both forms: every parameter (a first step, a
+        group's step) or all but the first (a chained step), each checked
+        against the task's parameters. Which one a step needs depends on where
+        it stands, so that is checked when the workflow is enqueued. ``si`` is
+        the immutable form. See ``docs/workflows.md``.
         """
         from lexigram.tasks.workflows import Signature
 
