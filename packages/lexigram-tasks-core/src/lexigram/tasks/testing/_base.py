@@ -58,6 +58,10 @@ class ContractBase:
     #: this connection holds (RabbitMQ: AMQP 0-9-1 does not report another
     #: connection's unacked messages); the tests then read it from the holder.
     counts_leases_of_other_connections: ClassVar[bool] = True
+    #: ``False`` for a backend that spreads one queue over independent partitions
+    #: (Redis Cluster with ``shards=N``): jobs leave each partition first in, first
+    #: out, but not the queue as a whole; the order tests then check which jobs came.
+    keeps_order: ClassVar[bool] = True
 
     async def create_queue(self, queue_name: str) -> TaskQueueProtocol:
         """Return a new, NOT connected queue instance reading and writing ``queue_name``.
