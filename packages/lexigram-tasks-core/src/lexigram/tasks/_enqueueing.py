@@ -113,6 +113,10 @@ class Enqueueing(Lifecycle):
         """What handles ask for status and cancellation (``TaskProvider``: itself)."""
         return None
 
+    def backend_name(self, task_name: str) -> str:
+        """The name of the backend a task's jobs go to: its ``backend=``, else the primary."""
+        return self._route_name(task_name, None)
+
     def _route_name(self, task_name: str, backend: str | None) -> str:
         if backend is None:
             task = self.tasks.get(task_name)

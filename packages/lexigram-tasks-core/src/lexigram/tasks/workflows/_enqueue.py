@@ -30,8 +30,7 @@ async def enqueue_workflow(shape: Workflow, workflow_id: str | None) -> Workflow
     provider = _first_signature(shape).task.provider
     plan = compile_plan(shape, provider)
     backend = _one_backend(plan, provider)
-    if not provider._connected:
-        await provider.connect()
+    await provider.connect()  # returns at once when connected
     queue = provider.backends[backend]
     store = await connected_store(queue)
     plan.unique = Capability.UNIQUE in queue.capabilities
@@ -71,7 +70,7 @@ def _workflow_span(provider: TaskProvider, plan: Plan, workflow_id: str) -> Iter
 
 def _one_backend(plan: Plan, provider: TaskProvider) -> str:
     steps = [*plan.steps, *([plan.handler] if plan.handler is not None else [])]
-    names = {provider._route_name(step.task, None) for step in steps}
+    names = {provider.backend_name(step.task) for step in steps}
     if len(names) > 1:
         raise ValueError(
             f"the steps of a workflow must all go to one backend; these go to {sorted(names)}"

@@ -68,7 +68,7 @@ def _default_store(queue: TaskQueueProtocol) -> WorkflowStore:
         return MemoryWorkflowStore()
     source: Any = queue
     if type(queue).__name__ not in _BY_TYPE:
-        source = getattr(queue, "_state", None)
+        source = getattr(queue, "state_store", None)  # a RabbitMQ queue's paired store
     name = type(source).__name__ if source is not None else ""
     if name not in _BY_TYPE:
         raise ConfigurationError(

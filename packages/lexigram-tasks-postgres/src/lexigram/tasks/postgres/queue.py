@@ -145,6 +145,11 @@ class PostgresTaskQueue(Inserting, Retention, Controlling):
             f"queue_name={self.queue_name!r}, schema={self.schema!r})"
         )
 
+    @property
+    def pool(self) -> asyncpg.Pool | None:
+        """The connection pool while connected, else None (the workflow store shares it)."""
+        return self._pool
+
     # -- lifecycle -------------------------------------------------------------
 
     async def connect(self) -> None:

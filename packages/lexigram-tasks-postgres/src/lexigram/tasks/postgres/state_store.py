@@ -180,6 +180,11 @@ class PostgresJobStateStore:
     def __repr__(self) -> str:
         return f"PostgresJobStateStore({redacted(self.postgres_dsn)!r}, schema={self.schema!r})"
 
+    @property
+    def pool(self) -> asyncpg.Pool | None:
+        """The connection pool while connected, else None (the workflow store shares it)."""
+        return self._pool
+
     async def connect(self) -> None:
         async with self._lock:
             if self._pool is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Protocol
 
 import asyncpg
 
@@ -29,6 +29,15 @@ PURGE_INTERVAL = 60.0
 _PURGE_BATCH = 500
 
 
+class PoolSource(Protocol):
+    """What the store shares: a PostgresTaskQueue or PostgresJobStateStore."""
+
+    schema: str
+
+    @property
+    def pool(self) -> asyncpg.Pool | None: ...
+
+
 class PostgresWorkflowStore:
     """Workflow state on PostgreSQL, on the connection pool of a queue or job state store.
 
@@ -37,7 +46,7 @@ class PostgresWorkflowStore:
     queue with ``auto_migrate`` does on connect.
     """
 
-    def __init__(self, source: Any, schema: str) -> None:
+    def __init__(self, source: PoolSource, schema: str) -> None:
         self._source = source
         self.schema = check_schema_name(schema)
         s = quote_ident(schema)
@@ -47,7 +56,7 @@ class PostgresWorkflowStore:
         self._last_purge = 0.0
 
     @classmethod
-    def sharing(cls, source: Any) -> PostgresWorkflowStore:
+    def sharing(cls, source: PoolSource) -> PostgresWorkflowStore:
         """A store on the pool of ``source`` (a PostgresTaskQueue or PostgresJobStateStore)."""
         return cls(source, source.schema)
 
@@ -58,7 +67,7 @@ class PostgresWorkflowStore:
         self._pool()
 
     def _pool(self) -> asyncpg.Pool:
-        pool: asyncpg.Pool | None = getattr(self._source, "_pool", None)
+        pool: asyncpg.Pool | None = self._source.pool
         if pool is None:
             raise RuntimeError(f"{self._source!r} is not connected: connect it first")
         return pool

@@ -197,6 +197,11 @@ class RabbitMQTaskQueue(Delivering):
         Endpoints.parse(url)
 
     @property
+    def state_store(self) -> JobStateStore | None:
+        """The job state store paired with this queue (``state_store=``), or None."""
+        return self._state
+
+    @property
     def node(self) -> str | None:
         """The URL (password redacted) of the node connected to, or tried during an outage.
 
