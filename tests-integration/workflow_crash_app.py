@@ -97,6 +97,8 @@ class Outcome:
     kills: int
     seconds: float
     results: list[Any] = field(default_factory=list)
+    #: Steps delivered again after their killed worker had recorded them (not run again).
+    recorded_not_rerun: int = 0
 
 
 async def run(
@@ -166,7 +168,8 @@ async def run(
         results = [await h.result(timeout=max(0.1, finish_by - time.monotonic())) for h in handles]
         seconds = time.monotonic() - begin
         raw = await recorder.lrange(f"{prefix}:runs", 0, -1)
-        return Outcome(handles, [json.loads(r) for r in raw], kills, seconds, results)
+        skipped = _count_in_logs(log_dir, "not run again")
+        return Outcome(handles, [json.loads(r) for r in raw], kills, seconds, results, skipped)
     finally:
         for process, _ in started:
             if process.poll() is None:
@@ -177,6 +180,11 @@ async def run(
             await handle.forget()
         await recorder.aclose()
         await provider.disconnect()
+
+
+def _count_in_logs(log_dir: Path, text: str) -> int:
+    """How many times the workers logged ``text``."""
+    return sum(log.read_text(errors="replace").count(text) for log in log_dir.glob("worker-*.log"))
 
 
 async def _worker(argv: list[str]) -> None:

@@ -40,4 +40,5 @@ def check(outcome: app.Outcome, workflows: int) -> dict[str, Any]:
         "kills": outcome.kills,
         "callbacks_run_after_finishing": 0,
         "callbacks_killed_mid_run_and_rerun": killed_mid_run,
+        "steps_recorded_before_the_kill_not_rerun": outcome.recorded_not_rerun,
     }

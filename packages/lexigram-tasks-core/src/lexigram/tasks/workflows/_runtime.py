@@ -167,7 +167,7 @@ class WorkflowRuntime:
             dependents = tuple(plan.steps[index].dependents)
             outcome = StepOutcome(workflow_id, index, found[0], dependents, found[1])
             await self._enqueue_claims(await store.complete([outcome]))
-        logger.info(
+        logger.warning(
             "workflow step %s (%s) finished before its worker stopped; not run again",
             job.id,
             job.task,
