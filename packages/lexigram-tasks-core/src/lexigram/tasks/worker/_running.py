@@ -124,9 +124,10 @@ class Running(Limiting):
             await self._dead_letter(delivery, "MalformedJobError", delivery.problem or "", "", None)
             logger.warning("dead-lettered a message that is not a valid job: %s", reason)
             return
-        # A workflow step delivered again may have finished before its worker died.
+        # A workflow step back from a dead worker may have finished before it died.
         if (
             job.attempt > 1
+            and job.lost_leases
             and self._workflows is not None
             and STEP_HEADER in job.headers
             and await self._skip_recorded_step(delivery)
