@@ -17,6 +17,11 @@ sends every call to the shards:
   extensions go to the shard that leased the job;
 - counts, dead letters, purges and listings add the shards up.
 
+Order holds within a shard only: jobs come out of each shard first in,
+first out, but the shards take turns. So a sharded queue does not declare
+:attr:`~lexigram.tasks.protocol.Capability.PRIORITY`: a job with a priority
+is refused (``CapabilityNotSupportedError``) rather than run out of order.
+
 Workers register, and cancellations are published, on the logical queue's
 own keys (tag ``{name}``).
 """
@@ -42,7 +47,7 @@ from lexigram.tasks.control import (
     encode_cursor,
 )
 from lexigram.tasks.job import Job
-from lexigram.tasks.protocol import DeadLetter, Delivery, QueueCounts
+from lexigram.tasks.protocol import Capability, DeadLetter, Delivery, QueueCounts
 from lexigram.tasks.redis.keys import QueueKeys
 from lexigram.tasks.redis.queue import RedisTaskQueue
 
@@ -52,6 +57,8 @@ BLOCK_SLICE = 0.1
 
 class ShardedRedisTaskQueue(RedisTaskQueue):
     """A :class:`RedisTaskQueue` with ``shards > 1``: the same API over N shard queues."""
+
+    capabilities = RedisTaskQueue.capabilities - {Capability.PRIORITY}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
