@@ -15,8 +15,8 @@ repeats; the table shows medians.
 Celery runs from its own virtualenv (``--celery-python``; make one with
 ``python -m venv V && V/bin/pip install -r
 benchmarks/adapters/celery-redis-cpu.requirements.txt``), through
-``workflow_chord_celery.py``. Redis db 9 (lexigram) and 5 (Celery, broker
-and result backend) are flushed; PostgreSQL database ``bench_lexigram_wf``
+``workflow_chord_celery.py``. Redis db 11 (lexigram) and 5 (Celery, broker
+and result backend) are flushed; PostgreSQL database ``bench_wf_chord``
 is dropped and recreated. Services as in ``../shared/bench/README.md``.
 """
 
@@ -34,9 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-REDIS_URL = "redis://127.0.0.1:6379/9"
+REDIS_URL = "redis://127.0.0.1:6379/11"
 PG_SERVER = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
-PG_DB = "bench_lexigram_wf"
+PG_DB = "bench_wf_chord"
 HERE = Path(__file__).resolve().parent
 CONCURRENCY = 50
 
