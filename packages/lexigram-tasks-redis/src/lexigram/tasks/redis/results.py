@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lexigram.tasks.errors import JobSerializationError, MalformedJobError, ResultTimeoutError
+from lexigram.tasks.redis._cluster import is_cluster
 from lexigram.tasks.redis._connection import open_client, reported, resolve_url
 from lexigram.tasks.redis._listener import ChannelListener
 from lexigram.tasks.redis._sentinel import SentinelAddress, redact
@@ -103,6 +104,10 @@ class CacheBackendResultStore:
         ttl_ms = max(1, round((self.ttl if ttl is None else ttl) * 1000))
         key = self.key(job_id)
         with reported(self.redis_url):
+            if is_cluster(self.client):  # a cluster's pipelines refuse PUBLISH
+                await self.client.set(key, data, px=ttl_ms)
+                await self.client.publish(key, data)
+                return
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.set(key, data, px=ttl_ms)
                 pipe.publish(key, data)
