@@ -9,6 +9,7 @@ from lexigram.tasks.postgres import PostgresTaskQueue
 from lexigram.tasks.postgres.migrate import quote_ident
 from lexigram.tasks.protocol import Capability, TaskQueueProtocol
 from lexigram.tasks.testing import (
+    AttemptsContract,
     BackendSpec,
     ContractBase,
     JobControlContract,
@@ -74,6 +75,7 @@ class TestPostgresContract(PostgresHooks, TaskQueueContract):
             Capability.INSPECT,
             Capability.CANCEL,
             Capability.WORKERS,
+            Capability.ATTEMPTS,
         }
     )
 
@@ -94,3 +96,10 @@ class TestPostgresKeepingFinishedWorkerControl(PostgresHooks, WorkerControlContr
 
 class TestPostgresWorkerContract(PostgresHooks, WorkerContract):
     pass
+
+
+class TestPostgresKeepingFinishedAttempts(PostgresHooks, AttemptsContract):
+    """Attempt histories again with ``keep_finished``: a succeeded job's attempts stay visible."""
+
+    keeps_finished_jobs = True
+    keep_finished = 3600.0

@@ -56,6 +56,7 @@ class TestRedisContract(RedisHooks, TaskQueueContract):
             Capability.INSPECT,
             Capability.CANCEL,
             Capability.WORKERS,
+            Capability.ATTEMPTS,
         }
     )
 

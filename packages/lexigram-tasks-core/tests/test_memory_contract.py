@@ -18,6 +18,7 @@ class TestMemoryContract(TaskQueueContract):
             Capability.INSPECT,
             Capability.CANCEL,
             Capability.WORKERS,
+            Capability.ATTEMPTS,
         }
     )
     lease_seconds = 0.5

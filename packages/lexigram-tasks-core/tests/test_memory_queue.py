@@ -39,6 +39,7 @@ def test_describes_itself() -> None:
         Capability.INSPECT,
         Capability.CANCEL,
         Capability.WORKERS,
+        Capability.ATTEMPTS,
     }
     assert isinstance(queue, TaskQueueProtocol)
     assert repr(MemoryTaskQueue("emails")) == "MemoryTaskQueue(queue_name='emails')"

@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any
 
 from lexigram.tasks._enqueueing import Enqueueing
+from lexigram.tasks.attempts import complete_history
 from lexigram.tasks.control import (
     CancelOutcome,
     JobError,
@@ -46,7 +47,9 @@ class Controlling(Enqueueing):
         ``failed`` or ``cancelled``, ``finished_at``, ``error`` and ``result``,
         with empty ``task`` and ``queue``. A running job's ``worker_id``, when
         its backend does not record it, is the live worker listing it as
-        running (its list is as fresh as ``registry_interval``). Raises
+        running (its list is as fresh as ``registry_interval``). On a backend
+        declaring ``Capability.ATTEMPTS``, ``attempts`` lists every attempt
+        (the last ``MAX_ATTEMPTS_KEPT``), including the one running now. Raises
         :class:`~lexigram.tasks.CapabilityNotSupportedError` when no backend
         declares ``INSPECT`` and no stored result answers.
         """
@@ -61,6 +64,8 @@ class Controlling(Enqueueing):
                         info = _with_result(info, stored)
                 elif info.state is JobState.RUNNING and info.worker_id is None:
                     info = await self._with_worker(info)
+                if Capability.ATTEMPTS in queue.capabilities:
+                    info = complete_history(info)
                 return info
         stored = await self.result_store.get(job_id) if self.result_store is not None else None
         if stored is not None:

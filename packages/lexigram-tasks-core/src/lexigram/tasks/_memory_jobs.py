@@ -6,11 +6,11 @@ import bisect
 import itertools
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lexigram.tasks.control import JobError, JobInfo, JobPage, JobState, position_cursor
+from lexigram.tasks.control import JobAttempt, JobError, JobInfo, JobPage, JobState, position_cursor
 from lexigram.tasks.errors import MalformedJobError
 from lexigram.tasks.job import Job
 
@@ -43,6 +43,10 @@ class MemoryJob:
     progress_message: str | None = None
     meta: Mapping[str, Any] | None = None
     cancel_requested: bool = False
+    #: The worker that settled its last attempt.
+    worker_id: str | None = None
+    #: Records of its attempts that did not succeed (the last MAX_ATTEMPTS_KEPT).
+    attempts: Sequence[JobAttempt] = ()
     #: Forgotten (evicted, or replaced by a job enqueued again with its id).
     gone: bool = False
 
@@ -127,11 +131,12 @@ class JobBook:
             job: Job | None = Job.from_json(entry.payload)
         except MalformedJobError:
             job = None
+        state = entry.current_state(now)
         return JobInfo(
             id=entry.id,
             queue=self.queue_name,
             task=entry.task if job is None else job.task,
-            state=entry.current_state(now),
+            state=state,
             args=[] if job is None else job.args,
             kwargs={} if job is None else job.kwargs,
             attempt=entry.attempt,
@@ -141,12 +146,14 @@ class JobBook:
             run_at=entry.run_at or None,
             started_at=entry.started_at,
             finished_at=entry.finished_at,
+            worker_id=None if state is JobState.RUNNING else entry.worker_id,
             error=entry.error,
             progress=entry.progress,
             progress_message=entry.progress_message,
             meta=dict(entry.meta or {}),
             cancel_requested=entry.cancel_requested,
             trace_id=None if job is None else job.trace_id,
+            attempts=tuple(entry.attempts),
         )
 
 

@@ -62,10 +62,74 @@ _FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, 
 
 @dataclass(frozen=True, slots=True)
 class JobError:
-    """The last error of a job: its exception type and message."""
+    """An error of a job: its exception type and message (and traceback, in attempt records)."""
 
     type: str
     message: str
+    #: The formatted traceback, cut to its last ``MAX_TRACEBACK_CHARS`` characters.
+    traceback: str | None = None
+
+
+class AttemptOutcome(enum.StrEnum):
+    """How one attempt of a job ended (see :class:`JobAttempt`)."""
+
+    #: It is running now.
+    RUNNING = "running"
+    #: Its task returned.
+    COMPLETED = "completed"
+    #: Its task raised; the job runs again.
+    RETRYING = "retrying"
+    #: Its task raised and the job has no attempt left (or the error is not retried).
+    FAILED = "failed"
+    #: Its task exceeded its timeout (``will_retry`` says whether another attempt follows).
+    TIMED_OUT = "timed_out"
+    #: It was stopped by a cancellation.
+    CANCELLED = "cancelled"
+    #: Its worker stopped responding (killed, crashed or stalled) and its lease lapsed.
+    LEASE_LOST = "lease_lost"
+    #: The job was set aside without its task running (unknown task, too many lost leases).
+    DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class JobAttempt:
+    """One attempt of a job: who ran it, when, and how it ended.
+
+    :attr:`JobInfo.attempts` lists them oldest first, at most the last
+    ``MAX_ATTEMPTS_KEPT``. Times are Unix timestamps; a lost attempt may
+    lack its worker and times (the worker died before reporting them).
+    """
+
+    number: int
+    outcome: AttemptOutcome
+    worker_id: str | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    error: JobError | None = None
+    #: Another attempt follows this failed one.
+    will_retry: bool = False
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to end, when both are known."""
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return max(0.0, self.ended_at - self.started_at)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping: the record backends store (see docs/jobs.md)."""
+        error = self.error
+        return {
+            "number": self.number,
+            "outcome": self.outcome.value,
+            "worker_id": self.worker_id,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "error": None
+            if error is None
+            else {"type": error.type, "message": error.message, "traceback": error.traceback},
+            "will_retry": self.will_retry,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +169,9 @@ class JobInfo:
     result: Any = None
     has_result: bool = False
     trace_id: str | None = None
+    #: Its attempts, oldest first (the last ``MAX_ATTEMPTS_KEPT``), on a backend
+    #: declaring ``Capability.ATTEMPTS``; empty otherwise.
+    attempts: Sequence[JobAttempt] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready mapping (``state`` as its string, ``error`` as a mapping or None)."""
@@ -128,6 +195,7 @@ class JobInfo:
                 if self.error is None
                 else {"type": self.error.type, "message": self.error.message}
             ),
+            "attempts": [attempt.to_dict() for attempt in self.attempts],
             "progress": self.progress,
             "progress_message": self.progress_message,
             "meta": dict(self.meta),
@@ -136,6 +204,14 @@ class JobInfo:
             "has_result": self.has_result,
             "trace_id": self.trace_id,
         }
+
+
+#: How many attempts a job's history keeps (the oldest are dropped first).
+MAX_ATTEMPTS_KEPT = 25
+#: A recorded traceback keeps its last this many characters (where the error was raised).
+MAX_TRACEBACK_CHARS = 4000
+#: A recorded error message keeps its first this many characters.
+MAX_ERROR_MESSAGE_CHARS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +315,13 @@ class JobControlProtocol(Protocol):
     ``nack(requeue=True)`` with ``RETRYING`` (or ``None`` when the job is only
     handed back, e.g. at shutdown, and is simply ``queued`` again),
     ``nack(requeue=False)`` with ``FAILED`` or ``DEAD``.
+
+    A backend declaring ``Capability.ATTEMPTS`` also keeps, on the same calls,
+    ``delivery.worker_id`` as the job's ``worker_id`` and appends
+    ``delivery.attempt_record`` (when set) to the job's history, keeping the
+    last ``MAX_ATTEMPTS_KEPT``; ``get_job`` returns them as ``attempts``,
+    oldest first. The provider completes the history (the attempt running or
+    that succeeded, lost ones) from the job's own fields.
     """
 
     async def get_job(self, job_id: str) -> JobInfo | None:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from lexigram.tasks._memory_jobs import JobBook, MemoryJob
+from lexigram.tasks.attempts import append_attempt
 from lexigram.tasks.control import (
     CancelCallback,
     CancelOutcome,
@@ -78,6 +79,7 @@ class MemoryTaskQueue(BaseTaskQueue):
             Capability.INSPECT,
             Capability.CANCEL,
             Capability.WORKERS,
+            Capability.ATTEMPTS,
         }
     )
 
@@ -159,6 +161,7 @@ class MemoryTaskQueue(BaseTaskQueue):
     async def ack(self, delivery: Delivery) -> None:
         entry = self._owned(delivery)
         if entry is not None:
+            _record(entry, delivery)
             self._finish(entry, delivery.outcome or _SUCCEEDED, delivery.error, time.time())
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
@@ -168,6 +171,9 @@ class MemoryTaskQueue(BaseTaskQueue):
             entry_id, lease_token = delivery.token
             entry = running.get(entry_id)
             if entry is not None and entry.lease_token == lease_token:
+                entry.worker_id = delivery.worker_id
+                if delivery.attempt_record is not None:
+                    entry.attempts = append_attempt(entry.attempts, delivery.attempt_record)
                 self._finish(entry, delivery.outcome or _SUCCEEDED, delivery.error, now)
 
     async def nack(
@@ -178,6 +184,7 @@ class MemoryTaskQueue(BaseTaskQueue):
             return
         del self._running[entry.id]
         entry.lease_token = 0
+        _record(entry, delivery)
         if delivery.error is not None:
             entry.error = delivery.error
         if requeue and delivery.job is not None:
@@ -412,3 +419,10 @@ class MemoryTaskQueue(BaseTaskQueue):
         if self._leases:
             due = min(due, self._leases[0][0] - time.monotonic())
         return max(due, 0.001)
+
+
+def _record(entry: MemoryJob, delivery: Delivery) -> None:
+    """Keep the settling worker's id and the attempt's record (Capability.ATTEMPTS)."""
+    entry.worker_id = delivery.worker_id
+    if delivery.attempt_record is not None:
+        entry.attempts = append_attempt(entry.attempts, delivery.attempt_record)

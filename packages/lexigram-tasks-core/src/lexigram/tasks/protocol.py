@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
-from lexigram.tasks.control import JobError, JobState
+from lexigram.tasks.control import JobAttempt, JobError, JobState
 from lexigram.tasks.errors import CapabilityNotSupportedError, JobTooLargeError, MalformedJobError
 from lexigram.tasks.job import DEFAULT_MAX_JOB_BYTES, Job
 
@@ -43,6 +43,9 @@ class Capability(enum.StrEnum):
     #: Worker processes register themselves and can be listed
     #: (``register_worker``, ``deregister_worker``, ``list_workers``).
     WORKERS = "workers"
+    #: Each job keeps its attempt history (``JobInfo.attempts``): the backend
+    #: stores ``Delivery.attempt_record`` and ``Delivery.worker_id`` on ack and nack.
+    ATTEMPTS = "attempts"
 
 
 @dataclass(slots=True)
@@ -55,6 +58,10 @@ class Delivery:
     the worker sets ``outcome`` (how the job ended, or ``RETRYING``) and
     ``error``, so a backend that keeps job states records them on the ack or
     nack itself (see :class:`~lexigram.tasks.control.JobControlProtocol`).
+    It also sets ``worker_id`` (its own id) and, for an attempt that did not
+    succeed, ``attempt_record``: a backend declaring ``Capability.ATTEMPTS``
+    stores the first as the job's worker and appends the second to the job's
+    attempt history.
     """
 
     job: Job | None
@@ -63,6 +70,8 @@ class Delivery:
     problem: str | None = None
     outcome: JobState | None = None
     error: JobError | None = None
+    worker_id: str | None = None
+    attempt_record: JobAttempt | None = None
 
     @property
     def job_id(self) -> str | None:

@@ -17,6 +17,7 @@ Needs the ``testing`` extra: ``pip install "lexigram-tasks-core[testing]"``.
 
 from __future__ import annotations
 
+from lexigram.tasks.testing._attempts import AttemptsContract
 from lexigram.tasks.testing._base import ContractBase, requires
 from lexigram.tasks.testing._cancel import CancelContract
 from lexigram.tasks.testing._capabilities import (
@@ -48,6 +49,7 @@ from lexigram.tasks.testing._workers_registry import WorkersContract
 from lexigram.tasks.testing.contract import JobControlContract, TaskQueueContract, WorkerContract
 
 __all__ = [
+    "AttemptsContract",
     "BackendSpec",
     "CancelContract",
     "CapabilityContract",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lexigram.tasks.testing._attempts import AttemptsContract
 from lexigram.tasks.testing._cancel import CancelContract
 from lexigram.tasks.testing._capabilities import (
     CapabilityContract,
@@ -60,7 +61,9 @@ class TaskQueueContract(
     """
 
 
-class WorkerContract(WorkerBehaviourContract, WorkerProcessContract, WorkerControlContract):
+class WorkerContract(
+    WorkerBehaviourContract, WorkerProcessContract, WorkerControlContract, AttemptsContract
+):
     """The worker suite: what :class:`~lexigram.tasks.WorkerPool` does with this backend's jobs.
 
     Built on the same hooks as :class:`TaskQueueContract` (:meth:`create_queue`,
@@ -70,7 +73,8 @@ class WorkerContract(WorkerBehaviourContract, WorkerProcessContract, WorkerContr
     then worker processes (``worker_app``) sharing the queue, killed with
     SIGKILL, stopped with SIGTERM, and killed by their own job; and job
     control through the worker (:class:`WorkerControlContract`, run where
-    the backend declares INSPECT, CANCEL or WORKERS).
+    the backend declares INSPECT, CANCEL or WORKERS), and attempt histories
+    (:class:`AttemptsContract`, where it declares ATTEMPTS).
 
     Differences a backend may legitimately have are declared, not copied:
     ``shared_between_processes = False`` skips the process tests (a queue in

@@ -329,6 +329,7 @@ class Running(Limiting):
         slot.finished = False
         self.jobs_done += 1
         delivery.outcome = _SUCCEEDED
+        delivery.worker_id = self.worker_id
         self._to_ack.append(delivery)
         self._ack_wakeup.set()
 

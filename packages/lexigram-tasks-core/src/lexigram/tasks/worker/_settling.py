@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import traceback
 from typing import Any
 
 from opentelemetry.trace import Span
 
 from lexigram.tasks._otel import Telemetry
-from lexigram.tasks.control import JobError, JobState, require
-from lexigram.tasks.errors import JobSerializationError, TaskArgumentsError
+from lexigram.tasks.attempts import bounded_error
+from lexigram.tasks.control import AttemptOutcome, JobAttempt, JobError, JobState, require
+from lexigram.tasks.errors import JobSerializationError, TaskArgumentsError, TaskTimeoutError
 from lexigram.tasks.events import (
     EventBus,
     TaskCancelledEvent,
@@ -33,6 +35,12 @@ from lexigram.tasks.workflows._plan import STEP_HEADER
 from lexigram.tasks.workflows._runtime import WorkflowRuntime, is_step
 
 logger = logging.getLogger("lexigram.tasks.worker")
+
+_TIMED_OUT, _RETRYING, _FAILED = (
+    AttemptOutcome.TIMED_OUT,
+    AttemptOutcome.RETRYING,
+    AttemptOutcome.FAILED,
+)
 
 #: Seconds before a workflow step whose state could not be recorded runs again.
 _WORKFLOW_RETRY_DELAY = 1.0
@@ -81,6 +89,18 @@ class Settling:
             and not isinstance(exc, TaskArgumentsError)
         )
         tb = "".join(traceback.format_exception(exc))
+        now = time.time()
+        timed_out = isinstance(exc, TaskTimeoutError)
+        delivery.worker_id = self.worker_id
+        delivery.attempt_record = JobAttempt(
+            job.attempt,
+            _TIMED_OUT if timed_out else _RETRYING if will_retry else _FAILED,
+            self.worker_id,
+            now - duration,
+            now,
+            bounded_error(error_type, str(exc), tb),
+            will_retry,
+        )
         self.jobs_failed += 1
         self.telemetry.record_failure(span, exc, error_type, will_retry)
         if self.events.wants(TaskFailedEvent):
@@ -149,6 +169,12 @@ class Settling:
                 return
         delivery.outcome = state
         delivery.error = JobError(error_type, message)
+        delivery.worker_id = self.worker_id
+        if delivery.attempt_record is None and job is not None:  # set aside without running
+            error = bounded_error(error_type, message, tb)
+            delivery.attempt_record = JobAttempt(
+                job.attempt, AttemptOutcome.DEAD, self.worker_id, None, time.time(), error
+            )
         reason = f"{error_type}: {message}" if message else error_type
         if span is not None:
             self.telemetry.record_dead_letter(span, reason)
@@ -217,6 +243,7 @@ class Settling:
                 logger.exception("cancelling the workflow of step %s failed", job.id)
         delivery.outcome = JobState.CANCELLED
         delivery.error = None
+        delivery.worker_id = self.worker_id
         self._to_ack.append(delivery)
         self._ack_wakeup.set()
 
@@ -247,6 +274,7 @@ class Settling:
         """Give a job back without using up an attempt."""
         delivery.outcome = None  # simply queued again
         delivery.error = None
+        delivery.attempt_record = None  # not an attempt: it did not use one up
         if delivery.job is not None:
             delivery.job.attempt -= 1
             await self._settle(self.queue.nack(delivery, requeue=True, delay=delay, reason=reason))

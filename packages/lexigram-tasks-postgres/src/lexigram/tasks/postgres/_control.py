@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from lexigram.tasks.attempts import decode_attempts
 from lexigram.tasks.control import (
     CancelCallback,
     CancelOutcome,
@@ -184,6 +185,8 @@ class Controlling(Pooled):
             meta={} if row["meta"] is None else json.loads(row["meta"]),
             cancel_requested=row["cancel_requested"],
             trace_id=None if job is None else job.trace_id,
+            worker_id=None if row["status"] == "running" else row.get("worker_id"),
+            attempts=tuple(decode_attempts(row.get("attempts"))),
         )
 
     async def record_progress(self, delivery: Delivery, progress: Progress) -> None:

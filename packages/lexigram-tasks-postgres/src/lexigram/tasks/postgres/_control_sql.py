@@ -113,7 +113,11 @@ class ControlStatements:
         )
         return cls(
             cancel_channel=f"{schema}.cancel",
-            get_job=f"SELECT {_COLUMNS} FROM {t} WHERE id = {newest}",
+            # Only a job's own page shows its worker and attempts (listings leave them out).
+            get_job=(
+                f"SELECT {_COLUMNS}, worker_id, attempts::text AS attempts"
+                f" FROM {t} WHERE id = {newest}"
+            ),
             list_ready={
                 "queued": ready.replace("{when}", f"run_at <= now() AND {not_retrying}").replace(
                     "{after}", f"{after_run_at}, {after_id}"

@@ -29,6 +29,7 @@ class Statements:
     claim: str
     ack_delete: str
     ack_keep: str
+    ack_keep_attempts: str
     requeue: str
     dead_letter: str
     extend: str
@@ -40,6 +41,7 @@ class Statements:
     @classmethod
     def for_schema(cls, schema: str) -> Statements:
         t = f"{quote_ident(schema)}.jobs"
+        append = f"{quote_ident(schema)}.append_attempt"
         pairs = "unnest($1::bigint[], $2::bigint[]) AS s(id, token)"
         owned = f"{t}.id = s.id AND {t}.lease_token = s.token AND {t}.status = 'running'"
         released = "lease_token = NULL, lease_expires_at = NULL"
@@ -113,9 +115,21 @@ class Statements:
                 f"UPDATE {t} SET status = 'done', finished_at = now(), {released},"
                 " state = coalesce(s.state, 'succeeded'),"
                 f" error_type = coalesce(s.error_type, {t}.error_type),"
-                f" error_message = coalesce(s.error_message, {t}.error_message)"
+                f" error_message = coalesce(s.error_message, {t}.error_message),"
+                " worker_id = $6"
                 " FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[])"
                 f" AS s(id, token, state, error_type, error_message) WHERE {owned}"
+            ),
+            # The same, for a batch holding attempt records ($7, JSON; $8: how many kept).
+            ack_keep_attempts=(
+                f"UPDATE {t} SET status = 'done', finished_at = now(), {released},"
+                " state = coalesce(s.state, 'succeeded'),"
+                f" error_type = coalesce(s.error_type, {t}.error_type),"
+                f" error_message = coalesce(s.error_message, {t}.error_message),"
+                f" worker_id = $6, attempts = {append}({t}.attempts, s.record::jsonb, $8)"
+                " FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[],"
+                f" $7::text[]) AS s(id, token, state, error_type, error_message, record)"
+                f" WHERE {owned}"
             ),
             # A job whose cancellation was asked for is not run again: it ends cancelled.
             requeue=(
@@ -126,7 +140,9 @@ class Statements:
                 " payload = $3, attempt = $4, priority = $5,"
                 " run_at = now() + make_interval(secs => $6), failure_reason = $7,"
                 " error_type = coalesce($10, error_type),"
-                f" error_message = coalesce($11, error_message), {released}"
+                f" error_message = coalesce($11, error_message), {released},"
+                f" worker_id = coalesce($12, worker_id),"
+                f" attempts = {append}(attempts, $13::jsonb, $14)"
                 " WHERE id = $1 AND lease_token = $2 AND status = 'running'"
                 " RETURNING queue_name, status)"
                 " SELECT pg_notify($8, queue_name) FROM requeued WHERE status = 'ready'"
@@ -135,7 +151,9 @@ class Statements:
                 f"UPDATE {t} SET status = 'failed', finished_at = now(), failure_reason = $3,"
                 " job_id = coalesce($4, job_id), state = coalesce($5, 'failed'),"
                 " error_type = coalesce($6, error_type),"
-                f" error_message = coalesce($7, error_message), {released}"
+                f" error_message = coalesce($7, error_message), {released},"
+                f" worker_id = coalesce($8, worker_id),"
+                f" attempts = {append}(attempts, $9::jsonb, $10)"
                 " WHERE id = $1 AND lease_token = $2 AND status = 'running'"
             ),
             extend=(

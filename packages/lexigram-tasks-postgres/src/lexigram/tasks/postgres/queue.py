@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from lexigram.tasks.control import JobState
+from lexigram.tasks.attempts import encode_attempt
+from lexigram.tasks.control import MAX_ATTEMPTS_KEPT, JobState
 from lexigram.tasks.errors import BackendConnectionError, JobTooLargeError
 from lexigram.tasks.job import DEFAULT_MAX_JOB_BYTES, Job
 from lexigram.tasks.postgres._connect import CONNECTION_ERRORS, redacted, validate_url
@@ -90,6 +91,7 @@ class PostgresTaskQueue(Inserting, Retention, Controlling):
             Capability.INSPECT,
             Capability.CANCEL,
             Capability.WORKERS,
+            Capability.ATTEMPTS,
         }
     )
 
@@ -387,21 +389,26 @@ class PostgresTaskQueue(Inserting, Retention, Controlling):
         await self._run(lambda c: c.execute(self._sql.ack_delete, ids, tokens), settling=True)
 
     async def _ack_keep(self, deliveries: Sequence[Delivery]) -> None:
-        """Mark rows finished, with how each job ended."""
+        """Mark rows finished, with how each job ended (and its attempt records)."""
         ids, tokens = _pairs(deliveries)
         states: list[str | None] = []
         error_types: list[str | None] = []
         error_messages: list[str | None] = []
+        records: list[str | None] = []
         for delivery in deliveries:
             states.append(None if delivery.outcome is None else delivery.outcome.value)
             error_types.append(None if delivery.error is None else delivery.error.type)
             error_messages.append(None if delivery.error is None else delivery.error.message)
-        await self._run(
-            lambda c: c.execute(
-                self._sql.ack_keep, ids, tokens, states, error_types, error_messages
-            ),
-            settling=True,
-        )
+            record = delivery.attempt_record
+            records.append(None if record is None else encode_attempt(record))
+        # One worker settles a batch (its pool's acks): its id once.
+        args = [ids, tokens, states, error_types, error_messages, deliveries[0].worker_id]
+        if any(records):
+            statement = self._sql.ack_keep_attempts
+            args += [records, MAX_ATTEMPTS_KEPT]
+        else:
+            statement = self._sql.ack_keep
+        await self._run(lambda c: c.execute(statement, *args), settling=True)
 
     async def nack(
         self, delivery: Delivery, *, requeue: bool, delay: float = 0.0, reason: str = ""
@@ -411,6 +418,8 @@ class PostgresTaskQueue(Inserting, Retention, Controlling):
         error = delivery.error
         error_type = None if error is None else error.type
         error_message = None if error is None else error.message
+        attempt = delivery.attempt_record
+        record = None if attempt is None else encode_attempt(attempt)
         if requeue and job is not None:
             payload = job.to_bytes()
             await self._run(
@@ -427,6 +436,9 @@ class PostgresTaskQueue(Inserting, Retention, Controlling):
                     _requeued_state(delivery.outcome),
                     error_type,
                     error_message,
+                    delivery.worker_id,
+                    record,
+                    MAX_ATTEMPTS_KEPT,
                 ),
                 settling=True,
             )
@@ -441,6 +453,9 @@ class PostgresTaskQueue(Inserting, Retention, Controlling):
                 _dead_state(delivery),
                 error_type,
                 error_message,
+                delivery.worker_id,
+                record,
+                MAX_ATTEMPTS_KEPT,
             ),
             settling=True,
         )

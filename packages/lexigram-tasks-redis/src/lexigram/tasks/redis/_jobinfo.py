@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from lexigram.tasks.attempts import decode_attempts
 from lexigram.tasks.control import JobError, JobInfo, JobState
 from lexigram.tasks.job import Job
 
@@ -73,13 +74,14 @@ def job_info(job_id: str, queue: str, fields: Mapping[str, str]) -> JobInfo | No
         run_at=_run_at(state, fields, job),
         started_at=_time(fields.get("started_at")),
         finished_at=_time(fields.get("ended_at")) if finished else None,
-        worker_id=None,
+        worker_id=None if state is JobState.RUNNING else fields.get("worker_name") or None,
         error=error,
         progress=float(progress) if progress else None,
         progress_message=fields.get("lx_progress_message"),
         meta=_meta(fields),
         cancel_requested=fields.get("lx_cancel") == "1" and not finished,
         trace_id=None if job is None else job.trace_id,
+        attempts=tuple(decode_attempts(fields.get("lx_attempts"))),
     )
 
 

@@ -15,7 +15,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from lexigram.tasks.control import JobState
+from lexigram.tasks.attempts import encode_attempt
+from lexigram.tasks.control import MAX_ATTEMPTS_KEPT, JobState
 from lexigram.tasks.errors import BackendConnectionError, ConfigurationError
 from lexigram.tasks.job import DEFAULT_MAX_JOB_BYTES, Job
 from lexigram.tasks.protocol import (
@@ -88,6 +89,7 @@ class RedisTaskQueue(BaseTaskQueue, JobControl):
             Capability.INSPECT,
             Capability.CANCEL,
             Capability.WORKERS,
+            Capability.ATTEMPTS,
         }
     )
 
@@ -340,15 +342,19 @@ class RedisTaskQueue(BaseTaskQueue, JobControl):
             if outcome is None or outcome is JobState.SUCCEEDED:
                 leases.append(delivery.token)
             else:
-                error = delivery.error
+                error, record = delivery.error, delivery.attempt_record
                 others += [
                     delivery.token,
                     outcome.value,
                     error.type if error is not None else "",
                     error.message if error is not None else "",
+                    "" if record is None else encode_attempt(record),
                 ]
         ttl = repr(float(self.finished_ttl))
-        await self._run("ack", [ttl, len(others) // 4, *others, *leases])
+        # One worker settles a batch (its pool's acks): its id once.
+        worker = deliveries[0].worker_id or ""
+        head = [ttl, worker, MAX_ATTEMPTS_KEPT, len(others) // 5]
+        await self._run("ack", [*head, *others, *leases])
 
     async def nack(
         self, delivery: Delivery, *, requeue: bool, delay: float = 0.0, reason: str = ""
@@ -371,6 +377,9 @@ class RedisTaskQueue(BaseTaskQueue, JobControl):
                 outcome.value if outcome is not None else "",
                 error.type if error is not None else "",
                 error.message if error is not None else "",
+                delivery.worker_id or "",
+                "" if delivery.attempt_record is None else encode_attempt(delivery.attempt_record),
+                MAX_ATTEMPTS_KEPT,
             ],
         )
 

@@ -1,16 +1,19 @@
 -- Settle finished jobs. ARGV[3] is how long finished jobs stay visible in
--- rq's registries (0: delete at once). ARGV[4] is how many jobs ended other
--- than succeeded; four values each follow: the lease ("<token> <id>"), the
--- outcome (cancelled, failed or dead: a dead letter queue took it), the
--- error's type and message. Then one lease per succeeded job. A job whose
+-- rq's registries (0: delete at once). ARGV[4] is the worker that ran them
+-- (rq's worker_name), ARGV[5] how many attempts a job's history keeps.
+-- ARGV[6] is how many jobs ended other than succeeded; five values each
+-- follow: the lease ("<token> <id>"), the outcome (cancelled, failed or dead:
+-- a dead letter queue took it), the error's type and message, and the
+-- attempt's record ('' none). Then one lease per succeeded job. A job whose
 -- token is no longer its lease (the lease lapsed and the job was handed to
 -- someone else) is left alone. Returns how many were acked.
 local ttl = tonumber(ARGV[3])
-local others = tonumber(ARGV[4])
+local worker, keep = ARGV[4], tonumber(ARGV[5])
+local others = tonumber(ARGV[6])
 local acked = 0
 local ended_at = now_iso()
 
-local function settle(lease, outcome, error_type, error_message)
+local function settle(lease, outcome, error_type, error_message, record)
   local id, token = split_lease(lease)
   local key = JOB_PREFIX .. id
   local f = redis.call('HMGET', key, 'lx_token', 'lx_dedup')
@@ -20,8 +23,11 @@ local function settle(lease, outcome, error_type, error_message)
   acked = acked + 1
   if outcome == 'cancelled' then
     finish_canceled(key, id, ttl, f[2])
-    if ttl > 0 and error_type ~= '' then
-      redis.call('HSET', key, 'lx_error_type', error_type, 'lx_error_message', error_message)
+    if ttl > 0 then
+      redis.call('HSET', key, 'worker_name', worker)
+      if error_type ~= '' then
+        redis.call('HSET', key, 'lx_error_type', error_type, 'lx_error_message', error_message)
+      end
     end
     return
   end
@@ -34,21 +40,23 @@ local function settle(lease, outcome, error_type, error_message)
     -- and dead_letters() are the backend's own).
     redis.call('HSET', key, 'status', 'failed', 'ended_at', ended_at, 'lx_token', '',
       'lx_outcome', outcome, 'lx_dlq', '1', 'lx_error_type', error_type,
-      'lx_error_message', error_message)
+      'lx_error_message', error_message, 'worker_name', worker)
+    add_attempt(key, record, keep)
     redis.call('EXPIRE', key, ttl)
     redis.call('ZADD', K_FINISHED, NOW + ttl, id)
   else
-    redis.call('HSET', key, 'status', 'finished', 'ended_at', ended_at, 'lx_token', '')
+    redis.call('HSET', key, 'status', 'finished', 'ended_at', ended_at, 'lx_token', '',
+      'worker_name', worker)
     redis.call('EXPIRE', key, ttl)
     redis.call('ZADD', K_FINISHED, NOW + ttl, id)
   end
 end
 
-for i = 5, 4 + others * 4, 4 do
-  settle(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+for i = 7, 6 + others * 5, 5 do
+  settle(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
 end
-for i = 5 + others * 4, #ARGV do
-  settle(ARGV[i], nil, nil, nil)
+for i = 7 + others * 5, #ARGV do
+  settle(ARGV[i], nil, nil, nil, nil)
 end
 if ttl > 0 and acked > 0 then
   redis.call('ZREMRANGEBYSCORE', K_FINISHED, '-inf', NOW)

@@ -2,7 +2,9 @@
 -- (1/0), 5 delay, 6 reason, 7 payload to store when requeued, 8 priority,
 -- 9 attempt, 10 failure ttl, 11 whether the payload was a valid job (1/0),
 -- 12 the outcome the worker recorded ('' none, retrying, failed, dead),
--- 13 and 14 the error's type and message ('' none).
+-- 13 and 14 the error's type and message ('' none), 15 the worker (rq's
+-- worker_name, '' none), 16 the attempt's record ('' none), 17 how many
+-- attempts a job's history keeps.
 -- Returns 1, or 0 when the token no longer holds the lease.
 local id, token = split_lease(ARGV[3])
 local key = JOB_PREFIX .. id
@@ -15,6 +17,8 @@ local outcome, error_type = ARGV[12], ARGV[13]
 if error_type ~= '' then
   redis.call('HSET', key, 'lx_error_type', error_type, 'lx_error_message', ARGV[14])
 end
+if ARGV[15] ~= '' then redis.call('HSET', key, 'worker_name', ARGV[15]) end
+add_attempt(key, ARGV[16], tonumber(ARGV[17]))
 if ARGV[4] == '1' and f[3] == '1' then
   -- Cancelled while it ran and handed back (a shutdown): it must not run again.
   finish_canceled(key, id, tonumber(f[4]) or 0, f[2])
