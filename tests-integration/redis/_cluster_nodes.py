@@ -121,6 +121,11 @@ class ClusterNodes:
         process.kill()
         process.wait(timeout=10)
 
+    def restart(self, port: int) -> None:
+        """Start the killed node on ``port`` again: it rejoins (its nodes file kept)
+        as a replica of the master that took over its slots."""
+        self._server(port)
+
     def stop(self) -> None:
         for process in self.processes.values():
             if process.poll() is None:

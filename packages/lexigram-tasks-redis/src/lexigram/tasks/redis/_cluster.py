@@ -14,6 +14,7 @@ slot, so a queue on a cluster keeps all its keys under one hash tag
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -24,7 +25,15 @@ from lexigram.tasks.redis._sentinel import redact
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import parse_url
-from redis.exceptions import ClusterDownError, NoScriptError
+from redis.exceptions import (
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 #: URL schemes of a Redis Cluster (the second one with TLS).
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
@@ -152,11 +161,19 @@ class ClusterScript(PreparedScript):
         cluster = cast(RedisCluster, self.client)
         wait = [b"*3\r\n", *map(self._bulk, ("WAIT", replicas, max(1, round(timeout * 1000))))]
         packed = self.pack(args) + b"".join(wait)
-        try:
-            return await _on_master(cluster, self.keys[0], packed)
-        except NoScriptError:
-            await self.client.script_load(self.script.source)
-            return await _on_master(cluster, self.keys[0], packed)
+        for attempt in (1, 2):
+            try:
+                return await _on_master(cluster, self.keys[0], packed)
+            except NoScriptError:
+                await self.client.script_load(self.script.source)
+            except (MovedError, RedisConnectionError, RedisTimeoutError):
+                # The slot moved (a failover) or its master is gone: learn the
+                # cluster's new shape, then try once more (a MOVED one at once).
+                with contextlib.suppress(RedisError, RedisClusterException):
+                    await cluster.nodes_manager.initialize()
+                if attempt == 2:
+                    raise
+        return await _on_master(cluster, self.keys[0], packed)
 
 
 async def _on_master(cluster: RedisCluster, key: str, packed: bytes) -> list[Any]:

@@ -46,6 +46,7 @@ from lexigram.tasks.control import (
     decode_cursor,
     encode_cursor,
 )
+from lexigram.tasks.errors import BackendConnectionError
 from lexigram.tasks.job import Job
 from lexigram.tasks.protocol import Capability, DeadLetter, Delivery, QueueCounts
 from lexigram.tasks.redis.keys import QueueKeys
@@ -133,23 +134,31 @@ class ShardedRedisTaskQueue(RedisTaskQueue):
         start = self._turn
         self._turn = (start + 1) % self.shards
         order = [(start + k) % self.shards for k in range(self.shards)]
-        for index in order:
-            got = await self.lanes[index].dequeue(max_jobs=max_jobs, lease_seconds=lease_seconds)
-            if got:
-                return _tagged(index, got)
+        first = True
         while True:
+            failed: list[BackendConnectionError] = []
             for index in order:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if not first and remaining <= 0:
                     return []
-                got = await self.lanes[index].dequeue(
-                    max_jobs=max_jobs,
-                    lease_seconds=lease_seconds,
-                    wait=min(BLOCK_SLICE, remaining),
-                )
+                block = 0.0 if first else min(BLOCK_SLICE, remaining)
+                try:
+                    got = await self.lanes[index].dequeue(
+                        max_jobs=max_jobs, lease_seconds=lease_seconds, wait=block
+                    )
+                except BackendConnectionError as exc:
+                    # A shard whose master is down (a failover under way) must
+                    # not stop the others: go on, and fail only if all failed.
+                    failed.append(exc)
+                    continue
                 if got:
                     self._turn = (index + 1) % self.shards
                     return _tagged(index, got)
+            if len(failed) == self.shards:
+                raise failed[-1]
+            if first and wait <= 0:
+                return []
+            first = False
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         await asyncio.gather(
