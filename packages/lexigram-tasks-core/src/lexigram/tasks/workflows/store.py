@@ -9,8 +9,8 @@ that records a step's result also lowers the counters of the steps waiting
 for it, and the one call that brings a counter to zero *claims* that step.
 
 A step is claimed again, not freshly (``Claim.fresh`` False), when the
-result of one of its inputs is recorded a second time (a step run twice
-after its worker was killed) while the step is still not marked enqueued:
+result of one of its inputs is recorded a second time (a step delivered
+again after its worker was killed) while the step is still not marked enqueued:
 that is how a crash between a claim and its enqueue is recovered. The
 enqueue of a step is idempotent (a job id derived from the workflow and the
 step, plus a dedup key), so a recovered claim cannot enqueue it twice.

@@ -28,15 +28,17 @@ from lexigram.tasks.protocol import Capability, TaskQueueProtocol
 from lexigram.tasks.provider import TaskProvider
 from lexigram.tasks.task import Task
 from lexigram.tasks.testing._base import ContractBase
-from lexigram.tasks.testing._helpers import eventually
+from lexigram.tasks.testing._helpers import collect, eventually
 from lexigram.tasks.worker import JobFailure
 from lexigram.tasks.workflows import (
+    StepOutcome,
     WorkflowCancelledError,
     WorkflowFailedError,
     chain,
     chord,
     group,
 )
+from lexigram.tasks.workflows._resolve import connected_store
 
 __all__ = ["WorkflowContract"]
 
@@ -230,6 +232,46 @@ class WorkflowContract(ContractBase):
         flows.release.set()
         assert await handle.result(timeout=WAIT) == 0
         assert flows.order == [("block", 6), ("total", [])]
+
+    @pytest.mark.asyncio
+    async def test_steps_their_dead_worker_recorded_do_not_run_again(self, queue_name: str) -> None:
+        if not self.shared_between_processes:
+            pytest.skip("one queue instance per process: no second worker to die")
+        queue = await self.create_queue(queue_name)
+        self.pair(queue)
+        provider = TaskProvider(
+            queue=queue, worker_count=2, poll_interval=0.05, shutdown_timeout=2.0
+        )
+        runs: Counter[str] = Counter()
+
+        @provider.task(name="contract.twice")
+        async def twice(x: int) -> int:
+            runs[f"twice({x})"] += 1
+            return 2 * x
+
+        @provider.task(name="contract.sum")
+        async def total(values: list[int]) -> int:
+            runs[f"sum({values})"] += 1
+            return sum(values)
+
+        await provider.connect()
+        try:
+            handle = await chord(group(twice.s(1), twice.s(2)), total.s()).enqueue()
+            # Another worker takes both steps, runs them and records their results
+            # (which claims the callback), then dies before sending it and acking.
+            async with self.connected(queue_name) as dead:
+                taken = await collect(dead, 2, lease_seconds=self.lease_seconds)
+                assert sorted(d.job.id for d in taken if d.job) == handle.job_ids[:2]
+                done = [StepOutcome(handle.id, i, str(2 * (i + 1)), (2,)) for i in (0, 1)]
+                claims = await (await connected_store(queue)).complete(done)
+                assert [(c.step, c.fresh) for c in claims] == [(2, True)]
+            await provider.start()
+            assert await handle.result(timeout=WAIT + self.lease_seconds) == 6
+            # The steps were delivered again and acked unrun; the callback was sent once.
+            assert runs == Counter({"sum([2, 4])": 1})
+        finally:
+            await provider.stop()
+            await provider.disconnect()
 
     @pytest.mark.asyncio
     async def test_an_immutable_step_ignores_the_previous_result(self, flows: Flows) -> None:
