@@ -24,7 +24,13 @@ import redis.asyncio as aioredis
 
 from lexigram.tasks.dlq.filters import FailureFilter
 from lexigram.tasks.dlq.record import FailureRecord
-from lexigram.tasks.redis.connection import SentinelAddress, open_client, redact, resolve_url
+from lexigram.tasks.redis.connection import (
+    SentinelAddress,
+    hash_tagged,
+    open_client,
+    redact,
+    resolve_url,
+)
 
 _PUT = """
 local prefix, id = ARGV[1], ARGV[2]
@@ -84,7 +90,7 @@ class RedisDeadLetterStorage:
             raise ValueError("prefix must not be empty")
         redis_url = resolve_url(redis_url, sentinels, service_name)
         self.redis_url = redis_url
-        self.prefix = prefix
+        self.prefix = hash_tagged(redis_url, prefix)
         self._client: aioredis.Redis | None = None
         self._put: Any = None
         self._delete: Any = None
@@ -103,6 +109,9 @@ class RedisDeadLetterStorage:
         )
         self._put = client.register_script(_PUT)
         self._delete = client.register_script(_DELETE)
+        # purge() sends deletions in a pipeline, which loads no script on a
+        # cluster: load it on every master now (one round trip elsewhere).
+        await client.script_load(_DELETE)
         self._client = client
 
     async def disconnect(self) -> None:

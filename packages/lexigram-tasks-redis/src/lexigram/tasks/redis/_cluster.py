@@ -15,6 +15,7 @@ slot, so a queue on a cluster keeps all its keys under one hash tag
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -37,6 +38,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 #: URL schemes of a Redis Cluster (the second one with TLS).
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+# A hash tag: the first {...} with something inside.
+_TAG = re.compile(r"\{[^}]+\}")
 #: The port of a node the URL names without one.
 DEFAULT_PORT = 6379
 
@@ -113,6 +116,15 @@ def cluster_client(url: str, options: dict[str, Any]) -> Redis:
         startup_nodes=[ClusterNode(host, port) for host, port in nodes], **settings
     )
     return cast(Redis, client)
+
+
+def hash_tagged(redis_url: str, namespace: str) -> str:
+    """``namespace`` as a key prefix for ``redis_url``: on a cluster, wrapped in a
+    hash tag (``{namespace}``) unless it holds one, so that a store's keys share
+    one slot and its scripts may touch several of them; elsewhere unchanged."""
+    if is_cluster_url(redis_url) and not _TAG.search(namespace):
+        return "{" + namespace + "}"
+    return namespace
 
 
 def is_cluster(client: Redis) -> bool:

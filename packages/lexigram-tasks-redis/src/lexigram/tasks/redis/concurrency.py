@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lexigram.tasks.concurrency import Limit
+from lexigram.tasks.redis._cluster import hash_tagged
 from lexigram.tasks.redis._connection import open_client, reported, resolve_url
 from lexigram.tasks.redis._sentinel import SentinelAddress, redact
 from redis.asyncio import Redis
@@ -104,7 +105,7 @@ class RedisConcurrencyLimiter:
     ) -> None:
         redis_url = resolve_url(redis_url, sentinels, service_name)
         self.redis_url = redis_url
-        self.namespace = namespace
+        self.namespace = hash_tagged(redis_url, namespace)
         self._client = client
         self._owns_client = client is None
         self._connecting = asyncio.Lock()
@@ -217,7 +218,9 @@ class RedisConcurrencyLimiter:
             if self._batch is None:
                 await self.connect()
             with reported(self.redis_url):
-                taken = await self._batch(args=[self.key(""), freed, "\n".join(lines)])
+                taken = await self._batch(
+                    keys=[self.key("")], args=[self.key(""), freed, "\n".join(lines)]
+                )
         except Exception as exc:
             if releases:
                 logger.warning(

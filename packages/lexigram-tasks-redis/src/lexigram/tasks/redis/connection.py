@@ -8,10 +8,13 @@ password hidden. ``redis+sentinel://`` URLs (a master found through Redis
 Sentinel) work wherever a ``redis://`` URL does; :func:`resolve_url` turns
 ``sentinels=`` and ``service_name=`` keywords into one, and :func:`redact`
 hides both the URL's password and a ``sentinel_password`` in its query.
+``redis+cluster://`` URLs name a Redis Cluster; a storage whose scripts
+touch several keys puts its key prefix through :func:`hash_tagged`.
 """
 
 from __future__ import annotations
 
+from lexigram.tasks.redis._cluster import CLUSTER_SCHEMES, hash_tagged
 from lexigram.tasks.redis._connection import (
     RETRIES,
     SCHEMES,
@@ -29,11 +32,13 @@ from lexigram.tasks.redis._sentinel import (
 )
 
 __all__ = [
+    "CLUSTER_SCHEMES",
     "RETRIES",
     "SCHEMES",
     "SENTINEL_SCHEMES",
     "SentinelAddress",
     "client_defaults",
+    "hash_tagged",
     "open_client",
     "redact",
     "reported",

@@ -27,6 +27,7 @@ from lexigram.tasks.control import (
     position_cursor,
 )
 from lexigram.tasks.job import Job
+from lexigram.tasks.redis._cluster import hash_tagged
 from lexigram.tasks.redis._connection import open_client, reported, resolve_url
 from lexigram.tasks.redis._sentinel import SentinelAddress, redact
 from lexigram.tasks.state_store import DEFAULT_FINISHED_TTL, Leased, Settled
@@ -75,7 +76,7 @@ class RedisJobStateStore:
         if finished_ttl <= 0:
             raise ValueError(f"finished_ttl must be > 0 seconds, got {finished_ttl}")
         self.redis_url = redis_url
-        self.namespace = namespace
+        self.namespace = hash_tagged(redis_url, namespace)
         self.finished_ttl = finished_ttl
         self._client: Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
@@ -105,7 +106,8 @@ class RedisJobStateStore:
     async def _run(self, name: str, *args: Any) -> Any:
         self.client  # noqa: B018 - raises when not connected
         with reported(self.redis_url):
-            return await self._scripts[name](args=[self.namespace, *args])
+            # The key routes the call to the master of the namespace's slot (a cluster).
+            return await self._scripts[name](keys=[self._key("seq")], args=[self.namespace, *args])
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.namespace, *parts))

@@ -15,6 +15,7 @@ from importlib.resources import files
 from typing import Any
 
 from lexigram.tasks.redact import redact_url
+from lexigram.tasks.redis._cluster import hash_tagged
 from lexigram.tasks.redis._connection import open_client, reported, validate_url
 from lexigram.tasks.workflows.store import Claim, StepOutcome, WorkflowSnapshot
 from redis.asyncio import Redis
@@ -53,7 +54,7 @@ class RedisWorkflowStore:
     ) -> None:
         validate_url(redis_url)
         self.redis_url = redis_url
-        self.namespace = namespace
+        self.namespace = hash_tagged(redis_url, namespace)
         self._source = source
         self._client: Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
@@ -93,7 +94,8 @@ class RedisWorkflowStore:
     async def _run(self, name: str, *args: Any) -> Any:
         self.client  # noqa: B018 - raises when not connected
         with reported(self.redis_url):
-            return await self._scripts[name](args=[self.namespace, *args])
+            # The key routes the call to the master of the namespace's slot (a cluster).
+            return await self._scripts[name](keys=[self.namespace], args=[self.namespace, *args])
 
     async def create(
         self, workflow_id: str, plan: str, pending: Sequence[int], steps: int, ttl: float
