@@ -12,7 +12,7 @@ import _cpu_burn
 from lexigram.tasks import TaskProvider
 from lexigram.tasks.redis import RedisTaskQueue
 
-DB = 8
+DB = int(os.environ.get("LEXIGRAM_BENCH_DB", "8"))  # several runs at once: one db each
 URL = f"redis://127.0.0.1:6379/{DB}"
 POOL_SIZE = 1  # children per worker process: with --processes 2, one per core
 

@@ -11,7 +11,7 @@ import _benchlib as B
 from lexigram.tasks import TaskProvider
 from lexigram.tasks.redis import RedisTaskQueue
 
-DB = 11
+DB = int(os.environ.get("LEXIGRAM_BENCH_DB", "11"))  # several runs at once: one db each
 URL = f"redis://127.0.0.1:6379/{DB}"
 
 queue = RedisTaskQueue(redis_url=URL, queue_name="bench")

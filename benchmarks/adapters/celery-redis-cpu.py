@@ -12,7 +12,7 @@ import _cpu_burn
 from celery import Celery
 
 SYSTEM, BACKEND = "celery", "redis-cpu"
-DB = 10
+DB = int(os.environ.get("LEXIGRAM_BENCH_DB", "10"))  # several runs at once: one db each
 URL = f"redis://127.0.0.1:6379/{DB}"
 CONCURRENCY = {"noop_drain": 2, "sleep_drain": 2, "latency": 2}
 NOTES = (

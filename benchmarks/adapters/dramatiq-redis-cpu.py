@@ -16,7 +16,7 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
 SYSTEM, BACKEND = "dramatiq", "redis-cpu"
-DB = 14
+DB = int(os.environ.get("LEXIGRAM_BENCH_DB", "14"))  # several runs at once: one db each
 URL = f"redis://127.0.0.1:6379/{DB}"
 PROCESSES = 2
 CONCURRENCY = {"noop_drain": 2, "sleep_drain": 2, "latency": 2}

@@ -4,7 +4,8 @@ takes and gives back a slot in Redis (RedisConcurrencyLimiter, the queue's own
 connection), and none is ever turned away. The cost of the limits alone.
 
 Run from the repository root:
-    ../shared/bench/run --adapters benchmarks/adapters lexigram-redis lexigram-redis-limits
+    ../shared/bench/run --adapters benchmarks/adapters \
+        lexigram-redis-limits:none lexigram-redis-limits
 """
 
 import itertools
@@ -15,7 +16,7 @@ sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 import _benchlib as B
 
 SYSTEM, BACKEND = "lexigram", "redis-limits"
-DB = 12
+DB = int(os.environ.get("LEXIGRAM_BENCH_DB", "12"))  # several runs at once: one db each
 URL = f"redis://127.0.0.1:6379/{DB}"
 CONCURRENCY = {"noop_drain": 50, "sleep_drain": 100, "latency": 50}
 NOTES = (
@@ -34,13 +35,20 @@ provider = TaskProvider(queue=queue)
 _keys = itertools.count()
 
 
-@provider.task(
-    name="bench_job",
-    concurrency_key=lambda mode, enq=None: next(_keys),
-    max_concurrency_per_key=1,
-)
-async def bench_job(mode, enq=None):
+async def _bench_job(mode, enq=None):
     await B.async_job(mode, enq)
+
+
+bench_job = None
+
+
+def configure(args):
+    # Variant "none": the same task without the limit, the same-run baseline.
+    global bench_job, BACKEND
+    limits = {"concurrency_key": lambda mode, enq=None: next(_keys), "max_concurrency_per_key": 1}
+    if args.variant == "none":
+        limits, BACKEND = {}, "redis-nolimits"
+    bench_job = provider.task(name="bench_job", **limits)(_bench_job)
 
 
 async def setup():

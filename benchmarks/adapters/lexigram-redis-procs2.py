@@ -3,7 +3,8 @@
 each with ``worker_count`` = the scenario's concurrency (so twice the slots in all).
 
 Run from the repository root:
-    ../shared/bench/run --adapters benchmarks/adapters lexigram-redis lexigram-redis-procs2
+    ../shared/bench/run --adapters benchmarks/adapters \
+        lexigram-redis-procs2:one lexigram-redis-procs2
 """
 
 import os
@@ -49,6 +50,14 @@ async def enqueue_bulk(kind, n):
 
 async def queued_count():
     return (await queue.counts()).ready
+
+
+def configure(args):
+    # Variant "one": the same app and command with --processes 1 (one worker process, no
+    # supervisor): the same-run baseline, on this adapter's own Redis db.
+    global PROCESSES, BACKEND
+    if args.variant == "one":
+        PROCESSES, BACKEND = 1, "redis-procs1"
 
 
 def worker_main(scenario, concurrency):

@@ -189,6 +189,37 @@ async def test_cancelling_a_process_job_kills_its_child(tmp_path: Path) -> None:
         assert info is not None and info.attempt == 1  # not retried
 
 
+async def test_a_job_cancelled_while_waiting_for_a_child_frees_its_slot_for_new_jobs(
+    tmp_path: Path,
+) -> None:
+    # One child, two slots: a hanging job holds the child, a second one waits for it.
+    # The worker leases nothing while as many jobs wait for a child as slots are free,
+    # so a cancelled waiter must stop counting, or no new job would ever be leased.
+    provider = provider_for("proc-cancel-waiter", worker_count=2, process_pool_size=1)
+    hang = provider.task(name="hang", executor="process")(tasks.hang)
+    pid = provider.task(name="pid", executor="process")(tasks.pid)
+
+    @provider.task(name="inline_echo")
+    async def inline_echo(value: int) -> int:
+        return value
+
+    async with provider:
+        hanging = await hang.enqueue(str(tmp_path / "pid"))
+        await pid_in(tmp_path / "pid")
+        waiting = await pid.enqueue()
+        await eventually(
+            lambda: any(
+                p._processes is not None and p._processes.waiting for p in provider.pools.values()
+            ),
+            10,
+        )
+        assert await waiting.cancel() is CancelOutcome.REQUESTED
+        with pytest.raises(JobCancelledError):
+            await waiting.result(timeout=30)
+        assert await (await inline_echo.enqueue(7)).result(timeout=10) == 7
+        assert await hanging.cancel() is CancelOutcome.REQUESTED
+
+
 # -- tracing -----------------------------------------------------------------------------
 
 

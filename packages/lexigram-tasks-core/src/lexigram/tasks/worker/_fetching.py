@@ -9,10 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from typing import TYPE_CHECKING
 
 from lexigram.tasks.protocol import Delivery
 from lexigram.tasks.worker._settling import Settling
 from lexigram.tasks.worker._support import Slot
+
+if TYPE_CHECKING:
+    from lexigram.tasks.worker._process_pool import ProcessExecutor
 
 logger = logging.getLogger("lexigram.tasks.worker")
 
@@ -28,13 +32,21 @@ class Fetching(Settling):
     _suspect: Delivery | None
     _slot_free: asyncio.Event
     _stopping: bool
+    _processes: ProcessExecutor | None  # created when the first process task runs
 
     async def _fetch_loop(self) -> None:
         failures = 0
         while not self._stopping:
             free = self.settings.worker_count - self._busy
-            if free <= 0 or self._suspect is not None:
-                # A suspect runs alone: lease nothing more until it is done.
+            processes = self._processes
+            if (
+                free <= 0
+                or self._suspect is not None
+                or (processes is not None and processes.waiting >= free)
+            ):
+                # A suspect runs alone: lease nothing more until it is done. While at
+                # least as many jobs wait for a child process as slots are free, jobs
+                # leased now would wait too: lease them later, several per round trip.
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue

@@ -63,7 +63,13 @@ _START_METHOD = "spawn"
 
 
 class _Child:
-    """One child process and the parent's end of its pipe."""
+    """One child process and the parent's end of its pipe.
+
+    The loop watches the pipe and the process sentinel for as long as the child
+    lives (not per job: registering and removing readers costs four system calls
+    a job). A reply is read as soon as it is readable and handed to the caller
+    waiting for it; the child's death ends that wait with None.
+    """
 
     def __init__(self, context: BaseContext, number: int, modules: list[str]) -> None:
         parent_end, child_end = context.Pipe()
@@ -79,6 +85,13 @@ class _Child:
         self.pid: int = self.process.pid
         self.jobs = 0
         self.stopped_for: str | None = None  # "timeout" or "cancel" once the pool kills it
+        self._loop = asyncio.get_running_loop()
+        self._fd = parent_end.fileno()
+        self._sentinel: int = self.process.sentinel
+        self._reply: asyncio.Future[bytes | None] | None = None
+        self._watched = True
+        self._loop.add_reader(self._fd, self._readable)
+        self._loop.add_reader(self._sentinel, self._exited)
 
     async def ready(self) -> bool:
         """Wait until the child has imported the tasks' modules; False if it died first."""
@@ -89,34 +102,67 @@ class _Child:
         return await self._answer(data)
 
     async def _answer(self, data: bytes) -> bytes | None:
-        loop = asyncio.get_running_loop()
         if data:
             try:
                 self.conn.send_bytes(data)
             except OSError:  # it died while idle: as a crash
                 await self.reap()
                 return None
-        answered: asyncio.Future[bool] = loop.create_future()
-        fd, sentinel = self.conn.fileno(), self.process.sentinel
-        loop.add_reader(fd, _settle, answered, True)
-        loop.add_reader(sentinel, _settle, answered, False)
+        if not self._watched:  # it died while idle and was not reaped yet
+            await self.reap()
+            return None
+        reply: asyncio.Future[bytes | None] = self._loop.create_future()
+        self._reply = reply
         try:
-            await answered
+            answer = await reply
         finally:
-            loop.remove_reader(fd)
-            loop.remove_reader(sentinel)
-        with contextlib.suppress(EOFError, OSError):
-            if self.conn.poll():
-                return self.conn.recv_bytes()
-        await self.reap()
-        return None
+            self._reply = None
+        if answer is None:
+            await self.reap()
+        return answer
+
+    def _readable(self) -> None:
+        """The pipe has a reply (or the end of the child's pipe)."""
+        reply = self._reply
+        if reply is None or reply.done():
+            if reply is None:
+                self._unwatch()  # nothing was asked: the child closed its end, or died
+            return
+        try:
+            reply.set_result(self.conn.recv_bytes())
+        except (EOFError, OSError):
+            self._unwatch()
+            reply.set_result(None)
+
+    def _exited(self) -> None:
+        """The process is gone: a reply it wrote before exiting still counts."""
+        reply = self._reply
+        answer = None
+        if reply is not None and not reply.done():
+            with contextlib.suppress(EOFError, OSError):
+                if self.conn.poll():
+                    answer = self.conn.recv_bytes()
+        self._unwatch()
+        if reply is not None and not reply.done():
+            reply.set_result(answer)
+
+    def discard(self) -> None:
+        """Forget a child that has exited."""
+        self._unwatch()
+        self.conn.close()
+
+    def _unwatch(self) -> None:
+        if self._watched:
+            self._watched = False
+            self._loop.remove_reader(self._fd)
+            self._loop.remove_reader(self._sentinel)
 
     def kill(self, reason: str) -> None:
         """SIGTERM now, SIGKILL after the grace period if it still runs."""
         self.stopped_for = reason
         if self.process.exitcode is None:
             self.process.terminate()
-            asyncio.get_running_loop().call_later(KILL_GRACE, self._kill_now)
+            self._loop.call_later(KILL_GRACE, self._kill_now)
 
     def _kill_now(self) -> None:
         with contextlib.suppress(ValueError, OSError):  # already reaped and closed
@@ -125,16 +171,17 @@ class _Child:
 
     async def reap(self) -> None:
         """Wait until the process has exited, then free it."""
-        loop = asyncio.get_running_loop()
+        self._unwatch()
+        loop = self._loop
         while self.process.exitcode is None:
             gone: asyncio.Future[bool] = loop.create_future()
-            loop.add_reader(self.process.sentinel, _settle, gone, True)
+            loop.add_reader(self._sentinel, _settle, gone, True)
             try:
                 await asyncio.wait_for(gone, 0.5)
             except TimeoutError:
                 pass
             finally:
-                loop.remove_reader(self.process.sentinel)
+                loop.remove_reader(self._sentinel)
         self.conn.close()
 
     def how_it_ended(self) -> str:
@@ -149,7 +196,7 @@ class _Child:
         """Ask an idle child to exit; reaped in the background."""
         with contextlib.suppress(OSError):
             self.conn.send_bytes(STOP)
-        task = asyncio.get_running_loop().create_task(self.reap())
+        task = self._loop.create_task(self.reap())
         _reaping.add(task)
         task.add_done_callback(_reaping.discard)
 
@@ -176,15 +223,28 @@ class ProcessExecutor:
         self._idle: list[_Child] = []
         self._alive = 0  # children started and not yet gone
         self._started = 0
-        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._waiting: deque[asyncio.Future[bool]] = deque()  # True: your turn; False: stop
+        self._queued: dict[object, asyncio.Future[bool]] = {}  # slot -> its job's waiter
         self._running: dict[object, _Child] = {}  # slot -> the child running its job
         self._closed = False
+
+    @property
+    def waiting(self) -> int:
+        """Jobs waiting for a child (every child is busy)."""
+        return len(self._waiting)
 
     def holds(self, slot: object) -> bool:
         return slot in self._running
 
     def stop_job(self, slot: object, reason: str) -> bool:
-        """Kill the child running ``slot``'s job (``"timeout"`` or ``"cancel"``)."""
+        """Kill the child running ``slot``'s job (``"timeout"`` or ``"cancel"``); a job
+        still waiting for a child ends at once (:class:`JobCancelledError`)."""
+        waiter = self._queued.get(slot)
+        if waiter is not None:
+            if not waiter.done():
+                self._waiting.remove(waiter)
+                waiter.set_result(False)
+            return True
         child = self._running.get(slot)
         if child is None or child.stopped_for is not None:
             return child is not None
@@ -205,7 +265,9 @@ class ProcessExecutor:
             raise JobSerializationError(
                 f"the arguments of task {request['task']!r} cannot travel as JSON: {exc}"
             ) from None
-        child = await self._acquire()
+        child = await self._acquire(slot)
+        if child is None:
+            raise JobCancelledError(request["id"])  # cancelled while waiting for a child
         self._running[slot] = child
         started()
         try:
@@ -238,14 +300,15 @@ class ProcessExecutor:
             return answer["result"]
         raise rebuild(answer)
 
-    async def _acquire(self) -> _Child:
+    async def _acquire(self, slot: object) -> _Child | None:
+        """A child for ``slot``'s job; None if the job was stopped while waiting."""
         while True:
             while self._idle:
                 child = self._idle.pop()
                 if child.process.exitcode is None:
                     return child
                 self._lose()  # died while idle (killed from outside): replaced below
-                child.conn.close()
+                child.discard()
             if self._alive < self.size:
                 self._alive += 1
                 self._started += 1
@@ -268,14 +331,21 @@ class ProcessExecutor:
                     f"a child process of the process executor (pid {child.pid}) died while "
                     f"starting: {child.how_it_ended()}"
                 )
-            waiter = asyncio.get_running_loop().create_future()
+            waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
             self._waiting.append(waiter)
+            self._queued[slot] = waiter
             try:
-                await waiter
+                if not await waiter:
+                    return None
             except BaseException:
-                if waiter.done() and not waiter.cancelled():
+                if not waiter.done() or waiter.cancelled():
+                    with contextlib.suppress(ValueError):
+                        self._waiting.remove(waiter)  # counted by ``waiting`` otherwise
+                elif waiter.result():
                     self._wake()  # pass the turn on
                 raise
+            finally:
+                del self._queued[slot]
 
     def _release(self, child: _Child, rss: int) -> None:
         if self.max_jobs and child.jobs >= self.max_jobs:
@@ -298,7 +368,7 @@ class ProcessExecutor:
         while self._waiting:
             waiter = self._waiting.popleft()
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(True)
                 return
 
     async def close(self) -> None:
