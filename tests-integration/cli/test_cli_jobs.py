@@ -60,6 +60,11 @@ async def slow(seconds: float) -> None:
 @provider.task(name="quick")
 async def quick(i: int) -> int:
     return i
+
+
+@provider.task(name="flaky", max_retries=1, retry_backoff=0.01)
+async def flaky() -> None:
+    raise ValueError("printer on fire")
 """
 
 
@@ -285,6 +290,32 @@ async def test_running_job_progress_cancel_and_workers(
         return all(w["pid"] != worker.pid for w in doc["workers"])
 
     await eventually(deregistered, 10, interval=0.2)
+
+
+async def test_show_lists_every_attempt(setup: Setup, worker: asyncio.subprocess.Process) -> None:
+    job_id = await enqueue(setup, "flaky")
+
+    async def failed() -> dict[str, Any] | None:
+        info = await show(setup, job_id)
+        return info if info["state"] == "failed" else None
+
+    info = await eventually(failed, 60, interval=0.2)
+    outcomes = [(a["number"], a["outcome"], a["error"]["type"]) for a in info["attempts"]]
+    assert outcomes == [(1, "retrying", "ValueError"), (2, "failed", "ValueError")]
+    assert "printer on fire" in info["attempts"][0]["error"]["traceback"]
+    worker_id = info["attempts"][0]["worker_id"]
+    assert worker_id and info["worker_id"] == worker_id
+
+    readable = await cli(setup, "jobs", "show", job_id, "-A", "app")
+    assert readable.code == 0, readable.stderr
+    _, attempts = readable.stdout.split("\nattempts:\n")
+    header, *rows = attempts.splitlines()
+    assert header.split() == ["#", "OUTCOME", "WORKER", "STARTED", "TOOK", "ERROR"]
+    assert [row.split()[:3] for row in rows] == [
+        ["1", "retrying", worker_id],
+        ["2", "failed", worker_id],
+    ]
+    assert all(row.endswith("ValueError: printer on fire") for row in rows)
 
 
 async def test_unknown_backend_and_bad_state_are_usage_errors(setup: Setup) -> None:

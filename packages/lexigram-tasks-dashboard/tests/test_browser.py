@@ -46,6 +46,8 @@ class Served:
     provider: TaskProvider
     dlq: DeadLetterQueue
     ids: dict[str, str] = field(default_factory=dict)
+    #: A job that failed twice, then succeeded: three attempts.
+    retried: str = ""
     release: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -116,6 +118,15 @@ async def served(kind: str, redis_url: str, postgres_dsn: str) -> AsyncIterator[
     async def sync_stock() -> None:
         raise ConnectionError("warehouse API unreachable")
 
+    flaky_calls: list[str] = []
+
+    @provider.task(name="shop.print_label", max_retries=3, retry_backoff=0.01)
+    async def print_label(order: str) -> str:
+        flaky_calls.append(order)
+        if len(flaky_calls) < 3:
+            raise TimeoutError(f"label printer busy ({len(flaky_calls)}) {XSS_IMG}")
+        return f"label for {order}"
+
     @provider.task(name="reports.build")
     async def build_report(region: str) -> str:
         await release.wait()
@@ -142,8 +153,10 @@ async def served(kind: str, redis_url: str, postgres_dsn: str) -> AsyncIterator[
             ids["retrying"] = (await sync_stock.enqueue()).id
             dead = Job(task=XSS, args=[XSS], queue=queue.queue_name)
             ids["dead"] = (await provider.enqueue_job(dead)).id
+            board.retried = (await print_label.enqueue("A-1005")).id
             for state in ("succeeded", "failed", "retrying", "dead"):
                 await _until_state(provider, ids[state], state)
+            await _until_state(provider, board.retried, "succeeded")
             ids["running"] = (await build_report.enqueue("eu")).id
             await _until_state(provider, ids["running"], "running")
             ids["queued"] = (await send_receipt.enqueue("A-1002")).id
@@ -269,6 +282,24 @@ def test_every_page_and_the_actions_in_a_browser(
     page.shot("job")
     page.open(f"/jobs/{ids['dead']}")
     assert XSS in page.text("h1 + dl")
+
+    # A job that failed twice then succeeded: its attempts, newest first, each with its
+    # worker, outcome and error; a traceback opens on a click.
+    page.open(f"/jobs/{served_board.retried}")
+    rows = browser.find_elements(By.CSS_SELECTOR, "table#attempts tbody tr")
+    cells = [[c.text for c in row.find_elements(By.TAG_NAME, "td")] for row in rows]
+    assert [c[0] for c in cells] == ["3", "2", "1"]
+    assert [c[4] for c in cells] == ["completed", "retrying", "retrying"]
+    assert {c[1] for c in cells} == {served_board.provider.worker_id}
+    assert cells[2][5].startswith(f"TimeoutError: label printer busy (1) {XSS_IMG}")
+    assert cells[1][5].startswith(f"TimeoutError: label printer busy (2) {XSS_IMG}")
+    assert cells[0][5] == "-"
+    first = "table#attempts tbody tr:last-child"
+    assert not browser.find_element(By.CSS_SELECTOR, f"{first} pre.traceback").is_displayed()
+    browser.find_element(By.CSS_SELECTOR, f"{first} details.traceback > summary").click()
+    assert "raise TimeoutError" in page.text(f"{first} pre.traceback")
+    page.no_script_ran()
+    page.shot("job-attempts")
 
     # Workers: the live worker, running the blocked job.
     page.open("/workers")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -13,7 +13,7 @@ from lexigram.tasks.cli._app import add_app_arguments, load_app
 from lexigram.tasks.cli._errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CLIError
 from lexigram.tasks.cli._output import status
 from lexigram.tasks.cli._tables import age, moment, table
-from lexigram.tasks.control import CancelOutcome, JobInfo, JobState
+from lexigram.tasks.control import AttemptOutcome, CancelOutcome, JobAttempt, JobInfo, JobState
 from lexigram.tasks.errors import CapabilityNotSupportedError
 from lexigram.tasks.memory import MemoryTaskQueue
 from lexigram.tasks.provider import TaskProvider
@@ -38,6 +38,7 @@ examples:
 MAX_LIMIT = 1000
 
 LIST_COLUMNS = ("ID", "STATE", "TASK", "ATTEMPT", "ENQUEUED", "PROGRESS")
+ATTEMPT_COLUMNS = ("#", "OUTCOME", "WORKER", "STARTED", "TOOK", "ERROR")
 
 #: What ``jobs cancel`` prints after each id.
 OUTCOME_TEXT = {
@@ -245,7 +246,31 @@ def render_job(job: JobInfo, now: float) -> str:
         ("trace id", job.trace_id),
     ]
     width = max(len(name) for name, _ in fields) + 2
-    return "\n".join(f"{name + ':':<{width}}{value or '-'}" for name, value in fields).rstrip()
+    text = "\n".join(f"{name + ':':<{width}}{value or '-'}" for name, value in fields).rstrip()
+    if job.attempts:
+        text += "\n\nattempts:\n" + render_attempts(job.attempts, now)
+    return text
+
+
+def render_attempts(attempts: Sequence[JobAttempt], now: float) -> str:
+    """One row per attempt, oldest first; an error shows its type and first message line."""
+    rows = []
+    for attempt in attempts:
+        error = attempt.error
+        message = "-" if error is None else f"{error.type}: {error.message}".splitlines()[0]
+        duration = attempt.duration
+        timed_out_and_retried = attempt.will_retry and attempt.outcome is AttemptOutcome.TIMED_OUT
+        rows.append(
+            [
+                str(attempt.number),
+                attempt.outcome.value + (" (retried)" if timed_out_and_retried else ""),
+                attempt.worker_id or "-",
+                _when(attempt.started_at, now),
+                "-" if duration is None else f"{duration:.3f}s",
+                message if len(message) <= 80 else message[:77] + "...",
+            ]
+        )
+    return table(ATTEMPT_COLUMNS, rows, right={0, 4})
 
 
 def _when(timestamp: float | None, now: float) -> str:

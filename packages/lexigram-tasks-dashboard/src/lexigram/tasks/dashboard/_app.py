@@ -207,7 +207,17 @@ def _environment() -> jinja2.Environment:
     env.filters["ago"] = _ago
     env.filters["pretty"] = _pretty
     env.filters["percent"] = lambda v: "" if v is None else f"{v:.0%}"
+    env.filters["seconds"] = _seconds
     return env
+
+
+def _seconds(value: float | None) -> str:
+    """A duration: milliseconds under a second, else seconds, minutes, hours."""
+    if value is None:
+        return "-"
+    return (
+        f"{value * 1000:.0f} ms" if value < 1 else _span(value) if value >= 60 else f"{value:.1f}s"
+    )
 
 
 def _when(timestamp: float | datetime | None) -> str:

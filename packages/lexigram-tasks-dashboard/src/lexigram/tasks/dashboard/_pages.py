@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from lexigram.tasks.control import JobInfo, JobState
+from lexigram.tasks.control import MAX_ATTEMPTS_KEPT, MAX_TRACEBACK_CHARS, JobInfo, JobState
 from lexigram.tasks.dashboard import _forms as forms
 from lexigram.tasks.dashboard._app import Dashboard
 from lexigram.tasks.dashboard._charts import failure_rate_chart, throughput_chart
@@ -153,6 +153,8 @@ async def job(board: Dashboard, request: Request) -> Response:
         job_id=job_id,
         info=info,
         record=record,
+        max_attempts_kept=MAX_ATTEMPTS_KEPT,
+        max_traceback_chars=MAX_TRACEBACK_CHARS,
         trace_link=board.trace_link(
             (info.trace_id if info is not None else None) or _record_trace(record)
         ),
