@@ -13,6 +13,7 @@ import pytest
 from lexigram.tasks.protocol import Capability, TaskQueueProtocol
 from lexigram.tasks.rabbitmq import RabbitMQTaskQueue
 from lexigram.tasks.testing import (
+    AttemptsContract,
     BackendSpec,
     ContractBase,
     JobControlContract,
@@ -20,7 +21,15 @@ from lexigram.tasks.testing import (
     WorkerControlContract,
 )
 
-PAIRED = frozenset({Capability.DELAY, Capability.INSPECT, Capability.CANCEL, Capability.WORKERS})
+PAIRED = frozenset(
+    {
+        Capability.DELAY,
+        Capability.INSPECT,
+        Capability.CANCEL,
+        Capability.WORKERS,
+        Capability.ATTEMPTS,
+    }
+)
 
 
 class PairedHooks(ContractBase):
@@ -65,7 +74,7 @@ class PairedHooks(ContractBase):
             await queue.disconnect()
 
 
-class _Control(PairedHooks, JobControlContract, WorkerControlContract):
+class _Control(PairedHooks, JobControlContract, WorkerControlContract, AttemptsContract):
     # The broker hands a closed connection's unacked messages back at once.
     returns_jobs_of_a_closed_connection = True
 
@@ -78,7 +87,7 @@ class TestQuorumWithRedisStore(_Control):
     queue_type = "quorum"
 
 
-class TestClassicWithPostgresStore(PairedHooks, JobControlContract):
+class TestClassicWithPostgresStore(PairedHooks, JobControlContract, AttemptsContract):
     store_kind = "postgres"
 
 

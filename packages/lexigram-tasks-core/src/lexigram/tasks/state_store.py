@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from lexigram.tasks.control import (
     CancelOutcome,
+    JobAttempt,
     JobError,
     JobInfo,
     JobPage,
@@ -68,6 +69,10 @@ class Settled:
     run_at: float | None = None
     #: The attempt that ran (unchanged for a job handed back).
     attempt: int | None = None
+    #: The worker that settled it (kept as the job's ``worker_id``).
+    worker_id: str | None = None
+    #: The attempt's record, appended to the job's history (Capability.ATTEMPTS).
+    attempt_record: JobAttempt | None = None
 
 
 @runtime_checkable
@@ -104,7 +109,10 @@ class JobStateStore(Protocol):
 
     async def record_settled(self, settled: Sequence[Settled]) -> None:
         """Record how deliveries ended. A cancellation requested while the job ran
-        survives a hand-back: its next :meth:`record_leased` drops it."""
+        survives a hand-back: its next :meth:`record_leased` drops it. Each
+        item's ``worker_id`` becomes the job's, and its ``attempt_record`` is
+        appended to the job's history (the last ``MAX_ATTEMPTS_KEPT``), which
+        :meth:`get_job` returns as ``attempts``."""
 
     async def extend_leases(self, job_ids: Sequence[str], lease_until: float) -> None:
         """Push the lease of running jobs to ``lease_until`` (the heartbeat)."""

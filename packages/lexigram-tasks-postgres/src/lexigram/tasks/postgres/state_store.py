@@ -18,7 +18,9 @@ from typing import Any
 
 import asyncpg
 
+from lexigram.tasks.attempts import decode_attempts, encode_attempt
 from lexigram.tasks.control import (
+    MAX_ATTEMPTS_KEPT,
     CancelOutcome,
     JobError,
     JobInfo,
@@ -87,7 +89,8 @@ class _Statements:
             "lease_until = EXCLUDED.lease_until "
             "RETURNING j.id, j.state = 'cancelled' AS dropped"
         )
-        # Per delivery: id, state, error type, error message, run_at, attempt; $7: now.
+        # Per delivery: id, state, error type, error message, run_at, attempt, worker,
+        # attempt record (JSON); $7: now, $10: how many attempt records a job keeps.
         self.settle = (
             f"UPDATE {t} AS j SET "
             "state = CASE WHEN s.state = 'retrying' AND j.cancel_requested THEN 'cancelled' "
@@ -97,9 +100,12 @@ class _Statements:
             "error_type = COALESCE(s.etype, j.error_type), "
             "error_message = CASE WHEN s.etype IS NULL THEN j.error_message ELSE s.emsg END, "
             f"run_at = CASE WHEN s.state IN {_FINISHED} THEN j.run_at ELSE s.run_at END, "
-            "attempt = COALESCE(s.attempt, j.attempt), lease_until = NULL "
+            "attempt = COALESCE(s.attempt, j.attempt), lease_until = NULL, "
+            "worker_id = COALESCE(s.worker, j.worker_id), "
+            f"attempts = {quote_ident(schema)}.append_attempt(j.attempts, s.record::jsonb, $10) "
             "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], "
-            "$6::int[]) AS s(id, state, etype, emsg, run_at, attempt) WHERE j.id = s.id"
+            "$6::int[], $8::text[], $9::text[]) "
+            "AS s(id, state, etype, emsg, run_at, attempt, worker, record) WHERE j.id = s.id"
         )
         self.extend = f"UPDATE {t} SET lease_until = $2 WHERE id = ANY($1) AND state = 'running'"
         self.progress = (
@@ -272,6 +278,12 @@ class PostgresJobStateStore:
             [s.run_at for s in settled],
             [s.attempt for s in settled],
             time.time(),
+            [s.worker_id for s in settled],
+            [
+                None if s.attempt_record is None else encode_attempt(s.attempt_record)
+                for s in settled
+            ],
+            MAX_ATTEMPTS_KEPT,
         )
         if time.monotonic() - self._last_purge > PURGE_INTERVAL:
             self._last_purge = time.monotonic()
@@ -412,4 +424,6 @@ def _info(row: Any, now: float) -> JobInfo:
         meta=json.loads(meta) if isinstance(meta, str) else dict(meta or {}),
         cancel_requested=row["cancel_requested"] and not state.finished,
         trace_id=row["trace_id"],
+        worker_id=None if state is JobState.RUNNING else row.get("worker_id"),
+        attempts=tuple(decode_attempts(row.get("attempts"))),
     )

@@ -58,16 +58,21 @@ def settled_as(delivery: Delivery, *, ack: bool, requeue: bool, delay: float) ->
     if job is None:
         return None
     outcome, error = delivery.outcome, delivery.error
+
+    def settled(state: JobState, run_at: float | None = None) -> Settled:
+        return Settled(
+            job.id, state, error, run_at, job.attempt, delivery.worker_id, delivery.attempt_record
+        )
+
     if ack:
-        return Settled(job.id, outcome or JobState.SUCCEEDED, error, attempt=job.attempt)
+        return settled(outcome or JobState.SUCCEEDED)
     if requeue:
         if outcome is JobState.RETRYING:
-            run_at = time.time() + delay if delay > 0 else None
-            return Settled(job.id, JobState.RETRYING, error, run_at, job.attempt)
-        return Settled(job.id, JobState.QUEUED, error, attempt=job.attempt)
+            return settled(JobState.RETRYING, time.time() + delay if delay > 0 else None)
+        return settled(JobState.QUEUED)
     if outcome not in (JobState.FAILED, JobState.DEAD):
         outcome = JobState.FAILED if error is not None else JobState.DEAD
-    return Settled(job.id, outcome, error, attempt=job.attempt)
+    return settled(outcome)
 
 
 class Paired:

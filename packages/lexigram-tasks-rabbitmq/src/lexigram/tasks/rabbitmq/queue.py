@@ -159,7 +159,12 @@ class RabbitMQTaskQueue(Delivering):
             caps.add(Capability.PRIORITY)
         self._state = None if state_store is None else create_state_store(state_store)
         if self._state is not None:
-            caps |= {Capability.INSPECT, Capability.CANCEL, Capability.WORKERS}
+            caps |= {
+                Capability.INSPECT,
+                Capability.CANCEL,
+                Capability.WORKERS,
+                Capability.ATTEMPTS,
+            }
         self.capabilities = frozenset(caps)
 
         self._connection: AbstractRobustConnection | None = None

@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from importlib.resources import files
 from typing import Any
 
+from lexigram.tasks.attempts import decode_attempts, encode_attempt
 from lexigram.tasks.control import (
+    MAX_ATTEMPTS_KEPT,
     CancelOutcome,
     JobError,
     JobInfo,
@@ -141,9 +143,9 @@ class RedisJobStateStore:
     async def record_settled(self, settled: Sequence[Settled]) -> None:
         if not settled:
             return
-        args: list[Any] = [time.time()]
+        args: list[Any] = [time.time(), MAX_ATTEMPTS_KEPT]
         for item in settled:
-            error = item.error
+            error, record = item.error, item.attempt_record
             args += [
                 item.job_id,
                 item.state.value,
@@ -151,6 +153,8 @@ class RedisJobStateStore:
                 error.message if error else "",
                 "" if item.run_at is None else repr(item.run_at),
                 "" if item.attempt is None else item.attempt,
+                item.worker_id or "",
+                "" if record is None else encode_attempt(record),
             ]
         await self._run("settle", *args)
         if time.monotonic() - self._last_purge > PURGE_INTERVAL:
@@ -357,6 +361,8 @@ def _info(job_id: str, raw: dict[Any, Any], now: float) -> JobInfo:
         meta=json.loads(record.get("meta", "{}")),
         cancel_requested=record.get("cancel") == "1" and not state.finished,
         trace_id=record.get("trace_id"),
+        worker_id=None if state is JobState.RUNNING else record.get("worker_id"),
+        attempts=tuple(decode_attempts(record.get("attempts"))),
     )
 
 
