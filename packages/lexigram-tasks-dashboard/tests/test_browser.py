@@ -299,6 +299,9 @@ def test_every_page_and_the_actions_in_a_browser(
     browser.find_element(By.CSS_SELECTOR, f"{first} details.traceback > summary").click()
     assert "raise TimeoutError" in page.text(f"{first} pre.traceback")
     page.no_script_ran()
+    browser.execute_script(
+        "document.getElementById('attempts').previousElementSibling.scrollIntoView()"
+    )
     page.shot("job-attempts")
 
     # Workers: the live worker, running the blocked job.
