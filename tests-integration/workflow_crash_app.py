@@ -7,8 +7,10 @@ runs one worker process, which creates ``READY_FILE`` once its workers run
 Each workflow is ``chain(seed.s(w), group(18 x
 step.s(j)), collect.s(w))``: 20 steps. ``collect`` appends one line per run to
 the Redis list ``PREFIX:runs`` at ``RECORD_URL``: its job id, attempt,
-workflow number and the list it was given; it returns ``[len(list), attempt]``,
-so the workflow's result names the run that was recorded. :func:`run` starts workers and,
+workflow number, the list it was given and when it started; it returns
+``[len(list), attempt, when it returned]``, so the workflow's result names the
+run that was recorded. Each group step does the same in ``PREFIX:steps``, and
+returns ``[value, attempt, when it returned]`` to the callback. :func:`run` starts workers and,
 while the workflows run, SIGKILLs a random ready one whenever two are ready
 (a process takes seconds to start on a busy machine, so killing faster would
 only leave no worker at all), and returns the runs.
@@ -70,17 +72,28 @@ def build_provider(
         return workflow
 
     @provider.task(name="crash.step")
-    async def step(workflow: int, j: int) -> int:
+    async def step(workflow: int, j: int) -> list[float]:
+        job = current_job()
+        line = {"workflow": workflow, "j": j, "attempt": job.attempt, "started": time.time()}
+        await recorder.rpush(f"{prefix}:steps", json.dumps(line))
         await asyncio.sleep(random.uniform(0, 0.004))
-        return workflow * 100 + j
+        # The callback is given the recorded run of each step: which it was, when it returned.
+        return [workflow * 100 + j, job.attempt, time.time()]
 
     @provider.task(name="crash.collect")
-    async def collect(values: list[int], workflow: int) -> list[int]:
+    async def collect(inputs: list[list[float]], workflow: int) -> list[float]:
         job = current_job()
-        line = {"job": job.id, "attempt": job.attempt, "workflow": workflow, "values": values}
+        line = {
+            "job": job.id,
+            "attempt": job.attempt,
+            "started": time.time(),
+            "workflow": workflow,
+            "values": [int(value) for value, _, _ in inputs],
+            "inputs": inputs,
+        }
         await recorder.rpush(f"{prefix}:runs", json.dumps(line))
-        # The workflow's result names the run whose result was recorded.
-        return [len(values), job.attempt]
+        # The workflow's result names the run that was recorded and when it returned.
+        return [len(inputs), job.attempt, time.time()]
 
     return provider
 
@@ -94,6 +107,8 @@ def shape(provider: TaskProvider, workflow: int) -> Any:
 class Outcome:
     handles: list[WorkflowHandle]
     runs: list[dict[str, Any]]
+    #: Every run of a group step: workflow, j, attempt, when it started.
+    step_runs: list[dict[str, Any]]
     kills: int
     seconds: float
     results: list[Any] = field(default_factory=list)
@@ -168,14 +183,17 @@ async def run(
         results = [await h.result(timeout=max(0.1, finish_by - time.monotonic())) for h in handles]
         seconds = time.monotonic() - begin
         raw = await recorder.lrange(f"{prefix}:runs", 0, -1)
+        steps = [json.loads(r) for r in await recorder.lrange(f"{prefix}:steps", 0, -1)]
         skipped = _count_in_logs(log_dir, "not run again")
-        return Outcome(handles, [json.loads(r) for r in raw], kills, seconds, results, skipped)
+        return Outcome(
+            handles, [json.loads(r) for r in raw], steps, kills, seconds, results, skipped
+        )
     finally:
         for process, _ in started:
             if process.poll() is None:
                 os.kill(process.pid, signal.SIGKILL)
                 process.wait()
-        await recorder.delete(f"{prefix}:runs")
+        await recorder.delete(f"{prefix}:runs", f"{prefix}:steps")
         for handle in handles:
             await handle.forget()
         await recorder.aclose()
