@@ -123,10 +123,11 @@ class JobBook:
                 more = True
                 break
             found.append(entry)
-        jobs = [self.info(entry, now) for entry in found]
+        jobs = [self.info(entry, now, attempts=False) for entry in found]
         return JobPage(jobs, str(found[-1].seq) if more else None)
 
-    def info(self, entry: MemoryJob, now: float) -> JobInfo:
+    def info(self, entry: MemoryJob, now: float, *, attempts: bool = True) -> JobInfo:
+        """The job's :class:`JobInfo`; a listing leaves the attempt records out."""
         try:
             job: Job | None = Job.from_json(entry.payload)
         except MalformedJobError:
@@ -153,7 +154,7 @@ class JobBook:
             meta=dict(entry.meta or {}),
             cancel_requested=entry.cancel_requested,
             trace_id=None if job is None else job.trace_id,
-            attempts=tuple(entry.attempts),
+            attempts=tuple(entry.attempts) if attempts else (),
         )
 
 

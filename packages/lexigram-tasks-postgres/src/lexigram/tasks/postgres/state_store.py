@@ -335,7 +335,7 @@ class PostgresJobStateStore:
             conditions.append(f"state = ${len(args)}")
         where = " AND ".join(f"({c})" for c in conditions)
         rows = await self._execute("fetch", self._sql.page.format(where=where), *args)
-        jobs = [_info(row, now) for row in rows[:limit]]
+        jobs = [_info(row, now, attempts=False) for row in rows[:limit]]
         more = len(rows) > limit
         return JobPage(jobs, str(rows[limit - 1]["seq"]) if more else None)
 
@@ -393,7 +393,7 @@ def _columns(jobs: Sequence[Job], states: Sequence[JobState]) -> list[list[Any]]
     ]
 
 
-def _info(row: Any, now: float) -> JobInfo:
+def _info(row: Any, now: float, *, attempts: bool = True) -> JobInfo:
     state = JobState(row["state"])
     if state is JobState.SCHEDULED and (row["run_at"] is None or row["run_at"] <= now):
         state = JobState.QUEUED
@@ -425,5 +425,5 @@ def _info(row: Any, now: float) -> JobInfo:
         cancel_requested=row["cancel_requested"] and not state.finished,
         trace_id=row["trace_id"],
         worker_id=None if state is JobState.RUNNING else row.get("worker_id"),
-        attempts=tuple(decode_attempts(row.get("attempts"))),
+        attempts=tuple(decode_attempts(row.get("attempts"))) if attempts else (),
     )

@@ -248,7 +248,7 @@ class RedisJobStateStore:
                     records = await pipe.execute()
             for (seq, job_id), record in zip(entries, records, strict=True):
                 # A record removed since is skipped (its index entry goes with the purge).
-                info = _info(job_id, record, now) if record else None
+                info = _info(job_id, record, now, attempts=False) if record else None
                 if info is not None and (state is None or info.state is state):
                     if len(found) == limit:
                         return JobPage(found, str(last))
@@ -329,7 +329,7 @@ def _fields(job: Job, state: JobState) -> str:
     return json.dumps(record)
 
 
-def _info(job_id: str, raw: dict[Any, Any], now: float) -> JobInfo:
+def _info(job_id: str, raw: dict[Any, Any], now: float, *, attempts: bool = True) -> JobInfo:
     record = {_text(k): _text(v) for k, v in raw.items()}
     state = JobState(record["state"])
     run_at = _float(record.get("run_at"))
@@ -362,7 +362,7 @@ def _info(job_id: str, raw: dict[Any, Any], now: float) -> JobInfo:
         cancel_requested=record.get("cancel") == "1" and not state.finished,
         trace_id=record.get("trace_id"),
         worker_id=None if state is JobState.RUNNING else record.get("worker_id"),
-        attempts=tuple(decode_attempts(record.get("attempts"))),
+        attempts=tuple(decode_attempts(record.get("attempts"))) if attempts else (),
     )
 
 

@@ -6,7 +6,7 @@
 -- scheduled, running, finished, failed, canceled).
 -- Returns the source to go on with (1-based among ARGV[8..]; 0 when every
 -- source is done) and the position in it, then per job its id, the number
--- of items of its hash, and the hash (HGETALL).
+-- of items of its hash, and the hash (HGETALL, without the attempt records).
 local SOURCES = {ready = K_READY, scheduled = K_SCHEDULED, running = K_LEASES,
   finished = K_FINISHED, failed = K_FAILED, canceled = K_CANCELED}
 local limit, budget = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -71,9 +71,16 @@ while source <= sources and found < limit and budget > 0 do
     if f[1] and (task == '' or f[4] == task)
         and (wanted == '' or state_of(f[1], f[2], f[3]) == wanted) then
       local hash = redis.call('HGETALL', key)
+      local kept = {}
+      for i = 1, #hash, 2 do  -- a listing leaves the attempt records out (a job's page has them)
+        if hash[i] ~= 'lx_attempts' then
+          kept[#kept + 1] = hash[i]
+          kept[#kept + 1] = hash[i + 1]
+        end
+      end
       out[#out + 1] = id
-      out[#out + 1] = #hash
-      for _, item in ipairs(hash) do out[#out + 1] = item end
+      out[#out + 1] = #kept
+      for _, item in ipairs(kept) do out[#out + 1] = item end
       found = found + 1
     end
     if found >= limit or budget <= 0 then break end
