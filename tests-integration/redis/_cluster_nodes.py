@@ -85,22 +85,6 @@ class ClusterNodes:
     def client(self, port: int) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
 
-    def masters(self) -> list[int]:
-        """The ports of the nodes that are masters now (asked of a live node)."""
-        for port, process in self.processes.items():
-            if process.poll() is None:
-                client = self.client(port)
-                try:
-                    nodes = client.cluster("nodes")
-                finally:
-                    client.close()
-                return sorted(
-                    int(address.rpartition(":")[2].partition("@")[0])
-                    for address, node in nodes.items()
-                    if "master" in node["flags"] and "fail" not in node["flags"]
-                )
-        raise AssertionError("no cluster node is running")
-
     def master_of(self, key: str) -> int:
         """The port of the master serving ``key``'s slot now."""
         for port, process in self.processes.items():

@@ -1,8 +1,10 @@
-"""RedisTaskQueue on a Redis Cluster: both contract suites, with one shard and with four.
+"""RedisTaskQueue on a Redis Cluster: the queue contract suite, with one shard and with four.
 
 The module starts its own cluster, three masters and three replicas on
 loopback ports 7200-7205 (``_cluster_nodes.py``), once for all its tests,
-and stops it by PID at the end. Besides the suites, it checks what cluster
+and stops it by PID at the end (the worker contract suite runs in
+``test_cluster_workers.py``, on a cluster of its own, so that the two
+files can run side by side). Besides the suites, it checks what cluster
 mode promises beyond them: every key of a shard hashes to one slot, four
 shards reach every master, a dedup key always lands in one shard, and the
 shards add up in counts, listings and lookups.
@@ -29,7 +31,7 @@ from lexigram.tasks.protocol import Capability, TaskQueueProtocol
 from lexigram.tasks.redis import RedisTaskQueue
 from lexigram.tasks.redis._shards import ShardedRedisTaskQueue
 from lexigram.tasks.redis.workflows import RedisWorkflowStore
-from lexigram.tasks.testing import BackendSpec, ContractBase, TaskQueueContract, WorkerContract
+from lexigram.tasks.testing import BackendSpec, ContractBase, TaskQueueContract
 from lexigram.tasks.workflows.store import StepOutcome
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -82,20 +84,11 @@ class TestClusterContract(ClusterHooks, TaskQueueContract):
     expected_capabilities = CAPABILITIES
 
 
-class TestClusterWorkerContract(ClusterHooks, WorkerContract):
-    pass
-
-
 class TestShardedContract(ClusterHooks, TaskQueueContract):
     shards = 4
     keeps_order = False
     # Order holds within a shard only, so priorities are refused (see _shards.py).
     expected_capabilities = CAPABILITIES - {Capability.PRIORITY}
-
-
-class TestShardedWorkerContract(ClusterHooks, WorkerContract):
-    shards = 4
-    keeps_order = False
 
 
 # -- what cluster mode adds --------------------------------------------------
