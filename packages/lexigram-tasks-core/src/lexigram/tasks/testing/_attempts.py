@@ -7,8 +7,9 @@ declares ``ATTEMPTS`` (and ``INSPECT``, to read the job back).
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -21,9 +22,12 @@ from lexigram.tasks.control import (
     JobState,
 )
 from lexigram.tasks.handle import JobHandle
+from lexigram.tasks.job import Job
 from lexigram.tasks.protocol import Capability, QueueCounts, TaskQueueProtocol
+from lexigram.tasks.provider import TaskProvider
 from lexigram.tasks.testing._base import requires
 from lexigram.tasks.testing._helpers import eventually
+from lexigram.tasks.testing._processes import WorkerProcesses
 from lexigram.tasks.testing._worker import EMPTY, WorkerHost, settled
 
 
@@ -31,10 +35,19 @@ async def _status_when(
     handle: JobHandle[Any], check: Callable[[JobInfo], bool], timeout: float = 30.0
 ) -> JobInfo:
     """The job's status once it passes ``check``."""
+    return await _info_when(handle.status, check, timeout)
+
+
+async def _info_when(
+    read: Callable[[], Awaitable[JobInfo | None]],
+    check: Callable[[JobInfo], bool],
+    timeout: float = 30.0,
+) -> JobInfo:
+    """What ``read()`` returns once it passes ``check``."""
     found: list[JobInfo] = []
 
     async def passes() -> bool:
-        info = await handle.status()
+        info = await read()
         if info is not None and check(info):
             found.append(info)
         return bool(found)
@@ -42,7 +55,7 @@ async def _status_when(
     try:
         await eventually(passes, timeout)
     except AssertionError:
-        raise AssertionError(f"job {handle.id}: {await handle.status()}") from None
+        raise AssertionError(f"not reached; the job is now: {await read()}") from None
     return found[0]
 
 
@@ -183,3 +196,34 @@ class AttemptsContract(WorkerHost):
             assert len(attempt.error.traceback) <= MAX_TRACEBACK_CHARS + 100
             assert attempt.error.traceback.rstrip().endswith("yyy")  # the end is kept
             assert len(attempt.error.message) <= 1000
+
+    @pytest.mark.asyncio
+    @requires(Capability.ATTEMPTS, Capability.INSPECT)
+    async def test_an_attempt_lost_with_its_killed_worker_shows_lease_lost(
+        self, queue: TaskQueueProtocol, processes: WorkerProcesses
+    ) -> None:
+        """The killed worker never reports its attempt: it shows as ``lease_lost``,
+        without a worker; the next attempt, on another worker, ``completed``."""
+        if not self.keeps_finished_jobs:
+            pytest.skip("this backend forgets a job once it succeeds")
+        lease = 3.0
+        job = Job(task="hang_once", args=["lost-attempt"], queue=queue.queue_name, max_retries=0)
+        await queue.enqueue(job)
+        first = processes.start(worker_count=2, lease_seconds=lease)
+        await eventually(lambda: processes.log.count("start")["lost-attempt"], 30, message="start")
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        second = processes.start(worker_count=2, lease_seconds=lease)
+        provider = TaskProvider(queue=queue, strict=False)
+        info = await _info_when(
+            lambda: provider.get_job(job.id), lambda i: i.state is JobState.SUCCEEDED, lease + 30
+        )
+        await processes.stop(second)
+        assert [(a.number, a.outcome) for a in info.attempts] == [
+            (1, AttemptOutcome.LEASE_LOST),
+            (2, AttemptOutcome.COMPLETED),
+        ]
+        lost, completed = info.attempts
+        assert lost.worker_id is None
+        assert completed.worker_id is not None
+        assert completed.worker_id == info.worker_id
