@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING, Any
 __path__ = extend_path(__path__, __name__)
 
 from lexigram.tasks._version import __version__
-from lexigram.tasks.control import CancelOutcome, JobError, JobInfo, JobPage, JobState, WorkerInfo
+from lexigram.tasks.control import (
+    AttemptOutcome,
+    CancelOutcome,
+    JobAttempt,
+    JobError,
+    JobInfo,
+    JobPage,
+    JobState,
+    WorkerInfo,
+)
 from lexigram.tasks.current import CurrentJob, NoCurrentJobError, current_job
 from lexigram.tasks.errors import (
     BackendConnectionError,
@@ -99,6 +108,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AttemptOutcome",
     "BackendConnectionError",
     "BackendNotFoundError",
     "BaseTaskQueue",
@@ -113,6 +123,7 @@ __all__ = [
     "Delivery",
     "FailureRecord",
     "Job",
+    "JobAttempt",
     "JobCancelledError",
     "JobError",
     "JobFailure",
