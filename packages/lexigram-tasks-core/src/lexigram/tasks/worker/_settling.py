@@ -36,12 +36,6 @@ from lexigram.tasks.workflows._runtime import WorkflowRuntime, is_step
 
 logger = logging.getLogger("lexigram.tasks.worker")
 
-_TIMED_OUT, _RETRYING, _FAILED = (
-    AttemptOutcome.TIMED_OUT,
-    AttemptOutcome.RETRYING,
-    AttemptOutcome.FAILED,
-)
-
 #: Seconds before a workflow step whose state could not be recorded runs again.
 _WORKFLOW_RETRY_DELAY = 1.0
 
@@ -90,11 +84,14 @@ class Settling:
         )
         tb = "".join(traceback.format_exception(exc))
         now = time.time()
-        timed_out = isinstance(exc, TaskTimeoutError)
+        if isinstance(exc, TaskTimeoutError):
+            outcome = AttemptOutcome.TIMED_OUT
+        else:
+            outcome = AttemptOutcome.RETRYING if will_retry else AttemptOutcome.FAILED
         delivery.worker_id = self.worker_id
         delivery.attempt_record = JobAttempt(
             job.attempt,
-            _TIMED_OUT if timed_out else _RETRYING if will_retry else _FAILED,
+            outcome,
             self.worker_id,
             now - duration,
             now,
