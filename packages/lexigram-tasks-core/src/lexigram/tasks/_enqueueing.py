@@ -10,7 +10,7 @@ from lexigram.tasks.errors import UnknownTaskError
 from lexigram.tasks.handle import JobControl, JobHandle
 from lexigram.tasks.job import Job
 from lexigram.tasks.protocol import TaskQueueProtocol
-from lexigram.tasks.task import EnqueueOptions
+from lexigram.tasks.task import NO_OPTIONS, EnqueueOptions
 
 
 class Enqueueing(Lifecycle):
@@ -31,6 +31,16 @@ class Enqueueing(Lifecycle):
         Raises :class:`TaskArgumentsError` when the task is registered here and
         its handler cannot take these arguments.
         """
+        return self._build(name, args, kwargs, options, self._route(name, options.backend))
+
+    def _build(
+        self,
+        name: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        options: EnqueueOptions,
+        queue: TaskQueueProtocol,
+    ) -> Job:
         task = self.tasks.get(name)
         if task is not None:
             task.check_arguments(args, kwargs)
@@ -40,7 +50,6 @@ class Enqueueing(Lifecycle):
                 f"(registered: {', '.join(sorted(self.tasks))}); "
                 "pass strict=False to TaskProvider to enqueue tasks other processes define"
             )
-        queue = self._route(name, options.backend)
         return Job(
             task=name,
             args=list(args),
@@ -58,13 +67,30 @@ class Enqueueing(Lifecycle):
 
     async def enqueue(self, name: str, /, *args: Any, **kwargs: Any) -> JobHandle[Any]:
         """Enqueue the task registered as ``name`` with these arguments."""
-        return await self.enqueue_job(self.build_job(name, args, kwargs, EnqueueOptions()))
+        return await self._enqueue_call(name, args, kwargs, NO_OPTIONS)
+
+    async def _enqueue_call(
+        self,
+        name: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        options: EnqueueOptions,
+    ) -> JobHandle[Any]:
+        """``enqueue_job(build_job(...))`` with the job routed once (the enqueue of
+        ``provider.enqueue``, ``Task.enqueue`` and ``BoundTask.enqueue``)."""
+        queue = self._route(name, options.backend)
+        job = self._build(name, args, kwargs, options, queue)
+        if not self._connected:
+            await self.connect()
+        return await self._send(job, queue)
 
     async def enqueue_job(self, job: Job, *, backend: str | None = None) -> JobHandle[Any]:
         """Send a prepared job (see :meth:`Task.job`) to its backend."""
         if not self._connected:
             await self.connect()
-        queue = self._route(job.task, backend)
+        return await self._send(job, self._route(job.task, backend))
+
+    async def _send(self, job: Job, queue: TaskQueueProtocol) -> JobHandle[Any]:
         with self.telemetry.send(job, queue.system):
             job_id = await queue.enqueue(job)
         return JobHandle(job_id, job.task, job.queue, self.result_store, self._job_control())

@@ -73,6 +73,10 @@ class EnqueueOptions:
         return self.eta
 
 
+#: The options of a plain ``enqueue`` (none), made once.
+NO_OPTIONS = EnqueueOptions()
+
+
 @dataclass(frozen=True, slots=True)
 class TaskLimits:
     """How many runs of a task may overlap, in total and per key (see docs/workers.md, Limits).
@@ -232,11 +236,11 @@ class Task(Generic[P, R]):
         Raises :class:`TaskArgumentsError` if the arguments do not fit the
         handler's signature.
         """
-        return self.provider.build_job(self.name, args, kwargs, EnqueueOptions())
+        return self.provider.build_job(self.name, args, kwargs, NO_OPTIONS)
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
         """Send a job running this task with these arguments."""
-        return await self.provider.enqueue_job(self.job(*args, **kwargs), backend=self.backend)
+        return await self.provider._enqueue_call(self.name, args, kwargs, NO_OPTIONS)
 
     @overload
     def s(self: Task[P, R], *args: P.args, **kwargs: P.kwargs) -> Signature[R]: ...
@@ -327,6 +331,5 @@ class BoundTask(Generic[P, R]):
         return self._task.provider.build_job(self._task.name, args, kwargs, self._options)
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
-        return await self._task.provider.enqueue_job(
-            self.job(*args, **kwargs), backend=self._options.backend or self._task.backend
-        )
+        # Routed by the options' backend, else by the task's (as every enqueue is).
+        return await self._task.provider._enqueue_call(self._task.name, args, kwargs, self._options)
