@@ -20,6 +20,7 @@ def test_every_statement_of_the_insert_path_renders_with_all_its_arguments() -> 
     sql = Statements.for_schema("lexigram_tasks")
     for statement, arguments in [
         (sql.insert_one, 8),
+        (sql.insert_one_plain, 7),
         (sql.insert_many, 8),
         (sql.insert_many_plain, 8),
         (sql.dedup_holders, 2),

@@ -4,6 +4,14 @@ The steps are written once, as a plan (:meth:`Inserting._plan`) that yields
 each statement and receives its rows; :func:`_drive` runs a plan on an
 async connection (asyncpg or psycopg) and :func:`_drive_sync` on a blocking
 psycopg one, so every driver sends the same statements in the same order.
+
+A single job without a dedup key (the common enqueue) skips the plan: one
+INSERT on the queue's producer connection, a connection of its pool that it
+keeps checked out while connected, so an enqueue costs the statement's round
+trip and not also the pool's checkout and return (a task and an event-loop
+cycle more each time in asyncpg). Only one enqueue at a time uses it; one
+that finds it busy takes a connection from the pool as before, and so does
+everything after a lost connection (with the pool's retries).
 """
 
 from __future__ import annotations
@@ -12,9 +20,12 @@ from collections.abc import Generator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
 
+import asyncpg
+
 from lexigram.tasks.job import Job
+from lexigram.tasks.postgres._connect import RETRY_ERRORS
 from lexigram.tasks.postgres._drivers import AsyncpgRunner, AsyncRunner, Request, Rows, SyncRunner
-from lexigram.tasks.postgres._pools import Pooled
+from lexigram.tasks.postgres._pools import Pooled, _discard, _release
 
 #: A job with its encoded payload, checked by ``encode_job`` before any write.
 Encoded = tuple[Job, bytes]
@@ -36,11 +47,79 @@ _STATEMENT_BYTES = 64 * 1024 * 1024
 class Inserting(Pooled):
     """Stores encoded jobs, on a bound connection, a pooled one or a caller's blocking one."""
 
+    #: The producer connection and the pool it came from (see the module's docstring).
+    _producer: tuple[asyncpg.Pool, asyncpg.Connection] | None = None
+    _producer_busy = False
+    #: Set when a statement lost its server: the producer connection is replaced.
+    _producer_stale = False
+
     async def _store(self, encoded: Sequence[Encoded]) -> list[str]:
         runner = (BOUND.get() or {}).get(id(self))
         if runner is not None:
             return await self._insert(runner, encoded)
+        if len(encoded) == 1 and encoded[0][0].dedup_key is None and not self._producer_busy:
+            job, payload = encoded[0]
+            await self._produce(job, payload)
+            return [job.id]
         return await self._run(lambda c: self._insert(AsyncpgRunner(c), encoded))
+
+    async def _produce(self, job: Job, payload: bytes) -> None:
+        """Insert one job without a dedup key, on the producer connection if there can be one."""
+        statement = self._sql.insert_one_plain
+        args = (self.queue_name, job.id, job.priority, job.run_at, job.attempt, payload, job.task)
+        self._producer_busy = True
+        held = None
+        try:
+            held = self._producer
+            if held is None or self._producer_stale or held[0] is not self._pool:
+                old, held = held, None
+                held = await self._new_producer(old)
+            if held is not None:
+                await held[1].execute(statement, *args)
+                return
+        except RETRY_ERRORS:
+            if held is not None:  # lost, or a read-only server: as a pooled statement's would be
+                if self._producer is held:
+                    self._producer = None
+                _discard(held[1])
+                await held[0].expire_connections()
+                self._server_lost()
+        except BaseException:
+            if held is not None and self._producer is held:
+                self._producer = None  # cancelled or refused: back to the pool (below)
+            raise
+        finally:
+            self._producer_busy = False
+            if held is not None and self._producer is not held:
+                # Let go (above, or by disconnect while this statement ran): the
+                # pool's release waits out a cancellation and closes a lost one.
+                await _release(*held)
+        await self._run(lambda c: c.execute(statement, *args))
+
+    async def _new_producer(
+        self, old: tuple[asyncpg.Pool, asyncpg.Connection] | None
+    ) -> tuple[asyncpg.Pool, asyncpg.Connection] | None:
+        """A fresh producer connection from the pool, ``old`` returned to its own; None
+        when the pool is too small to keep one aside."""
+        self._producer = None
+        if old is not None:
+            await _release(*old)
+        if self.max_pool_size < 2:
+            return None
+        pool = self._main()
+        held = (pool, await pool.acquire())
+        self._producer, self._producer_stale = held, False
+        return held
+
+    async def _let_producer_go(self) -> None:
+        """Return the producer connection to its pool (before the pool closes)."""
+        held, self._producer = self._producer, None
+        if held is not None and not self._producer_busy:
+            await _release(*held)
+
+    def _server_lost(self) -> None:
+        super()._server_lost()
+        self._producer_stale = True
 
     async def _insert(self, runner: AsyncRunner, encoded: Sequence[Encoded]) -> list[str]:
         chunks = _chunks(encoded)
@@ -66,6 +145,21 @@ class Inserting(Pooled):
         """The statements storing ``encoded`` (one INSERT, more only when dedup keys were taken)."""
         if len(encoded) == 1:
             job, payload = encoded[0]
+            if job.dedup_key is None:
+                yield Request(
+                    self._sql.insert_one_plain,
+                    (
+                        self.queue_name,
+                        job.id,
+                        job.priority,
+                        job.run_at,
+                        job.attempt,
+                        payload,
+                        job.task,
+                    ),
+                    rows=False,
+                )
+                return [job.id]
             stored = yield Request(
                 self._sql.insert_one,
                 (

@@ -23,6 +23,7 @@ _DEDUP_CONFLICT = (
 class Statements:
     channel: str
     insert_one: str
+    insert_one_plain: str
     insert_many: str
     insert_many_plain: str
     dedup_holders: str
@@ -72,6 +73,12 @@ class Statements:
                 " payload, task)"
                 " VALUES ($1, $2, $3, coalesce(to_timestamp($4), now()), $5, $6, $7, $8)"
                 f" {_DEDUP_CONFLICT} RETURNING job_id"
+            ),
+            # One job without a dedup key: it cannot conflict (the unique index
+            # holds only rows with a key), so no speculative insertion, no reply rows.
+            insert_one_plain=(
+                f"INSERT INTO {t} (queue_name, job_id, priority, run_at, attempt, payload, task)"
+                " VALUES ($1, $2, $3, coalesce(to_timestamp($4), now()), $5, $6, $7)"
             ),
             insert_many=insert_many + f" {_DEDUP_CONFLICT} RETURNING job_id",
             # No dedup key in the batch: no conflict to resolve, no ids to send back.

@@ -188,6 +188,7 @@ class PostgresTaskQueue(Inserting, Retention, Controlling):
             if self._listener is not None:
                 await self._listener.close()
                 self._listener = None
+            await self._let_producer_go()  # a pool closes once its connections are back
             pools = [p for p in (self._worker_pool, self._pool) if p is not None]
             self._pool = self._worker_pool = None
             for pool in pools:
