@@ -1,14 +1,18 @@
 """Workflow steps whose worker died after recording their results and before their
 acks are delivered again: they are acked without running again, and the callback
-their recording claimed is sent once."""
+their recording claimed is sent once. The error handler too."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
 
-from lexigram.tasks import JobState, MemoryTaskQueue, TaskProvider, chord, group
-from lexigram.tasks.workflows import StepOutcome, store_for
+import pytest
+
+from lexigram.tasks import JobState, MemoryTaskQueue, TaskProvider, chain, chord, group
+from lexigram.tasks.testing._helpers import eventually
+from lexigram.tasks.workflows import StepOutcome, WorkflowFailedError, store_for
+from lexigram.tasks.workflows._plan import Plan, build_step_job
 
 runs: Counter[str] = Counter()
 queue = MemoryTaskQueue(queue_name="wf-redelivery")
@@ -48,3 +52,36 @@ async def test_recorded_steps_delivered_again_do_not_run_again() -> None:
             assert (info.state, info.attempt) == (JobState.SUCCEEDED, 2)
     finally:
         await provider.stop()
+
+
+@provider.task(name="redelivery.explode", max_retries=0)
+async def explode(n: int) -> int:
+    raise ValueError(f"no {n}")
+
+
+@provider.task(name="redelivery.report")
+async def report(failure: dict[str, object]) -> None:
+    runs[f"report({failure['step']})"] += 1
+
+
+async def test_an_error_handler_that_finished_is_not_run_again() -> None:
+    runs.clear()
+    async with provider:
+        handle = await chain(double.s(1), explode.s()).on_error(report.s()).enqueue()
+        with pytest.raises(WorkflowFailedError):
+            await handle.result(timeout=10)
+        handler_id = f"{handle.id}-2"
+        await eventually(lambda: runs["report(1)"] == 1, 10, message="the error handler ran")
+        # Its job delivered again, as if its worker had died after recording it.
+        store = store_for(queue)
+        plan = Plan.from_json(await store.plan(handle.id) or "")
+        again = build_step_job(plan, handle.id, plan.handler_index, {"step": 1}, [])
+        again.attempt = 1
+        await queue.enqueue(again)
+
+        async def delivered_again() -> bool:
+            info = await provider.get_job(handler_id)
+            return info is not None and info.attempt == 2 and info.state is JobState.SUCCEEDED
+
+        await eventually(delivered_again, 10, message="the handler's job was settled again")
+        assert runs == Counter({"double(1)": 1, "report(1)": 1})
