@@ -1,0 +1,117 @@
+"""The single-enqueue path: one plain INSERT on the queue's producer connection.
+
+A queue keeps one connection of its pool aside for enqueues (see
+``lexigram.tasks.postgres._insert``). These tests check what a user relies
+on around it: concurrent enqueues all land, a killed producer connection
+costs no enqueue, a pool of one still works, disconnect does not wait on it,
+and a dedup key still finds its holder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+
+from lexigram.tasks.job import Job
+from lexigram.tasks.postgres import PostgresTaskQueue
+
+
+def _queue(dsn: str, schema: str, **options: object) -> PostgresTaskQueue:
+    name = f"producer_{uuid.uuid4().hex[:8]}"
+    return PostgresTaskQueue(postgres_dsn=dsn, queue_name=name, schema=schema, **options)  # type: ignore[arg-type]
+
+
+async def _connections(admin: asyncpg.Connection, queue: PostgresTaskQueue) -> int:
+    count: int = await admin.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+        f"lexigram-tasks:{queue.queue_name}",
+    )
+    return count
+
+
+async def test_concurrent_enqueues_all_land_while_one_holds_the_producer(
+    postgres_dsn: str, pg_schema: str
+) -> None:
+    queue = _queue(postgres_dsn, pg_schema)
+    await queue.connect()
+    try:
+        jobs = [Job(task="t", queue=queue.queue_name, args=[i]) for i in range(50)]
+        ids = await asyncio.gather(*(queue.enqueue(job) for job in jobs))
+        assert ids == [job.id for job in jobs]
+        assert (await queue.counts()).ready == 50
+        leased = await queue.dequeue(max_jobs=50)
+        assert sorted(d.job.args[0] for d in leased if d.job) == list(range(50))
+    finally:
+        await queue.disconnect()
+
+
+async def test_an_enqueue_after_its_connection_was_killed_is_stored(
+    postgres_dsn: str, pg_schema: str, admin: asyncpg.Connection
+) -> None:
+    queue = _queue(postgres_dsn, pg_schema)
+    await queue.connect()
+    try:
+        await queue.enqueue(Job(task="t", queue=queue.queue_name))
+        killed = await admin.fetch(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            f"lexigram-tasks:{queue.queue_name}",
+        )
+        assert killed  # the producer connection among them
+        second = Job(task="t", queue=queue.queue_name)
+        assert await queue.enqueue(second) == second.id
+        third = Job(task="t", queue=queue.queue_name)
+        assert await queue.enqueue(third) == third.id
+        assert (await queue.counts()).ready == 3
+    finally:
+        await queue.disconnect()
+
+
+async def test_a_pool_of_one_enqueues_and_leases_on_its_only_connection(
+    postgres_dsn: str, pg_schema: str
+) -> None:
+    queue = _queue(postgres_dsn, pg_schema, max_pool_size=1, async_commit=False)
+    await queue.connect()
+    try:
+        for _ in range(3):
+            await queue.enqueue(Job(task="t", queue=queue.queue_name))
+        leased = await asyncio.wait_for(queue.dequeue(max_jobs=3), 10)
+        assert len(leased) == 3
+    finally:
+        await asyncio.wait_for(queue.disconnect(), 10)
+
+
+async def test_disconnect_returns_the_producer_connection_and_closes_everything(
+    postgres_dsn: str, pg_schema: str, admin: asyncpg.Connection
+) -> None:
+    queue = _queue(postgres_dsn, pg_schema)
+    await queue.connect()
+    await queue.enqueue(Job(task="t", queue=queue.queue_name))
+    assert await _connections(admin, queue) >= 1
+    await asyncio.wait_for(queue.disconnect(), 10)  # a pool waits for every checked-out connection
+    assert await _connections(admin, queue) == 0
+    await queue.connect()  # and a reconnected queue takes a new one
+    try:
+        job = Job(task="t", queue=queue.queue_name)
+        assert await queue.enqueue(job) == job.id
+        assert (await queue.counts()).ready == 2
+    finally:
+        await queue.disconnect()
+
+
+async def test_a_dedup_key_still_returns_the_pending_holder(
+    postgres_dsn: str, pg_schema: str
+) -> None:
+    queue = _queue(postgres_dsn, pg_schema)
+    await queue.connect()
+    try:
+        first = Job(task="t", queue=queue.queue_name, dedup_key="k")
+        plain = Job(task="t", queue=queue.queue_name)
+        second = Job(task="t", queue=queue.queue_name, dedup_key="k")
+        assert await queue.enqueue(first) == first.id
+        assert await queue.enqueue(plain) == plain.id
+        assert await queue.enqueue(second) == first.id
+        assert (await queue.counts()).ready == 2
+    finally:
+        await queue.disconnect()
