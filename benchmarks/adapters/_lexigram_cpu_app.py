@@ -20,7 +20,12 @@ queue = RedisTaskQueue(redis_url=URL, queue_name="bench")
 provider = TaskProvider(queue=queue, process_pool_size=POOL_SIZE)
 
 
-@provider.task(name="bench_job", executor="process")
+# The lexigram-redis-cpu adapter's "thread" variant sets it: the job in a thread of
+# each worker process instead (as Dramatiq runs it), for comparison.
+EXECUTOR = os.environ.get("LEXIGRAM_CPU_EXECUTOR", "process")
+
+
+@provider.task(name="bench_job", executor=EXECUTOR)
 def bench_job(mode, enq=None):
     _cpu_burn.burn()
     B.sync_job(mode, enq)

@@ -57,10 +57,14 @@ async def queued_count():
 
 def configure(args):
     # Variant "one": one worker process with a process pool of 2, instead of
-    # --processes 2 with a pool of 1 each.
+    # --processes 2 with a pool of 1 each. Variant "thread": --processes 2, the job
+    # in a thread of each worker process (executor="thread"), as Dramatiq runs it.
     global PROCESSES, POOL_SIZE, BACKEND
     if args.variant == "one":
         PROCESSES, POOL_SIZE, BACKEND = 1, 2, "redis-cpu-1proc"
+    elif args.variant == "thread":
+        os.environ["LEXIGRAM_CPU_EXECUTOR"] = "thread"
+        BACKEND = "redis-cpu-thread"
 
 
 POOL_SIZE = app.POOL_SIZE

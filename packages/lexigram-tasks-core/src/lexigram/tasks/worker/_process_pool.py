@@ -71,11 +71,13 @@ class _Child:
     waiting for it; the child's death ends that wait with None.
     """
 
-    def __init__(self, context: BaseContext, number: int, modules: list[str]) -> None:
+    def __init__(
+        self, context: BaseContext, number: int, modules: list[str], measure_memory: bool
+    ) -> None:
         parent_end, child_end = context.Pipe()
         self.process = context.Process(  # type: ignore[attr-defined]
             target=child_main,
-            args=(child_end, modules),
+            args=(child_end, modules, measure_memory),
             name=f"lexigram-child-{number}",
             daemon=True,
         )
@@ -313,7 +315,7 @@ class ProcessExecutor:
                 self._alive += 1
                 self._started += 1
                 try:
-                    child = _Child(self._context, self._started, self.modules)
+                    child = _Child(self._context, self._started, self.modules, self.max_memory > 0)
                 except BaseException:
                     self._lose()
                     raise
