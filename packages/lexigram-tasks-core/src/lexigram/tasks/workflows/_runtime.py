@@ -202,6 +202,13 @@ class WorkflowRuntime:
                 continue  # advanced already (an ack retried)
             _, result, span = entry
             where = parse_step_header(job.headers[STEP_HEADER])
+            if where is not None and FINAL_HEADER in job.headers:
+                # Nothing waits for a final step: recording it needs no plan, which
+                # a worker that ran no other step of the workflow would have to load.
+                text = _json_or_none(result)
+                if text is not None:
+                    outcomes.append(StepOutcome(where[0], where[1], text, (), span))
+                    continue
             plan = await self._plan(where[0]) if where is not None else None
             if where is None or plan is None:
                 logger.warning("job %s names an unknown workflow step; nothing follows it", job.id)
@@ -352,6 +359,13 @@ class WorkflowRuntime:
         if len(self._plans) > _PLAN_CACHE:
             self._plans.popitem(last=False)
         return plan
+
+
+def _json_or_none(result: Any) -> str | None:
+    try:
+        return json.dumps(result, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        return None
 
 
 def is_step(delivery: Delivery) -> bool:
