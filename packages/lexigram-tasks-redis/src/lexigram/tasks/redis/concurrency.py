@@ -81,6 +81,10 @@ return 0
 
 _Acquire = tuple[Sequence[Limit], str, float, "asyncio.Future[bool]"]
 
+#: Seconds a release waits before it is sent: the releases of the jobs that end meanwhile
+#: and the acquires of the next fetched batch go with it, in the same script call.
+RELEASE_DELAY = 0.005
+
 
 class RedisConcurrencyLimiter:
     """A :class:`~lexigram.tasks.concurrency.ConcurrencyLimiter` whose slots live in Redis.
@@ -114,6 +118,7 @@ class RedisConcurrencyLimiter:
         self._acquires: list[_Acquire] = []
         self._releases: list[tuple[Sequence[str], str]] = []
         self._planned = False
+        self._timer: asyncio.TimerHandle | None = None  # a flush planned for the releases
         self._flushing: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
@@ -142,7 +147,7 @@ class RedisConcurrencyLimiter:
 
     async def disconnect(self) -> None:
         """Send the releases still pending, then close the client if this limiter opened it."""
-        if self._releases:
+        if self._releases or self._acquires:
             self._plan()
         while self._flushing or self._planned:
             if self._flushing:
@@ -168,9 +173,11 @@ class RedisConcurrencyLimiter:
         return await self._flush(requests, lease_seconds)
 
     async def release(self, names: Sequence[str], holder: str) -> None:
-        """Queue the release of ``holder``'s slots for the next batch."""
+        """Queue the release of ``holder``'s slots for the next batch (within
+        :data:`RELEASE_DELAY` seconds, sooner with an acquire)."""
         self._releases.append((names, holder))
-        self._plan()
+        if not self._planned and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(RELEASE_DELAY, self._timed_flush)
 
     async def flush(self) -> None:
         """Send the queued releases (and acquires) now, instead of on the next loop turn."""
@@ -186,9 +193,19 @@ class RedisConcurrencyLimiter:
             await self._extend(keys=keys, args=[repr(lease_seconds), *(h for _, h in held)])
 
     def _plan(self) -> None:
+        """Flush on the next loop turn."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if not self._planned:
             self._planned = True
             asyncio.get_running_loop().call_soon(self._start_flush)
+
+    def _timed_flush(self) -> None:
+        self._timer = None
+        if self._releases and not self._planned:
+            self._planned = True
+            self._start_flush()
 
     def _start_flush(self) -> None:
         self._planned = False
@@ -203,6 +220,9 @@ class RedisConcurrencyLimiter:
         self, requests: Sequence[tuple[Sequence[Limit], str]], lease_seconds: float
     ) -> list[bool]:
         """Send the pending acquires and releases with ``requests``; the answers to ``requests``."""
+        if self._timer is not None:  # the releases go now
+            self._timer.cancel()
+            self._timer = None
         acquires, self._acquires = self._acquires, []
         releases, self._releases = self._releases, []
         if not acquires and not releases and not requests:
