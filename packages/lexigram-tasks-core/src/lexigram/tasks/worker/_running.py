@@ -192,6 +192,7 @@ class Running(Limiting):
             await self._return_to_queue(delivery, delay=1.0, reason="workflow store unavailable")
             return True
         delivery.outcome = _SUCCEEDED
+        delivery.worker_id = self.worker_id
         self._to_ack.append(delivery)
         self._ack_wakeup.set()
         return True
@@ -199,6 +200,7 @@ class Running(Limiting):
     async def _ack_now(self, delivery: Delivery, workflows: WorkflowRuntime) -> None:
         """Ack a recorded final step at once, not with its batch (which then skips it)."""
         delivery.outcome = _SUCCEEDED
+        delivery.worker_id = self.worker_id
         try:
             await self.queue.ack_many([delivery])
         except Exception:
