@@ -1,5 +1,6 @@
 """200 workflows of 20 steps on PostgreSQL while workers are SIGKILLed at random: every
-callback runs once, with the right inputs."""
+workflow finishes, its callback is enqueued once with the right inputs, and no step
+or callback runs again once a run of it finished (see workflow_crash_cases.check)."""
 
 from __future__ import annotations
 
