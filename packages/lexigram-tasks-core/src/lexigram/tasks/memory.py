@@ -423,6 +423,7 @@ class MemoryTaskQueue(BaseTaskQueue):
 
 def _record(entry: MemoryJob, delivery: Delivery) -> None:
     """Keep the settling worker's id and the attempt's record (Capability.ATTEMPTS)."""
-    entry.worker_id = delivery.worker_id
+    if delivery.worker_id is not None:  # None: handed back, not an attempt of a worker's
+        entry.worker_id = delivery.worker_id
     if delivery.attempt_record is not None:
         entry.attempts = append_attempt(entry.attempts, delivery.attempt_record)
