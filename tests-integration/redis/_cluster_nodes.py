@@ -11,10 +11,15 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import redis
 from _sentinel_nodes import _port_free, wait_for
+
+from lexigram.tasks.protocol import TaskQueueProtocol
+from lexigram.tasks.redis import RedisTaskQueue
+from lexigram.tasks.testing import BackendSpec, ContractBase
 
 #: Milliseconds of silence after which the cluster fails a master over to its replica.
 NODE_TIMEOUT_MS = 2000
@@ -116,3 +121,30 @@ class ClusterNodes:
                 process.kill()
         for process in self.processes.values():
             process.wait(timeout=10)
+
+
+class ClusterHooks(ContractBase):
+    """How the contract suites reach the cluster of the test module's ``cluster``
+    fixture; ``shards`` set per class."""
+
+    shards: ClassVar[int] = 1
+    lease_seconds = 1.0
+
+    @pytest.fixture(autouse=True)
+    def _url(self, cluster: ClusterNodes) -> None:
+        self.url = cluster.url
+
+    async def create_queue(self, queue_name: str) -> TaskQueueProtocol:
+        return RedisTaskQueue(self.url, queue_name, shards=self.shards)
+
+    def queue_spec(self, queue_name: str) -> BackendSpec:
+        options = {"redis_url": self.url, "queue_name": queue_name, "shards": self.shards}
+        return BackendSpec("lexigram.tasks.redis:RedisTaskQueue", options)
+
+    async def push_raw(self, queue: TaskQueueProtocol, payload: bytes) -> None:
+        assert isinstance(queue, RedisTaskQueue)
+        await queue.push_raw(payload)
+
+    async def drop_queue(self, queue_name: str) -> None:
+        async with RedisTaskQueue(self.url, queue_name, shards=self.shards) as queue:
+            await queue.purge()

@@ -17,7 +17,6 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 import pytest_asyncio
@@ -27,17 +26,17 @@ from lexigram.tasks import TaskProvider
 from lexigram.tasks.control import CancelOutcome, JobState
 from lexigram.tasks.errors import ConfigurationError
 from lexigram.tasks.job import Job
-from lexigram.tasks.protocol import Capability, TaskQueueProtocol
+from lexigram.tasks.protocol import Capability
 from lexigram.tasks.redis import RedisTaskQueue
 from lexigram.tasks.redis._shards import ShardedRedisTaskQueue
 from lexigram.tasks.redis.workflows import RedisWorkflowStore
-from lexigram.tasks.testing import BackendSpec, ContractBase, TaskQueueContract
+from lexigram.tasks.testing import TaskQueueContract
 from lexigram.tasks.workflows.store import StepOutcome
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _cluster_nodes import ClusterNodes
-from test_sentinel import COMPONENTS, _round_trip
+from _cluster_nodes import ClusterHooks, ClusterNodes
+from _components import COMPONENTS, round_trip
 
 FIRST_PORT = 7200
 
@@ -52,32 +51,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterNodes]:
         yield nodes.start()
     finally:
         nodes.stop()
-
-
-class ClusterHooks(ContractBase):
-    """How the suites reach the module's cluster; ``shards`` set per class."""
-
-    shards: ClassVar[int] = 1
-    lease_seconds = 1.0
-
-    @pytest.fixture(autouse=True)
-    def _url(self, cluster: ClusterNodes) -> None:
-        self.url = cluster.url
-
-    async def create_queue(self, queue_name: str) -> TaskQueueProtocol:
-        return RedisTaskQueue(self.url, queue_name, shards=self.shards)
-
-    def queue_spec(self, queue_name: str) -> BackendSpec:
-        options = {"redis_url": self.url, "queue_name": queue_name, "shards": self.shards}
-        return BackendSpec("lexigram.tasks.redis:RedisTaskQueue", options)
-
-    async def push_raw(self, queue: TaskQueueProtocol, payload: bytes) -> None:
-        assert isinstance(queue, RedisTaskQueue)
-        await queue.push_raw(payload)
-
-    async def drop_queue(self, queue_name: str) -> None:
-        async with RedisTaskQueue(self.url, queue_name, shards=self.shards) as queue:
-            await queue.purge()
 
 
 class TestClusterContract(ClusterHooks, TaskQueueContract):
@@ -200,7 +173,7 @@ async def test_every_component_works_on_the_cluster(cluster: ClusterNodes, name:
     component = COMPONENTS[name](cluster.url, ns)
     await component.connect()
     try:
-        await _round_trip(component, ns)
+        await round_trip(component, ns)
     finally:
         await component.disconnect()
 

@@ -1,9 +1,9 @@
 """The worker contract suite on a Redis Cluster, with one shard and with four.
 
 The module starts its own cluster of three masters and three replicas on
-loopback ports 7212-7217 and stops it by PID at the end. The hooks are those
-of ``test_cluster.py`` (the queue contract suite), which runs on a cluster of
-its own, so the two files run side by side.
+loopback ports 7212-7217 and stops it by PID at the end. ``test_cluster.py``
+runs the queue contract suite on a cluster of its own, so the two files run
+side by side.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from lexigram.tasks.testing import WorkerContract
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _cluster_nodes import ClusterNodes
-from test_cluster import ClusterHooks
+from _cluster_nodes import ClusterHooks, ClusterNodes
 
 FIRST_PORT = 7212
 

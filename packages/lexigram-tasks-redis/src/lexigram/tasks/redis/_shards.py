@@ -54,6 +54,8 @@ from lexigram.tasks.redis.queue import RedisTaskQueue
 
 #: Seconds an idle worker blocks on one shard before it looks at the next.
 BLOCK_SLICE = 0.1
+# Below this, a wait is not worth a blocking call (as RedisTaskQueue's own).
+_MIN_BLOCK = 0.01
 
 
 class ShardedRedisTaskQueue(RedisTaskQueue):
@@ -139,7 +141,7 @@ class ShardedRedisTaskQueue(RedisTaskQueue):
             failed: list[BackendConnectionError] = []
             for index in order:
                 remaining = deadline - time.monotonic()
-                if not first and remaining <= 0:
+                if not first and remaining < _MIN_BLOCK:
                     return []
                 block = 0.0 if first else min(BLOCK_SLICE, remaining)
                 try:
