@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 
 from lexigram.tasks.errors import ConfigurationError
@@ -77,3 +79,11 @@ def test_store_prefixes_get_a_hash_tag_on_a_cluster_only() -> None:
     assert hash_tagged(cluster, "lexigram:state") == "{lexigram:state}"
     assert hash_tagged(cluster, "app:{tenant}:dlq") == "app:{tenant}:dlq"
     assert hash_tagged("redis://localhost/0", "lexigram:state") == "lexigram:state"
+
+
+def test_the_constructor_keywords_stay_the_configuration_keys() -> None:
+    # RedisTaskQueue.__new__ picks the sharded class; the signature the config
+    # reads (and refuses unknown keys with) is still __init__'s.
+    parameters = inspect.signature(RedisTaskQueue).parameters
+    assert {"redis_url", "queue_name", "shards", "wait_replicas"} <= set(parameters)
+    assert not any(p.kind is p.VAR_KEYWORD for p in parameters.values())

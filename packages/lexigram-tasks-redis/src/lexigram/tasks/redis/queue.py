@@ -9,6 +9,7 @@ batch and settling a failure are each a single round trip. See
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import time
 import uuid
@@ -443,6 +444,14 @@ class RedisTaskQueue(BaseTaskQueue, JobControl):
             prepared = kind(client, name, self._key_list, self._head)
             self._prepared[name] = prepared
         return prepared
+
+
+# __new__ above picks the class; the constructor's keywords (the configuration
+# keys) are __init__'s, so that is the signature inspect and the config see.
+_INIT = inspect.signature(RedisTaskQueue.__init__)
+RedisTaskQueue.__signature__ = _INIT.replace(  # type: ignore[attr-defined]
+    parameters=list(_INIT.parameters.values())[1:], return_annotation=inspect.Signature.empty
+)
 
 
 def _check_shards(shards: int, queue_name: str, *, cluster: bool) -> int:
