@@ -4,7 +4,9 @@
 registries show them), ``CacheBackendResultStore`` keeps job results with a
 TTL, and ``RedisRateLimiter`` enforces rate limits shared by every worker
 process of a deployment. Each takes a ``redis+sentinel://`` URL (see
-:func:`sentinel_url`) to follow a master through Sentinel failovers.
+:func:`sentinel_url`) to follow a master through Sentinel failovers, or a
+``redis+cluster://`` URL for a Redis Cluster (``RedisTaskQueue(...,
+shards=N)`` spreads a queue over N of its slots).
 """
 
 from __future__ import annotations
