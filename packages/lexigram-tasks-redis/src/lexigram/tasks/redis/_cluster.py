@@ -155,37 +155,37 @@ class ClusterScript(PreparedScript):
         """BLPOP ``wake_key`` for up to ``timeout`` seconds, then run the script
         (one pipeline: both go to the slot's master in one write)."""
         cluster = cast(RedisCluster, self.client)
-        for attempt in (1, 2):
-            try:
-                async with cluster.pipeline() as pipe:
-                    pipe.blpop([wake_key], timeout)
-                    pipe.evalsha(self.script.sha, len(self.keys), *self.keys, *self.head, *args)
-                    replies = await pipe.execute()
-                return replies[-1]
-            except NoScriptError:
-                if attempt == 2:
-                    raise
-                await self.client.script_load(self.script.source)
-        raise AssertionError("unreachable")
+        try:
+            async with cluster.pipeline() as pipe:
+                pipe.blpop([wake_key], timeout)
+                pipe.evalsha(self.script.sha, len(self.keys), *self.keys, *self.head, *args)
+                replies = await pipe.execute()
+            return replies[-1]
+        except NoScriptError:  # the wait is over: load the script and run it alone
+            return await self(args)
 
     async def call_then_wait(self, args: list[Any], replicas: int, timeout: float) -> list[Any]:
         """Run the script, then WAIT on the same connection to the slot's master."""
         cluster = cast(RedisCluster, self.client)
         wait = [b"*3\r\n", *map(self._bulk, ("WAIT", replicas, max(1, round(timeout * 1000))))]
         packed = self.pack(args) + b"".join(wait)
-        for attempt in (1, 2):
-            try:
-                return await _on_master(cluster, self.keys[0], packed)
-            except NoScriptError:
-                await self.client.script_load(self.script.source)
-            except (MovedError, RedisConnectionError, RedisTimeoutError):
-                # The slot moved (a failover) or its master is gone: learn the
-                # cluster's new shape, then try once more (a MOVED one at once).
-                with contextlib.suppress(RedisError, RedisClusterException):
-                    await cluster.nodes_manager.initialize()
-                if attempt == 2:
-                    raise
+        try:
+            return await _on_master(cluster, self.keys[0], packed)
+        except NoScriptError:
+            await self.client.script_load(self.script.source)
+        except MovedError:  # the slot has a new master (a failover): ask where, once
+            await _refresh(cluster)
+        except (RedisConnectionError, RedisTimeoutError):
+            await _refresh(cluster)  # for the producer's next try
+            raise
         return await _on_master(cluster, self.keys[0], packed)
+
+
+async def _refresh(cluster: RedisCluster) -> None:
+    """Learn which master serves which slot now (best effort: during a failover
+    the nodes may not agree yet; the next routed command asks again)."""
+    with contextlib.suppress(RedisError, RedisClusterException):
+        await cluster.nodes_manager.initialize()
 
 
 async def _on_master(cluster: RedisCluster, key: str, packed: bytes) -> list[Any]:
