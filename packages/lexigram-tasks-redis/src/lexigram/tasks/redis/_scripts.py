@@ -113,7 +113,11 @@ class PreparedScript:
         """The call with ``args`` after the fixed part, in the Redis protocol,
         preceded by the command ``before`` when one is given."""
         parts = [b"*%d\r\n" % len(before), *map(self._bulk, before)] if before else []
-        parts += [b"*%d\r\n" % (self._count + len(args)), self._prefix, *map(self._bulk, args)]
+        parts += [b"*%d\r\n" % (self._count + len(args)), self._prefix]
+        encode = self._encode
+        for arg in args:  # _bulk inlined: this runs for every argument of every call
+            value = arg if arg.__class__ is bytes else encode(arg)
+            parts.append(b"$%d\r\n%s\r\n" % (len(value), value))
         return b"".join(parts)
 
     async def __call__(self, args: list[Any]) -> Any:
