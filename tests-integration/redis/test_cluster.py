@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from redis.asyncio.cluster import RedisCluster
+from redis.cluster import key_slot
 
 from lexigram.tasks import TaskProvider
 from lexigram.tasks.control import CancelOutcome, JobState
@@ -85,23 +86,42 @@ async def raw(cluster: ClusterNodes) -> AsyncIterator[RedisCluster]:
         await client.aclose()
 
 
-async def test_every_key_of_a_shard_lies_in_one_slot_and_four_shards_reach_every_master(
-    sharded: RedisTaskQueue, raw: RedisCluster, cluster: ClusterNodes
+def _spread_name() -> str:
+    """A queue name whose four shard tags hash to slots of all three masters
+    (``redis-cli --cluster create`` gives each a third of the slots, in order);
+    about 44% of names do, so the first few tries find one."""
+    for attempt in range(1000):
+        name = f"lxcluster-spread-{attempt}"
+        thirds = {key_slot(f"{{{name}:{i}}}".encode()) * 3 // 16384 for i in range(4)}
+        if len(thirds) == 3:
+            return name
+    raise AssertionError("no name spreads over three masters")
+
+
+async def test_every_key_of_a_shard_lies_in_one_slot_and_the_shards_use_every_master(
+    raw: RedisCluster, cluster: ClusterNodes
 ) -> None:
-    assert isinstance(sharded, ShardedRedisTaskQueue)
-    ids = await sharded.enqueue_many([Job(task="t", args=[i]) for i in range(40)])
-    masters = set()
-    for lane in sharded.lanes:
-        slots = {raw.keyslot(key) for key in lane.keys.as_list()}
-        slots |= {raw.keyslot(lane.keys.job(job_id)) for job_id in ids}
-        slots.add(raw.keyslot(lane.keys.job("any-id")))
-        assert len(slots) == 1, lane.keys
-        masters.add(cluster.master_of(lane.keys.ready))
-    # Tags queue:0 .. queue:3 hash to slots spread over the three masters, as
-    # any four tags mostly do; assert it for this name rather than hope.
-    assert len(masters) >= 2
-    per_shard = [(await lane.counts()).ready for lane in sharded.lanes]
-    assert sum(per_shard) == 40 and all(count > 0 for count in per_shard)
+    async with RedisTaskQueue(cluster.url, _spread_name(), shards=4) as sharded:
+        assert isinstance(sharded, ShardedRedisTaskQueue)
+        try:
+            ids = await sharded.enqueue_many([Job(task="t", args=[i]) for i in range(40)])
+            masters = set()
+            for lane in sharded.lanes:
+                slots = {raw.keyslot(key) for key in lane.keys.as_list()}
+                slots |= {raw.keyslot(lane.keys.job(job_id)) for job_id in ids}
+                assert len(slots) == 1, lane.keys
+                masters.add(cluster.master_of(lane.keys.ready))
+                # The shard's jobs are on the master serving its slot.
+                node = cluster.client(cluster.master_of(lane.keys.ready))
+                try:
+                    held = node.llen(lane.keys.ready)
+                finally:
+                    node.close()
+                assert held == (await lane.counts()).ready > 0
+            assert len(masters) == 3
+            assert (await sharded.counts()).ready == 40
+        finally:
+            await sharded.purge()
 
 
 async def test_a_dedup_key_holds_across_shards(sharded: RedisTaskQueue) -> None:
