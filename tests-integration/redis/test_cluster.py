@@ -12,7 +12,6 @@ shards add up in counts, listings and lookups.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -31,7 +30,7 @@ from lexigram.tasks.protocol import Capability
 from lexigram.tasks.redis import RedisTaskQueue
 from lexigram.tasks.redis._shards import ShardedRedisTaskQueue
 from lexigram.tasks.redis.workflows import RedisWorkflowStore
-from lexigram.tasks.testing import TaskQueueContract
+from lexigram.tasks.testing import TaskQueueContract, eventually
 from lexigram.tasks.workflows.store import StepOutcome
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -163,15 +162,13 @@ async def test_a_provider_runs_jobs_spread_over_the_shards(sharded: RedisTaskQue
     async def record(n: int) -> None:
         seen.append(n)
 
+    async def settled() -> bool:
+        return len(seen) == 50 and (await sharded.counts()).pending == 0
+
     async with provider:
         for n in range(50):
             await record.enqueue(n)
-        # Poll the queue, not a clock: done when every job was acked.
-        for _ in range(200):
-            counts = await sharded.counts()
-            if len(seen) == 50 and counts.pending == 0:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(settled, 10, message="the jobs did not all run and settle")
     assert sorted(seen) == list(range(50))
 
 
