@@ -1,6 +1,7 @@
 """No-op drain on a Redis Cluster: a queue of four shards against one shard.
 
     python benchmarks/redis_cluster_shards.py [N] [REPEATS]
+    python benchmarks/redis_cluster_shards.py wait [N] [REPEATS]
 
 Starts a cluster of three masters and three replicas on loopback ports
 7220-7225 (``tests-integration/redis/_cluster_nodes.py``; stopped by PID at
@@ -10,6 +11,10 @@ harness's jobs do, then runs ``lexigram-tasks worker --processes 2 -c 50``
 and measures jobs/s from the first completion to the last. Prints every run
 and the medians. The counter lives on the single server 127.0.0.1:6379, db
 13 (``SHARDS_COUNTER_URL`` to change it), flushed before and after.
+
+With ``wait``: single enqueues from one producer (N per batch, default 2,000)
+onto one shard, alternating batches with ``wait_replicas=0`` and ``1``,
+REPEATS pairs (default 5); prints each batch's rate and the median ratio.
 """
 
 from __future__ import annotations
@@ -90,8 +95,39 @@ def drain(url: str, shards: int, n: int) -> float:
     return (n - 1) / elapsed
 
 
+async def enqueue_rate(url: str, wait_replicas: int, n: int) -> float:
+    async with RedisTaskQueue(url, "bench-wait", wait_replicas=wait_replicas) as queue:
+        jobs = [noop.job() for _ in range(n)]
+        started = time.perf_counter()
+        for job in jobs:
+            await queue.enqueue(job)
+        elapsed = time.perf_counter() - started
+        await queue.purge()
+    return n / elapsed
+
+
+def main_wait(n: int, repeats: int) -> None:
+    from _cluster_nodes import ClusterNodes
+
+    with tempfile.TemporaryDirectory() as directory:
+        nodes = ClusterNodes(Path(directory), FIRST_PORT).start()
+        try:
+            ratios = []
+            for repeat in range(repeats):
+                plain = asyncio.run(enqueue_rate(nodes.url, 0, n))
+                waiting = asyncio.run(enqueue_rate(nodes.url, 1, n))
+                ratios.append(waiting / plain)
+                print(
+                    f"pair {repeat + 1}: {plain:,.0f} enqueues/s, with wait_replicas=1 "
+                    f"{waiting:,.0f} ({waiting / plain:.0%})",
+                    flush=True,
+                )
+        finally:
+            nodes.stop()
+    print(f"\nwait_replicas=1 / 0, median of {repeats} pairs: {statistics.median(ratios):.0%}")
+
+
 def main(n: int, repeats: int) -> None:
-    sys.path.insert(0, str(HERE.parent / "tests-integration" / "redis"))
     from _cluster_nodes import ClusterNodes
 
     with tempfile.TemporaryDirectory() as directory:
@@ -114,7 +150,11 @@ def main(n: int, repeats: int) -> None:
 
 
 if __name__ == "__main__":
-    main(
-        int(sys.argv[1]) if len(sys.argv) > 1 else 20000,
-        int(sys.argv[2]) if len(sys.argv) > 2 else 3,
-    )
+    sys.path.insert(0, str(HERE.parent / "tests-integration" / "redis"))
+    arguments = sys.argv[1:]
+    if arguments[:1] == ["wait"]:
+        numbers = [int(a) for a in arguments[1:]]
+        main_wait(*(numbers + [2000, 5][len(numbers) :]))
+    else:
+        numbers = [int(a) for a in arguments]
+        main(*(numbers + [20000, 3][len(numbers) :]))
