@@ -18,12 +18,9 @@ import json
 import logging
 import multiprocessing
 import os
-import signal
 import time
 from collections import deque
 from collections.abc import Callable
-from multiprocessing.connection import Connection
-from multiprocessing.context import BaseContext
 from typing import Any
 
 from opentelemetry import propagate
@@ -36,7 +33,7 @@ from lexigram.tasks.errors import (
 )
 from lexigram.tasks.job import Job
 from lexigram.tasks.task import Task
-from lexigram.tasks.worker._process_child import READY, STOP, child_main
+from lexigram.tasks.worker._process_handle import KILL_GRACE, START_METHOD, Child, reaping
 from lexigram.tasks.worker._process_support import (
     check_process_tasks,
     importable_problem,
@@ -54,162 +51,6 @@ __all__ = [
 
 logger = logging.getLogger("lexigram.tasks.worker")
 
-#: Seconds between SIGTERM and SIGKILL when a child's job is stopped.
-KILL_GRACE = 1.0
-
-#: Not "fork" (it would copy the worker's threads and connections), nor "forkserver":
-#: its children hold the server open, so they would outlive a worker killed by SIGKILL.
-_START_METHOD = "spawn"
-
-
-class _Child:
-    """One child process and the parent's end of its pipe.
-
-    The loop watches the pipe and the process sentinel for as long as the child
-    lives (not per job: registering and removing readers costs four system calls
-    a job). A reply is read as soon as it is readable and handed to the caller
-    waiting for it; the child's death ends that wait with None.
-    """
-
-    def __init__(
-        self, context: BaseContext, number: int, modules: list[str], measure_memory: bool
-    ) -> None:
-        parent_end, child_end = context.Pipe()
-        self.process = context.Process(  # type: ignore[attr-defined]
-            target=child_main,
-            args=(child_end, modules, measure_memory),
-            name=f"lexigram-child-{number}",
-            daemon=True,
-        )
-        self.process.start()
-        child_end.close()
-        self.conn: Connection = parent_end
-        self.pid: int = self.process.pid
-        self.jobs = 0
-        self.stopped_for: str | None = None  # "timeout" or "cancel" once the pool kills it
-        self._loop = asyncio.get_running_loop()
-        self._fd = parent_end.fileno()
-        self._sentinel: int = self.process.sentinel
-        self._reply: asyncio.Future[bytes | None] | None = None
-        self._watched = True
-        self._loop.add_reader(self._fd, self._readable)
-        self._loop.add_reader(self._sentinel, self._exited)
-
-    async def ready(self) -> bool:
-        """Wait until the child has imported the tasks' modules; False if it died first."""
-        return await self._answer(b"") == READY
-
-    async def call(self, data: bytes) -> bytes | None:
-        """Send a job and wait for its reply; None if the child died first (it is reaped)."""
-        return await self._answer(data)
-
-    async def _answer(self, data: bytes) -> bytes | None:
-        if data:
-            try:
-                self.conn.send_bytes(data)
-            except OSError:  # it died while idle: as a crash
-                await self.reap()
-                return None
-        if not self._watched:  # it died while idle and was not reaped yet
-            await self.reap()
-            return None
-        reply: asyncio.Future[bytes | None] = self._loop.create_future()
-        self._reply = reply
-        try:
-            answer = await reply
-        finally:
-            self._reply = None
-        if answer is None:
-            await self.reap()
-        return answer
-
-    def _readable(self) -> None:
-        """The pipe has a reply (or the end of the child's pipe)."""
-        reply = self._reply
-        if reply is None or reply.done():
-            if reply is None:
-                self._unwatch()  # nothing was asked: the child closed its end, or died
-            return
-        try:
-            reply.set_result(self.conn.recv_bytes())
-        except (EOFError, OSError):
-            self._unwatch()
-            reply.set_result(None)
-
-    def _exited(self) -> None:
-        """The process is gone: a reply it wrote before exiting still counts."""
-        reply = self._reply
-        answer = None
-        if reply is not None and not reply.done():
-            with contextlib.suppress(EOFError, OSError):
-                if self.conn.poll():
-                    answer = self.conn.recv_bytes()
-        self._unwatch()
-        if reply is not None and not reply.done():
-            reply.set_result(answer)
-
-    def discard(self) -> None:
-        """Forget a child that has exited."""
-        self._unwatch()
-        self.conn.close()
-
-    def _unwatch(self) -> None:
-        if self._watched:
-            self._watched = False
-            self._loop.remove_reader(self._fd)
-            self._loop.remove_reader(self._sentinel)
-
-    def kill(self, reason: str) -> None:
-        """SIGTERM now, SIGKILL after the grace period if it still runs."""
-        self.stopped_for = reason
-        if self.process.exitcode is None:
-            self.process.terminate()
-            self._loop.call_later(KILL_GRACE, self._kill_now)
-
-    def _kill_now(self) -> None:
-        with contextlib.suppress(ValueError, OSError):  # already reaped and closed
-            if self.process.exitcode is None:
-                self.process.kill()
-
-    async def reap(self) -> None:
-        """Wait until the process has exited, then free it."""
-        self._unwatch()
-        loop = self._loop
-        while self.process.exitcode is None:
-            gone: asyncio.Future[bool] = loop.create_future()
-            loop.add_reader(self._sentinel, _settle, gone, True)
-            try:
-                await asyncio.wait_for(gone, 0.5)
-            except TimeoutError:
-                pass
-            finally:
-                loop.remove_reader(self._sentinel)
-        self.conn.close()
-
-    def how_it_ended(self) -> str:
-        code = self.process.exitcode
-        if code is not None and code < 0:
-            with contextlib.suppress(ValueError):
-                return f"killed by signal {signal.Signals(-code).name}"
-            return f"killed by signal {-code}"
-        return f"exit code {code}"
-
-    def retire(self) -> None:
-        """Ask an idle child to exit; reaped in the background."""
-        with contextlib.suppress(OSError):
-            self.conn.send_bytes(STOP)
-        task = self._loop.create_task(self.reap())
-        _reaping.add(task)
-        task.add_done_callback(_reaping.discard)
-
-
-_reaping: set[asyncio.Task[None]] = set()
-
-
-def _settle(future: asyncio.Future[bool], value: bool) -> None:
-    if not future.done():
-        future.set_result(value)
-
 
 class ProcessExecutor:
     """At most ``size`` child processes running process-executor jobs of one pool."""
@@ -221,13 +62,13 @@ class ProcessExecutor:
         self.modules = modules  # imported by each child before its first job
         self.max_jobs = max_jobs_per_child
         self.max_memory = max_memory_mb * 1024 * 1024
-        self._context = multiprocessing.get_context(_START_METHOD)
-        self._idle: list[_Child] = []
+        self._context = multiprocessing.get_context(START_METHOD)
+        self._idle: list[Child] = []
         self._alive = 0  # children started and not yet gone
         self._started = 0
         self._waiting: deque[asyncio.Future[bool]] = deque()  # True: your turn; False: stop
         self._queued: dict[object, asyncio.Future[bool]] = {}  # slot -> its job's waiter
-        self._running: dict[object, _Child] = {}  # slot -> the child running its job
+        self._running: dict[object, Child] = {}  # slot -> the child running its job
         self._closed = False
 
     @property
@@ -302,7 +143,7 @@ class ProcessExecutor:
             return answer["result"]
         raise rebuild(answer)
 
-    async def _acquire(self, slot: object) -> _Child | None:
+    async def _acquire(self, slot: object) -> Child | None:
         """A child for ``slot``'s job; None if the job was stopped while waiting."""
         while True:
             while self._idle:
@@ -315,7 +156,7 @@ class ProcessExecutor:
                 self._alive += 1
                 self._started += 1
                 try:
-                    child = _Child(self._context, self._started, self.modules, self.max_memory > 0)
+                    child = Child(self._context, self._started, self.modules, self.max_memory > 0)
                 except BaseException:
                     self._lose()
                     raise
@@ -349,7 +190,7 @@ class ProcessExecutor:
             finally:
                 del self._queued[slot]
 
-    def _release(self, child: _Child, rss: int) -> None:
+    def _release(self, child: Child, rss: int) -> None:
         if self.max_jobs and child.jobs >= self.max_jobs:
             why = f"ran {child.jobs} jobs (max_jobs_per_child)"
         elif self.max_memory and rss > self.max_memory:
@@ -381,8 +222,8 @@ class ProcessExecutor:
             child.retire()
         for child in list(self._running.values()):
             child.kill("shutdown")
-        if _reaping:
-            await asyncio.wait(list(_reaping), timeout=KILL_GRACE + 5)
+        if reaping:
+            await asyncio.wait(list(reaping), timeout=KILL_GRACE + 5)
 
 
 async def run_in_process(
