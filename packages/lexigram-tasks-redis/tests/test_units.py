@@ -53,6 +53,7 @@ def test_backend_declares_what_the_contract_checks() -> None:
         Capability.INSPECT,
         Capability.CANCEL,
         Capability.WORKERS,
+        Capability.ATTEMPTS,
     }
     assert isinstance(queue, JobControlProtocol)
 
