@@ -2,10 +2,15 @@
 
     .venv/bin/python benchmarks/enqueue_profile.py [--n 10000] [--repeat 5] [redis] [postgres]
     .venv/bin/python benchmarks/enqueue_profile.py --cprofile redis   # top functions of one loop
+    valgrind --tool=callgrind .venv/bin/python benchmarks/enqueue_profile.py \
+        --only "lexigram enqueue" --n 1500 redis   # twice, --n 500 and 1500: the difference
 
 For each backend, in alternating rounds (medians printed, in microseconds per
-enqueue): the raw client's single-op loop as the shared harness's raw
-adapters run it (redis.asyncio LPUSH of a small JSON document; asyncpg
+enqueue, wall-clock and this process's CPU, with the ratio of the raw loop's
+wall time to ours in each round, and on Redis the server's own microseconds
+per LPUSH and per EVALSHA from INFO commandstats, server-wide: use a private
+redis-server for clean figures): the raw client's single-op loop as the
+shared harness's raw adapters run it (redis.asyncio LPUSH of a small JSON document; asyncpg
 INSERT into a one-index table), ``await task.enqueue(...)`` of a registered
 task, and the client-side steps of that enqueue without the round trip:
 building the job, encoding it (capability checks, JSON, size check), the
