@@ -3,8 +3,9 @@
 A queue keeps one connection of its pool aside for enqueues (see
 ``lexigram.tasks.postgres._insert``). These tests check what a user relies
 on around it: concurrent enqueues all land, a killed producer connection
-costs no enqueue, a pool of one still works, disconnect does not wait on it,
-and a dedup key still finds its holder.
+costs no enqueue, a cancelled enqueue leaves nothing behind, a pool of one
+still works, disconnect does not wait on it, and a dedup key still finds its
+holder.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import uuid
 
 import asyncpg
+import pytest
 
 from lexigram.tasks.job import Job
 from lexigram.tasks.postgres import PostgresTaskQueue
@@ -64,6 +66,30 @@ async def test_an_enqueue_after_its_connection_was_killed_is_stored(
         third = Job(task="t", queue=queue.queue_name)
         assert await queue.enqueue(third) == third.id
         assert (await queue.counts()).ready == 3
+    finally:
+        await queue.disconnect()
+
+
+async def test_an_enqueue_cancelled_while_its_insert_waits_stores_nothing(
+    postgres_dsn: str, pg_schema: str, admin: asyncpg.Connection
+) -> None:
+    queue = _queue(postgres_dsn, pg_schema)
+    await queue.connect()
+    try:
+        await queue.enqueue(Job(task="t", queue=queue.queue_name))  # takes the producer
+        table = f'"{pg_schema}".jobs'
+        async with admin.transaction():
+            await admin.execute(f"LOCK TABLE {table} IN SHARE MODE")  # INSERTs wait
+            cancelled = Job(task="t", queue=queue.queue_name)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(queue.enqueue(cancelled), 0.5)
+        after = Job(task="t", queue=queue.queue_name)
+        assert await asyncio.wait_for(queue.enqueue(after), 10) == after.id
+        stored = await admin.fetch(
+            f"SELECT job_id FROM {table} WHERE queue_name = $1", queue.queue_name
+        )
+        assert cancelled.id not in {row["job_id"] for row in stored}
+        assert len(stored) == 2
     finally:
         await queue.disconnect()
 
