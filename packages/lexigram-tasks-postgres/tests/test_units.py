@@ -56,6 +56,7 @@ def test_declares_its_capabilities_and_system() -> None:
         Capability.INSPECT,
         Capability.CANCEL,
         Capability.WORKERS,
+        Capability.ATTEMPTS,
     }
 
 
