@@ -2,9 +2,10 @@
 
 Each script is ``lua/common.lua`` followed by its own file, so every
 operation on a queue is one atomic server-side call and one round trip.
-Of common.lua's functions a script gets only those it calls, directly or
+Of common.lua's definitions a script gets only those it uses, directly or
 through another: Redis runs the whole script text on every call, so each
-function defined is a closure built and collected per call.
+function defined is a closure built and collected per call, and the clock
+paragraph is a TIME call.
 A queue calls them through :class:`PreparedScript`.
 """
 
@@ -12,8 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib.resources import files
 from typing import Any
 
@@ -42,23 +45,45 @@ class Script:
     sha: str
 
 
-_FUNCTION = re.compile(r"^local function (\w+)\(", re.MULTILINE)
+_COMMENT = re.compile(r"--[^\n]*")
+_DEFINES = re.compile(r"^local (?:function (\w+)\(|(\w+(?:, \w+)*) =)", re.MULTILINE)
+
+
+def _code(lua: str) -> str:
+    """``lua`` without its comments (a name a comment mentions is not a use)."""
+    return _COMMENT.sub("", lua)
+
+
+def _uses(definition: re.Match[str]) -> re.Pattern[str]:
+    """What a use of the local(s) ``definition`` defines looks like: a call of a
+    function, any mention of a variable."""
+    if definition[1]:
+        return re.compile(rf"\b{definition[1]}\(")
+    return re.compile(r"\b(?:" + definition[2].replace(", ", "|") + r")\b")
 
 
 def _prelude(common: str, body: str) -> str:
-    """common.lua cut to what ``body`` needs: its paragraphs (blocks between
-    blank lines) that define no function, and those defining a function that
-    ``body`` or another kept function calls, in their original order."""
+    """common.lua cut to what ``body`` needs: the paragraphs (blocks between
+    blank lines) that define no local, and those defining a local that
+    ``body`` or another kept paragraph uses, in their original order."""
     blocks = common.split("\n\n")
-    defines = {i: m.group(1) for i, block in enumerate(blocks) if (m := _FUNCTION.search(block))}
-    wanted = body
+    defines = {
+        i: uses
+        for i, block in enumerate(blocks)
+        if (uses := [_uses(m) for m in _DEFINES.finditer(block)])
+    }
+    wanted = _code(body)
     kept: set[int] = set()
     while True:
-        new = {i for i, f in defines.items() if i not in kept and re.search(rf"\b{f}\(", wanted)}
+        new = {
+            i
+            for i, uses in defines.items()
+            if i not in kept and any(use.search(wanted) for use in uses)
+        }
         if not new:
             break
         kept |= new
-        wanted += "".join(blocks[i] for i in new)
+        wanted += "".join(_code(blocks[i]) for i in new)
     return "\n\n".join(b for i, b in enumerate(blocks) if i not in defines or i in kept)
 
 
@@ -75,6 +100,20 @@ def _load() -> dict[str, Script]:
 
 
 SCRIPTS = _load()
+
+
+def rq_timestamp(unix_time: float) -> str:
+    """``unix_time`` in rq's timestamp format (its ``utcformat``), as the
+    enqueue script takes it: ``2026-11-27T21:54:03.123456Z``."""
+    second, micros = divmod(round(unix_time * 1_000_000), 1_000_000)
+    return f"{_rq_second(second)}{micros:06d}Z"
+
+
+@lru_cache(maxsize=2)
+def _rq_second(second: int) -> str:
+    # Formatting the date and time of day is most of the cost; an enqueue
+    # loop stamps many jobs within one second.
+    return time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
 
 
 async def load_all(client: Redis) -> None:

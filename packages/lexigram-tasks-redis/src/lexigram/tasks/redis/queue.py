@@ -219,9 +219,12 @@ class RedisTaskQueue(BaseTaskQueue, JobControl):
         return holders
 
     async def _store(self, args: list[Any]) -> Any:
-        """Run the enqueue script; with ``wait_replicas``, return once that many
-        replicas have the jobs, or raise :class:`BackendConnectionError` (the jobs
-        are stored on the master, but a failover now could lose them)."""
+        """Run the enqueue script on the jobs' ``args``, stamped with this
+        process's clock as rq stamps its jobs; with ``wait_replicas``, return
+        once that many replicas have the jobs, or raise
+        :class:`BackendConnectionError` (the jobs are stored on the master, but
+        a failover now could lose them)."""
+        args = [_scripts.rq_timestamp(time.time()), *args]
         if not self.wait_replicas:
             return await self._run("enqueue", args)
         script = self._script("enqueue")

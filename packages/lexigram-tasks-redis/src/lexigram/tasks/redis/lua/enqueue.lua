@@ -1,14 +1,18 @@
--- Store jobs: ARGV from 3 are seven values per job: id, payload (the JSON
--- document, stored byte for byte), task, priority, run_at (0: now), dedup key
--- ('' for none), attempt. The client sends the fields it has already
+-- Store jobs: ARGV[3] is the enqueue time in rq's format, stamped by the
+-- client as rq stamps it (created_at and enqueued_at); ARGV from 4 are seven
+-- values per job: id, payload (the JSON document, stored byte for byte), task,
+-- priority, run_at (0: now), dedup key ('' for none), attempt. The server's
+-- clock is read (TIME) only for a job with a run_at, to tell a delayed job
+-- from a due one. The client sends the fields it has already
 -- validated, so the document is never parsed here: Lua's JSON parser neither
 -- refuses a job Python accepted nor turns its big numbers into doubles.
 -- Returns, per job, the id of the job holding its dedup key (its own id
 -- unless a pending job already holds the key). Enqueueing an id that is
 -- still pending changes nothing, so a retried call cannot double a job.
 local ids = {}
-local enqueued_at = now_iso()
-for i = 3, #ARGV, 7 do
+local enqueued_at = ARGV[3]
+local now
+for i = 4, #ARGV, 7 do
   local id, payload, task = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local priority, run_at = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
   local dedup, attempt = ARGV[i + 5], ARGV[i + 6]
@@ -25,7 +29,14 @@ for i = 3, #ARGV, 7 do
     local status = redis.call('HGET', key, 'status')
     if not is_pending(status) then
       if status then redis.call('DEL', key) end
-      local state = run_at > NOW and 'scheduled' or 'queued'
+      local state = 'queued'
+      if run_at > 0 then
+        if not now then
+          local time = redis.call('TIME')
+          now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+        end
+        if run_at > now then state = 'scheduled' end
+      end
       redis.call('HSET', key, 'data', payload, 'status', state, 'origin', QUEUE_NAME,
         'created_at', enqueued_at, 'enqueued_at', enqueued_at, 'description', task,
         'lx_attempt', attempt, 'lx_priority', priority)
