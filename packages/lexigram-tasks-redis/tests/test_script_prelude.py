@@ -1,0 +1,49 @@
+"""How the Lua scripts are put together, and the enqueue script's time stamp."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+import pytest
+
+from lexigram.tasks.redis._scripts import SCRIPTS, rq_timestamp
+
+
+def _code(source: str) -> str:
+    return re.sub(r"--[^\n]*", "", source)
+
+
+def test_each_script_keeps_only_paragraphs_of_locals_it_uses() -> None:
+    # A paragraph of locals none of which is read is work on every call (the
+    # clock paragraph is a TIME call); a missing one fails the script when it runs.
+    for script in SCRIPTS.values():
+        code = _code(script.source)
+        for paragraph in script.source.split("\n\n"):
+            lines = re.findall(r"^local (\w+(?:, \w+)*) =", _code(paragraph), re.MULTILINE)
+            names = [n for line in lines for n in line.split(", ")]
+            used = [n for n in names if len(re.findall(rf"\b{n}\b", code)) > 1]
+            assert used or not names, (script.name, names)
+
+
+def test_scripts_not_using_the_clock_do_not_read_it() -> None:
+    for name in ("dead_letters", "progress", "list"):
+        assert "TIME" not in SCRIPTS[name].source, name
+    for name in ("lease", "ack", "nack", "cancel"):
+        assert "local clock = redis.call('TIME')" in SCRIPTS[name].source, name
+
+
+def test_enqueue_reads_the_clock_only_for_a_job_with_a_run_at() -> None:
+    code = _code(SCRIPTS["enqueue"].source)
+    assert "local clock" not in code
+    assert code.count("redis.call('TIME')") == 1
+
+
+@pytest.mark.parametrize(
+    "unix_time",
+    [0.0, 1_700_000_000.125, 1_700_000_000.9999996, 1_764_892_799.999999, 4_102_444_800.5],
+)
+def test_rq_timestamp_is_rqs_format(unix_time: float) -> None:
+    # rq's utcformat of a datetime built from the same Unix time
+    expected = datetime.fromtimestamp(unix_time, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert rq_timestamp(unix_time) == expected
