@@ -14,8 +14,8 @@ shared harness's raw adapters run it (redis.asyncio LPUSH of a small JSON docume
 INSERT into a one-index table), ``await task.enqueue(...)`` of a registered
 task, and the client-side steps of that enqueue without the round trip:
 building the job, encoding it (capability checks, JSON, size check), the
-PRODUCER span (no SDK installed: no span is created) and, on Redis, packing
-the EVALSHA call. What is left of the enqueue after those and the raw
+PRODUCER span (no SDK installed: no span is created) and, on Redis, stamping
+and packing the EVALSHA call. What is left of the enqueue after those and the raw
 round trip is the client's share of sending and reading the reply.
 
 Uses Redis db 15 (``ENQ_REDIS_URL``) and the PostgreSQL database
@@ -43,6 +43,7 @@ import redis.asyncio as aredis
 from lexigram.tasks import TaskProvider
 from lexigram.tasks.postgres import PostgresTaskQueue
 from lexigram.tasks.redis import RedisTaskQueue
+from lexigram.tasks.redis._scripts import rq_timestamp
 from lexigram.tasks.task import EnqueueOptions
 
 REDIS_URL = os.environ.get("ENQ_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -106,7 +107,10 @@ def _client_steps(provider: TaskProvider, task: Any, queue: Any) -> dict[str, Lo
         script = queue._script("enqueue")
 
         async def pack(n: int) -> tuple[float, float]:
-            return _timed_sync(n, lambda: script.pack(queue._enqueue_args(job, data)))
+            def packed() -> bytes:  # what RedisTaskQueue._store sends: the stamp, then the job
+                return script.pack([rq_timestamp(time.time()), *queue._enqueue_args(job, data)])
+
+            return _timed_sync(n, packed)
 
         steps["pack EVALSHA"] = pack
     return steps
