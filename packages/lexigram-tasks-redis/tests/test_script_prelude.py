@@ -1,4 +1,4 @@
-"""How the Lua scripts are put together, and the enqueue script's time stamp."""
+"""How the Lua scripts are put together and called, and the enqueue script's time stamp."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import re
 from datetime import UTC, datetime
 
 import pytest
+from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
 
-from lexigram.tasks.redis._scripts import SCRIPTS, rq_timestamp
+from lexigram.tasks.redis._scripts import SCRIPTS, PreparedScript, rq_timestamp
 
 
 def _code(source: str) -> str:
@@ -47,3 +49,15 @@ def test_rq_timestamp_is_rqs_format(unix_time: float) -> None:
     # rq's utcformat of a datetime built from the same Unix time
     expected = datetime.fromtimestamp(unix_time, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     assert rq_timestamp(unix_time) == expected
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1"])
+def test_a_packed_call_is_what_redis_py_would_send(encoding: str) -> None:
+    client = Redis(encoding=encoding)  # connects lazily: nothing is sent
+    keys, head = ["k1", "k2"], ["rq:job:", "q"]
+    args = ["é-stamp", b"\x00{raw}", 0, -7, 12345678901234567890, 1.5, ""]
+    script = PreparedScript(client, "enqueue", keys, head)
+    expected = Connection(encoding=encoding).pack_command(
+        "EVALSHA", script.script.sha, len(keys), *keys, *head, *args
+    )
+    assert script.pack(args) == b"".join(expected)
