@@ -62,7 +62,7 @@ def _uses(definition: re.Match[str]) -> re.Pattern[str]:
     return re.compile(r"\b(?:" + definition[2].replace(", ", "|") + r")\b")
 
 
-def _prelude(common: str, body: str) -> str:
+def prelude(common: str, body: str) -> str:
     """common.lua cut to what ``body`` needs: the paragraphs (blocks between
     blank lines) that define no local, and those defining a local that
     ``body`` or another kept paragraph uses, in their original order."""
@@ -89,11 +89,14 @@ def _prelude(common: str, body: str) -> str:
 
 def _load() -> dict[str, Script]:
     folder = files("lexigram.tasks.redis").joinpath("lua")
-    common = folder.joinpath("common.lua").read_text(encoding="utf-8")
+    common = "\n\n".join(
+        folder.joinpath(part).read_text(encoding="utf-8").rstrip("\n")
+        for part in ("common.lua", "history.lua")
+    )
     scripts = {}
     for name in _NAMES:
         body = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
-        source = _prelude(common, body) + "\n" + body
+        source = prelude(common, body) + "\n" + body
         sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
         scripts[name] = Script(name, source, sha)
     return scripts

@@ -31,6 +31,7 @@ from lexigram.tasks.control import (
 from lexigram.tasks.job import Job
 from lexigram.tasks.redis._cluster import hash_tagged
 from lexigram.tasks.redis._connection import open_client, reported, resolve_url
+from lexigram.tasks.redis._scripts import prelude
 from lexigram.tasks.redis._sentinel import SentinelAddress, redact
 from lexigram.tasks.state_store import DEFAULT_FINISHED_TTL, Leased, Settled
 from redis.asyncio import Redis
@@ -48,10 +49,12 @@ PURGE_INTERVAL = 60.0
 def _script_sources() -> dict[str, str]:
     folder = files("lexigram.tasks.redis").joinpath("lua")
     common = folder.joinpath("state_common.lua").read_text(encoding="utf-8")
-    return {
-        name: common + "\n" + folder.joinpath(f"state_{name}.lua").read_text(encoding="utf-8")
-        for name in _SCRIPTS
-    }
+    history = folder.joinpath("history.lua").read_text(encoding="utf-8")
+    sources = {}
+    for name in _SCRIPTS:
+        body = folder.joinpath(f"state_{name}.lua").read_text(encoding="utf-8")
+        sources[name] = "\n".join((common, prelude(history, body), body))
+    return sources
 
 
 _SOURCES = _script_sources()

@@ -41,7 +41,7 @@ local function settle(lease, outcome, error_type, error_message, record)
     redis.call('HSET', key, 'status', 'failed', 'ended_at', ended_at, 'lx_token', '',
       'lx_outcome', outcome, 'lx_dlq', '1', 'lx_error_type', error_type,
       'lx_error_message', error_message, 'worker_name', worker)
-    add_attempt(key, record, keep)
+    add_attempt(key, 'lx_attempts', record, keep)
     redis.call('EXPIRE', key, ttl)
     redis.call('ZADD', K_FINISHED, NOW + ttl, id)
   else

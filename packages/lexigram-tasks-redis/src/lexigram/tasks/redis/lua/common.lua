@@ -207,17 +207,3 @@ local function next_due()
   if due ~= -1 and due < 0 then due = 0 end
   return due
 end
-
--- Append an attempt record (one line of JSON) to the job's history, keeping
--- its last `keep` lines; '' appends nothing.
-local function add_attempt(key, record, keep)
-  if record == '' then return end
-  local text = redis.call('HGET', key, 'lx_attempts')
-  text = text and (text .. '\n' .. record) or record
-  local _, breaks = string.gsub(text, '\n', '')
-  while breaks >= keep do
-    text = string.sub(text, string.find(text, '\n', 1, true) + 1)
-    breaks = breaks - 1
-  end
-  redis.call('HSET', key, 'lx_attempts', text)
-end

@@ -18,7 +18,7 @@ if error_type ~= '' then
   redis.call('HSET', key, 'lx_error_type', error_type, 'lx_error_message', ARGV[14])
 end
 if ARGV[15] ~= '' then redis.call('HSET', key, 'worker_name', ARGV[15]) end
-add_attempt(key, ARGV[16], tonumber(ARGV[17]))
+add_attempt(key, 'lx_attempts', ARGV[16], tonumber(ARGV[17]))
 if ARGV[4] == '1' and f[3] == '1' then
   -- Cancelled while it ran and handed back (a shutdown): it must not run again.
   finish_canceled(key, id, tonumber(f[4]) or 0, f[2])

@@ -4,24 +4,12 @@
 -- ran is not queued again.
 local now, keep = ARGV[2], tonumber(ARGV[3])
 
--- Append a record to the job's history (JSON lines), keeping the last `keep`.
-local function add_attempt(key, record)
-  local text = redis.call('HGET', key, 'attempts')
-  text = text and (text .. '\n' .. record) or record
-  local _, breaks = string.gsub(text, '\n', '')
-  while breaks >= keep do
-    text = string.sub(text, string.find(text, '\n', 1, true) + 1)
-    breaks = breaks - 1
-  end
-  redis.call('HSET', key, 'attempts', text)
-end
-
 for i = 4, #ARGV, 8 do
   local id = ARGV[i]
   local key = job_key(id)
   if redis.call('EXISTS', key) == 1 then
     if ARGV[i + 6] ~= '' then redis.call('HSET', key, 'worker_id', ARGV[i + 6]) end
-    if ARGV[i + 7] ~= '' then add_attempt(key, ARGV[i + 7]) end
+    add_attempt(key, 'attempts', ARGV[i + 7], keep)
     local state = ARGV[i + 1]
     if ARGV[i + 2] ~= '' then
       redis.call('HSET', key, 'error_type', ARGV[i + 2], 'error_message', ARGV[i + 3])
