@@ -20,19 +20,16 @@ and every such enqueue would fail until the killed node is back.
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import gc
 import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from lexigram.tasks import BackendConnectionError, TaskProvider
+from lexigram.tasks import TaskProvider
 from lexigram.tasks.job import Job
 from lexigram.tasks.redis import CacheBackendResultStore, RedisTaskQueue
 from lexigram.tasks.redis.keys import cancel_channel
@@ -40,21 +37,18 @@ from lexigram.tasks.testing import eventually
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _failover_run import (
+    DROPPED_CONNECTIONS,
+    JOBS,
+    KILL_AFTER,
+    Run,
+    drained,
+    enqueue_until_confirmed,
+    keep_pace,
+)
 from _sentinel_nodes import SentinelNodes
 
-# When the master dies mid-command, redis-py can drop a sentinel or master
-# connection it was using without closing its socket; the garbage collector
-# then reports it, at a moment unrelated to any assertion here (1 run in 5).
-# Only those destructor reports are let through; every other warning fails.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Exception ignored in. <function (StreamWriter|AbstractConnection).__del__"
-    ":pytest.PytestUnraisableExceptionWarning"
-)
-
-JOBS = 3000
-KILL_AFTER = 1000
-#: Jobs per second the producer aims at, so that the run spans the failover.
-PACE = 1000
+pytestmark = DROPPED_CONNECTIONS
 
 
 @pytest.fixture
@@ -71,61 +65,31 @@ def sentinel_nodes(tmp_path: Path, wait_replicas: int) -> Iterator[SentinelNodes
         gc.collect()
 
 
-@dataclass
-class Run:
-    """What happened, as the producer and the task saw it (monotonic times)."""
-
-    ran: collections.Counter[int] = field(default_factory=collections.Counter)
-    first_run: dict[int, float] = field(default_factory=dict)
-    confirmed_at: dict[int, float] = field(default_factory=dict)
-    failed_enqueues: int = 0
-    killed_at: float = 0.0
-
-    def report(self, wait_replicas: int) -> tuple[set[int], float, float]:
-        after = [n for n, at in self.confirmed_at.items() if at > self.killed_at]
-        producer = min(self.confirmed_at[n] for n in after) - self.killed_at
-        workers = min(self.first_run[n] for n in after) - self.killed_at
-        lost = set(self.confirmed_at) - set(self.ran)
-        twice = sum(1 for count in self.ran.values() if count > 1)
-        print(
-            f"\nSentinel failover, wait_replicas={wait_replicas}: {JOBS:,} jobs, master killed "
-            f"after {KILL_AFTER:,} confirmed; producer enqueueing again after {producer:.2f}s "
-            f"({self.failed_enqueues} failed attempts retried), workers running new jobs "
-            f"after {workers:.2f}s; confirmed jobs lost: {len(lost)} {sorted(lost)[:20]}; "
-            f"jobs run twice: {twice}"
-        )
-        return lost, producer, workers
+def _report(run: Run, wait_replicas: int) -> tuple[set[int], float, float]:
+    after = [n for n, at in run.confirmed_at.items() if at > run.killed_at]
+    producer, workers = run.recovery(after)
+    lost = run.lost()
+    print(
+        f"\nSentinel failover, wait_replicas={wait_replicas}: {JOBS:,} jobs, master killed "
+        f"after {KILL_AFTER:,} confirmed; producer enqueueing again after {producer:.2f}s "
+        f"({run.failed_enqueues} failed attempts retried), workers running new jobs "
+        f"after {workers:.2f}s; confirmed jobs lost: {len(lost)} {sorted(lost)[:20]}; "
+        f"jobs run twice: {run.run_twice()}"
+    )
+    return lost, producer, workers
 
 
 async def _produce(producer: RedisTaskQueue, task: str, run: Run, nodes: SentinelNodes) -> None:
     started = time.monotonic()
     for n in range(JOBS):
-        job = Job(task=task, args=[n], queue=producer.queue_name)
-        while True:
-            try:
-                await producer.enqueue(job)
-                break
-            except BackendConnectionError:
-                run.failed_enqueues += 1
-                await asyncio.sleep(0.05)
+        await enqueue_until_confirmed(
+            producer, Job(task=task, args=[n], queue=producer.queue_name), run
+        )
         run.confirmed_at[n] = time.monotonic()
         if n == KILL_AFTER - 1:
             nodes.kill(nodes.master_port())
             run.killed_at = time.monotonic()
-        ahead = started + n / PACE - time.monotonic()
-        if ahead > 0:
-            await asyncio.sleep(ahead)
-
-
-async def _drained(queue: RedisTaskQueue, run: Run) -> bool:
-    """Every confirmed job ran, or nothing is left on the server to run."""
-    if set(run.confirmed_at) <= set(run.ran):
-        return True
-    try:
-        counts = await queue.counts()
-    except BackendConnectionError:
-        return False
-    return counts.ready == counts.delayed == counts.running == 0
+        await keep_pace(started, n)
 
 
 @pytest.mark.parametrize("wait_replicas", [0, 1])
@@ -146,15 +110,14 @@ async def test_producer_and_workers_carry_on_when_the_master_is_killed(
 
     @provider.task(name="failover.record")
     async def record(n: int) -> int:
-        run.ran[n] += 1
-        run.first_run.setdefault(n, time.monotonic())
+        run.record_run(n)
         return n
 
     producer = RedisTaskQueue(url, queue_name=name, wait_replicas=wait_replicas)
     async with provider, producer:
         await _produce(producer, record.name, run, sentinel_nodes)
         await eventually(
-            lambda: _drained(producer, run), timeout=30, message="the run did not finish"
+            lambda: drained(producer, run), timeout=30, message="the run did not finish"
         )
         # After the failover: a result comes back through the result store, and
         # the workers' cancellation channel listens on the new master.
@@ -173,7 +136,7 @@ async def test_producer_and_workers_carry_on_when_the_master_is_killed(
         assert (await producer.counts()).failed == 0
         await producer.purge()
 
-    lost, producer_back, workers_back = run.report(wait_replicas)
+    lost, producer_back, workers_back = _report(run, wait_replicas)
     assert len(run.confirmed_at) == JOBS
     # Sentinel needs about 2 s here (1 s to call the master down, then the
     # promotion); far more would mean a client waiting on something else.
@@ -181,7 +144,4 @@ async def test_producer_and_workers_carry_on_when_the_master_is_killed(
     if wait_replicas:
         assert not lost, f"jobs confirmed by a replica were lost: {sorted(lost)}"
     else:
-        # Only what the replica had not received when the master died can be
-        # lost: at most the jobs confirmed in the last moments before the kill.
-        window = {n for n, at in run.confirmed_at.items() if at > run.killed_at - 0.5}
-        assert lost <= window, f"lost jobs confirmed long before the kill: {sorted(lost)}"
+        run.lost_only_in_the_last_moments()
