@@ -120,6 +120,7 @@ class RedisConcurrencyLimiter:
         self._planned = False
         self._timer: asyncio.TimerHandle | None = None  # a flush planned for the releases
         self._flushing: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     def __repr__(self) -> str:
         return (
@@ -137,6 +138,7 @@ class RedisConcurrencyLimiter:
         return f"{self.namespace}:slots:{name}"
 
     async def connect(self) -> None:
+        self._closed = False
         async with self._connecting:
             if self._client is None:
                 self._client = await open_client(self.redis_url)
@@ -154,6 +156,7 @@ class RedisConcurrencyLimiter:
                 await asyncio.gather(*self._flushing, return_exceptions=True)
             else:
                 await asyncio.sleep(0)
+        self._closed = True
         client, self._client = self._client, None
         self._batch = self._extend = None
         if client is not None and self._owns_client:
@@ -234,6 +237,12 @@ class RedisConcurrencyLimiter:
         lines = [_asked(limits, holder, lease) for limits, holder, lease, _ in acquires]
         lease = repr(lease_seconds)
         lines += [_asked(limits, holder, lease) for limits, holder in requests]
+        if self._batch is None and self._closed and not acquires and not requests:
+            # Released after disconnect() (a job that ended during shutdown):
+            # reconnecting here would open a client nobody closes; the slots
+            # free themselves when their lease lapses.
+            logger.debug("%d release(s) after disconnect left to their lease", len(releases))
+            return []
         try:
             if self._batch is None:
                 await self.connect()
