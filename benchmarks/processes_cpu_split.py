@@ -6,9 +6,13 @@ Enqueues N jobs (default 20,000) that each INCR a counter, as the harness's jobs
 do, then runs ``lexigram-tasks worker --processes PROCESSES -c 50`` and reports,
 from the first completion to the last: jobs/s, the CPU per job of the worker
 processes and of redis-server, each process's share of a core, and how much of
-the machine was idle (other work on a shared host shows there). Uses Redis
-databases 11 (queue) and 12 (counter) on 127.0.0.1, flushed before and after
-(``PROCS_QUEUE_URL`` / ``PROCS_COUNTER_URL`` to change them). Needs psutil.
+the machine was idle (other work on a shared host shows there), then what the
+server ran per job (``INFO commandstats``: calls and microseconds of each command;
+the commands a script runs are counted both on their own lines and in its
+EVALSHA's time). Uses Redis databases 11 (queue) and 12 (counter) on 127.0.0.1,
+flushed before and after (``PROCS_QUEUE_URL`` / ``PROCS_COUNTER_URL`` to change
+them: a private ``redis-server --port N`` keeps other clients' commands out of
+the figures). Needs psutil.
 """
 
 import asyncio
@@ -58,7 +62,7 @@ def main(processes: str, n: int) -> None:
     queue_db.flushdb()
     counter.flushdb()
     asyncio.run(fill(n))
-    server = psutil.Process(int(subprocess.check_output(["pgrep", "redis-server"]).split()[0]))
+    server = psutil.Process(int(queue_db.info("server")["process_id"]))
     here = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
     command = [sys.executable, "-m", "lexigram.tasks.cli", "worker", "processes_cpu_split"]
@@ -69,6 +73,7 @@ def main(processes: str, n: int) -> None:
         while int(counter.get(COUNTER) or 0) < 1:
             time.sleep(0.005)
         started, server_before, idle_before = time.monotonic(), cpu(server), psutil.cpu_times()
+        stats_before = queue_db.info("commandstats")
         tree = [root, *root.children()]
         before = {p.pid: cpu(p) for p in tree}
         while int(counter.get(COUNTER) or 0) < n:
@@ -76,6 +81,7 @@ def main(processes: str, n: int) -> None:
         elapsed = time.monotonic() - started
         spent = {p.pid: cpu(p) - before[p.pid] for p in tree}
         server_spent = cpu(server) - server_before
+        stats = commands_per_job(stats_before, queue_db.info("commandstats"), n)
         idle = (psutil.cpu_times().idle - idle_before.idle) / elapsed
     finally:
         worker.send_signal(signal.SIGTERM)
@@ -93,6 +99,20 @@ def main(processes: str, n: int) -> None:
         f"share of a core: {shares}, redis-server {100 * server_spent / elapsed:.0f}%; "
         f"idle {idle:.2f} of {psutil.cpu_count()} cores"
     )
+    print("per job: " + ", ".join(stats))
+
+
+def commands_per_job(before: dict, after: dict, n: int) -> list[str]:
+    """Each command's calls and microseconds per job between two ``INFO commandstats``."""
+    rows = []
+    for name, now in after.items():
+        old = before.get(name, {"calls": 0, "usec": 0})
+        calls, usec = now["calls"] - old["calls"], now["usec"] - old["usec"]
+        if calls:
+            rows.append(
+                (usec, f"{name.removeprefix('cmdstat_')} {calls / n:.2f}x {usec / n:.1f}us")
+            )
+    return [text for _, text in sorted(rows, reverse=True)]
 
 
 if __name__ == "__main__":

@@ -12,14 +12,21 @@ local worker, keep = ARGV[4], tonumber(ARGV[5])
 local others = tonumber(ARGV[6])
 local acked = 0
 local ended_at = now_iso()
+-- Numbers as text once (redis.call formats a number with sprintf each
+-- time); a whole-second expiry, as rq scores its registries, is stored as
+-- an integer in a small sorted set (see lease_deadline).
+local expire_after = tostring(math.ceil(ttl))
+local expiry = tostring(math.ceil(NOW + ttl))
+-- The sorted sets are updated once for the whole batch.
+local leases, started, finished = {}, {}, {}
 
 local function settle(lease, outcome, error_type, error_message, record)
   local id, token = split_lease(lease)
   local key = JOB_PREFIX .. id
   local f = redis.call('HMGET', key, 'lx_token', 'lx_dedup')
   if f[1] ~= token then return end
-  redis.call('ZREM', K_LEASES, id)
-  redis.call('ZREM', K_STARTED, id .. ':' .. token)
+  leases[#leases + 1] = id
+  started[#started + 1] = id .. ':' .. token
   acked = acked + 1
   if outcome == 'cancelled' then
     finish_canceled(key, id, ttl, f[2])
@@ -34,7 +41,9 @@ local function settle(lease, outcome, error_type, error_message, record)
   release_dedup(f[2], id)
   if ttl <= 0 then
     redis.call('DEL', key)
-  elseif outcome then
+    return
+  end
+  if outcome then
     -- A dead letter queue took it: rq's failed status, but in the finished
     -- registry, since this queue keeps no dead letter of it (counts().failed
     -- and dead_letters() are the backend's own).
@@ -42,14 +51,13 @@ local function settle(lease, outcome, error_type, error_message, record)
       'lx_outcome', outcome, 'lx_dlq', '1', 'lx_error_type', error_type,
       'lx_error_message', error_message, 'worker_name', worker)
     add_attempt(key, 'lx_attempts', record, keep)
-    redis.call('EXPIRE', key, ttl)
-    redis.call('ZADD', K_FINISHED, NOW + ttl, id)
   else
     redis.call('HSET', key, 'status', 'finished', 'ended_at', ended_at, 'lx_token', '',
       'worker_name', worker)
-    redis.call('EXPIRE', key, ttl)
-    redis.call('ZADD', K_FINISHED, NOW + ttl, id)
   end
+  redis.call('EXPIRE', key, expire_after)
+  finished[#finished + 1] = expiry
+  finished[#finished + 1] = id
 end
 
 for i = 7, 6 + others * 5, 5 do
@@ -58,6 +66,9 @@ end
 for i = 7 + others * 5, #ARGV do
   settle(ARGV[i], nil, nil, nil, nil)
 end
+call_many('ZREM', K_LEASES, leases)
+call_many('ZREM', K_STARTED, started)
+call_many('ZADD', K_FINISHED, finished)
 if ttl > 0 and acked > 0 then
   redis.call('ZREMRANGEBYSCORE', K_FINISHED, '-inf', NOW)
 end

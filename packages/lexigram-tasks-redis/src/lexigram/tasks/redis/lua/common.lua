@@ -44,6 +44,33 @@ local function now_iso()
   return iso(NOW_SEC, NOW_USEC)
 end
 
+-- The score of a lease that lapses `seconds` from now, as text (a number
+-- passed to redis.call is formatted with sprintf each time). A lease of 10 s
+-- or more lapses at the next whole second: a sorted set of up to 128 members
+-- (a listpack) stores an integer score as an integer but a fraction as text,
+-- which every insert parses again (strtod) for each member it walks past;
+-- with a worker's leases in the set, that was most of a lease's server time.
+local function lease_deadline(seconds)
+  local deadline = NOW + seconds
+  if seconds >= 10 then
+    return tostring(math.ceil(deadline))
+  end
+  return string.format('%.17g', deadline)
+end
+
+-- redis.call(command, key[, option], ...) over the flat list args, at most
+-- 1000 of them a call (unpack's limit is 8000); pairs stay together.
+local function call_many(command, key, args, option)
+  for i = 1, #args, 1000 do
+    local last = math.min(i + 999, #args)
+    if option then
+      redis.call(command, key, option, unpack(args, i, last))
+    else
+      redis.call(command, key, unpack(args, i, last))
+    end
+  end
+end
+
 -- Wake one blocked consumer (dequeue waits on this list with BLPOP); one
 -- token is enough because a consumer that leases and leaves work behind
 -- passes the token on.
@@ -161,7 +188,7 @@ end
 -- asked for while it ran (lx_cancel) ends cancelled instead: its worker died
 -- before stopping it, and it must not run again.
 local function reclaim(limit)
-  local lapsed = redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', NOW, 'LIMIT', 0, limit)
+  local lapsed = redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', NOW, 'LIMIT', '0', limit)
   for i = #lapsed, 1, -1 do
     local id = lapsed[i]
     local key = JOB_PREFIX .. id
@@ -184,7 +211,7 @@ end
 
 -- Delayed jobs whose time has come go to ready.
 local function promote(limit)
-  local due = redis.call('ZRANGEBYSCORE', K_SCHEDULED, '-inf', NOW, 'LIMIT', 0, limit)
+  local due = redis.call('ZRANGEBYSCORE', K_SCHEDULED, '-inf', NOW, 'LIMIT', '0', limit)
   for _, id in ipairs(due) do
     local key = JOB_PREFIX .. id
     redis.call('ZREM', K_SCHEDULED, id)
@@ -197,9 +224,9 @@ end
 -- Seconds until a delayed job or a lease needs attention; -1 when nothing waits.
 local function next_due()
   local due = -1
-  local s = redis.call('ZRANGE', K_SCHEDULED, 0, 0, 'WITHSCORES')
+  local s = redis.call('ZRANGE', K_SCHEDULED, '0', '0', 'WITHSCORES')
   if s[2] then due = tonumber(s[2]) - NOW end
-  local l = redis.call('ZRANGE', K_LEASES, 0, 0, 'WITHSCORES')
+  local l = redis.call('ZRANGE', K_LEASES, '0', '0', 'WITHSCORES')
   if l[2] then
     local d = tonumber(l[2]) - NOW
     if due < 0 or d < due then due = d end

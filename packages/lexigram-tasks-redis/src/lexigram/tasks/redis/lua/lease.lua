@@ -8,28 +8,44 @@ promote(1000)
 local out = {}
 local ids, remaining = pop_ready(tonumber(ARGV[3]))
 if #ids > 0 then
-  local deadline = NOW + tonumber(ARGV[4])
-  local last = redis.call('INCRBY', K_SEQ, #ids)
+  local deadline = lease_deadline(tonumber(ARGV[4]))
+  local first = redis.call('INCRBY', K_SEQ, #ids) - #ids
   local started_at = now_iso()
+  -- Small numbers as text, each formatted once: ids' lengths (an rq id is
+  -- 36 characters) and attempts (mostly 1) repeat.
+  local texts = {}
+  local function text(n)
+    local t = texts[n]
+    if not t then
+      t = tostring(n)
+      texts[n] = t
+    end
+    return t
+  end
+  local leases, started = {}, {}
   for i, id in ipairs(ids) do
     local key = JOB_PREFIX .. id
-    local token = tostring(last - #ids + i)
+    local token = tostring(first + i)
     local f = redis.call('HMGET', key, 'data', 'lx_attempt')
-    local data, attempt, missing = f[1], (tonumber(f[2]) or 0) + 1, 0
+    local data, missing = f[1], '0'
+    local attempt = text((tonumber(f[2]) or 0) + 1)
     if not data then
       -- An id without a job (a foreign producer's mistake): keep the entry
       -- itself as the payload so that it is dead-lettered, not lost.
-      data, missing = id, 1
+      data, missing = id, '1'
       redis.call('HSET', key, 'data', id, 'origin', QUEUE_NAME)
     end
     redis.call('HSET', key, 'status', 'started', 'lx_attempt', attempt, 'lx_token', token,
       'started_at', started_at)
-    redis.call('ZADD', K_LEASES, deadline, id)
-    redis.call('ZADD', K_STARTED, '+inf', id .. ':' .. token)
+    leases[2 * i - 1], leases[2 * i] = deadline, id
+    started[2 * i - 1], started[2 * i] = '+inf', id .. ':' .. token
     -- One reply item per job (each item costs the client a parse step):
     -- "<token> <attempt> <missing> <len(id)> <id><payload>".
-    out[#out + 1] = token .. ' ' .. attempt .. ' ' .. missing .. ' ' .. #id .. ' ' .. id .. data
+    out[i] = token .. ' ' .. attempt .. ' ' .. missing .. ' ' .. text(#id) .. ' ' .. id .. data
   end
+  -- Each sorted set once for the whole batch: a redis.call has a cost of its own.
+  call_many('ZADD', K_LEASES, leases)
+  call_many('ZADD', K_STARTED, started)
 end
 if remaining > 0 then
   wake()  -- pass the turn on to another waiting consumer
