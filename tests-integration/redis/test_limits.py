@@ -66,6 +66,28 @@ async def test_limiter_takes_all_or_none_across_clients(redis_url: str, ns: str)
         await two.disconnect()
 
 
+async def test_limiter_escapes_separators_alike_in_every_call(redis_url: str, ns: str) -> None:
+    # The batch script's fields are tab- and newline-separated: such names and
+    # holders are escaped, and extend() must touch the slot the batch took.
+    one = RedisConcurrencyLimiter(redis_url, namespace=ns)
+    two = RedisConcurrencyLimiter(redis_url, namespace=ns)
+    name, holder = "tenant 50%\tA\nB", "w/1\t%"
+    try:
+        assert await one.acquire([(name, 1)], holder, 0.2)
+        assert await one.acquire_many([([(name, 1)], "other")], 60) == [False]
+        await one.extend([(name, holder)], 60)
+        await asyncio.sleep(0.4)  # the lease would have lapsed without the extend
+        assert not await two.acquire([(name, 1)], "other", 60)
+        await one.release([name], holder)
+        await one.flush()
+        assert await two.acquire_many([([(name, 1)], "other")], 60) == [True]
+        # The escaped spelling of the name, as a name of its own, is another semaphore.
+        assert await two.acquire([("tenant 50%25%09A%0AB", 1)], "third", 60)
+    finally:
+        await one.disconnect()
+        await two.disconnect()
+
+
 async def test_tenant_b_is_not_starved_by_tenant_a_backlog(queue: RedisTaskQueue) -> None:
     await limits_cases.fairness(queue, workers=20)
 

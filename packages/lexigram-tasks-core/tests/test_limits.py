@@ -110,6 +110,33 @@ async def test_per_key_limit_holds_and_other_keys_go_on() -> None:
     assert running.most["*"] == 4
 
 
+async def test_a_key_function_with_the_tasks_parameters_keys_every_way_of_passing_them() -> None:
+    # A key function with the task's own parameters is called with the job's
+    # positional arguments directly: the same key as by name, defaults included.
+    provider = TaskProvider(queue=MemoryTaskQueue(), worker_count=6)
+    running = Running()
+
+    @provider.task(
+        name="same_parameters",
+        concurrency_key=lambda tenant, region="eu": f"{tenant}@{region}",
+        max_concurrency_per_key=1,
+        max_retries=0,
+    )
+    async def same_parameters(tenant: str, region: str = "eu") -> None:
+        await running.run(f"{tenant}@{region}", 0.02)
+
+    async with provider:
+        handles = [await same_parameters.enqueue("a") for _ in range(3)]
+        handles += [await same_parameters.enqueue("a", "eu") for _ in range(3)]
+        handles += [await same_parameters.enqueue(tenant="a") for _ in range(3)]
+        handles += [await same_parameters.enqueue("b", region="us") for _ in range(3)]
+        for handle in handles:
+            await handle.result(timeout=30)
+    assert running.most["a@eu"] == 1
+    assert running.most["b@us"] == 1
+    assert Counter(running.order) == {"a@eu": 9, "b@us": 3}
+
+
 async def test_a_failing_or_bad_key_function_fails_the_job_clearly() -> None:
     provider = TaskProvider(queue=MemoryTaskQueue(), worker_count=2)
 

@@ -3,7 +3,10 @@
 A limiter is a lease-based semaphore per name: a worker takes a slot under
 each limit of a job before running it (all or none), extends the slots with
 the job's lease while it runs, and releases them when it ends. A slot whose
-holder died frees itself when its lease lapses. ``lexigram-tasks-redis`` and
+holder died frees itself when its lease lapses. A limiter may also offer
+``release_nowait(names, holder)``, a :meth:`~ConcurrencyLimiter.release` that
+needs no await (it queues the release); the worker calls it after each job
+when it is there. ``lexigram-tasks-redis`` and
 ``lexigram-tasks-postgres`` provide limiters shared by every worker process
 of a deployment; :class:`LocalConcurrencyLimiter` counts in one process.
 """
@@ -83,6 +86,10 @@ class LocalConcurrencyLimiter:
         return [await self.acquire(limits, holder, lease_seconds) for limits, holder in requests]
 
     async def release(self, names: Sequence[str], holder: str) -> None:
+        self.release_nowait(names, holder)
+
+    def release_nowait(self, names: Sequence[str], holder: str) -> None:
+        """:meth:`release`, done at once."""
         for name in names:
             holders = self._slots.get(name)
             if holders is not None:

@@ -11,12 +11,13 @@ the slots held with the jobs' leases.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 import random
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from opentelemetry.trace import Span
@@ -59,6 +60,10 @@ class Limiting(Fetching):
     _bounces: dict[str, tuple[float, float]]  # name -> (last, decaying count turned away)
     _refused: dict[int, Delivery]  # refused when fetched: put back by the slot that takes it
     _limited_tasks: frozenset[str]
+    _release_nowait: Callable[[list[str], str], None] | None
+    _done_true: asyncio.Future[bool]
+    _done_none: asyncio.Future[None]
+    _positional_keys: frozenset[str]  # tasks whose key function takes the task's own parameters
 
     def _prepare_limits(self, tasks: list[Task[Any, Any]]) -> None:
         """Pick the limiter at start; refuse per-process counting on a shared backend."""
@@ -68,6 +73,20 @@ class Limiting(Fetching):
         self._refused = {}
         limited = sorted(t.name for t in tasks if t.limits.concurrent)
         self._limited_tasks = frozenset(limited)
+        self._release_nowait = None
+        self._positional_keys = frozenset(
+            t.name
+            for t in tasks
+            if t.limits.concurrency_key is not None
+            and _same_parameters(t.fn, t.limits.concurrency_key)
+        )
+        # Awaited for slots taken (or given back) without waiting: a done future
+        # costs no coroutine.
+        loop = asyncio.get_running_loop()
+        self._done_true = loop.create_future()
+        self._done_true.set_result(True)
+        self._done_none = loop.create_future()
+        self._done_none.set_result(None)
         if not limited:
             return
         if self.concurrency_limiter is None:
@@ -76,6 +95,7 @@ class Limiting(Fetching):
         local = limiter is None or isinstance(limiter, LocalConcurrencyLimiter)
         if local and not isinstance(self.queue, MemoryTaskQueue):
             raise local_limit_refused(self.queue.queue_name, self.queue.system, limited)
+        self._release_nowait = getattr(limiter, "release_nowait", None)
 
     def _limits_of(self, task: Task[Any, Any], job: Job) -> list[Limit]:
         limits = task.limits
@@ -83,7 +103,8 @@ class Limiting(Fetching):
         if limits.max_concurrency is not None:
             found.append((f"task:{task.name}", limits.max_concurrency))
         if limits.concurrency_key is not None and limits.max_concurrency_per_key is not None:
-            key = job_key(task, job, limits.concurrency_key, "concurrency_key")
+            positional = task.name in self._positional_keys
+            key = job_key(task, job, limits.concurrency_key, "concurrency_key", positional)
             found.append((f"task:{task.name}:key:{key}", limits.max_concurrency_per_key))
         return found
 
@@ -98,42 +119,50 @@ class Limiting(Fetching):
         if not limited or limiter is None:
             return
         counts = self._limit_counts
-        asks: list[tuple[Delivery, list[Limit], str]] = []
+        tasks = self.tasks
+        prefix = f"{self.worker_id}/"
+        asks: list[Delivery] = []
+        requests: list[tuple[list[Limit], str]] = []
         for delivery in deliveries:
             job = delivery.job
             # A job back from a dead worker may run alone or be dead-lettered: its slot asks.
-            if job is None or job.task not in limited or job.lost_leases:
+            if job is None or job.task not in limited or (job.attempt > 1 and job.lost_leases):
                 continue
             try:
-                limits = self._limits_of(self.tasks[job.task], job)
+                limits = self._limits_of(tasks[job.task], job)
             except LimitKeyError:
                 continue  # its slot fails it
-            if any(counts.get(name, 0) >= limit for name, limit in limits):
-                self._refused[id(delivery)] = delivery
+            for name, limit in limits:
+                if name in counts and counts[name] >= limit:
+                    self._refused[id(delivery)] = delivery
+                    break
             else:
-                asks.append((delivery, limits, f"{self.worker_id}/{job.id}"))
+                asks.append(delivery)
+                requests.append((limits, prefix + job.id))
         if not asks:
             return
         try:
-            taken = await limiter.acquire_many(
-                [(limits, holder) for _, limits, holder in asks], self.settings.lease_seconds
-            )
+            taken = await limiter.acquire_many(requests, self.settings.lease_seconds)
         except Exception as exc:
             logger.warning("taking concurrency slots failed (%s: %s)", type(exc).__name__, exc)
             return
-        for (delivery, limits, holder), fits in zip(asks, taken, strict=True):
+        holds = self._limit_holds
+        for delivery, (limits, holder), fits in zip(asks, requests, taken, strict=True):
             if fits:
-                names = [name for name, _ in limits]
+                names = [name for name, _ in limits] if len(limits) > 1 else [limits[0][0]]
                 for name in names:
                     counts[name] = counts.get(name, 0) + 1
-                self._limit_holds[id(delivery)] = (names, holder)
+                holds[id(delivery)] = (names, holder)
             else:
                 self._refused[id(delivery)] = delivery
 
-    async def _take_limits(self, task: Task[Any, Any], delivery: Delivery) -> bool:
+    def _take_limits(self, task: Task[Any, Any], delivery: Delivery) -> Awaitable[bool]:
         """Take the job's slots (True), or settle the job: over a limit or a broken key."""
         if id(delivery) in self._limit_holds:
-            return True  # taken when it was fetched
+            return self._done_true  # taken when it was fetched
+        return self._ask_limits(task, delivery)
+
+    async def _ask_limits(self, task: Task[Any, Any], delivery: Delivery) -> bool:
         job = delivery.job
         assert job is not None
         assert self.concurrency_limiter is not None
@@ -199,10 +228,12 @@ class Limiting(Fetching):
         await self._give_back_limits(delivery)
         await super()._settle_cancelled(job, delivery, span, duration)
 
-    async def _give_back_limits(self, delivery: Delivery) -> None:
+    def _give_back_limits(self, delivery: Delivery) -> Awaitable[None]:
+        """Give back the job's slots; awaiting is needed only by a limiter that cannot
+        queue a release without waiting (one with no ``release_nowait``)."""
         hold = self._limit_holds.pop(id(delivery), None)
         if hold is None:
-            return
+            return self._done_none
         names, holder = hold
         counts = self._limit_counts
         for name in names:
@@ -211,6 +242,15 @@ class Limiting(Fetching):
                 counts[name] = left
             else:
                 del counts[name]
+        if self._release_nowait is not None:
+            try:
+                self._release_nowait(names, holder)
+            except Exception as exc:  # the lease lapses instead
+                logger.warning("releasing concurrency slots %s failed: %s", names, exc)
+            return self._done_none
+        return self._release(names, holder)
+
+    async def _release(self, names: list[str], holder: str) -> None:
         assert self.concurrency_limiter is not None
         try:
             await self.concurrency_limiter.release(names, holder)
@@ -235,10 +275,19 @@ class Limiting(Fetching):
         await self._dead_letter(delivery, "LimitKeyError", str(exc), tb, None, JobState.FAILED)
 
 
-def job_key(task: Task[Any, Any], job: Job, fn: Callable[..., Any], option: str) -> str:
-    """``fn`` of the job's arguments (by name) as a str; :class:`LimitKeyError` if it fails."""
+def job_key(
+    task: Task[Any, Any], job: Job, fn: Callable[..., Any], option: str, positional: bool = False
+) -> str:
+    """``fn`` of the job's arguments (by name) as a str; :class:`LimitKeyError` if it fails.
+
+    ``positional``: ``fn`` has the task's own parameters (:func:`_same_parameters`), so
+    positional arguments alone bind to it as by name, without building keywords.
+    """
     try:
-        key = task.call_by_name(fn, job.args, job.kwargs)
+        if positional and not job.kwargs:
+            key = fn(*job.args)
+        else:
+            key = task.call_by_name(fn, job.args, job.kwargs)
     except Exception as exc:
         raise LimitKeyError(
             f"{option} of task {task.name!r} raised {type(exc).__name__}: {exc}"
@@ -249,3 +298,19 @@ def job_key(task: Task[Any, Any], job: Job, fn: Callable[..., Any], option: str)
             "it must return a str or an int"
         )
     return str(key)
+
+
+def _same_parameters(handler: Callable[..., Any], fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` has exactly ``handler``'s plain parameters: names, order and defaults."""
+    try:
+        ours = list(inspect.signature(handler).parameters.values())
+        theirs = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return len(ours) == len(theirs) and all(
+        a.kind is a.POSITIONAL_OR_KEYWORD
+        and b.kind is b.POSITIONAL_OR_KEYWORD
+        and a.name == b.name
+        and a.default is b.default
+        for a, b in zip(ours, theirs, strict=True)
+    )

@@ -15,10 +15,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from lexigram.tasks.concurrency import Limit
-from lexigram.tasks.redis._cluster import hash_tagged
+from lexigram.tasks.redis._cluster import hash_tagged, is_cluster
 from lexigram.tasks.redis._connection import open_client, reported, resolve_url
+from lexigram.tasks.redis._scripts import on_connection
 from lexigram.tasks.redis._sentinel import SentinelAddress, redact
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 logger = logging.getLogger("lexigram.tasks.redis")
 
@@ -27,39 +29,65 @@ logger = logging.getLogger("lexigram.tasks.redis")
 # Fields are tab-separated. Returns a string of '1' (taken) or '0', one per acquire.
 # (One string per list, not an argument per field: encoding every field as its own
 # argument costs the client more than the whole script costs the server.)
+# A set is cleaned of lapsed holders only when it looks full: below the limit the
+# lapsed ones cannot matter, and a fresh key (the usual per-key case) costs a ZCARD.
 _BATCH = r"""
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local prefix = ARGV[1]
+local call, find, sub, tonumber = redis.call, string.find, string.sub, tonumber
 local function fields(line)
   local out = {}
   for field in string.gmatch(line, '[^\t]+') do out[#out + 1] = field end
   return out
 end
 for line in string.gmatch(ARGV[2], '[^\n]+') do
-  local f = fields(line)
-  for i = 2, #f do redis.call('ZREM', prefix .. f[i], f[1]) end
-end
-local taken = {}
-for line in string.gmatch(ARGV[3], '[^\n]+') do
-  local f = fields(line)
-  local holder, lease = f[1], tonumber(f[2])
-  local fits, sizes = '1', {}
-  for i = 3, #f, 2 do
-    local key = prefix .. f[i]
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-    local size = redis.call('ZCARD', key)
-    sizes[i] = size
-    if size >= tonumber(f[i + 1]) and not redis.call('ZSCORE', key, holder) then fits = '0' end
+  local tab = find(line, '\t', 1, true)
+  if tab and not find(line, '\t', tab + 1, true) then
+    call('ZREM', prefix .. sub(line, tab + 1), sub(line, 1, tab - 1))
+  elseif tab then
+    local f = fields(line)
+    for i = 2, #f do call('ZREM', prefix .. f[i], f[1]) end
   end
-  if fits == '1' then
-    local ms = math.ceil(lease * 1000) + 1000
+end
+local function room(key, holder, limit)
+  local size = call('ZCARD', key)
+  if size < limit then return size end
+  call('ZREMRANGEBYSCORE', key, '-inf', now)
+  size = call('ZCARD', key)
+  if size < limit or call('ZSCORE', key, holder) then return size end
+  return false
+end
+local function hold(key, holder, until_, ms, size)
+  call('ZADD', key, until_, holder)
+  -- The set outlives its longest lease by a second (GT: never shortened).
+  if size == 0 then call('PEXPIRE', key, ms) else call('PEXPIRE', key, ms, 'GT') end
+end
+local taken, leases = {}, {}
+for line in string.gmatch(ARGV[3], '[^\n]+') do
+  local holder, lease, name, limit = string.match(line, '^([^\t]+)\t([^\t]+)\t([^\t]+)\t([^\t]+)$')
+  local fits = '0'
+  if holder then
+    local key = prefix .. name
+    local ms = leases[lease]
+    if not ms then ms = math.ceil(tonumber(lease) * 1000) + 1000; leases[lease] = ms end
+    local size = room(key, holder, tonumber(limit))
+    if size then
+      hold(key, holder, now + tonumber(lease), ms, size)
+      fits = '1'
+    end
+  else
+    local f = fields(line)
+    holder, lease = f[1], tonumber(f[2])
+    local sizes = {}
+    fits = '1'
     for i = 3, #f, 2 do
-      local key = prefix .. f[i]
-      redis.call('ZADD', key, now + lease, holder)
-      -- The set outlives its longest lease by a second (GT: never shortened).
-      if sizes[i] == 0 then redis.call('PEXPIRE', key, ms)
-      else redis.call('PEXPIRE', key, ms, 'GT') end
+      sizes[i] = room(prefix .. f[i], holder, tonumber(f[i + 1]))
+      if not sizes[i] then fits = '0'; break end
+    end
+    if fits == '1' then
+      local ms = math.ceil(lease * 1000) + 1000
+      for i = 3, #f, 2 do hold(prefix .. f[i], holder, now + lease, ms, sizes[i]) end
     end
   end
   taken[#taken + 1] = fits
@@ -110,10 +138,16 @@ class RedisConcurrencyLimiter:
         redis_url = resolve_url(redis_url, sentinels, service_name)
         self.redis_url = redis_url
         self.namespace = hash_tagged(redis_url, namespace)
+        self._prefix = self.key("")
         self._client = client
         self._owns_client = client is None
         self._connecting = asyncio.Lock()
         self._batch: Any = None
+        # The batch call's EVALSHA, SHA and key packed once, on a plain (not cluster) client:
+        # sent on a pool connection without redis-py's per-command machinery, which cost the
+        # worker more CPU than everything else a batch does.
+        self._packed_head: bytes | None = None
+        self._encoding = ("utf-8", "strict")
         self._extend: Any = None
         self._acquires: list[_Acquire] = []
         self._releases: list[tuple[Sequence[str], str]] = []
@@ -144,8 +178,19 @@ class RedisConcurrencyLimiter:
                 self._client = await open_client(self.redis_url)
                 self._owns_client = True
             if self._batch is None:
-                self._batch = self._client.register_script(_BATCH)
-                self._extend = self._client.register_script(_EXTEND)
+                client = self._client
+                self._batch = client.register_script(_BATCH)
+                self._extend = client.register_script(_EXTEND)
+                if not is_cluster(client):
+                    encoder = client.get_encoder()  # type: ignore[no-untyped-call]
+                    self._encoding = (encoder.encoding, encoder.encoding_errors)
+                    prefix = _bulk(self._prefix.encode(*self._encoding))
+                    sha = _bulk(self._batch.sha.encode())
+                    self._packed_head = b"*7\r\n$7\r\nEVALSHA\r\n%s$1\r\n1\r\n%s%s" % (
+                        sha,
+                        prefix,
+                        prefix,
+                    )
 
     async def disconnect(self) -> None:
         """Send the releases still pending, then close the client if this limiter opened it."""
@@ -158,7 +203,7 @@ class RedisConcurrencyLimiter:
                 await asyncio.sleep(0)
         self._closed = True
         client, self._client = self._client, None
-        self._batch = self._extend = None
+        self._batch = self._extend = self._packed_head = None
         if client is not None and self._owns_client:
             await client.aclose()
 
@@ -178,8 +223,12 @@ class RedisConcurrencyLimiter:
     async def release(self, names: Sequence[str], holder: str) -> None:
         """Queue the release of ``holder``'s slots for the next batch (within
         :data:`RELEASE_DELAY` seconds, sooner with an acquire)."""
+        self.release_nowait(names, holder)
+
+    def release_nowait(self, names: Sequence[str], holder: str) -> None:
+        """:meth:`release` without a coroutine (the worker's per-job path)."""
         self._releases.append((names, holder))
-        if not self._planned and self._timer is None:
+        if self._timer is None and not self._planned:
             self._timer = asyncio.get_running_loop().call_later(RELEASE_DELAY, self._timed_flush)
 
     async def flush(self) -> None:
@@ -191,9 +240,11 @@ class RedisConcurrencyLimiter:
             return
         if self._extend is None:
             await self.connect()
-        keys = [self.key(name) for name, _ in held]
+        # Named and held as the batch script wrote them (escaped).
+        keys = [self.key(_field(name)) for name, _ in held]
+        holders = [_field(holder) for _, holder in held]
         with reported(self.redis_url):
-            await self._extend(keys=keys, args=[repr(lease_seconds), *(h for _, h in held)])
+            await self._extend(keys=keys, args=[repr(lease_seconds), *holders])
 
     def _plan(self) -> None:
         """Flush on the next loop turn."""
@@ -219,6 +270,21 @@ class RedisConcurrencyLimiter:
     async def _flush_pending(self) -> None:
         await self._flush((), 0.0)
 
+    async def _call(self, freed: str, asked: str) -> Any:
+        """The batch script's reply to these releases and acquires."""
+        head = self._packed_head
+        if head is not None:
+            client = self._client
+            assert client is not None
+            packed = b"".join(
+                (head, _bulk(freed.encode(*self._encoding)), _bulk(asked.encode(*self._encoding)))
+            )
+            try:
+                return await on_connection(client, packed, replies=1)
+            except NoScriptError:
+                pass  # flushed from the server: redis-py's call loads it again
+        return await self._batch(keys=[self._prefix], args=[self._prefix, freed, asked])
+
     async def _flush(
         self, requests: Sequence[tuple[Sequence[Limit], str]], lease_seconds: float
     ) -> list[bool]:
@@ -230,13 +296,10 @@ class RedisConcurrencyLimiter:
         releases, self._releases = self._releases, []
         if not acquires and not releases and not requests:
             return []
-        freed = "\n".join(
-            "\t".join([_field(holder), *(_field(name) for name in names)])
-            for names, holder in releases
-        )
-        lines = [_asked(limits, holder, lease) for limits, holder, lease, _ in acquires]
-        lease = repr(lease_seconds)
-        lines += [_asked(limits, holder, lease) for limits, holder in requests]
+        freed = _released(releases)
+        asked = [_asked([(limits, holder)], repr(lease)) for limits, holder, lease, _ in acquires]
+        if requests:
+            asked.append(_asked(requests, repr(lease_seconds)))
         if self._batch is None and self._closed and not acquires and not requests:
             # Released after disconnect() (a job that ended during shutdown):
             # reconnecting here would open a client nobody closes; the slots
@@ -247,9 +310,7 @@ class RedisConcurrencyLimiter:
             if self._batch is None:
                 await self.connect()
             with reported(self.redis_url):
-                taken = await self._batch(
-                    keys=[self.key("")], args=[self.key(""), freed, "\n".join(lines)]
-                )
+                taken = await self._call(freed, "\n".join(asked))
         except Exception as exc:
             if releases:
                 logger.warning(
@@ -269,13 +330,60 @@ class RedisConcurrencyLimiter:
         return [fits == 49 for fits in taken[len(acquires) :]]
 
 
-def _asked(limits: Sequence[Limit], holder: str, lease: float | str) -> str:
-    """One acquire's line of the batch: holder, lease, then name and limit pairs."""
-    if len(limits) == 1:
-        name, limit = limits[0]
-        return f"{_field(holder)}\t{lease}\t{_field(name)}\t{limit}"
-    pairs = "\t".join(f"{_field(name)}\t{limit}" for name, limit in limits)
-    return f"{_field(holder)}\t{lease}\t{pairs}"
+def _bulk(value: bytes) -> bytes:
+    """``value`` as a bulk string of the Redis protocol."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def _asked(requests: Sequence[tuple[Sequence[Limit], str]], lease: str) -> str:
+    """The acquires' lines of a batch: holder, lease, then name and limit pairs."""
+    lines = []
+    tabs = 0
+    for limits, holder in requests:
+        if len(limits) == 1:
+            name, limit = limits[0]
+            lines.append(f"{holder}\t{lease}\t{name}\t{limit}")
+        else:
+            pairs = "\t".join(f"{name}\t{limit}" for name, limit in limits)
+            lines.append(f"{holder}\t{lease}\t{pairs}")
+        tabs += 1 + 2 * len(limits)
+    text = "\n".join(lines)
+    if _plain(text, tabs, len(lines)):
+        return text
+    return "\n".join(
+        "\t".join([_field(holder), lease, *(f"{_field(name)}\t{limit}" for name, limit in limits)])
+        for limits, holder in requests
+    )
+
+
+def _released(releases: Sequence[tuple[Sequence[str], str]]) -> str:
+    """The releases' lines of a batch: holder, then the names."""
+    lines = []
+    tabs = 0
+    for names, holder in releases:
+        if len(names) == 1:
+            lines.append(f"{holder}\t{names[0]}")
+        else:
+            lines.append("\t".join([holder, *names]))
+        tabs += len(names)
+    text = "\n".join(lines)
+    if _plain(text, tabs, len(lines)):
+        return text
+    return "\n".join(
+        "\t".join([_field(holder), *(_field(name) for name in names)]) for names, holder in releases
+    )
+
+
+def _plain(text: str, tabs: int, lines: int) -> bool:
+    """Whether no field of ``text`` holds a separator or ``%`` (none to escape).
+
+    Counted on the joined text: one scan each instead of a check per field.
+    """
+    return (
+        "%" not in text
+        and text.count("\t") == tabs
+        and (lines == 0 or text.count("\n") == lines - 1)
+    )
 
 
 def _field(name: str) -> str:
