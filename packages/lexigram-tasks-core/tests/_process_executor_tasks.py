@@ -91,3 +91,20 @@ def burn(ms: float) -> int:
     while time.perf_counter() < end:
         n += 1
     return n
+
+
+def hold(pid_file: str, release_file: str) -> int:
+    """Write this child's pid, then keep the child busy until ``release_file`` exists."""
+    Path(pid_file).write_text(str(os.getpid()))
+    while not Path(release_file).exists():
+        time.sleep(0.01)
+    return os.getpid()
+
+
+def log_run(log_file: str, name: str, seconds: float) -> int:
+    """Append ``name`` and this child's pid to ``log_file`` as it starts, then take
+    ``seconds``."""
+    with open(log_file, "a") as log:
+        log.write(f"{name} {os.getpid()}\n")
+    time.sleep(seconds)
+    return os.getpid()

@@ -220,6 +220,54 @@ async def test_a_job_cancelled_while_waiting_for_a_child_frees_its_slot_for_new_
         assert await hanging.cancel() is CancelOutcome.REQUESTED
 
 
+async def test_jobs_in_line_for_a_busy_child_run_in_order_each_timed_from_its_own_start(
+    tmp_path: Path,
+) -> None:
+    # One child: a held job keeps it busy while five more line up (ten slots, as the
+    # worker leases no more once as many jobs wait for a child as slots are free).
+    # Each takes 0.4 s under a timeout of 1 s: the last one reaches the child well
+    # past 1 s after it arrived, so its clock must start when the child gets it.
+    provider = provider_for("proc-line", worker_count=10, process_pool_size=1)
+    hold = provider.task(name="hold", executor="process", timeout=60)(tasks.hold)
+    log_run = provider.task(name="log_run", executor="process", timeout=1.0)(tasks.log_run)
+    hang = provider.task(name="hang", executor="process", timeout=1.0)(tasks.hang)
+    log, release = tmp_path / "log", tmp_path / "release"
+
+    def in_line() -> int:
+        return sum(p._processes.waiting for p in provider.pools.values() if p._processes)
+
+    async with provider:
+        held = await hold.enqueue(str(tmp_path / "held"), str(release))
+        first_child = await pid_in(tmp_path / "held")
+        handles = {}
+        # Enqueued one at a time, each once the one before is in line: the order of arrival.
+        for name, task, args in [
+            ("a", log_run, (str(log), "a", 0.4)),
+            ("cancelled", log_run, (str(log), "cancelled", 0.4)),
+            ("b", log_run, (str(log), "b", 0.4)),
+            ("timed_out", hang, (str(tmp_path / "hung"),)),
+            ("c", log_run, (str(log), "c", 0.4)),
+        ]:
+            handles[name] = await task.enqueue(*args)
+            arrived = len(handles)
+            await eventually(lambda arrived=arrived: in_line() == arrived, 10)
+        assert await handles["cancelled"].cancel() is CancelOutcome.REQUESTED
+        with pytest.raises(JobCancelledError):
+            await handles["cancelled"].result(timeout=30)
+        assert in_line() == 4
+        release.touch()
+        assert await held.result(timeout=30) == first_child
+        a, b = await handles["a"].result(timeout=30), await handles["b"].result(timeout=30)
+        with pytest.raises(TaskFailedError) as timed_out:
+            await handles["timed_out"].result(timeout=30)
+        c = await handles["c"].result(timeout=30)
+    assert timed_out.value.error_type == "TaskTimeoutError"
+    # The child that timed out was killed; the job after it got a new child.
+    assert a == b == first_child != c
+    assert not alive(await pid_in(tmp_path / "hung"))
+    assert log.read_text().split() == ["a", str(a), "b", str(b), "c", str(c)]
+
+
 # -- tracing -----------------------------------------------------------------------------
 
 

@@ -1,11 +1,12 @@
 """The worker's handle on one child process of the process executor: starting it,
-sending it a job and waiting for its reply or its death, stopping and reaping it."""
+sending it a job and hearing its reply or its death, stopping and reaping it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 
@@ -18,14 +19,19 @@ KILL_GRACE = 1.0
 #: its children hold the server open, so they would outlive a worker killed by SIGKILL.
 START_METHOD = "spawn"
 
+#: Called with a child's reply, or None if it died first.
+OnReply = Callable[[bytes | None], None]
+
 
 class Child:
     """One child process and the parent's end of its pipe.
 
     The loop watches the pipe and the process sentinel for as long as the child
     lives (not per job: registering and removing readers costs four system calls
-    a job). A reply is read as soon as it is readable and handed to the caller
-    waiting for it; the child's death ends that wait with None.
+    a job). A reply is read as soon as it is readable and passed, in that same
+    callback, to the ``on_reply`` given with the job, so the executor can send
+    the child its next job before anything else runs; the child's death passes
+    None.
     """
 
     def __init__(
@@ -47,63 +53,63 @@ class Child:
         self._loop = asyncio.get_running_loop()
         self._fd = parent_end.fileno()
         self._sentinel: int = self.process.sentinel
-        self._reply: asyncio.Future[bytes | None] | None = None
+        self._on_reply: OnReply | None = None
         self._watched = True
         self._loop.add_reader(self._fd, self._readable)
         self._loop.add_reader(self._sentinel, self._exited)
 
     async def ready(self) -> bool:
         """Wait until the child has imported the tasks' modules; False if it died first."""
-        return await self._answer(b"") == READY
-
-    async def call(self, data: bytes) -> bytes | None:
-        """Send a job and wait for its reply; None if the child died first (it is reaped)."""
-        return await self._answer(data)
-
-    async def _answer(self, data: bytes) -> bytes | None:
-        if data:
-            try:
-                self.conn.send_bytes(data)
-            except OSError:  # it died while idle: as a crash
-                await self.reap()
-                return None
-        if not self._watched:  # it died while idle and was not reaped yet
-            await self.reap()
-            return None
-        reply: asyncio.Future[bytes | None] = self._loop.create_future()
-        self._reply = reply
+        ready: asyncio.Future[bytes | None] = self._loop.create_future()
+        if self._watched:
+            self._on_reply = lambda answer: _settle(ready, answer)
+        else:
+            ready.set_result(None)
         try:
-            answer = await reply
+            answer = await ready
         finally:
-            self._reply = None
+            self._on_reply = None
         if answer is None:
             await self.reap()
-        return answer
+        return answer == READY
+
+    def send(self, data: bytes, on_reply: OnReply) -> None:
+        """Send a job; ``on_reply`` gets its reply, or None if the child dies first
+        (then :meth:`reap` it)."""
+        if self._watched:  # else it died while idle and was not reaped yet
+            self._on_reply = on_reply
+            try:
+                self.conn.send_bytes(data)
+                return
+            except OSError:  # it died while idle: as a crash
+                self._on_reply = None
+        self._loop.call_soon(on_reply, None)
 
     def _readable(self) -> None:
         """The pipe has a reply (or the end of the child's pipe)."""
-        reply = self._reply
-        if reply is None or reply.done():
-            if reply is None:
-                self._unwatch()  # nothing was asked: the child closed its end, or died
+        on_reply = self._on_reply
+        if on_reply is None:
+            self._unwatch()  # nothing was asked: the child closed its end, or died
             return
+        self._on_reply = None
         try:
-            reply.set_result(self.conn.recv_bytes())
+            answer: bytes | None = self.conn.recv_bytes()
         except (EOFError, OSError):
             self._unwatch()
-            reply.set_result(None)
+            answer = None
+        on_reply(answer)
 
     def _exited(self) -> None:
         """The process is gone: a reply it wrote before exiting still counts."""
-        reply = self._reply
+        on_reply, self._on_reply = self._on_reply, None
         answer = None
-        if reply is not None and not reply.done():
+        if on_reply is not None:
             with contextlib.suppress(EOFError, OSError):
                 if self.conn.poll():
                     answer = self.conn.recv_bytes()
         self._unwatch()
-        if reply is not None and not reply.done():
-            reply.set_result(answer)
+        if on_reply is not None:
+            on_reply(answer)
 
     def discard(self) -> None:
         """Forget a child that has exited."""
@@ -131,10 +137,11 @@ class Child:
     async def reap(self) -> None:
         """Wait until the process has exited, then free it."""
         self._unwatch()
+        self._on_reply = None
         loop = self._loop
         while self.process.exitcode is None:
-            gone: asyncio.Future[bool] = loop.create_future()
-            loop.add_reader(self._sentinel, _settle, gone, True)
+            gone: asyncio.Future[bytes | None] = loop.create_future()
+            loop.add_reader(self._sentinel, _settle, gone, None)
             try:
                 await asyncio.wait_for(gone, 0.5)
             except TimeoutError:
@@ -153,6 +160,7 @@ class Child:
 
     def retire(self) -> None:
         """Ask an idle child to exit; reaped in the background."""
+        self._on_reply = None
         with contextlib.suppress(OSError):
             self.conn.send_bytes(STOP)
         task = self._loop.create_task(self.reap())
@@ -163,6 +171,6 @@ class Child:
 reaping: set[asyncio.Task[None]] = set()
 
 
-def _settle(future: asyncio.Future[bool], value: bool) -> None:
+def _settle(future: asyncio.Future[bytes | None], value: bytes | None) -> None:
     if not future.done():
         future.set_result(value)
