@@ -11,7 +11,9 @@ keeps checked out while connected, so an enqueue costs the statement's round
 trip and not also the pool's checkout and return (a task and an event-loop
 cycle more each time in asyncpg). Only one enqueue at a time uses it; one
 that finds it busy takes a connection from the pool as before, and so does
-everything after a lost connection (with the pool's retries).
+everything after a lost connection (with the pool's retries). That INSERT
+sends its own wake-up NOTIFY, and the table's trigger skips it: cheaper on
+the server than the trigger's function.
 """
 
 from __future__ import annotations
@@ -64,8 +66,12 @@ class Inserting(Pooled):
         return await self._run(lambda c: self._insert(AsyncpgRunner(c), encoded))
 
     async def _produce(self, job: Job, payload: bytes) -> None:
-        """Insert one job without a dedup key, on the producer connection if there can be one."""
-        statement = self._sql.insert_one_plain
+        """Insert one job without a dedup key, on the producer connection if there can be one.
+
+        Both connections it may use are outside any transaction, so the statement
+        can send its own NOTIFY and skip the trigger's (see ``Statements``).
+        """
+        statement = self._sql.insert_announced
         args = (self.queue_name, job.id, job.priority, job.run_at, job.attempt, payload, job.task)
         self._producer_busy = True
         held = None

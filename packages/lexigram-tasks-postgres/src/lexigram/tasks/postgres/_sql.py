@@ -19,11 +19,20 @@ _DEDUP_CONFLICT = (
 )
 
 
+#: The transaction-local setting with which an INSERT says it sent its own NOTIFY.
+ANNOUNCED = "lexigram_tasks.announced"
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 @dataclass(frozen=True, slots=True)
 class Statements:
     channel: str
     insert_one: str
     insert_one_plain: str
+    insert_announced: str
     insert_many: str
     insert_many_plain: str
     dedup_holders: str
@@ -79,6 +88,19 @@ class Statements:
             insert_one_plain=(
                 f"INSERT INTO {t} (queue_name, job_id, priority, run_at, attempt, payload, task)"
                 " VALUES ($1, $2, $3, coalesce(to_timestamp($4), now()), $5, $6, $7)"
+            ),
+            # insert_one_plain for a connection outside any transaction (the
+            # producer's): the statement sends its own NOTIFY (delivered only if it
+            # commits) and marks its transaction, so the trigger's function is
+            # skipped (migration 0010). The mark lasts until the transaction ends:
+            # inside a caller's transaction, its later plain INSERTs would go
+            # unannounced. The row is made from the FROM item, so the mark is set
+            # before the statement-level trigger's WHEN is evaluated.
+            insert_announced=(
+                f"INSERT INTO {t} (queue_name, job_id, priority, run_at, attempt, payload, task)"
+                " SELECT $1, $2, $3, coalesce(to_timestamp($4), now()), $5, $6, $7"
+                f" FROM (SELECT set_config('{ANNOUNCED}', 'on', true),"
+                f" pg_notify({_literal(f'{schema}.jobs')}, $1)) AS announced"
             ),
             insert_many=insert_many + f" {_DEDUP_CONFLICT} RETURNING job_id",
             # No dedup key in the batch: no conflict to resolve, no ids to send back.
