@@ -73,6 +73,7 @@ def main(processes: str, n: int) -> None:
         while int(counter.get(COUNTER) or 0) < 1:
             time.sleep(0.005)
         started, server_before, idle_before = time.monotonic(), cpu(server), psutil.cpu_times()
+        server_system_before = server.cpu_times().system
         stats_before = queue_db.info("commandstats")
         tree = [root, *root.children()]
         before = {p.pid: cpu(p) for p in tree}
@@ -81,6 +82,7 @@ def main(processes: str, n: int) -> None:
         elapsed = time.monotonic() - started
         spent = {p.pid: cpu(p) - before[p.pid] for p in tree}
         server_spent = cpu(server) - server_before
+        server_system = server.cpu_times().system - server_system_before
         stats = commands_per_job(stats_before, queue_db.info("commandstats"), n)
         idle = (psutil.cpu_times().idle - idle_before.idle) / elapsed
     finally:
@@ -95,7 +97,8 @@ def main(processes: str, n: int) -> None:
     )
     print(
         f"processes {processes}: {n / elapsed:,.0f} jobs/s; CPU per job: workers "
-        f"{1e6 * sum(spent.values()) / n:.0f} us, redis-server {1e6 * server_spent / n:.0f} us; "
+        f"{1e6 * sum(spent.values()) / n:.0f} us, redis-server {1e6 * server_spent / n:.0f} us "
+        f"({1e6 * server_system / n:.0f} in the kernel); "
         f"share of a core: {shares}, redis-server {100 * server_spent / elapsed:.0f}%; "
         f"idle {idle:.2f} of {psutil.cpu_count()} cores"
     )
