@@ -64,6 +64,8 @@ class Limiting(Fetching):
     _done_true: asyncio.Future[bool]
     _done_none: asyncio.Future[None]
     _positional_keys: frozenset[str]  # tasks whose key function takes the task's own parameters
+    # Of those, the tasks with a per-key limit alone: name prefix, limit, key function.
+    _keyed_only: dict[str, tuple[str, int, Callable[..., Any]]]
 
     def _prepare_limits(self, tasks: list[Task[Any, Any]]) -> None:
         """Pick the limiter at start; refuse per-process counting on a shared backend."""
@@ -87,6 +89,18 @@ class Limiting(Fetching):
         self._done_true.set_result(True)
         self._done_none = loop.create_future()
         self._done_none.set_result(None)
+        self._keyed_only = {
+            t.name: (
+                f"task:{t.name}:key:",
+                t.limits.max_concurrency_per_key,
+                t.limits.concurrency_key,
+            )
+            for t in tasks
+            if t.name in self._positional_keys
+            and t.limits.max_concurrency is None
+            and t.limits.concurrency_key is not None
+            and t.limits.max_concurrency_per_key is not None
+        }
         if not limited:
             return
         if self.concurrency_limiter is None:
@@ -120,6 +134,7 @@ class Limiting(Fetching):
             return
         counts = self._limit_counts
         tasks = self.tasks
+        keyed_only = self._keyed_only
         prefix = f"{self.worker_id}/"
         asks: list[Delivery] = []
         requests: list[tuple[list[Limit], str]] = []
@@ -128,10 +143,24 @@ class Limiting(Fetching):
             # A job back from a dead worker may run alone or be dead-lettered: its slot asks.
             if job is None or job.task not in limited or (job.attempt > 1 and job.lost_leases):
                 continue
-            try:
-                limits = self._limits_of(tasks[job.task], job)
-            except LimitKeyError:
-                continue  # its slot fails it
+            keyed = keyed_only.get(job.task)
+            if keyed is not None and not job.kwargs:
+                # _limits_of inlined for the usual task: a per-key limit alone.
+                try:
+                    key = keyed[2](*job.args)
+                except Exception:
+                    continue  # its slot fails it
+                kind = type(key)
+                if kind is int:
+                    key = str(key)
+                elif kind is not str:
+                    continue  # bool, float ...: its slot fails it
+                limits = [(keyed[0] + key, keyed[1])]
+            else:
+                try:
+                    limits = self._limits_of(tasks[job.task], job)
+                except LimitKeyError:
+                    continue  # its slot fails it
             for name, limit in limits:
                 if name in counts and counts[name] >= limit:
                     self._refused[id(delivery)] = delivery
