@@ -125,6 +125,7 @@ class WorkerPool(Cancelling, SettingsView):
         self._ack_lock = asyncio.Lock()
         self._acks_closing = False
         self._suspect: Delivery | None = None
+        self._own_limiter = False
         self._job_done = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._stopping = False
@@ -170,7 +171,10 @@ class WorkerPool(Cancelling, SettingsView):
                 "--tasks-module MODULE to 'lexigram-tasks worker', or list the modules under "
                 "tasks.modules in lexigram.yaml"
             )
+        chosen = self.concurrency_limiter
         self._prepare_limits(list(self.tasks.values()))
+        # A limiter picked here (on the queue's own connection) is this pool's to close.
+        self._own_limiter = chosen is None and self.concurrency_limiter is not None
         check_process_tasks(self.tasks.values(), self.settings.default_executor)
         self._started = True
         self._acks_closing = False
@@ -263,6 +267,13 @@ class WorkerPool(Cancelling, SettingsView):
             await asyncio.wait([ack_loop], timeout=1.0)
         async with self._ack_lock:
             await self._flush_acks(retries=3)
+        if self._own_limiter:
+            # Its last releases go now: once the provider closes the queue's
+            # connection, a late one would open a connection nobody closes.
+            limiter, self.concurrency_limiter = self.concurrency_limiter, None
+            closer = getattr(limiter, "disconnect", None)
+            if closer is not None:
+                await closer()
         if self._watchdog is not None:
             self._watchdog.stop()
         if self._threads is not None:
