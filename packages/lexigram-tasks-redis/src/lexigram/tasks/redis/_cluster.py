@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable
 from typing import Any, cast
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from lexigram.tasks.errors import ConfigurationError
 from lexigram.tasks.redis._scripts import PreparedScript
-from lexigram.tasks.redis._sentinel import redact
+from lexigram.tasks.redis._sentinel import parse_address, redact, server_options
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import parse_url
 from redis.exceptions import (
     ClusterDownError,
     MovedError,
@@ -64,41 +62,20 @@ def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     except ValueError as exc:
         raise bad(str(exc)) from None
     userinfo, _, hosts = parts.netloc.rpartition("@")
-    nodes = [_node(item, bad) for item in hosts.split(",")] if hosts else []
+    nodes = (
+        [parse_address(item, "node", DEFAULT_PORT, bad) for item in hosts.split(",")]
+        if hosts
+        else []
+    )
     if not nodes:
         raise bad("it names no node: list them as host:port,host:port after '://'")
     db = parts.path.strip("/") or "0"
     if db != "0":
         raise bad(f"database {db!r}: a Redis Cluster has only database 0")
-    plain = f"{'rediss' if tls else 'redis'}://{userinfo}{'@' if userinfo else ''}h/0"
     query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
-    if query:
-        plain += "?" + urlencode(query)
-    try:
-        options: dict[str, Any] = dict(parse_url(plain))
-    except ValueError as exc:
-        raise bad(str(exc)) from None
-    for key in ("host", "port", "connection_class", "db"):
-        options.pop(key, None)
-    if tls:
-        options["ssl"] = True
+    options = server_options(userinfo, tls, 0, query, bad)
+    options.pop("db", None)
     return nodes, options
-
-
-def _node(item: str, bad: Callable[[str], ConfigurationError]) -> tuple[str, int]:
-    text = item.strip()
-    if text.startswith("["):  # [IPv6]:port
-        host, _, tail = text[1:].partition("]")
-        port_text = tail.removeprefix(":")
-    else:
-        host, _, port_text = text.partition(":")
-    if not host:
-        raise bad(f"node {item!r} has no host")
-    if not port_text:
-        return host, DEFAULT_PORT
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise bad(f"node {item!r} has no valid port ({port_text!r})")
-    return host, int(port_text)
 
 
 def cluster_client(url: str, options: dict[str, Any]) -> Redis:

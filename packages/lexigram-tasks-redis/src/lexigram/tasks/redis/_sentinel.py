@@ -106,45 +106,62 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     except ValueError as exc:
         raise bad(str(exc)) from None
     userinfo, _, hosts = parts.netloc.rpartition("@")
-    sentinels = tuple(_address(item, bad) for item in hosts.split(",")) if hosts else ()
+    sentinels = (
+        tuple(
+            parse_address(item, "sentinel", DEFAULT_SENTINEL_PORT, bad) for item in hosts.split(",")
+        )
+        if hosts
+        else ()
+    )
     if not sentinels:
         raise bad("it names no sentinel: list them as host:port,host:port after '://'")
     service_name, db = _service_and_db(parts.path, bad)
     query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
     sentinel_options = _sentinel_options(query, tls, bad)
-    # redis-py's own parser reads the master's credentials and options, as it
-    # would for a redis:// URL (so the same query options work).
-    plain = f"{'rediss' if tls else 'redis'}://{userinfo}{'@' if userinfo else ''}h/{db}"
-    if query:
-        plain += "?" + urlencode(query)
-    try:
-        master_options: dict[str, Any] = dict(parse_url(plain))
-    except ValueError as exc:
-        raise bad(str(exc)) from None
-    for key in ("host", "port", "connection_class"):
-        master_options.pop(key, None)
-    if tls:
-        master_options["ssl"] = True
+    master_options = server_options(userinfo, tls, db, query, bad)
     if sentinel_options["ssl"]:  # the same certificates and checks as the master's
         sentinel_options.update({k: v for k, v in master_options.items() if k.startswith("ssl_")})
     return SentinelTarget(sentinels, service_name, master_options, sentinel_options)
 
 
-def _address(item: str, bad: _Bad) -> tuple[str, int]:
+def server_options(
+    userinfo: str, tls: bool, db: int, query: dict[str, str], bad: _Bad
+) -> dict[str, Any]:
+    """The connection options of a server named in a Sentinel or Cluster URL.
+
+    redis-py's own parser reads the credentials and query options, as it
+    would for a ``redis://`` URL, so the same options work everywhere.
+    """
+    plain = f"{'rediss' if tls else 'redis'}://{userinfo}{'@' if userinfo else ''}h/{db}"
+    if query:
+        plain += "?" + urlencode(query)
+    try:
+        options: dict[str, Any] = dict(parse_url(plain))
+    except ValueError as exc:
+        raise bad(str(exc)) from None
+    for key in ("host", "port", "connection_class"):
+        options.pop(key, None)
+    if tls:
+        options["ssl"] = True
+    return options
+
+
+def parse_address(item: str, kind: str, default_port: int, bad: _Bad) -> tuple[str, int]:
+    """``host``, ``host:port`` or ``[IPv6]:port`` as (host, port); ``kind`` names it in errors."""
     text = item.strip()
     if text.startswith("["):  # [IPv6]:port
         host, _, tail = text[1:].partition("]")
         port_text = tail[1:] if tail.startswith(":") else ""
         if tail and not tail.startswith(":"):
-            raise bad(f"sentinel {item!r} is not host:port")
+            raise bad(f"{kind} {item!r} is not host:port")
     else:
         host, _, port_text = text.partition(":")
     if not host:
-        raise bad(f"sentinel {item!r} has no host")
+        raise bad(f"{kind} {item!r} has no host")
     if not port_text:
-        return host, DEFAULT_SENTINEL_PORT
+        return host, default_port
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise bad(f"sentinel {item!r} has no valid port ({port_text!r})")
+        raise bad(f"{kind} {item!r} has no valid port ({port_text!r})")
     return host, int(port_text)
 
 
