@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from lexigram.tasks.provider import TaskProvider
 from lexigram.tasks.redis import RedisRateLimiter, RedisTaskQueue
@@ -77,6 +78,20 @@ async def test_limiter_escapes_separators_alike_in_every_call(redis_url: str, ns
     finally:
         await one.disconnect()
         await two.disconnect()
+
+
+async def test_limiter_goes_on_after_its_connection_is_dropped(redis_url: str, ns: str) -> None:
+    limiter = RedisConcurrencyLimiter(redis_url, namespace=ns)
+    other = Redis.from_url(redis_url)
+    try:
+        assert await limiter.acquire([("a", 2)], "h1", 60)
+        assert limiter._client is not None
+        await other.client_kill_filter(_id=await limiter._client.client_id())
+        assert await limiter.acquire_many([([("a", 2)], "h2")], 60) == [True]
+        assert await limiter.acquire_many([([("a", 2)], "h3")], 60) == [False]
+    finally:
+        await limiter.disconnect()
+        await other.aclose()
 
 
 async def test_tenant_b_is_not_starved_by_tenant_a_backlog(queue: RedisTaskQueue) -> None:
