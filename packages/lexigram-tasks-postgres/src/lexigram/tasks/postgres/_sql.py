@@ -91,11 +91,11 @@ class Statements:
             ),
             # insert_one_plain for a connection outside any transaction (the
             # producer's): the statement sends its own NOTIFY (delivered only if it
-            # commits) and marks its transaction, so the trigger's function is
-            # skipped (migration 0010). The mark lasts until the transaction ends:
+            # commits) and marks its transaction, so the trigger's function returns
+            # at once (migration 0010). The mark lasts until the transaction ends:
             # inside a caller's transaction, its later plain INSERTs would go
             # unannounced. The row is made from the FROM item, so the mark is set
-            # before the statement-level trigger's WHEN is evaluated.
+            # before the statement-level trigger reads it.
             insert_announced=(
                 f"INSERT INTO {t} (queue_name, job_id, priority, run_at, attempt, payload, task)"
                 " SELECT $1, $2, $3, coalesce(to_timestamp($4), now()), $5, $6, $7"
