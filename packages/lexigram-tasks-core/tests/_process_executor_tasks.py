@@ -108,3 +108,7 @@ def log_run(log_file: str, name: str, seconds: float) -> int:
         log.write(f"{name} {os.getpid()}\n")
     time.sleep(seconds)
     return os.getpid()
+
+
+def reverse(text: str) -> str:
+    return text[::-1]

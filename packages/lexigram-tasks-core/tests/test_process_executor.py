@@ -68,6 +68,17 @@ async def test_results_arguments_and_current_job_travel_between_processes() -> N
     assert not alive(result["pid"])  # the pool's stop ended its children
 
 
+async def test_arguments_and_results_of_any_size_travel_whole() -> None:
+    provider = provider_for("proc-sizes")
+    reverse = provider.task(name="reverse", executor="process")(tasks.reverse)
+    # Around the sizes where a message is written or read in more than one piece.
+    sizes = [0, 1, 16_380, 16_400, 65_530, 65_540, 3_000_000]
+    async with provider:
+        for size in sizes:
+            text = "".join(chr(97 + i % 26) for i in range(size))
+            assert await (await reverse.enqueue(text)).result(timeout=30) == text[::-1]
+
+
 async def test_an_exception_keeps_its_type_and_progress_is_refused_clearly() -> None:
     provider = provider_for("proc-errors")
     fail = provider.task(name="fail", executor="process")(tasks.fail)
