@@ -83,3 +83,21 @@ async def test_a_fractional_finished_ttl_keeps_a_finished_job_at_least_that_long
             await eventually(gone, timeout=10, message="the finished job never expired")
         finally:
             await queue.purge()
+
+
+async def test_with_finished_ttl_0_an_acked_batch_leaves_no_job_and_no_registry_entry(
+    redis_url: str,
+) -> None:
+    name = f"lxtest-{uuid.uuid4().hex[:10]}"
+    async with RedisTaskQueue(redis_url=redis_url, queue_name=name, finished_ttl=0) as queue:
+        try:
+            jobs = _jobs(queue, 3)
+            await queue.enqueue_many(jobs)
+            await queue.ack_many(await queue.dequeue(max_jobs=3, lease_seconds=30))
+
+            assert [await queue.get_job(job.id) for job in jobs] == [None, None, None]
+            assert await queue.counts() == QueueCounts(ready=0, delayed=0, running=0, failed=0)
+            assert await queue.client.zcard(queue.keys.finished) == 0
+            assert await queue.client.zcard(queue.keys.started) == 0
+        finally:
+            await queue.purge()
