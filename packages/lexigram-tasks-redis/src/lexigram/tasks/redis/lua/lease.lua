@@ -3,6 +3,19 @@
 -- attempt is incremented here. Returns one item per job (see below) and,
 -- last: -2 if ready jobs are left, else the seconds until the next delayed
 -- job or lease is due (-1: none).
+
+-- Small numbers as text, each formatted once: ids' lengths (an rq id is 36
+-- characters) and attempts (mostly 1) repeat.
+local texts = {}
+local function text(n)
+  local t = texts[n]
+  if not t then
+    t = tostring(n)
+    texts[n] = t
+  end
+  return t
+end
+
 reclaim(100)
 promote(1000)
 local out = {}
@@ -11,17 +24,6 @@ if #ids > 0 then
   local deadline = lease_deadline(tonumber(ARGV[4]))
   local first = redis.call('INCRBY', K_SEQ, #ids) - #ids
   local started_at = now_iso()
-  -- Small numbers as text, each formatted once: ids' lengths (an rq id is
-  -- 36 characters) and attempts (mostly 1) repeat.
-  local texts = {}
-  local function text(n)
-    local t = texts[n]
-    if not t then
-      t = tostring(n)
-      texts[n] = t
-    end
-    return t
-  end
   local leases, started = {}, {}
   for i, id in ipairs(ids) do
     local key = JOB_PREFIX .. id
