@@ -101,7 +101,10 @@ class EventLog:
         if not self.path.exists():
             return []
         found = []
-        for text in self.path.read_text().splitlines():
+        # A line another process is writing right now may be read half-written:
+        # only the lines that end in a newline are complete.
+        complete, _, _ = self.path.read_text().rpartition("\n")
+        for text in complete.splitlines():
             event, key, pid, at = text.split(" ")
             found.append(LogLine(event, key, int(pid), float(at)))
         return found
