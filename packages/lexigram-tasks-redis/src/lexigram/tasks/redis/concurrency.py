@@ -20,9 +20,7 @@ from lexigram.tasks.redis._connection import open_client, reported, resolve_url
 from lexigram.tasks.redis._scripts import on_connection
 from lexigram.tasks.redis._sentinel import SentinelAddress, redact
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import NoScriptError
 
 logger = logging.getLogger("lexigram.tasks.redis")
 
@@ -282,11 +280,7 @@ class RedisConcurrencyLimiter:
                 (head, _bulk(freed.encode(*self._encoding)), _bulk(asked.encode(*self._encoding)))
             )
             try:
-                try:
-                    return await _write_and_read(client, packed)
-                except (RedisConnectionError, RedisTimeoutError, OSError):
-                    # A dropped connection: once more, retried as redis-py's own calls.
-                    return await on_connection(client, packed, replies=1)
+                return await on_connection(client, packed, replies=1)
             except NoScriptError:
                 pass  # flushed from the server: redis-py's call loads it again
         return await self._batch(keys=[self._prefix], args=[self._prefix, freed, asked])
@@ -334,36 +328,6 @@ class RedisConcurrencyLimiter:
             if not future.done():
                 future.set_result(fits == 49)  # b"1"
         return [fits == 49 for fits in taken[len(acquires) :]]
-
-
-async def _write_and_read(client: Redis, packed: bytes) -> Any:
-    """The reply to one packed command on a connection of ``client``'s pool.
-
-    Written to the connection's stream directly: redis-py's send_packed_command
-    wraps each write of a connection with a socket timeout in a task of its own
-    (asyncio.wait_for), which cost about as much CPU as the rest of the call. The
-    batch is a few kilobytes, well under the transport's buffer limit, so
-    nothing waits on the write; the read keeps the socket timeout.
-    """
-    pool = client.connection_pool
-    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-    try:
-        # redis-py's own attribute (its send_packed_command writes to it): without
-        # it, the write goes the long way, through on_connection.
-        writer: asyncio.StreamWriter | None = getattr(connection, "_writer", None)
-        if writer is None or writer.transport.is_closing():
-            raise RedisConnectionError("connection closed before write")
-        writer.write(packed)
-        return await connection.read_response()
-    except ResponseError:  # an error reply, read: the connection is fine
-        raise
-    except BaseException:
-        # Cancelled or failed before the reply: drop the connection rather
-        # than hand it back with an unread reply.
-        await connection.disconnect(nowait=True)
-        raise
-    finally:
-        await pool.release(connection)
 
 
 def _bulk(value: bytes) -> bytes:
