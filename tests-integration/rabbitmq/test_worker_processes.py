@@ -36,8 +36,10 @@ async def test_closed_connection_loses_no_job_and_runs_none_twice_at_once(
 ) -> None:
     worker = workers.start(worker_count=20)
     [pid] = await eventually(lambda: broker.connection_pids(ns), timeout=30)
-    total = 160
-    jobs = [Job(task="slow", args=[f"k{i}", 1.0], queue=queue.queue_name) for i in range(total)]
+    total = 100
+    # Runs of 3 s: rabbitmqctl can take seconds to start on a loaded machine, and jobs
+    # running when it closes the connection must still be running when it returns.
+    jobs = [Job(task="slow", args=[f"k{i}", 3.0], queue=queue.queue_name) for i in range(total)]
     await queue.enqueue_many(jobs)
     await eventually(lambda: len(workers.log.count("start")) >= 30, timeout=30)
 
