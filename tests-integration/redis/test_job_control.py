@@ -332,3 +332,22 @@ async def test_an_expired_worker_is_pruned_from_the_index(
 
     await eventually(gone, timeout=10)
     assert await client.zcard(workers_key(queue.queue_name)) == 0
+
+
+async def test_paging_running_jobs_goes_on_after_a_seen_job_that_finished(
+    queue: RedisTaskQueue,
+) -> None:
+    # Jobs leased together share a lease deadline (one score): when the last job
+    # of a page finishes before the next page is asked for, the next page still
+    # holds every running job after it, none skipped for sharing its score.
+    jobs = [_job(queue) for _ in range(6)]
+    await queue.enqueue_many(jobs)
+    deliveries = await _lease(queue, count=6)
+    first = await queue.list_jobs(state=JobState.RUNNING, limit=3)
+    assert len(first.jobs) == 3 and first.cursor is not None
+    last_seen = first.jobs[-1].id
+    await queue.ack(next(d for d in deliveries if d.job_id == last_seen))
+    rest = await queue.list_jobs(state=JobState.RUNNING, limit=10, cursor=first.cursor)
+    seen = {info.id for info in first.jobs} | {info.id for info in rest.jobs}
+    assert seen == {job.id for job in jobs}
+    assert not {info.id for info in first.jobs} & {info.id for info in rest.jobs}

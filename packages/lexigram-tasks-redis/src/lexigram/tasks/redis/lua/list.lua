@@ -44,8 +44,27 @@ local function entries(name, n)
     if rank and redis.call('ZSCORE', key, last) == score then
       flat = redis.call('ZRANGE', key, rank + 1, rank + n, 'WITHSCORES')
     else
-      -- The last entry seen has left the set: go on from its score.
-      flat = redis.call('ZRANGEBYSCORE', key, '(' .. score, '+inf', 'WITHSCORES', 'LIMIT', 0, n)
+      -- The last entry seen has left the set: go on after it in the set's order
+      -- (score, then member), past the entries of its score sorted before it
+      -- (many jobs leased together share a score). Bounded by the scan budget.
+      flat = {}
+      local offset, skipped = 0, 0
+      while #flat < 2 * n and skipped < budget do
+        local batch = redis.call('ZRANGEBYSCORE', key, score, '+inf', 'WITHSCORES',
+          'LIMIT', offset, n)
+        if #batch == 0 then break end
+        for i = 1, #batch, 2 do
+          if batch[i + 1] ~= score or batch[i] > last then
+            if #flat < 2 * n then
+              flat[#flat + 1] = batch[i]
+              flat[#flat + 1] = batch[i + 1]
+            end
+          else
+            skipped = skipped + 1
+          end
+        end
+        offset = offset + #batch / 2
+      end
     end
   end
   for i = 1, #flat, 2 do
