@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import struct
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
@@ -20,9 +18,6 @@ KILL_GRACE = 1.0
 #: Not "fork" (it would copy the worker's threads and connections), nor "forkserver":
 #: its children hold the server open, so they would outlive a worker killed by SIGKILL.
 START_METHOD = "spawn"
-
-#: Bytes asked of the pipe's first read of a reply: most replies fit.
-_READ = 65536
 
 #: Called with a child's reply, or None if it died first.
 OnReply = Callable[[bytes | None], None]
@@ -98,44 +93,11 @@ class Child:
             return
         self._on_reply = None
         try:
-            answer: bytes | None = self._recv()
+            answer: bytes | None = self.conn.recv_bytes()
         except (EOFError, OSError):
             self._unwatch()
             answer = None
         on_reply(answer)
-
-    def _recv(self) -> bytes:
-        """One message, read with a single system call when it fits (``recv_bytes``
-        makes two: its length, then its body); the framing is ``send_bytes``'s."""
-        fd = self._fd
-        data = os.read(fd, _READ)
-        while len(data) < 4:
-            more = os.read(fd, 4 - len(data))
-            if not more:
-                raise EOFError
-            data += more
-        (size,) = struct.unpack_from("!i", data)
-        if size == -1:  # a long message: its length follows in 8 bytes
-            while len(data) < 12:
-                more = os.read(fd, 12 - len(data))
-                if not more:
-                    raise EOFError
-                data += more
-            (size,) = struct.unpack_from("!Q", data, 4)
-            start = 12
-        else:
-            start = 4
-        if len(data) - start == size:
-            return data[start:]
-        parts = [data[start:]]
-        missing = size - len(parts[0])
-        while missing > 0:
-            more = os.read(fd, min(missing, _READ))
-            if not more:
-                raise EOFError
-            parts.append(more)
-            missing -= len(more)
-        return b"".join(parts)
 
     def _exited(self) -> None:
         """The process is gone: a reply it wrote before exiting still counts."""

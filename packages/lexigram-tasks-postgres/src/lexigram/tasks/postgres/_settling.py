@@ -7,6 +7,7 @@ worker whose lease lapsed (and whose job went to another) changes nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from lexigram.tasks.attempts import encode_attempt
 from lexigram.tasks.control import MAX_ATTEMPTS_KEPT, JobState
@@ -79,49 +80,32 @@ class Settling(Pooled):
         row_id, token = delivery.token
         job = delivery.job
         error = delivery.error
-        error_type = None if error is None else error.type
-        error_message = None if error is None else error.message
         attempt = delivery.attempt_record
-        record = None if attempt is None else encode_attempt(attempt)
+        # How the attempt ended: the last parameters of both statements.
+        ended = (
+            None if error is None else error.type,
+            None if error is None else error.message,
+            delivery.worker_id,
+            None if attempt is None else encode_attempt(attempt),
+            MAX_ATTEMPTS_KEPT,
+        )
         if requeue and job is not None:
-            payload = job.to_bytes()
-            await self._run(
-                lambda c: c.execute(
-                    self._sql.requeue,
-                    row_id,
-                    token,
-                    payload,
-                    job.attempt,
-                    job.priority,
-                    max(delay, 0.0),
-                    reason or None,
-                    self._sql.channel,
-                    _requeued_state(delivery.outcome),
-                    error_type,
-                    error_message,
-                    delivery.worker_id,
-                    record,
-                    MAX_ATTEMPTS_KEPT,
-                ),
-                settling=True,
-            )
-            return
-        await self._run(
-            lambda c: c.execute(
-                self._sql.dead_letter,
+            statement = self._sql.requeue
+            args: tuple[Any, ...] = (
                 row_id,
                 token,
-                reason,
-                delivery.job_id,
-                _dead_state(delivery),
-                error_type,
-                error_message,
-                delivery.worker_id,
-                record,
-                MAX_ATTEMPTS_KEPT,
-            ),
-            settling=True,
-        )
+                job.to_bytes(),
+                job.attempt,
+                job.priority,
+                max(delay, 0.0),
+                reason or None,
+                self._sql.channel,
+                _requeued_state(delivery.outcome),
+            )
+        else:
+            statement = self._sql.dead_letter
+            args = (row_id, token, reason, delivery.job_id, _dead_state(delivery))
+        await self._run(lambda c: c.execute(statement, *args, *ended), settling=True)
 
 
 def _requeued_state(outcome: JobState | None) -> str | None:

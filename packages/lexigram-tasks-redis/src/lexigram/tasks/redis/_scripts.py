@@ -44,6 +44,11 @@ class Script:
     source: str
     sha: str
 
+    @classmethod
+    def of(cls, name: str, source: str) -> Script:
+        """``source`` with its SHA1, as EVALSHA names it."""
+        return cls(name, source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
+
 
 _COMMENT = re.compile(r"--[^\n]*")
 _DEFINES = re.compile(r"^local (?:function (\w+)\(|(\w+(?:, \w+)*) =)", re.MULTILINE)
@@ -97,8 +102,7 @@ def _load() -> dict[str, Script]:
     for name in _NAMES:
         body = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
         source = prelude(common, body) + "\n" + body
-        sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
-        scripts[name] = Script(name, source, sha)
+        scripts[name] = Script.of(name, source)
     return scripts
 
 
@@ -128,18 +132,21 @@ async def load_all(client: Redis) -> None:
 
 
 class PreparedScript:
-    """EVALSHA of one script for one queue, its fixed part encoded once.
+    """EVALSHA of one script with fixed keys and leading arguments, encoded once.
 
     Every call of a queue's script starts with the same arguments (the SHA,
     the queue's twelve keys, the job prefix, the queue name); redis-py would
     encode all of them on every call, which cost an enqueue about as much as
     everything else it does on the client. Calls go out on a connection of
-    the client's pool, as redis-py's own would.
+    the client's pool, as redis-py's own would. ``script`` is a queue script's
+    name or any :class:`Script`.
     """
 
-    def __init__(self, client: Redis, name: str, keys: list[str], head: list[Any]) -> None:
+    def __init__(
+        self, client: Redis, script: str | Script, keys: list[str], head: list[Any]
+    ) -> None:
         self.client = client
-        self.script = SCRIPTS[name]
+        self.script = SCRIPTS[script] if isinstance(script, str) else script
         self.keys = keys
         self.head = head
         encoder = client.get_encoder()  # type: ignore[no-untyped-call]

@@ -15,12 +15,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from lexigram.tasks.concurrency import Limit
-from lexigram.tasks.redis._cluster import hash_tagged, is_cluster
+from lexigram.tasks.redis._cluster import ClusterScript, hash_tagged, is_cluster
 from lexigram.tasks.redis._connection import open_client, reported, resolve_url
-from lexigram.tasks.redis._scripts import on_connection
+from lexigram.tasks.redis._scripts import PreparedScript, Script
 from lexigram.tasks.redis._sentinel import SentinelAddress, redact
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
 logger = logging.getLogger("lexigram.tasks.redis")
 
@@ -95,6 +94,8 @@ end
 return table.concat(taken)
 """
 
+_BATCH_SCRIPT = Script.of("concurrency_batch", _BATCH)
+
 # KEYS: semaphores; ARGV: lease seconds, then the holder of each key.
 _EXTEND = """
 local clock = redis.call('TIME')
@@ -142,12 +143,9 @@ class RedisConcurrencyLimiter:
         self._client = client
         self._owns_client = client is None
         self._connecting = asyncio.Lock()
-        self._batch: Any = None
-        # The batch call's EVALSHA, SHA and key packed once, on a plain (not cluster) client:
-        # sent on a pool connection without redis-py's per-command machinery, which cost the
-        # worker more CPU than everything else a batch does.
-        self._packed_head: bytes | None = None
-        self._encoding = ("utf-8", "strict")
+        # The batch call, its key and prefix packed once: redis-py's per-command
+        # machinery cost the worker more CPU than everything else a batch does.
+        self._batch: PreparedScript | None = None
         self._extend: Any = None
         self._acquires: list[_Acquire] = []
         self._releases: list[tuple[Sequence[str], str]] = []
@@ -179,18 +177,9 @@ class RedisConcurrencyLimiter:
                 self._owns_client = True
             if self._batch is None:
                 client = self._client
-                self._batch = client.register_script(_BATCH)
+                kind = ClusterScript if is_cluster(client) else PreparedScript
+                self._batch = kind(client, _BATCH_SCRIPT, [self._prefix], [self._prefix])
                 self._extend = client.register_script(_EXTEND)
-                if not is_cluster(client):
-                    encoder = client.get_encoder()  # type: ignore[no-untyped-call]
-                    self._encoding = (encoder.encoding, encoder.encoding_errors)
-                    prefix = _bulk(self._prefix.encode(*self._encoding))
-                    sha = _bulk(self._batch.sha.encode())
-                    self._packed_head = b"*7\r\n$7\r\nEVALSHA\r\n%s$1\r\n1\r\n%s%s" % (
-                        sha,
-                        prefix,
-                        prefix,
-                    )
 
     async def disconnect(self) -> None:
         """Send the releases still pending, then close the client if this limiter opened it."""
@@ -203,7 +192,7 @@ class RedisConcurrencyLimiter:
                 await asyncio.sleep(0)
         self._closed = True
         client, self._client = self._client, None
-        self._batch = self._extend = self._packed_head = None
+        self._batch = self._extend = None
         if client is not None and self._owns_client:
             await client.aclose()
 
@@ -270,21 +259,6 @@ class RedisConcurrencyLimiter:
     async def _flush_pending(self) -> None:
         await self._flush((), 0.0)
 
-    async def _call(self, freed: str, asked: str) -> Any:
-        """The batch script's reply to these releases and acquires."""
-        head = self._packed_head
-        if head is not None:
-            client = self._client
-            assert client is not None
-            packed = b"".join(
-                (head, _bulk(freed.encode(*self._encoding)), _bulk(asked.encode(*self._encoding)))
-            )
-            try:
-                return await on_connection(client, packed, replies=1)
-            except NoScriptError:
-                pass  # flushed from the server: redis-py's call loads it again
-        return await self._batch(keys=[self._prefix], args=[self._prefix, freed, asked])
-
     async def _flush(
         self, requests: Sequence[tuple[Sequence[Limit], str]], lease_seconds: float
     ) -> list[bool]:
@@ -309,8 +283,9 @@ class RedisConcurrencyLimiter:
         try:
             if self._batch is None:
                 await self.connect()
+            assert self._batch is not None
             with reported(self.redis_url):
-                taken = await self._call(freed, "\n".join(asked))
+                taken = await self._batch([freed, "\n".join(asked)])
         except Exception as exc:
             if releases:
                 logger.warning(
@@ -328,11 +303,6 @@ class RedisConcurrencyLimiter:
             if not future.done():
                 future.set_result(fits == 49)  # b"1"
         return [fits == 49 for fits in taken[len(acquires) :]]
-
-
-def _bulk(value: bytes) -> bytes:
-    """``value`` as a bulk string of the Redis protocol."""
-    return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
 def _asked(requests: Sequence[tuple[Sequence[Limit], str]], lease: str) -> str:
