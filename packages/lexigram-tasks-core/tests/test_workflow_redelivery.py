@@ -72,6 +72,13 @@ async def test_an_error_handler_that_finished_is_not_run_again() -> None:
             await handle.result(timeout=10)
         handler_id = f"{handle.id}-2"
         await eventually(lambda: runs["report(1)"] == 1, 10, message="the error handler ran")
+
+        async def settled() -> bool:
+            info = await provider.get_job(handler_id)
+            return info is not None and info.state is JobState.SUCCEEDED
+
+        # Settled first: enqueueing an id still pending (ran, not yet acked) changes nothing.
+        await eventually(settled, 10, message="the handler's job was settled")
         # Its job delivered again, as if its worker had died after recording it.
         store = store_for(queue)
         plan = Plan.from_json(await store.plan(handle.id) or "")
