@@ -4,6 +4,7 @@ slots of killed workers, rate limits per key, the batched limiter itself."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sys
 import uuid
 from collections.abc import Iterator
@@ -12,8 +13,10 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from lexigram.tasks.job import Job
+from lexigram.tasks.protocol import Delivery
 from lexigram.tasks.provider import TaskProvider
-from lexigram.tasks.redis import RedisRateLimiter, RedisTaskQueue
+from lexigram.tasks.redis import RedisRateLimiter, RedisTaskQueue, _scripts, concurrency
 from lexigram.tasks.redis.concurrency import RELEASE_DELAY, RedisConcurrencyLimiter
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
@@ -170,3 +173,80 @@ async def test_a_stopped_worker_sends_its_last_releases_and_leaves_no_connection
         for key in ("k1", "k2"):
             assert await observer.client.zcard(holders.key(f"task:{keyed.name}:key:{key}")) == 0
         await observer.purge()
+
+
+async def _leased_and_held(
+    queue: RedisTaskQueue, limiter: RedisConcurrencyLimiter, name: str
+) -> Delivery:
+    """A job leased from ``queue`` whose slot of ``name`` holder "h1" holds."""
+    await queue.enqueue(Job(task="limits.carried", queue=queue.queue_name))
+    [delivery] = await queue.dequeue(max_jobs=1)
+    assert await limiter.acquire([(name, 1)], "h1", 60)
+    assert await queue.client.zcard(limiter.key(name)) == 1
+    return delivery
+
+
+@pytest.mark.parametrize("settle", ["ack", "nack"])
+async def test_the_queue_limiters_releases_go_with_the_next_ack_or_nack(
+    queue: RedisTaskQueue, monkeypatch: pytest.MonkeyPatch, settle: str
+) -> None:
+    # A job's slots are given back as it ends, just before it is acked (or put
+    # back): that call's write carries them, without waiting for RELEASE_DELAY
+    # (made long here, so only the ack or nack can have sent them).
+    monkeypatch.setattr(concurrency, "RELEASE_DELAY", 60.0)
+    limiter = RedisConcurrencyLimiter.for_queue(queue)
+    name = f"{queue.queue_name}:carried"
+    try:
+        delivery = await _leased_and_held(queue, limiter, name)
+        limiter.release_nowait([name], "h1")
+        if settle == "ack":
+            await queue.ack_many([delivery])
+        else:
+            await queue.nack(delivery, requeue=True)
+        # Sent and answered in the call's own round trip.
+        assert await queue.client.exists(limiter.key(name)) == 0
+        counts = await queue.counts()
+        assert (counts.running, counts.ready) == ((0, 0) if settle == "ack" else (0, 1))
+    finally:
+        await limiter.disconnect()
+    # A limiter that disconnected is no longer carried.
+    assert limiter not in queue._release_sources
+
+
+def _unknown(script: _scripts.Script) -> _scripts.Script:
+    """``script`` as one the server has never loaded (as after SCRIPT FLUSH)."""
+    source = f"-- {uuid.uuid4().hex}\n{script.source}"
+    return _scripts.Script(script.name, source, hashlib.sha1(source.encode()).hexdigest())
+
+
+@pytest.mark.parametrize("unknown", ["ack", "limiter"])
+async def test_releases_an_ack_could_not_carry_are_sent_by_their_limiter(
+    queue: RedisTaskQueue, monkeypatch: pytest.MonkeyPatch, unknown: str
+) -> None:
+    # Either script of the shared write unknown to the server: the ack goes again
+    # alone (acking twice is harmless) and the limiter sends the releases itself,
+    # loading its script if need be.
+    limiter = RedisConcurrencyLimiter.for_queue(queue)
+    name = f"{queue.queue_name}:uncarried"
+    try:
+        delivery = await _leased_and_held(queue, limiter, name)
+        if unknown == "ack":
+            script = _unknown(_scripts.SCRIPTS["ack"])
+            monkeypatch.setitem(_scripts.SCRIPTS, "ack", script)
+        else:
+            assert limiter._batch is not None
+            script = _unknown(limiter._batch.script)
+            limiter._batch = _scripts.PreparedScript(
+                queue.client, script, limiter._batch.keys, limiter._batch.head
+            )
+        limiter.release_nowait([name], "h1")
+        await queue.ack_many([delivery])
+        assert (await queue.counts()).running == 0
+
+        async def released() -> bool:
+            return await queue.client.exists(limiter.key(name)) == 0
+
+        await limits_cases.eventually(released, timeout=10)
+        assert await queue.client.script_exists(script.sha) == [True]
+    finally:
+        await limiter.disconnect()

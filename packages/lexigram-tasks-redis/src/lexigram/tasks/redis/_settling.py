@@ -2,16 +2,25 @@
 
 Each is one script call presenting the lease tokens, so a worker whose lease
 lapsed (and whose job went to another) changes nothing; see ack.lua and nack.lua.
+An ack or nack also carries, in the same write, the concurrency slots' releases
+queued by the limiters on this queue's connection (the jobs' slots are given
+back as they end, just before their acks): no round trip of their own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lexigram.tasks.attempts import encode_attempt
 from lexigram.tasks.control import MAX_ATTEMPTS_KEPT, JobState
 from lexigram.tasks.protocol import Delivery
+from lexigram.tasks.redis import _scripts
+from lexigram.tasks.redis._connection import reported
+from redis.exceptions import NoScriptError
+
+if TYPE_CHECKING:
+    from lexigram.tasks.redis.concurrency import RedisConcurrencyLimiter
 
 
 class Settling:
@@ -19,9 +28,54 @@ class Settling:
 
     finished_ttl: float
     failure_ttl: float
+    redis_url: str
+    cluster: bool
+    #: Limiters on this queue's client whose releases the acks and nacks carry.
+    _release_sources: tuple[RedisConcurrencyLimiter, ...] = ()
 
     async def _run(self, name: str, args: list[Any]) -> Any:
         raise NotImplementedError
+
+    def _script(self, name: str) -> _scripts.PreparedScript:
+        raise NotImplementedError
+
+    def carry_releases(self, limiter: RedisConcurrencyLimiter) -> None:
+        """Send ``limiter``'s queued releases with this queue's acks and nacks (not on a
+        cluster, where its semaphores may live on another master)."""
+        if not self.cluster and limiter not in self._release_sources:
+            self._release_sources = (*self._release_sources, limiter)
+
+    def stop_carrying(self, limiter: RedisConcurrencyLimiter) -> None:
+        self._release_sources = tuple(s for s in self._release_sources if s is not limiter)
+
+    async def _settle_run(self, name: str, args: list[Any]) -> Any:
+        """``_run(name, args)``, with the releases queued on this queue's client in the
+        same write; those go back to their limiter if the call fails."""
+        if not self._release_sources:
+            return await self._run(name, args)
+        script = self._script(name)
+        taken = []
+        for source in self._release_sources:
+            carried = source.take_releases(script.client)
+            if carried is not None:
+                taken.append((source, carried))
+        if not taken:
+            return await self._run(name, args)
+        packed = b"".join([script.pack(args), *(call for _, (_, call) in taken)])
+        try:
+            with reported(self.redis_url):
+                replies = await _scripts.on_connection(
+                    script.client, packed, replies=1 + len(taken), keep=True
+                )
+        except BaseException as exc:
+            for source, (releases, _) in taken:
+                source.put_back(releases)
+            if isinstance(exc, NoScriptError):
+                # After a SCRIPT FLUSH: the call alone loads its script (acking or
+                # nacking twice is harmless), the limiter loads its own.
+                return await self._run(name, args)
+            raise
+        return replies[0]
 
     async def ack(self, delivery: Delivery) -> None:
         await self.ack_many([delivery])
@@ -50,7 +104,7 @@ class Settling:
         # One worker settles a batch (its pool's acks): its id once.
         worker = deliveries[0].worker_id or ""
         head = [ttl, worker, MAX_ATTEMPTS_KEPT, len(others) // 5]
-        await self._run("ack", [*head, *others, *leases])
+        await self._settle_run("ack", [*head, *others, *leases])
 
     async def nack(
         self, delivery: Delivery, *, requeue: bool, delay: float = 0.0, reason: str = ""
@@ -58,7 +112,7 @@ class Settling:
         job = delivery.job
         requeue = requeue and job is not None
         outcome, error = delivery.outcome, delivery.error
-        await self._run(
+        await self._settle_run(
             "nack",
             [
                 delivery.token,

@@ -4,7 +4,9 @@ Each semaphore is a sorted set of holders scored by when their lease lapses,
 on the server's clock. One Lua script takes (all or none of) a job's slots:
 it drops the lapsed holders, counts the rest against the limit and adds the
 holder. The acquires and releases that the worker's slots ask for within one
-turn of the event loop go to Redis together, in one script call.
+turn of the event loop go to Redis together, in one script call. The limiter
+of a queue (:meth:`RedisConcurrencyLimiter.for_queue`) sends its releases in
+the same write as the queue's next ack or nack, when one goes first.
 """
 
 from __future__ import annotations
@@ -121,8 +123,9 @@ class RedisConcurrencyLimiter:
     A Redis backend gets one on its own connection without configuration; set
     it as ``concurrency_limiter`` (``type: redis``) for a backend that keeps
     no semaphores (RabbitMQ). Every worker process of a deployment must use
-    the same server and ``namespace``. A release is sent with the next batch,
-    at most one event-loop turn later; if it fails, the slot's lease lapses.
+    the same server and ``namespace``. A release is sent with the next ack or
+    nack of the queue the limiter was made for, or with the next acquires, at
+    most :data:`RELEASE_DELAY` later; if it fails, the slot's lease lapses.
     """
 
     shared = True
@@ -153,6 +156,7 @@ class RedisConcurrencyLimiter:
         self._timer: asyncio.TimerHandle | None = None  # a flush planned for the releases
         self._flushing: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._carrier: Any = None  # the queue whose acks carry the releases
 
     def __repr__(self) -> str:
         return (
@@ -162,8 +166,14 @@ class RedisConcurrencyLimiter:
 
     @classmethod
     def for_queue(cls, queue: Any) -> RedisConcurrencyLimiter:
-        """The limiter on a connected :class:`~lexigram.tasks.redis.RedisTaskQueue`'s client."""
-        return cls(queue.redis_url, client=queue.client)
+        """The limiter on a connected :class:`~lexigram.tasks.redis.RedisTaskQueue`'s client,
+        whose releases go with the queue's acks and nacks."""
+        limiter = cls(queue.redis_url, client=queue.client)
+        carry = getattr(queue, "carry_releases", None)
+        if carry is not None:
+            carry(limiter)
+            limiter._carrier = queue
+        return limiter
 
     def key(self, name: str) -> str:
         """The Redis key of semaphore ``name``."""
@@ -191,6 +201,9 @@ class RedisConcurrencyLimiter:
             else:
                 await asyncio.sleep(0)
         self._closed = True
+        if self._carrier is not None:
+            self._carrier.stop_carrying(self)
+            self._carrier = None
         client, self._client = self._client, None
         self._batch = self._extend = None
         if client is not None and self._owns_client:
@@ -217,6 +230,32 @@ class RedisConcurrencyLimiter:
     def release_nowait(self, names: Sequence[str], holder: str) -> None:
         """:meth:`release` without a coroutine (the worker's per-job path)."""
         self._releases.append((names, holder))
+        if self._timer is None and not self._planned:
+            self._timer = asyncio.get_running_loop().call_later(RELEASE_DELAY, self._timed_flush)
+
+    def take_releases(self, client: Any) -> tuple[list[tuple[Sequence[str], str]], bytes] | None:
+        """The queued releases and their script call, packed, for a call on ``client`` to
+        carry in the same write (the queue's ack); None if there are none, or if this
+        limiter's calls go to another client. The caller sends them, or gives them back
+        with :meth:`put_back`."""
+        batch = self._batch
+        if (
+            not self._releases
+            or batch is None
+            or batch.client is not client
+            or batch.__class__ is not PreparedScript
+        ):
+            return None
+        releases, self._releases = self._releases, []
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return releases, batch.pack([_released(releases), ""])
+
+    def put_back(self, releases: list[tuple[Sequence[str], str]]) -> None:
+        """Releases taken with :meth:`take_releases` and not sent: they go with this
+        limiter's next call."""
+        self._releases[:0] = releases
         if self._timer is None and not self._planned:
             self._timer = asyncio.get_running_loop().call_later(RELEASE_DELAY, self._timed_flush)
 
