@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 
-from lexigram.tasks.redis._scripts import SCRIPTS, PreparedScript, rq_timestamp
+from lexigram.tasks.redis._scripts import KEY_NAMES, SCRIPTS, PreparedScript, rq_timestamp
 
 
 def _code(source: str) -> str:
@@ -54,10 +54,25 @@ def test_rq_timestamp_is_rqs_format(unix_time: float) -> None:
 @pytest.mark.parametrize("encoding", ["utf-8", "latin-1"])
 def test_a_packed_call_is_what_redis_py_would_send(encoding: str) -> None:
     client = Redis(encoding=encoding)  # connects lazily: nothing is sent
-    keys, head = ["k1", "k2"], ["rq:job:", "q"]
+    keys, head = [f"k{i}" for i in range(1, 13)], ["rq:job:", "q"]
     args = ["é-stamp", b"\x00{raw}", 0, -7, 12345678901234567890, 1.5, ""]
     script = PreparedScript(client, "enqueue", keys, head)
+    # enqueue declares K_READY, K_SCHEDULED, K_PRIO, K_WAKE, K_DEDUP and K_QUEUES.
+    sent = ["k1", "k2", "k5", "k6", "k7", "k10"]
     expected = Connection(encoding=encoding).pack_command(
-        "EVALSHA", script.script.sha, len(keys), *keys, *head, *args
+        "EVALSHA", script.script.sha, len(sent), *sent, *head, *args
     )
     assert script.pack(args) == b"".join(expected)
+
+
+def test_each_script_takes_exactly_the_queue_keys_it_uses() -> None:
+    # A key used but not declared is nil in the script; one declared but unused
+    # costs every call.
+    for script in SCRIPTS.values():
+        first, rest = script.source.split("\n", 1)
+        declared = re.match(r"local (K_\w+(?:, K_\w+)*) = KEYS\[1\]", first)
+        assert declared is not None, script.name
+        names = declared[1].split(", ")
+        used = sorted(set(re.findall(r"\bK_[A-Z]+\b", _code(rest))), key=KEY_NAMES.index)
+        assert names == (used or ["K_READY"]), script.name
+        assert script.key_slots == tuple(KEY_NAMES.index(name) for name in names)

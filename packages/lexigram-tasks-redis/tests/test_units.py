@@ -90,9 +90,10 @@ def test_bad_settings_are_refused(kwargs: dict[str, float], message: str) -> Non
         RedisTaskQueue(**kwargs)  # type: ignore[arg-type]
 
 
-def test_every_script_starts_with_the_shared_prelude() -> None:
+def test_every_script_starts_with_its_keys_then_the_shared_prelude() -> None:
     for script in SCRIPTS.values():
-        assert script.source.startswith("-- Shared prelude")
+        keys, rest = script.source.split("\n", 1)
+        assert keys.startswith("local K_") and rest.startswith("-- Shared prelude")
         assert len(script.sha) == 40
 
 

@@ -15,7 +15,7 @@ import hashlib
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.resources import files
 from typing import Any
@@ -38,16 +38,52 @@ _NAMES = (
 )
 
 
+#: The queue keys a script may use, in the order of ``QueueKeys.as_list()``.
+KEY_NAMES = (
+    "K_READY",
+    "K_SCHEDULED",
+    "K_LEASES",
+    "K_STARTED",
+    "K_PRIO",
+    "K_WAKE",
+    "K_DEDUP",
+    "K_FINISHED",
+    "K_FAILED",
+    "K_QUEUES",
+    "K_SEQ",
+    "K_CANCELED",
+)
+_KEY_LINE = re.compile(r"^local (K_\w+(?:, K_\w+)*) = KEYS\[1\]", re.MULTILINE)
+
+
 @dataclass(frozen=True, slots=True)
 class Script:
     name: str
     source: str
     sha: str
+    #: Which of a queue's keys the script takes, as indexes into ``KEY_NAMES``
+    #: (read from the line of the source naming them); ``None``: the keys
+    #: are passed as given.
+    key_slots: tuple[int, ...] | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        line = _KEY_LINE.search(self.source)
+        slots = tuple(KEY_NAMES.index(n) for n in line[1].split(", ")) if line else None
+        object.__setattr__(self, "key_slots", slots)
 
     @classmethod
     def of(cls, name: str, source: str) -> Script:
         """``source`` with its SHA1, as EVALSHA names it."""
         return cls(name, source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
+
+
+def key_line(code: str) -> str:
+    """The line binding the queue keys that ``code`` uses to KEYS, in ``KEY_NAMES``
+    order; K_READY when it uses none, so a cluster still routes the call by a key."""
+    used = set(re.findall(r"\bK_[A-Z]+\b", _code(code)))
+    names = [name for name in KEY_NAMES if name in used] or [KEY_NAMES[0]]
+    slots = ", ".join(f"KEYS[{i}]" for i in range(1, len(names) + 1))
+    return f"local {', '.join(names)} = {slots}"
 
 
 _COMMENT = re.compile(r"--[^\n]*")
@@ -101,8 +137,8 @@ def _load() -> dict[str, Script]:
     scripts = {}
     for name in _NAMES:
         body = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
-        source = prelude(common, body) + "\n" + body
-        scripts[name] = Script.of(name, source)
+        code = prelude(common, body) + "\n" + body
+        scripts[name] = Script.of(name, key_line(code) + "\n" + code)
     return scripts
 
 
@@ -135,25 +171,34 @@ class PreparedScript:
     """EVALSHA of one script with fixed keys and leading arguments, encoded once.
 
     Every call of a queue's script starts with the same arguments (the SHA,
-    the queue's twelve keys, the job prefix, the queue name); redis-py would
+    the queue keys it uses, the job prefix, the queue name); redis-py would
     encode all of them on every call, which cost an enqueue about as much as
-    everything else it does on the client. Calls go out on a connection of
-    the client's pool, as redis-py's own would. ``script`` is a queue script's
-    name or any :class:`Script`.
+    everything else it does on the client. ``script`` is a queue script's
+    name or any :class:`Script`; ``keys`` are all of a queue's keys, of
+    which the call passes those the script declares (:attr:`Script.key_slots`).
+    Calls go out on a connection of the client's pool, as redis-py's own
+    would, or on ``held`` when it is free.
     """
 
     def __init__(
-        self, client: Redis, script: str | Script, keys: list[str], head: list[Any]
+        self,
+        client: Redis,
+        script: str | Script,
+        keys: list[str],
+        head: list[Any],
+        held: HeldConnection | None = None,
     ) -> None:
         self.client = client
+        self.held = held
         self.script = SCRIPTS[script] if isinstance(script, str) else script
-        self.keys = keys
+        slots = self.script.key_slots
+        self.keys = keys if slots is None else [keys[i] for i in slots]
         self.head = head
         encoder = client.get_encoder()  # type: ignore[no-untyped-call]
         self._encode = encoder.encode
         self._encoding: str = encoder.encoding
         self._errors: str = encoder.encoding_errors
-        fixed = ["EVALSHA", self.script.sha, len(keys), *keys, *head]
+        fixed = ["EVALSHA", self.script.sha, len(self.keys), *self.keys, *head]
         self._count = len(fixed)
         self._prefix = b"".join(map(self._bulk, fixed))
 
@@ -185,7 +230,7 @@ class PreparedScript:
     async def __call__(self, args: list[Any]) -> Any:
         """Run the script with ``args``; after a SCRIPT FLUSH, load it and retry once."""
         try:
-            return await on_connection(self.client, self.pack(args), replies=1)
+            return await on_connection(self.client, self.pack(args), replies=1, held=self.held)
         except NoScriptError:
             await self.client.script_load(self.script.source)
             return await self.client.evalsha(
@@ -201,19 +246,80 @@ class PreparedScript:
         wait = [b"*3\r\n", *map(self._bulk, ("WAIT", replicas, max(1, round(timeout * 1000))))]
         packed = self.pack(args) + b"".join(wait)
         try:
-            replies: list[Any] = await on_connection(self.client, packed, replies=2, keep=True)
+            replies: list[Any] = await on_connection(
+                self.client, packed, replies=2, keep=True, held=self.held
+            )
         except NoScriptError:
             await self.client.script_load(self.script.source)
-            replies = await on_connection(self.client, packed, replies=2, keep=True)
+            replies = await on_connection(self.client, packed, replies=2, keep=True, held=self.held)
         return replies
 
 
-async def on_connection(client: Redis, packed: bytes, *, replies: int, keep: bool = False) -> Any:
+class HeldConnection:
+    """One connection of a client's pool, kept out of it for a queue's calls.
+
+    Taking a connection from redis-py's pool and giving it back (a lock,
+    metrics hooks and a liveness check) costs a short call such as an
+    enqueue about as much client CPU as everything else it does. Calls made
+    one after another reuse the held connection; a call made while it is busy
+    takes one from the pool as before. A queue holds one only on a pool it
+    made itself and whose size the user left to redis-py, so no other user
+    of a pool can find it exhausted (or wait on it) because of the held one.
+    """
+
+    def __init__(self, client: Redis) -> None:
+        self.client = client
+        self._idle: AbstractConnection | None = None
+
+    async def take(self) -> AbstractConnection:
+        """The held connection if it is free and connected, else one from the pool.
+
+        A closed one (a failed or cancelled call closes it) goes back to the
+        pool, whose connect does what the connection's own reconnect would
+        not: a Sentinel-managed connection asks the sentinels for the master.
+        """
+        connection, self._idle = self._idle, None
+        if connection is not None and connection.is_connected:
+            return connection
+        pool = self.client.connection_pool
+        if connection is not None:
+            await pool.release(connection)
+        taken: AbstractConnection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        return taken
+
+    async def give_back(self, connection: AbstractConnection) -> None:
+        """Keep ``connection`` as the held one if none is, else return it to the pool
+        (also when the server asked for it to reconnect, which the pool handles)."""
+        reconnect = getattr(connection, "should_reconnect", None)
+        if self._idle is None and not (reconnect is not None and reconnect()):
+            self._idle = connection
+        else:
+            await self.client.connection_pool.release(connection)
+
+    async def release(self) -> None:
+        """Return the held connection to the pool."""
+        connection, self._idle = self._idle, None
+        if connection is not None:
+            await self.client.connection_pool.release(connection)
+
+
+async def on_connection(
+    client: Redis,
+    packed: bytes,
+    *,
+    replies: int,
+    keep: bool = False,
+    held: HeldConnection | None = None,
+) -> Any:
     """Send commands packed in the Redis protocol on a connection of ``client``'s
-    pool and return the last of their ``replies`` (all of them with ``keep``);
-    retried like redis-py's own."""
+    pool (``held``'s when it is free) and return the last of their ``replies``
+    (all of them with ``keep``); retried like redis-py's own."""
     pool = client.connection_pool
-    connection: AbstractConnection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    connection: AbstractConnection
+    if held is not None:
+        connection = await held.take()
+    else:
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
 
     async def send_and_read() -> Any:
         await connection.send_packed_command(packed)
@@ -235,7 +341,10 @@ async def on_connection(client: Redis, packed: bytes, *, replies: int, keep: boo
             await connection.disconnect(nowait=True)
         raise
     finally:
-        await pool.release(connection)
+        if held is not None:
+            await held.give_back(connection)
+        else:
+            await pool.release(connection)
 
 
 def _disconnect_on_error(connection: AbstractConnection) -> Callable[[Any], Awaitable[None]]:
@@ -257,7 +366,7 @@ async def run_after_blpop(
     """
     packed = script.pack(args, before=("BLPOP", wake_key, timeout))
     try:
-        return await on_connection(script.client, packed, replies=2)
+        return await on_connection(script.client, packed, replies=2, held=script.held)
     except NoScriptError:
         await script.client.script_load(script.script.source)
         return await script.client.evalsha(

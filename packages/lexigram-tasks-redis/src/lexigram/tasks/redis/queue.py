@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from lexigram.tasks.errors import BackendConnectionError, ConfigurationError
 from lexigram.tasks.job import DEFAULT_MAX_JOB_BYTES, Job
@@ -137,6 +138,7 @@ class RedisTaskQueue(Settling, BaseTaskQueue, JobControl):
         self.max_connections = max_connections
         self.max_job_bytes = max_job_bytes
         self._prepared: dict[str, _scripts.PreparedScript] = {}
+        self._held: _scripts.HeldConnection | None = None
         self._use_keys(QueueKeys.for_queue(queue_name, tag=queue_name if self.cluster else None))
         self._client: Redis | None = client
         self._owns_client = client is None
@@ -192,29 +194,31 @@ class RedisTaskQueue(Settling, BaseTaskQueue, JobControl):
 
     async def disconnect(self) -> None:
         client, self._client = self._client, None
+        held, self._held = self._held, None
+        if held is not None:
+            await held.release()
         if client is not None and self._owns_client:
             await client.aclose()
 
     # -- producing -------------------------------------------------------------
 
     async def _enqueue_encoded(self, job: Job, data: bytes) -> str:
-        ids = await self._store(self._enqueue_args(job, data))
-        return str(ids[0].decode())
+        return _holders(await self._store(self._enqueue_args(job, data)), [job])[0]
 
     async def _enqueue_many_encoded(self, encoded: Sequence[tuple[Job, bytes]]) -> list[str]:
         # Only a lost connection between two chunks can leave part of the
         # batch stored (sending the same jobs again is safe).
         chunks = [
-            [
-                arg
-                for job, data in encoded[start : start + ENQUEUE_CHUNK]
-                for arg in self._enqueue_args(job, data)
-            ]
+            encoded[start : start + ENQUEUE_CHUNK]
             for start in range(0, len(encoded), ENQUEUE_CHUNK)
         ]
+        calls = [
+            [arg for job, data in chunk for arg in self._enqueue_args(job, data)]
+            for chunk in chunks
+        ]
         holders: list[str] = []
-        for chunk in chunks:
-            holders += [raw.decode() for raw in await self._store(chunk)]
+        for chunk, args in zip(chunks, calls, strict=True):
+            holders += _holders(await self._store(args), [job for job, _ in chunk])
         return holders
 
     async def _store(self, args: list[Any]) -> Any:
@@ -381,10 +385,33 @@ class RedisTaskQueue(Settling, BaseTaskQueue, JobControl):
         client, script = self.client, _scripts.SCRIPTS[name]
         prepared = self._prepared.get(name)
         if prepared is None or prepared.client is not client or prepared.script is not script:
-            kind = ClusterScript if self.cluster else _scripts.PreparedScript
-            prepared = kind(client, name, self._key_list, self._head)
+            if self.cluster:
+                prepared = ClusterScript(client, name, self._key_list, self._head)
+            else:
+                prepared = _scripts.PreparedScript(
+                    client, name, self._key_list, self._head, self._held_connection(client)
+                )
             self._prepared[name] = prepared
         return prepared
+
+    def _held_connection(self, client: Redis) -> _scripts.HeldConnection | None:
+        """The connection this queue's scripts share, on a pool of its own whose
+        size the user left to redis-py (a pool sized on purpose keeps all of it)."""
+        capped = self.max_connections is not None or "max_connections" in parse_qs(
+            urlsplit(self.redis_url).query
+        )
+        if not self._owns_client or capped:
+            return None
+        if self._held is None or self._held.client is not client:
+            self._held = _scripts.HeldConnection(client)
+        return self._held
+
+
+def _holders(reply: Any, jobs: Sequence[Job]) -> list[str]:
+    """The enqueue script's reply as job ids: 1 when its one job holds its own id."""
+    if reply == 1:
+        return [jobs[0].id]
+    return [raw.decode() for raw in reply]
 
 
 # __new__ above picks the class; the constructor's keywords (the configuration

@@ -1,11 +1,10 @@
 -- Shared prelude of every lexigram script (prepended before loading).
--- KEYS are the queue's keys in a fixed order (see keys.py); ARGV[1] is the
+-- KEYS are the queue's keys that the script uses, K_READY to K_CANCELED in
+-- keys.py's order: _scripts.py writes the line naming them (every key
+-- passed costs a call about as much as a Redis command). ARGV[1] is the
 -- job-hash prefix (rq's "rq:job:"), ARGV[2] the queue name. Job hashes are
 -- addressed through that prefix, so these scripts need a non-cluster Redis,
 -- as rq itself does.
-local K_READY, K_SCHEDULED, K_LEASES, K_STARTED = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local K_PRIO, K_WAKE, K_DEDUP, K_FINISHED = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local K_FAILED, K_QUEUES, K_SEQ, K_CANCELED = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local JOB_PREFIX = ARGV[1]
 local QUEUE_NAME = ARGV[2]
 

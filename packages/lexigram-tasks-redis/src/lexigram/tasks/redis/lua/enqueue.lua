@@ -7,8 +7,10 @@
 -- validated, so the document is never parsed here: Lua's JSON parser neither
 -- refuses a job Python accepted nor turns its big numbers into doubles.
 -- Returns, per job, the id of the job holding its dedup key (its own id
--- unless a pending job already holds the key). Enqueueing an id that is
--- still pending changes nothing, so a retried call cannot double a job.
+-- unless a pending job already holds the key); for a single job that holds
+-- it itself (the common case), 1, which the client reads for less than an
+-- array. Enqueueing an id that is still pending changes nothing, so a
+-- retried call cannot double a job.
 local ids = {}
 local enqueued_at = ARGV[3]
 local now
@@ -55,4 +57,5 @@ for i = 4, #ARGV, 7 do
 end
 redis.call('SADD', K_QUEUES, K_READY)
 wake()
+if #ids == 1 and ids[1] == ARGV[4] then return 1 end
 return ids
