@@ -17,7 +17,9 @@ import _benchlib as B
 
 SYSTEM, BACKEND = "lexigram", "redis-limits"
 DB = int(os.environ.get("LEXIGRAM_BENCH_DB", "12"))  # several runs at once: one db each
-URL = f"redis://127.0.0.1:6379/{DB}"
+# LEXIGRAM_BENCH_URL: another server (a private redis-server keeps others' commands out of
+# its INFO figures); the harness itself uses 127.0.0.1:6379.
+URL = os.environ.get("LEXIGRAM_BENCH_URL") or f"redis://127.0.0.1:6379/{DB}"
 CONCURRENCY = {"noop_drain": 50, "sleep_drain": 100, "latency": 50}
 NOTES = (
     "worker_count=concurrency; defaults otherwise (lease 30s, poll_interval 0.5s, "
