@@ -423,3 +423,151 @@ async def test_a_child_dies_with_a_worker_killed_by_sigkill(tmp_path: Path) -> N
         worker.kill()
         await worker.wait()
     await eventually(lambda: gone(child), 10, message=f"child {child} outlived its worker")
+
+
+# -- the next job, sent ahead into a busy child's pipe ------------------------------------
+
+
+def in_pipes(provider: TaskProvider) -> int:
+    """Jobs sent to a child behind the job it runs (not taken back)."""
+    from lexigram.tasks.worker._process_holding import TAKEN_BACK
+
+    return sum(
+        len(child.sent) > 1 and child.sent[-1] is not TAKEN_BACK
+        for pool in provider.pools.values()
+        if pool._processes is not None
+        for child in pool._processes._children
+    )
+
+
+async def test_a_job_sent_ahead_and_cancelled_never_runs(tmp_path: Path) -> None:
+    provider = provider_for("proc-ahead-cancel", worker_count=2, process_pool_size=1)
+    hold = provider.task(name="hold", executor="process")(tasks.hold)
+    log_run = provider.task(name="log_run", executor="process")(tasks.log_run)
+    log, release = tmp_path / "log", tmp_path / "release"
+    async with provider:
+        held = await hold.enqueue(str(tmp_path / "held"), str(release))
+        child = await pid_in(tmp_path / "held")
+        queued = await log_run.enqueue(str(log), "queued", 0)
+        await eventually(lambda: in_pipes(provider) == 1, 10)
+        assert await queued.cancel() is CancelOutcome.REQUESTED
+        with pytest.raises(JobCancelledError):
+            await queued.result(timeout=30)
+        release.touch()
+        assert await held.result(timeout=30) == child
+        # the child skipped the job taken back, and goes on with the next
+        assert await (await log_run.enqueue(str(log), "after", 0)).result(timeout=30) == child
+    assert log.read_text().split() == ["after", str(child)]
+
+
+async def test_a_job_sent_ahead_to_a_child_that_crashes_runs_on_its_replacement(
+    tmp_path: Path,
+) -> None:
+    provider = provider_for("proc-ahead-crash", worker_count=2, process_pool_size=1)
+    crash = provider.task(name="crash", executor="process", max_retries=0)(tasks.hold_then_exit)
+    whoami = provider.task(name="whoami", executor="process", max_retries=0)(tasks.whoami)
+    release = tmp_path / "release"
+    async with provider:
+        crashing = await crash.enqueue(str(tmp_path / "pid"), str(release))
+        first = await pid_in(tmp_path / "pid")
+        queued = await whoami.enqueue()
+        await eventually(lambda: in_pipes(provider) == 1, 10)
+        release.touch()
+        with pytest.raises(TaskFailedError) as crashed:
+            await crashing.result(timeout=30)
+        me = await queued.result(timeout=30)
+    assert crashed.value.error_type == "WorkerProcessCrashed"
+    assert "exit code 7" in crashed.value.error_message
+    # it had not started: not failed with the crash, and no attempt used
+    assert me["attempt"] == 1 and me["pid"] != first
+
+
+async def test_a_job_sent_ahead_of_a_timed_out_job_runs_on_the_replacement_timed_from_its_start(
+    tmp_path: Path,
+) -> None:
+    # The queued job takes 0.7 s under a timeout of 1 s and waits about 1 s in the pipe
+    # behind a job that times out: timed from when it was sent, it would time out too.
+    provider = provider_for("proc-ahead-timeout", worker_count=2, process_pool_size=1)
+    hang = provider.task(name="hang", executor="process", timeout=1.0)(tasks.hang)
+    log_run = provider.task(name="log_run", executor="process", timeout=1.0)(tasks.log_run)
+    log = tmp_path / "log"
+    async with provider:
+        hanging = await hang.enqueue(str(tmp_path / "pid"))
+        first = await pid_in(tmp_path / "pid")
+        queued = await log_run.enqueue(str(log), "queued", 0.7)
+        await eventually(lambda: in_pipes(provider) == 1, 10)
+        with pytest.raises(TaskFailedError) as timed_out:
+            await hanging.result(timeout=30)
+        second = await queued.result(timeout=30)
+    assert timed_out.value.error_type == "TaskTimeoutError"
+    assert second != first and not alive(first)
+    assert log.read_text().split() == ["queued", str(second)]
+
+
+async def test_a_job_sent_ahead_is_timed_from_when_its_child_starts_it(tmp_path: Path) -> None:
+    provider = provider_for("proc-ahead-clock", worker_count=2, process_pool_size=1)
+    hold = provider.task(name="hold", executor="process", timeout=60)(tasks.hold)
+    log_run = provider.task(name="log_run", executor="process", timeout=1.0)(tasks.log_run)
+    release = tmp_path / "release"
+    async with provider:
+        held = await hold.enqueue(str(tmp_path / "held"), str(release))
+        child = await pid_in(tmp_path / "held")
+        queued = await log_run.enqueue(str(tmp_path / "log"), "queued", 0.7)
+        await eventually(lambda: in_pipes(provider) == 1, 10)
+        # Half its timeout in the pipe, then 0.7 s of run: over 1 s since it was sent.
+        await asyncio.sleep(0.5)
+        release.touch()
+        assert await held.result(timeout=30) == child
+        assert await queued.result(timeout=30) == child
+
+
+async def test_no_job_is_sent_ahead_to_a_child_at_its_max_jobs(tmp_path: Path) -> None:
+    provider = provider_for(
+        "proc-ahead-recycle", worker_count=4, process_pool_size=1, max_jobs_per_child=2
+    )
+    log_run = provider.task(name="log_run", executor="process")(tasks.log_run)
+    log = tmp_path / "log"
+    async with provider:
+        handles = [await log_run.enqueue(str(log), str(i), 0.2) for i in range(4)]
+        pids = [await handle.result(timeout=30) for handle in handles]
+    assert sorted(pids.count(pid) for pid in set(pids)) == [2, 2]
+
+
+async def test_a_child_past_max_memory_starts_no_job_sent_ahead() -> None:
+    # Three slots, one child: each job has the next one behind it in the pipe. The
+    # child must not start that one once it is past the limit, even if the worker has
+    # not read its reply yet.
+    limit, step = 120, 20  # MB
+    provider = provider_for(
+        "proc-ahead-leak", worker_count=3, process_pool_size=1, max_memory_per_child=limit
+    )
+    leak = provider.task(name="leak", executor="process")(tasks.leak)
+    async with provider:
+        handles = [await leak.enqueue(step) for _ in range(30)]
+        runs = [await handle.result(timeout=30) for handle in handles]
+    children = [r["pid"] for r in runs]
+    assert len(set(children)) >= 4
+    for pid in set(children):
+        sizes = [r["rss"] / 2**20 for r in runs if r["pid"] == pid]
+        assert all(size <= limit for size in sizes[:-1]), f"child ran on past the limit: {sizes}"
+
+
+async def test_a_job_sent_ahead_at_shutdown_is_returned_without_running(tmp_path: Path) -> None:
+    queue = MemoryTaskQueue("proc-ahead-shutdown")
+    provider = TaskProvider(queue=queue, shutdown_timeout=0.2, worker_count=2, process_pool_size=1)
+    hang = provider.task(name="hang", executor="process")(tasks.hang)
+    log_run = provider.task(name="log_run", executor="process")(tasks.log_run)
+    log = tmp_path / "log"
+    await provider.start()
+    await hang.enqueue(str(tmp_path / "pid"))
+    child = await pid_in(tmp_path / "pid")
+    await log_run.enqueue(str(log), "queued", 0)
+    await eventually(lambda: in_pipes(provider) == 1, 10)
+    await provider.stop()
+    await eventually(lambda: gone(child), 10, message="the child outlived the shutdown")
+    async with queue:
+        counts = await queue.counts()
+        assert (counts.ready, counts.running, counts.failed) == (2, 0, 0)
+        deliveries = await queue.dequeue(max_jobs=2)
+    assert sorted(d.job.attempt for d in deliveries if d.job is not None) == [1, 1]
+    assert not log.exists()

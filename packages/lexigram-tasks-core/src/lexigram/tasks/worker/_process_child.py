@@ -31,6 +31,8 @@ from lexigram.tasks.errors import TaskError
 STOP = b"stop"
 #: Sent by a child once it has imported the tasks' modules: its jobs' clocks start now.
 READY = b"ready"
+#: Sent by a child instead of a reply for a job the parent took back before it started.
+SKIPPED = b"skipped"
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -39,10 +41,19 @@ class ProgressNotSupportedError(TaskError):
     """A process-executor task reported progress or metadata (not supported there)."""
 
 
-def child_main(conn: Connection, modules: list[str], measure_memory: bool = True) -> None:
+def child_main(
+    conn: Connection, modules: list[str], tokens: Any = None, max_memory: int = 0
+) -> None:
     """Import ``modules``, then serve jobs from ``conn`` until told to stop or the parent
-    goes away. Each reply gives the child's resident memory when ``measure_memory``
-    (``max_memory_per_child`` is set; reading it costs about 20 us a job), else 0."""
+    goes away.
+
+    Before starting a job the child takes its token from ``tokens`` (a semaphore the
+    parent releases once per job sent); a job whose token the parent took back is
+    skipped, answered with :data:`SKIPPED`. Each reply gives the child's resident
+    memory when ``max_memory`` (bytes) is set (reading it costs about 20 us a job),
+    else 0; once past ``max_memory`` the child starts no more jobs and waits to be
+    told to stop (the parent takes back the tokens of those it sent ahead).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the worker shuts down, not its child
     _die_with_parent()
     for module in modules:
@@ -55,6 +66,7 @@ def child_main(conn: Connection, modules: list[str], measure_memory: bool = True
         return
     functions: dict[tuple[str, str], Callable[..., Any]] = {}
     tracer = trace.get_tracer("lexigram.tasks")
+    rss = _rss if max_memory else _no_rss
     while True:
         try:
             data = conn.recv_bytes()
@@ -62,8 +74,16 @@ def child_main(conn: Connection, modules: list[str], measure_memory: bool = True
             return
         if data == STOP:
             return
-        request = json.loads(data)
-        conn.send_bytes(_run(request, functions, tracer, _rss if measure_memory else _no_rss))
+        if tokens is not None and not tokens.acquire(False):
+            conn.send_bytes(SKIPPED)  # taken back by the parent before it started
+            continue
+        reply, used = _run(json.loads(data), functions, tracer, rss)
+        conn.send_bytes(reply)
+        if max_memory and used > max_memory:
+            break
+    with contextlib.suppress(EOFError, OSError):
+        while conn.recv_bytes() != STOP:
+            pass  # to be replaced: run nothing more
 
 
 def _run(
@@ -71,9 +91,10 @@ def _run(
     functions: dict[tuple[str, str], Callable[..., Any]],
     tracer: trace.Tracer,
     rss: Callable[[], int],
-) -> bytes:
+) -> tuple[bytes, int]:
     name = request["task"]
     parent = propagate.extract(request["trace"])
+    used = 0
     with tracer.start_as_current_span(f"run {name}", context=parent) as span:
         token = current.seat.set(_ChildSeat(request, span))
         try:
@@ -81,8 +102,9 @@ def _run(
             result = fn(*request["args"], **request["kwargs"])
             if inspect.iscoroutine(result):
                 result = asyncio.run(result)
+            used = rss()
             try:
-                reply = json.dumps({"ok": True, "result": result, "rss": rss()})
+                reply = json.dumps({"ok": True, "result": result, "rss": used})
             except (TypeError, ValueError) as exc:
                 raise TypeError(
                     f"the result of task {name!r} cannot travel as JSON: {exc}"
@@ -92,6 +114,7 @@ def _run(
                 raise
             span.record_exception(exc)
             kind = type(exc)
+            used = rss()
             reply = json.dumps(
                 {
                     "ok": False,
@@ -99,12 +122,12 @@ def _run(
                     "type": kind.__qualname__,
                     "message": str(exc),
                     "traceback": "".join(traceback.format_exception(exc)),
-                    "rss": rss(),
+                    "rss": used,
                 }
             )
         finally:
             current.seat.reset(token)
-    return reply.encode()
+    return reply.encode(), used
 
 
 def _function(

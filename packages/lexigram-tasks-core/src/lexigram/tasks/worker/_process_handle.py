@@ -1,14 +1,16 @@
 """The worker's handle on one child process of the process executor: starting it,
-sending it a job and hearing its reply or its death, stopping and reaping it."""
+sending it jobs and hearing its replies or its death, stopping and reaping it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
+from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
+from typing import Any
 
 from lexigram.tasks.worker._process_child import READY, STOP, child_main
 
@@ -19,8 +21,9 @@ KILL_GRACE = 1.0
 #: its children hold the server open, so they would outlive a worker killed by SIGKILL.
 START_METHOD = "spawn"
 
-#: Called with a child's reply, or None if it died first.
-OnReply = Callable[[bytes | None], None]
+#: Called with the child and each message it sends, in order, then once with None
+#: when it has gone (its pipe closed, or the process exited).
+OnMessage = Callable[["Child", bytes | None], None]
 
 
 class Child:
@@ -28,19 +31,25 @@ class Child:
 
     The loop watches the pipe and the process sentinel for as long as the child
     lives (not per job: registering and removing readers costs four system calls
-    a job). A reply is read as soon as it is readable and passed, in that same
-    callback, to the ``on_reply`` given with the job, so the executor can send
-    the child its next job before anything else runs; the child's death passes
-    None.
+    a job). Each message is read as soon as it is readable and passed, in that
+    same callback, to ``receive``, so the executor can send the child more work
+    before anything else runs; the child's end passes None, once.
+
+    Each job sent comes with a token, released on a semaphore shared with the
+    child: the child takes it before starting the job, and a job whose token
+    the parent took back first (:meth:`withdraw`) is skipped. Exactly one of the
+    two gets it, so a job sent ahead while the child still runs another one can
+    be taken back with the certainty that it never started.
     """
 
     def __init__(
-        self, context: BaseContext, number: int, modules: list[str], measure_memory: bool
+        self, context: BaseContext, number: int, modules: list[str], max_memory: int
     ) -> None:
         parent_end, child_end = context.Pipe()
+        self.tokens = context.Semaphore(0)
         self.process = context.Process(  # type: ignore[attr-defined]
             target=child_main,
-            args=(child_end, modules, measure_memory),
+            args=(child_end, modules, self.tokens, max_memory),
             name=f"lexigram-child-{number}",
             daemon=True,
         )
@@ -48,79 +57,102 @@ class Child:
         child_end.close()
         self.conn: Connection = parent_end
         self.pid: int = self.process.pid
-        self.jobs = 0
-        self.stopped_for: str | None = None  # "timeout" or "cancel" once the pool kills it
+        self.jobs = 0  # jobs answered
+        # Jobs sent, in order: the first runs (or is about to), the others wait in the
+        # pipe. The executor's entries; it may put a marker in place of one taken back.
+        self.sent: deque[Any] = deque()
+        self.stopped_for: str | None = None  # "timeout", "cancel", "shutdown" once killed
+        self.killed_for: object = None  # the job it was killed for
+        self.retiring = False  # takes no more jobs: replaced once the ones it has are done
+        self.gone = False  # no longer counted by the executor
+        self.closing = False  # its end was seen: nothing more can be sent
+        self.receive: OnMessage | None = None
         self._loop = asyncio.get_running_loop()
+        self._exit: asyncio.Future[None] = self._loop.create_future()
         self._fd = parent_end.fileno()
         self._sentinel: int = self.process.sentinel
-        self._on_reply: OnReply | None = None
-        self._watched = True
+        self._reading = True  # the pipe is watched
+        self._ended = False  # None was passed on
         self._loop.add_reader(self._fd, self._readable)
         self._loop.add_reader(self._sentinel, self._exited)
+
+    @property
+    def usable(self) -> bool:
+        return not (self.closing or self.retiring or self.gone) and self.stopped_for is None
 
     async def ready(self) -> bool:
         """Wait until the child has imported the tasks' modules; False if it died first."""
         ready: asyncio.Future[bytes | None] = self._loop.create_future()
-        if self._watched:
-            self._on_reply = lambda answer: _settle(ready, answer)
-        else:
+        self.receive = lambda _, message: _settle(ready, message)
+        if self._ended:
             ready.set_result(None)
         try:
             answer = await ready
         finally:
-            self._on_reply = None
+            self.receive = None
         if answer is None:
             await self.reap()
         return answer == READY
 
-    def send(self, data: bytes, on_reply: OnReply) -> None:
-        """Send a job; ``on_reply`` gets its reply, or None if the child dies first
-        (then :meth:`reap` it)."""
-        if self._watched:  # else it died while idle and was not reaped yet
-            self._on_reply = on_reply
-            try:
-                self.conn.send_bytes(data)
-                return
-            except OSError:  # it died while idle: as a crash
-                self._on_reply = None
-        self._loop.call_soon(on_reply, None)
+    def send(self, data: bytes) -> None:
+        """Send a job with its token. If the child has died, its end (seen by the
+        loop) finds the token still there: the job never started."""
+        self.tokens.release()
+        with contextlib.suppress(OSError):
+            self.conn.send_bytes(data)
+
+    def withdraw(self) -> bool:
+        """Take back the token of the last job sent: True if the child had not taken
+        it (it will skip that job, or has died without starting it)."""
+        return self.tokens.acquire(False)
 
     def _readable(self) -> None:
-        """The pipe has a reply (or the end of the child's pipe)."""
-        on_reply = self._on_reply
-        if on_reply is None:
-            self._unwatch()  # nothing was asked: the child closed its end, or died
-            return
-        self._on_reply = None
+        """The pipe has a message (or the end of the child's pipe)."""
         try:
-            answer: bytes | None = self.conn.recv_bytes()
+            message = self.conn.recv_bytes()
         except (EOFError, OSError):
-            self._unwatch()
-            answer = None
-        on_reply(answer)
+            self._stop_reading()
+            self._end()
+            return
+        receive = self.receive
+        if receive is not None:
+            receive(self, message)
 
     def _exited(self) -> None:
-        """The process is gone: a reply it wrote before exiting still counts."""
-        on_reply, self._on_reply = self._on_reply, None
-        answer = None
-        if on_reply is not None:
+        """The process is gone: messages it wrote before exiting still count."""
+        self._loop.remove_reader(self._sentinel)
+        self.closing = True
+        if self._reading:
+            self._stop_reading()
             with contextlib.suppress(EOFError, OSError):
-                if self.conn.poll():
-                    answer = self.conn.recv_bytes()
-        self._unwatch()
-        if on_reply is not None:
-            on_reply(answer)
+                while self.conn.poll():
+                    message = self.conn.recv_bytes()
+                    receive = self.receive
+                    if receive is not None:
+                        receive(self, message)
+        self._end()
+        _settle(self._exit, None)
+
+    def _end(self) -> None:
+        self.closing = True
+        if not self._ended:
+            self._ended = True
+            receive = self.receive
+            if receive is not None:
+                receive(self, None)
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._fd)
 
     def discard(self) -> None:
         """Forget a child that has exited."""
-        self._unwatch()
-        self.conn.close()
-
-    def _unwatch(self) -> None:
-        if self._watched:
-            self._watched = False
-            self._loop.remove_reader(self._fd)
+        self._stop_reading()
+        if not self._exit.done():
             self._loop.remove_reader(self._sentinel)
+            _settle(self._exit, None)
+        self.conn.close()
 
     def kill(self, reason: str) -> None:
         """SIGTERM now, SIGKILL after the grace period if it still runs."""
@@ -136,19 +168,13 @@ class Child:
 
     async def reap(self) -> None:
         """Wait until the process has exited, then free it."""
-        self._unwatch()
-        self._on_reply = None
-        loop = self._loop
         while self.process.exitcode is None:
-            gone: asyncio.Future[bytes | None] = loop.create_future()
-            loop.add_reader(self._sentinel, _settle, gone, None)
-            try:
-                await asyncio.wait_for(gone, 0.5)
-            except TimeoutError:
-                pass
-            finally:
-                loop.remove_reader(self._sentinel)
-        self.conn.close()
+            if self._exit.done():  # its end was seen (or it was discarded): it exits soon
+                await asyncio.sleep(0.05)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._exit), 0.5)
+        self.discard()
 
     def how_it_ended(self) -> str:
         code = self.process.exitcode
@@ -159,8 +185,9 @@ class Child:
         return f"exit code {code}"
 
     def retire(self) -> None:
-        """Ask an idle child to exit; reaped in the background."""
-        self._on_reply = None
+        """Ask the child to exit once it has read what was sent before; reaped in the
+        background."""
+        self.retiring = True
         with contextlib.suppress(OSError):
             self.conn.send_bytes(STOP)
         task = self._loop.create_task(self.reap())
@@ -171,6 +198,6 @@ class Child:
 reaping: set[asyncio.Task[None]] = set()
 
 
-def _settle(future: asyncio.Future[bytes | None], value: bytes | None) -> None:
+def _settle(future: asyncio.Future[Any], value: Any) -> None:
     if not future.done():
         future.set_result(value)

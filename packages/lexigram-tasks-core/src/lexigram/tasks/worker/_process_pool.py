@@ -1,11 +1,14 @@
 """The process executor: tasks run in child processes that can be killed.
 
-Children are started on demand (``spawn``), at most ``size`` of them, each running one job at a time
-sent over its own pipe as JSON. The loop waits on a child's pipe and on its
-process sentinel at once, so a child that dies mid-job is seen at once. A
-job past its timeout or cancelled has its child sent SIGTERM, then SIGKILL
+Children are started on demand (``spawn``), at most ``size`` of them, each
+running one job at a time sent over its own pipe as JSON, with the next job
+already in its pipe (``_process_holding``). The loop waits on a child's pipe
+and on its process sentinel at once, so a child that dies mid-job is seen at
+once.
+A job past its timeout or cancelled has its child sent SIGTERM, then SIGKILL
 after :data:`KILL_GRACE` seconds; the job ends only once that child is gone,
-so its retry never overlaps it. Children are recycled after
+so its retry never overlaps it, and the job behind it in the pipe, taken
+back unstarted, goes to another child. Children are recycled after
 ``max_jobs_per_child`` jobs or once their resident memory passes
 ``max_memory_mb``.
 """
@@ -15,13 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import multiprocessing
 import os
 import time
 from collections import deque
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from opentelemetry import propagate
@@ -35,6 +36,7 @@ from lexigram.tasks.errors import (
 from lexigram.tasks.job import Job
 from lexigram.tasks.task import Task
 from lexigram.tasks.worker._process_handle import KILL_GRACE, START_METHOD, Child, reaping
+from lexigram.tasks.worker._process_holding import AGAIN, TAKEN_BACK, HeldJob, Holding
 from lexigram.tasks.worker._process_support import (
     check_process_tasks,
     importable_problem,
@@ -50,38 +52,18 @@ __all__ = [
     "run_in_process",
 ]
 
-logger = logging.getLogger("lexigram.tasks.worker")
 
-
-class _Job:
-    """One job of the executor, from its arrival to its child's reply."""
-
-    __slots__ = ("answered", "child", "data", "reply", "slot", "started", "stopped", "turn")
-
-    def __init__(
-        self,
-        slot: object,
-        data: bytes,
-        started: Callable[[], None],
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        self.slot = slot
-        self.data = data
-        self.started = started
-        self.child: Child | None = None  # once sent to one
-        self.turn: asyncio.Future[None] | None = None  # while in line: done when it leaves it
-        self.reply: asyncio.Future[dict[str, Any] | None] = loop.create_future()
-        self.answered = False  # its child replied, though it was being stopped
-        self.stopped = False  # cancelled before it reached a child
-
-
-class ProcessExecutor:
+class ProcessExecutor(Holding):
     """At most ``size`` child processes running process-executor jobs of one pool.
 
-    A job arriving while every child is busy waits in line with its encoded
-    request; the callback that reads a child's reply sends that child the next
-    job in line at once, so a child is not left idle while the loop gets round
-    to the job's own task.
+    Each child holds up to :data:`DEPTH` jobs: the one it runs and the next one,
+    sent ahead into its pipe, which it starts as soon as it has written the
+    reply to the first (the job's clock starts when the worker reads that
+    reply). A job sent ahead can be taken back until the child starts it (see
+    :meth:`Child.withdraw`): it is cancelled, or placed again when its child is
+    killed, crashes or is to be replaced. Jobs arriving while every child is
+    full wait in line; the callback that reads a child's reply sends it the next
+    job in line at once.
     """
 
     def __init__(
@@ -92,25 +74,21 @@ class ProcessExecutor:
         self.max_jobs = max_jobs_per_child
         self.max_memory = max_memory_mb * 1024 * 1024
         self._context = multiprocessing.get_context(START_METHOD)
-        self._idle: list[Child] = []
+        self._children: list[Child] = []  # started and counted
+        self._idle: list[Child] = []  # of those, the ones holding no job
         self._alive = 0  # children started and not yet gone
         self._started = 0
-        self._waiting: deque[_Job] = deque()  # jobs in line for a child, first come first
-        self._queued: dict[object, _Job] = {}  # slot -> its job, not yet sent to a child
-        self._running: dict[object, _Job] = {}  # slot -> its job, sent to a child
+        self._waiting: deque[HeldJob] = deque()  # jobs in line for a child, first come first
+        self._queued: dict[object, HeldJob] = {}  # slot -> its job, not held by a child
+        self._running: dict[object, HeldJob] = {}  # slot -> its job, held by a child
         self._closed = False
-
-    @property
-    def waiting(self) -> int:
-        """Jobs waiting for a child (every child is busy)."""
-        return len(self._waiting)
 
     def holds(self, slot: object) -> bool:
         return slot in self._running
 
     def stop_job(self, slot: object, reason: str) -> bool:
         """Kill the child running ``slot``'s job (``"timeout"`` or ``"cancel"``); a job
-        still waiting for a child ends at once (:class:`JobCancelledError`)."""
+        that has not started ends at once (:class:`JobCancelledError`)."""
         job = self._queued.pop(slot, None)
         if job is not None:
             job.stopped = True
@@ -123,39 +101,59 @@ class ProcessExecutor:
         if job is None:
             return False
         child = job.child
-        # Already answered: it ends at once anyway.
-        if child is not None and child.stopped_for is None and not job.reply.done():
-            child.kill(reason)
+        if child is None or job.reply.done() or child.stopped_for is not None:
+            return True  # it ends at once anyway
+        sent = child.sent
+        if len(sent) > 1 and sent[-1] is job:  # in the pipe behind the running job
+            if child.withdraw():
+                sent[-1] = TAKEN_BACK
+                if reason == "cancel":
+                    job.stopped = True
+                self._again(job)
+                return True
+            # The child has just started it: the job before it has answered.
+        elif len(sent) > 1 and sent[-1] is not TAKEN_BACK:
+            if not child.withdraw():
+                return True  # the next job has started: this one has answered
+            self._again(sent.pop())
+        child.killed_for = job
+        child.kill(reason)
         return True
 
     async def run(
         self,
         slot: object,
         request: dict[str, Any],
-        started: Callable[[], None],
+        started: Callable[[bool], None],
         timed_out: Callable[[], Exception],
     ) -> Any:
-        """Run one job in a child; ``started`` is called once a child has it."""
+        """Run one job in a child; ``started(True)`` is called once it starts there."""
         try:
             data = json.dumps(request).encode()
         except (TypeError, ValueError) as exc:
             raise JobSerializationError(
                 f"the arguments of task {request['task']!r} cannot travel as JSON: {exc}"
             ) from None
-        job = _Job(slot, data, started, asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        job = HeldJob(slot, data, started, loop)
         self._queued[slot] = job
         try:
-            if not await self._place(job):
-                raise JobCancelledError(request["id"])  # cancelled while waiting for a child
-            answer = await job.reply
+            first = False
+            while True:
+                if not await self._place(job, first):
+                    raise JobCancelledError(request["id"])  # cancelled before it started
+                answer = await job.reply
+                if answer is not AGAIN:
+                    break
+                # Taken back from its child before it started: placed again, first in line.
+                job.child = None
+                job.reply = loop.create_future()
+                first = True
         except BaseException:
-            child = job.child
-            if child is not None and (job.reply.cancelled() or not job.reply.done()):
+            if job.child is not None and (job.reply.cancelled() or not job.reply.done()):
                 # The slot is cancelled (shutdown past its window): the job goes back
                 # to the queue, so its run must not go on.
-                self._lose()
-                child.kill("shutdown")
-                child.retire()
+                self._abandon(job)
             raise
         finally:
             self._queued.pop(slot, None)
@@ -170,34 +168,44 @@ class ProcessExecutor:
             if not job.answered:
                 await child.reap()
         finally:
-            self._lose()
+            self._gone(child)
             if job.answered:  # it answered as it was being stopped: not reused
                 child.retire()
-        if child.stopped_for == "cancel":
-            raise JobCancelledError(request["id"])
-        if child.stopped_for == "timeout":
-            raise timed_out()
+        if child.killed_for is job:
+            if child.stopped_for == "cancel":
+                raise JobCancelledError(request["id"])
+            if child.stopped_for == "timeout":
+                raise timed_out()
         raise WorkerProcessCrashed(
             f"the child process running task {request['task']!r} (pid {child.pid}) died "
             f"before answering: {child.how_it_ended()}"
         )
 
-    async def _place(self, job: _Job) -> bool:
-        """Send ``job`` to an idle child, a new one, or the first to free up (which gets
-        it in the callback reading its reply); False if the job was stopped first."""
-        first = False  # woken for a free place: back at the head of the line if it is taken
+    async def _place(self, job: HeldJob, first: bool) -> bool:
+        """Send ``job`` to an idle child, a new one, one that runs a job and has room
+        for the next, or the first to free up (which gets it in the callback reading
+        its reply); False if the job was stopped first. ``first``: at the head of the
+        line if it must wait."""
         while True:
+            if job.stopped:
+                return False
             child = self._idle_child()
             if child is not None:
                 self._send(child, job)
                 return True
             if self._alive < self.size:
                 child = await self._start()
+                self._children.append(child)
                 if job.stopped:  # cancelled while its child started
-                    self._release(child, 0)
+                    self._fill(child)
                     return False
                 self._send(child, job)
                 return True
+            if first or not self._waiting:
+                child = self._roomy_child()
+                if child is not None:
+                    self._send(child, job)
+                    return True
             turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             job.turn = turn
             if first:
@@ -217,108 +225,43 @@ class ProcessExecutor:
                 job.turn = None
             if job.child is not None:
                 return True
-            if job.stopped:
-                return False
             first = True
-
-    def _idle_child(self) -> Child | None:
-        while self._idle:
-            child = self._idle.pop()
-            if child.process.exitcode is None:
-                return child
-            self._lose()  # died while idle (killed from outside): replaced by the caller
-            child.discard()
-        return None
 
     async def _start(self) -> Child:
         self._alive += 1
         self._started += 1
         try:
-            child = Child(self._context, self._started, self.modules, self.max_memory > 0)
+            child = Child(self._context, self._started, self.modules, self.max_memory)
         except BaseException:
-            self._lose()
+            self._alive -= 1
+            self._wake()
             raise
         try:
             ready = await child.ready()
         except BaseException:
-            self._lose()
+            self._alive -= 1
+            self._wake()
             child.kill("shutdown")
             child.retire()
             raise
         if ready:
+            child.receive = self._received
             return child
-        self._lose()
+        self._alive -= 1
+        self._wake()
         raise WorkerProcessCrashed(
             f"a child process of the process executor (pid {child.pid}) died while "
             f"starting: {child.how_it_ended()}"
         )
 
-    def _send(self, child: Child, job: _Job) -> None:
-        self._queued.pop(job.slot, None)
-        self._running[job.slot] = job
-        job.child = child
-        child.send(job.data, partial(self._replied, job))
-        job.started()
-
-    def _replied(self, job: _Job, reply: bytes | None) -> None:
-        """A child's reply (None: it died), read from its pipe: the child's next job
-        is sent before the reply is handed to this job's task."""
-        child = job.child
-        assert child is not None
-        if job.reply.done():  # its task was cancelled, and has stopped the child
-            return
-        if reply is None or child.stopped_for is not None:
-            job.answered = reply is not None
-            job.reply.set_result(None)
-            return
-        answer = json.loads(reply)
-        child.jobs += 1
-        self._release(child, answer["rss"])
-        job.reply.set_result(answer)
-
-    def _release(self, child: Child, rss: int) -> None:
-        """``child`` is free: it gets the next job in line, or waits for one, unless
-        it has run its share (it is replaced)."""
-        if self.max_jobs and child.jobs >= self.max_jobs:
-            why = f"ran {child.jobs} jobs (max_jobs_per_child)"
-        elif self.max_memory and rss > self.max_memory:
-            why = f"uses {rss / 2**20:.0f} MB (max_memory_per_child)"
-        else:
-            waiting = self._waiting
-            while waiting:
-                job = waiting.popleft()
-                turn = job.turn
-                if turn is not None and not turn.done():
-                    self._send(child, job)
-                    turn.set_result(None)
-                    return
-            self._idle.append(child)
-            return
-        logger.info("replacing child process %d: it %s", child.pid, why)
-        self._lose()
-        child.retire()
-
-    def _lose(self) -> None:
-        """A child is gone: the first job in line may start another."""
-        self._alive -= 1
-        self._wake()
-
-    def _wake(self) -> None:
-        while self._waiting:
-            turn = self._waiting.popleft().turn
-            if turn is not None and not turn.done():
-                turn.set_result(None)
-                return
-
     async def close(self) -> None:
-        """Stop every idle child and wait for them (running ones were stopped by the pool)."""
+        """Stop every child and wait for them (running jobs were stopped by the pool)."""
         self._closed = True
-        idle, self._idle = self._idle, []
-        for child in idle:
+        for child in list(self._children):
+            self._gone(child)
+            if any(job is not TAKEN_BACK and not job.reply.done() for job in child.sent):
+                child.kill("shutdown")
             child.retire()
-        for job in list(self._running.values()):
-            if job.child is not None:
-                job.child.kill("shutdown")
         if reaping:
             await asyncio.wait(list(reaping), timeout=KILL_GRACE + 5)
 
@@ -360,7 +303,10 @@ async def run_in_process(
         "trace": carrier,
     }
 
-    def started() -> None:
+    def started(now: bool) -> None:
+        if not now:  # taken back before it started after all: no clock yet
+            slot.deadline = None
+            return
         slot.in_thread = False
         slot.timeout = timeout
         slot.deadline = deadline = time.monotonic() + timeout
