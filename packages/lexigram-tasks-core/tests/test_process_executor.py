@@ -552,6 +552,31 @@ async def test_a_child_past_max_memory_starts_no_job_sent_ahead() -> None:
         assert all(size <= limit for size in sizes[:-1]), f"child ran on past the limit: {sizes}"
 
 
+async def test_a_child_past_max_memory_with_a_job_taken_back_is_replaced(tmp_path: Path) -> None:
+    # Every job passes a limit of 1 MB. The held job's child has a cancelled job in
+    # its pipe, whose SKIPPED answer it never sends once past the limit: it must be
+    # replaced all the same, or the pool's only child would never free its place.
+    provider = provider_for(
+        "proc-ahead-leak-cancel", worker_count=2, process_pool_size=1, max_memory_per_child=1
+    )
+    hold = provider.task(name="hold", executor="process")(tasks.hold)
+    log_run = provider.task(name="log_run", executor="process")(tasks.log_run)
+    pid = provider.task(name="pid", executor="process")(tasks.pid)
+    release = tmp_path / "release"
+    async with provider:
+        held = await hold.enqueue(str(tmp_path / "held"), str(release))
+        child = await pid_in(tmp_path / "held")
+        queued = await log_run.enqueue(str(tmp_path / "log"), "queued", 0)
+        await eventually(lambda: in_pipes(provider) == 1, 10)
+        assert await queued.cancel() is CancelOutcome.REQUESTED
+        with pytest.raises(JobCancelledError):
+            await queued.result(timeout=30)
+        release.touch()
+        assert await held.result(timeout=30) == child
+        assert await (await pid.enqueue()).result(timeout=30) != child
+    assert not (tmp_path / "log").exists()
+
+
 async def test_a_job_sent_ahead_at_shutdown_is_returned_without_running(tmp_path: Path) -> None:
     queue = MemoryTaskQueue("proc-ahead-shutdown")
     provider = TaskProvider(queue=queue, shutdown_timeout=0.2, worker_count=2, process_pool_size=1)

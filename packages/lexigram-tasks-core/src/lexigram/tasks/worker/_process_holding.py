@@ -140,11 +140,14 @@ class Holding:
         if child.stopped_for is None:
             rss = answer["rss"]
             if self.max_memory and rss > self.max_memory:
-                # The child starts nothing more: what it holds is placed again.
+                # The child starts nothing more, nor answers a job taken back: what it
+                # holds is placed again.
                 self._retire(child, f"uses {rss / 2**20:.0f} MB (max_memory_per_child)")
                 sent = child.sent
-                while sent and sent[-1] is not TAKEN_BACK and child.withdraw():
-                    self._again(sent.pop())
+                while sent and (sent[-1] is TAKEN_BACK or child.withdraw()):
+                    held = sent.pop()
+                    if held is not TAKEN_BACK:
+                        self._again(held)
             elif self.max_jobs and child.jobs >= self.max_jobs:
                 self._retire(child, f"ran {child.jobs} jobs (max_jobs_per_child)")
             self._carry_on(child)
