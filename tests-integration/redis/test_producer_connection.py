@@ -5,59 +5,45 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 import redis.asyncio as aioredis
 
 from lexigram.tasks.job import Job
 from lexigram.tasks.redis import RedisTaskQueue
 
 
-@pytest_asyncio.fixture
-async def own_queue(redis_url: str) -> AsyncIterator[RedisTaskQueue]:
-    q = RedisTaskQueue(redis_url=redis_url, queue_name=f"lxtest-{uuid.uuid4().hex[:10]}")
-    async with q:
-        try:
-            yield q
-        finally:
-            await q.purge()
-
-
-async def test_concurrent_enqueues_each_get_their_own_reply(own_queue: RedisTaskQueue) -> None:
-    name = own_queue.queue_name
+async def test_concurrent_enqueues_each_get_their_own_reply(queue: RedisTaskQueue) -> None:
+    name = queue.queue_name
     jobs = [Job(task="t", queue=name) for _ in range(50)]
-    ids = await asyncio.gather(*(own_queue.enqueue(job) for job in jobs))
+    ids = await asyncio.gather(*(queue.enqueue(job) for job in jobs))
     assert ids == [job.id for job in jobs]
-    assert (await own_queue.counts()).ready == 50
+    assert (await queue.counts()).ready == 50
 
 
-async def test_the_reply_names_the_job_holding_the_dedup_key(own_queue: RedisTaskQueue) -> None:
-    name = own_queue.queue_name
+async def test_the_reply_names_the_job_holding_the_dedup_key(queue: RedisTaskQueue) -> None:
+    name = queue.queue_name
     first = Job(task="t", queue=name, dedup_key="k")
-    assert await own_queue.enqueue(first) == first.id
-    assert await own_queue.enqueue(Job(task="t", queue=name, dedup_key="k")) == first.id
+    assert await queue.enqueue(first) == first.id
+    assert await queue.enqueue(Job(task="t", queue=name, dedup_key="k")) == first.id
     alone = Job(task="t", queue=name)
-    assert await own_queue.enqueue_many([alone]) == [alone.id]
+    assert await queue.enqueue_many([alone]) == [alone.id]
     again = Job(task="t", queue=name, dedup_key="k")
-    assert await own_queue.enqueue_many([again]) == [first.id]
+    assert await queue.enqueue_many([again]) == [first.id]
 
 
 async def test_an_enqueue_cancelled_before_its_reply_leaves_no_reply_for_the_next(
-    own_queue: RedisTaskQueue, redis_url: str
+    queue: RedisTaskQueue, redis_url: str
 ) -> None:
-    name = own_queue.queue_name
+    name = queue.queue_name
     holder = Job(task="t", queue=name, dedup_key="k")
-    await own_queue.enqueue(holder)
+    await queue.enqueue(holder)
     admin = aioredis.Redis.from_url(redis_url)
     try:
         # Writes (scripts included) wait while the server is paused: the
         # enqueue below is sent, then cancelled before any reply arrives.
         await admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
-        duplicate = asyncio.ensure_future(
-            own_queue.enqueue(Job(task="t", queue=name, dedup_key="k"))
-        )
+        duplicate = asyncio.ensure_future(queue.enqueue(Job(task="t", queue=name, dedup_key="k")))
         await asyncio.sleep(0.2)
         assert not duplicate.done()
         duplicate.cancel()
@@ -69,7 +55,7 @@ async def test_an_enqueue_cancelled_before_its_reply_leaves_no_reply_for_the_nex
     # Had the cancelled call's reply (the holder's id) stayed on the connection,
     # this enqueue would read it as its own.
     fresh = Job(task="t", queue=name)
-    assert await own_queue.enqueue(fresh) == fresh.id
+    assert await queue.enqueue(fresh) == fresh.id
 
 
 async def test_a_queue_on_a_callers_capped_client_holds_no_connection(

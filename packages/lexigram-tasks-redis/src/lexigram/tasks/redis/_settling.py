@@ -65,7 +65,7 @@ class Settling:
         try:
             with reported(self.redis_url):
                 replies = await _scripts.on_connection(
-                    script.client, packed, replies=1 + len(taken), keep=True
+                    script.client, packed, replies=1 + len(taken), keep=True, held=script.held
                 )
         except BaseException as exc:
             for source, (releases, _) in taken:
