@@ -8,11 +8,12 @@ Run it with the adapter's own venv (the harness builds it: ``../shared/bench/run
 --install-only <adapter>``), with the harness's ``adapters/`` folder on PYTHONPATH.
 It enqueues N jobs of the adapter's ``noop_drain`` (its bulk API when it has one),
 starts ONE worker as the harness does, and between the first and the last completion
-sums the CPU time of the worker's whole process tree. On a shared machine throughput
-follows the CPU share a system gets (more runnable processes, more share); CPU time per
-job does not, so it shows what a system costs beside its job. For the ``*-cpu`` adapters
-``_cpu_burn.burn()`` alone is timed in this process too (``burn``): no system can spend
-less per job than that.
+sums the CPU time of the worker's whole process tree, and of the Redis server the
+counter lives on (the queue's own server in the Redis adapters: INFO's process_id).
+On a shared machine throughput follows the CPU share a system gets (more runnable
+processes, more share); CPU time per job does not, so it shows what a system costs
+beside its job. For the ``*-cpu`` adapters ``_cpu_burn.burn()`` alone is timed in this
+process too (``burn``): no system can spend less per job than that.
 """
 
 import asyncio
@@ -41,15 +42,16 @@ async def _call(fn, *args):
 class _TreeClock:
     """CPU seconds spent by a process tree since each process was first seen."""
 
-    def __init__(self, root: psutil.Process) -> None:
+    def __init__(self, root: psutil.Process, tree: bool = True) -> None:
         self.root = root
+        self.tree = tree
         self.first: dict[int, float] = {}
         self.last: dict[int, float] = {}
         self.names: dict[int, str] = {}
 
     def sample(self) -> None:
         try:
-            tree = [self.root, *self.root.children(recursive=True)]
+            tree = [self.root, *(self.root.children(recursive=True) if self.tree else ())]
         except psutil.NoSuchProcess:
             return
         for process in tree:
@@ -91,19 +93,22 @@ def _drain(path: str, variant: str, c: int, n: int, counter: redis.Redis, key: s
     command += ["--concurrency", str(c)] + (["--variant", variant] if variant else [])
     worker = subprocess.Popen(command, env=env)
     clock = _TreeClock(psutil.Process(worker.pid))
+    server = _TreeClock(psutil.Process(int(counter.info("server")["process_id"])), tree=False)
     try:
         while int(counter.get(key) or 0) < 1:
             time.sleep(0.002)
         started = time.monotonic()
         clock.sample()
+        server.sample()
         while (done := int(counter.get(key) or 0)) < n:
             time.sleep(0.02)
             clock.sample()  # a process started later counts from when it is first seen
+        server.sample()
         elapsed = time.monotonic() - started
     finally:
         worker.terminate()
         worker.wait(60)
-    return clock, done, elapsed
+    return clock, server, done, elapsed
 
 
 async def measure(name: str, n: int, concurrency: int | None) -> None:
@@ -128,7 +133,7 @@ async def measure(name: str, n: int, concurrency: int | None) -> None:
         else:
             for _ in range(n):
                 await _call(mod["enqueue"], "noop")
-        clock, done, elapsed = _drain(path, variant, c, n, counter, B.KEY_DONE)
+        clock, server, done, elapsed = _drain(path, variant, c, n, counter, B.KEY_DONE)
         await _call(mod["clean"])
         counter.flushdb()
     finally:
@@ -137,6 +142,7 @@ async def measure(name: str, n: int, concurrency: int | None) -> None:
     line = (
         f"{name}: {done / elapsed:,.0f} jobs/s, worker tree {1e6 * clock.spent / done:,.0f} "
         f"us CPU/job ({len(clock.last)} processes, concurrency {c}: {clock.split(done)})"
+        f"; redis-server {1e6 * server.spent / done:,.0f} us CPU/job"
     )
     if "_cpu_burn" in sys.modules:
         burn = sys.modules["_cpu_burn"].burn
