@@ -31,6 +31,16 @@ def whoami() -> dict[str, Any]:
     return {"id": job.id, "task": job.task, "attempt": job.attempt, "pid": os.getpid()}
 
 
+async def async_whoami() -> dict[str, Any]:
+    await asyncio.sleep(0)
+    job = current_job()
+    return {"id": job.id, "task": job.task, "attempt": job.attempt}
+
+
+def echo(value: Any) -> Any:
+    return value
+
+
 def report_progress() -> None:
     current_job().progress_sync(0.5)
 

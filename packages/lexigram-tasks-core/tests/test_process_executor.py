@@ -68,6 +68,19 @@ async def test_results_arguments_and_current_job_travel_between_processes() -> N
     assert not alive(result["pid"])  # the pool's stop ended its children
 
 
+async def test_results_of_every_json_kind_travel_and_async_tasks_see_their_job() -> None:
+    provider = provider_for("proc-kinds")
+    echo = provider.task(name="echo", executor="process")(tasks.echo)
+    async_whoami = provider.task(name="async_whoami", executor="process")(tasks.async_whoami)
+    values: list[Any] = [None, 0, 1.5, "", "null", "o0 null", [], [None], {}, {"a": None}, True]
+    async with provider:
+        for value in values:
+            assert await (await echo.enqueue(value)).result(timeout=30) == value
+        handle = await async_whoami.enqueue()
+        me = await handle.result(timeout=30)
+    assert me == {"id": handle.id, "task": "async_whoami", "attempt": 1}
+
+
 async def test_arguments_and_results_of_any_size_travel_whole() -> None:
     provider = provider_for("proc-sizes")
     reverse = provider.task(name="reverse", executor="process")(tasks.reverse)
@@ -293,6 +306,26 @@ async def test_the_trace_continues_in_the_child(
     assert process.context is not None
     # the child has the OpenTelemetry API only: its span carries the parent's context
     assert seen == format(process.context.span_id, "016x")
+
+
+async def test_without_an_sdk_a_job_continues_its_own_trace_in_the_child_and_no_other() -> None:
+    from opentelemetry import context, trace
+
+    provider = provider_for("proc-untraced", process_pool_size=1)
+    span_parent = provider.task(name="span_parent", executor="process")(tasks.span_parent)
+    upstream = trace.SpanContext(
+        0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, False, trace.TraceFlags(1)
+    )
+    async with provider:
+        token = context.attach(trace.set_span_in_context(trace.NonRecordingSpan(upstream)))
+        try:
+            traced = await span_parent.enqueue()
+        finally:
+            context.detach(token)
+        untraced = await span_parent.enqueue()
+        # one child runs both, one after the other
+        assert await traced.result(timeout=30) == "b7ad6b7169203331"
+        assert await untraced.result(timeout=30) == "0" * 16
 
 
 async def test_with_an_sdk_in_the_child_its_span_is_a_child_of_the_process_span(

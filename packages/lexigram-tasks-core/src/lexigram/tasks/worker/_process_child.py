@@ -2,8 +2,15 @@
 
 Kept light: a child imports this module and the tasks' own modules only.
 A request is a JSON document naming the task function by module and
-qualname; the reply is a JSON document with its result or its error, and
-the child's resident memory after the job.
+qualname. A reply is ``o`` (a result) or ``e`` (an error), the child's
+resident memory after the job in decimal, a space, then the result as JSON,
+or the error as a JSON document (:func:`read_reply` takes it apart).
+
+The child's code around a job runs with cold caches (the job, and the
+worker woken by its reply, ran on the core in between), so each step it
+saves per job counts several times over: no trace context work when there
+is none and no SDK, the :class:`~lexigram.tasks.current.CurrentJob` built
+only when the task asks for it, no encoder for a None result.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from opentelemetry import propagate, trace
+from opentelemetry import context, propagate, trace
 
 from lexigram.tasks import current
 from lexigram.tasks.errors import TaskError
@@ -35,6 +42,10 @@ READY = b"ready"
 SKIPPED = b"skipped"
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+#: The tracer providers of the OpenTelemetry API alone (no SDK): their spans record nothing.
+_NO_SDK = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+_ROOT = context.Context()  # what an empty carrier extracts to
+_OK = ord("o")  # the first byte of a reply with a result
 
 
 class ProgressNotSupportedError(TaskError):
@@ -67,6 +78,8 @@ def child_main(
     functions: dict[tuple[str, str], Callable[..., Any]] = {}
     tracer = trace.get_tracer("lexigram.tasks")
     rss = _rss if max_memory else _no_rss
+    seat = _ChildSeat()
+    current.seat.set(seat)  # once: each job only fills the seat in
     while True:
         try:
             data = conn.recv_bytes()
@@ -77,7 +90,7 @@ def child_main(
         if tokens is not None and not tokens.acquire(False):
             conn.send_bytes(SKIPPED)  # taken back by the parent before it started
             continue
-        reply, used = _run(json.loads(data), functions, tracer, rss)
+        reply, used = _run(json.loads(data), functions, tracer, rss, seat)
         conn.send_bytes(reply)
         if max_memory and used > max_memory:
             break
@@ -86,48 +99,88 @@ def child_main(
             pass  # to be replaced: run nothing more
 
 
+def read_reply(message: bytes) -> tuple[bool, Any, int]:
+    """A child's reply: whether the job succeeded, its result (or the error's
+    document for :func:`~lexigram.tasks.worker._process_support.rebuild`), and the
+    child's resident memory."""
+    space = message.index(b" ")
+    body = message[space + 1 :]
+    value = None if body == b"null" else json.loads(body)
+    return message[0] == _OK, value, int(message[1:space])
+
+
 def _run(
     request: dict[str, Any],
     functions: dict[tuple[str, str], Callable[..., Any]],
     tracer: trace.Tracer,
     rss: Callable[[], int],
+    seat: _ChildSeat,
 ) -> tuple[bytes, int]:
     name = request["task"]
-    parent = propagate.extract(request["trace"])
-    used = 0
-    with tracer.start_as_current_span(f"run {name}", context=parent) as span:
-        token = current.seat.set(_ChildSeat(request, span))
+    carrier = request["trace"]
+    started: Any = None  # the span's context manager, with an SDK
+    attached = None
+    if isinstance(trace.get_tracer_provider(), _NO_SDK):
+        # What the API's own tracer does, minus its machinery: the span is the
+        # worker's (a non-recording one carrying its context), made current.
+        if carrier:
+            span = trace.get_current_span(propagate.extract(carrier))
+            attached = context.attach(trace.set_span_in_context(span))
+        else:
+            span = trace.INVALID_SPAN  # nothing to continue: the child's context has none
+    else:
+        parent = propagate.extract(carrier) if carrier else _ROOT
+        started = tracer.start_as_current_span(f"run {name}", context=parent)
+        span = started.__enter__()
+    seat.start(request, span)
+    try:
+        reply, used = _call(request, functions, rss, span)
+    except BaseException as exc:  # KeyboardInterrupt: the span ends with it
+        if started is not None:
+            started.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    finally:
+        seat.stop()
+        if attached is not None:
+            context.detach(attached)
+    if started is not None:
+        started.__exit__(None, None, None)
+    return reply, used
+
+
+def _call(
+    request: dict[str, Any],
+    functions: dict[tuple[str, str], Callable[..., Any]],
+    rss: Callable[[], int],
+    span: trace.Span,
+) -> tuple[bytes, int]:
+    """Run the job's function; its reply (result or error) and the memory used."""
+    try:
+        fn = _function(request, functions)
+        result = fn(*request["args"], **request["kwargs"])
+        if inspect.iscoroutine(result):
+            result = asyncio.run(result)
+        used = rss()
         try:
-            fn = _function(request, functions)
-            result = fn(*request["args"], **request["kwargs"])
-            if inspect.iscoroutine(result):
-                result = asyncio.run(result)
-            used = rss()
-            try:
-                reply = json.dumps({"ok": True, "result": result, "rss": used})
-            except (TypeError, ValueError) as exc:
-                raise TypeError(
-                    f"the result of task {name!r} cannot travel as JSON: {exc}"
-                ) from None
-        except BaseException as exc:  # SystemExit too: it fails the job, not the child
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            span.record_exception(exc)
-            kind = type(exc)
-            used = rss()
-            reply = json.dumps(
-                {
-                    "ok": False,
-                    "module": kind.__module__,
-                    "type": kind.__qualname__,
-                    "message": str(exc),
-                    "traceback": "".join(traceback.format_exception(exc)),
-                    "rss": used,
-                }
-            )
-        finally:
-            current.seat.reset(token)
-    return reply.encode(), used
+            body = b"null" if result is None else json.dumps(result).encode()
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"the result of task {request['task']!r} cannot travel as JSON: {exc}"
+            ) from None
+        return b"o%d %s" % (used, body), used
+    except BaseException as exc:  # SystemExit too: it fails the job, not the child
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        span.record_exception(exc)
+        kind = type(exc)
+        used = rss()
+        error = {
+            "module": kind.__module__,
+            "type": kind.__qualname__,
+            "message": str(exc),
+            "traceback": "".join(traceback.format_exception(exc)),
+        }
+        return b"e%d %s" % (used, json.dumps(error).encode()), used
 
 
 def _function(
@@ -189,19 +242,45 @@ class _NoProgress:
 
 
 class _ChildSeat:
-    """The ``current_job()`` seat in a child: the job's id, task and attempt."""
+    """The ``current_job()`` seat of a child, set once: the running job's id, task and
+    attempt, its :class:`~lexigram.tasks.current.CurrentJob` built on first use."""
 
-    def __init__(self, request: dict[str, Any], span: Any) -> None:
-        from lexigram.tasks.job import Job
+    __slots__ = ("current", "delivery", "host", "span")
 
-        job = Job(
-            task=request["task"],
-            id=request["id"],
-            attempt=request["attempt"],
-            queue=request["queue"],
-        )
-        marker: Any = object()  # stands for the delivery the worker holds
-        self.delivery: Any = marker
-        self.span = span
+    def __init__(self) -> None:
+        self.delivery: Any = None
+        self.span: Any = None
+        self.current: current.CurrentJob | None = None
         self.host: current.ProgressHost = _NoProgress()
-        self.current: current.CurrentJob | None = current.CurrentJob(job, marker, span, self.host)
+
+    def start(self, request: dict[str, Any], span: Any) -> None:
+        self.delivery = _ChildDelivery(request)
+        self.span = span
+        self.current = None
+
+    def stop(self) -> None:
+        self.delivery = self.span = self.current = None
+
+
+class _ChildDelivery:
+    """Stands for the delivery the worker holds: its job is built when asked for."""
+
+    __slots__ = ("_job", "_request")
+
+    def __init__(self, request: dict[str, Any]) -> None:
+        self._request = request
+        self._job: Any = None
+
+    @property
+    def job(self) -> Any:
+        if self._job is None:
+            from lexigram.tasks.job import Job
+
+            request = self._request
+            self._job = Job(
+                task=request["task"],
+                id=request["id"],
+                attempt=request["attempt"],
+                queue=request["queue"],
+            )
+        return self._job

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from lexigram.tasks.worker._process_child import read_reply
 from lexigram.tasks.worker._process_handle import Child
 
 logger = logging.getLogger("lexigram.tasks.worker")
@@ -135,10 +135,9 @@ class Holding:
             job.answered = True
             job.reply.set_result(None)
             return
-        answer = json.loads(message)
+        ok, value, rss = read_reply(message)
         child.jobs += 1
         if child.stopped_for is None:
-            rss = answer["rss"]
             if self.max_memory and rss > self.max_memory:
                 # The child starts nothing more, nor answers a job taken back: what it
                 # holds is placed again.
@@ -151,7 +150,7 @@ class Holding:
             elif self.max_jobs and child.jobs >= self.max_jobs:
                 self._retire(child, f"ran {child.jobs} jobs (max_jobs_per_child)")
             self._carry_on(child)
-        job.reply.set_result(answer)
+        job.reply.set_result((ok, value))
 
     def _carry_on(self, child: Child) -> None:
         """``child`` has finished a job: the next it holds starts, and it is sent more."""

@@ -28,6 +28,7 @@ from typing import Any
 from opentelemetry import propagate
 from opentelemetry.trace import Span
 
+from lexigram.tasks._otel._spans import context_to_pass_on
 from lexigram.tasks.errors import (
     JobCancelledError,
     JobSerializationError,
@@ -159,9 +160,10 @@ class ProcessExecutor(Holding):
             self._queued.pop(slot, None)
             self._running.pop(slot, None)
         if answer is not None:
-            if answer["ok"]:
-                return answer["result"]
-            raise rebuild(answer)
+            ok, value = answer
+            if ok:
+                return value
+            raise rebuild(value)
         child = job.child
         assert child is not None
         try:
@@ -289,7 +291,8 @@ async def run_in_process(
             size, settings.max_jobs_per_child, settings.max_memory_per_child, modules
         )
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    if context_to_pass_on():  # else there is nothing to inject (and the child skips it)
+        propagate.inject(carrier)
     fn = task.fn
     request = {
         "task": job.task,
