@@ -5,12 +5,15 @@ A queue keeps one connection of its pool aside for enqueues (see
 on around it: concurrent enqueues all land, a killed producer connection
 costs no enqueue, a cancelled enqueue leaves nothing behind, a pool of one
 still works, disconnect does not wait on it, and a dedup key still finds its
-holder.
+holder. A job due now, of priority 0 and attempt 0, goes by a statement of
+its own that leaves those columns to their defaults; the others are stored
+as given.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import asyncpg
@@ -18,6 +21,7 @@ import pytest
 
 from lexigram.tasks.job import Job
 from lexigram.tasks.postgres import PostgresTaskQueue
+from lexigram.tasks.postgres.migrate import quote_ident
 
 
 def _queue(dsn: str, schema: str, **options: object) -> PostgresTaskQueue:
@@ -47,6 +51,36 @@ async def test_concurrent_enqueues_all_land_while_one_holds_the_producer(
         assert sorted(d.job.args[0] for d in leased if d.job) == list(range(50))
     finally:
         await queue.disconnect()
+
+
+async def test_a_single_enqueue_stores_priority_delay_and_attempt_as_given(
+    postgres_dsn: str, pg_schema: str, admin: asyncpg.Connection
+) -> None:
+    async with _queue(postgres_dsn, pg_schema) as queue:
+        name = queue.queue_name
+        plain = Job(task="t.plain", queue=name)
+        jobs = [
+            plain,
+            Job(task="t.urgent", queue=name, priority=7),
+            Job(task="t.later", queue=name, run_at=time.time() + 3600),
+            Job(task="t.again", queue=name, attempt=2),
+        ]
+        for job in jobs:
+            assert await queue.enqueue(job) == job.id
+        rows = await admin.fetch(
+            "SELECT job_id, task, priority, attempt, run_at > now() + interval '59 minutes'"
+            f" AS later FROM {quote_ident(pg_schema)}.jobs WHERE queue_name = $1",
+            name,
+        )
+        stored = {row["job_id"]: tuple(row)[1:] for row in rows}
+        assert stored == {
+            jobs[0].id: ("t.plain", 0, 0, False),
+            jobs[1].id: ("t.urgent", 7, 0, False),
+            jobs[2].id: ("t.later", 0, 0, True),
+            jobs[3].id: ("t.again", 0, 2, False),
+        }
+        leased = await queue.dequeue(max_jobs=10)
+        assert [d.job_id for d in leased] == [jobs[1].id, plain.id, jobs[3].id]
 
 
 async def test_an_enqueue_after_its_connection_was_killed_is_stored(

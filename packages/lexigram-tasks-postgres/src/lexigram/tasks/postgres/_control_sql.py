@@ -143,12 +143,18 @@ class ControlStatements:
                 " WHERE id IN (SELECT id FROM running ORDER BY id LIMIT $4)"
                 " ORDER BY id"
             ),
-            # jobs_finished_idx: ($3 state, $4 finished_at, $5 id).
+            # jobs_finished_idx (queue_name, status, state, finished_at, id): the
+            # state's range under each finished status, merged in order.
+            # Cursor: ($4 finished_at, $5 id); $3 the state.
             list_finished=(
-                f"SELECT {_COLUMNS} FROM {t} AS f WHERE queue_name = $1"
-                " AND status IN ('done', 'failed') AND state = $3"
-                " AND (finished_at, id) > ($4::text::timestamptz, $5::bigint)"
-                f" AND {_TASK} ORDER BY f.finished_at, f.id LIMIT $6"
+                f"SELECT {_COLUMNS} FROM ("
+                + " UNION ALL ".join(
+                    f"(SELECT * FROM {t} WHERE queue_name = $1 AND status = '{status}'"
+                    " AND state = $3 AND (finished_at, id) > ($4::text::timestamptz, $5::bigint)"
+                    f" AND {_TASK} ORDER BY finished_at, id LIMIT $6)"
+                    for status in ("done", "failed")
+                )
+                + ") AS f ORDER BY f.finished_at, f.id LIMIT $6"
             ),
             list_all=(
                 f"SELECT {_COLUMNS} FROM {t} WHERE queue_name = $1 AND {_TASK} AND id > $3"

@@ -71,8 +71,22 @@ class Inserting(Pooled):
         Both connections it may use are outside any transaction, so the statement
         can send its own NOTIFY and skip the trigger's (see ``Statements``).
         """
-        statement = self._sql.insert_announced
-        args = (self.queue_name, job.id, job.priority, job.run_at, job.attempt, payload, job.task)
+        statement: str
+        args: tuple[Any, ...]
+        if job.priority == 0 and job.run_at is None and job.attempt == 0:
+            statement = self._sql.insert_announced_now  # the columns' defaults: fewer parameters
+            args = (self.queue_name, job.id, payload, job.task)
+        else:
+            statement = self._sql.insert_announced
+            args = (
+                self.queue_name,
+                job.id,
+                job.priority,
+                job.run_at,
+                job.attempt,
+                payload,
+                job.task,
+            )
         self._producer_busy = True
         held = None
         try:
