@@ -244,6 +244,36 @@ async def test_a_job_cancelled_while_waiting_for_a_child_frees_its_slot_for_new_
         assert await hanging.cancel() is CancelOutcome.REQUESTED
 
 
+async def test_a_job_cancelled_in_line_behind_a_full_child_ends_at_once_and_the_line_goes_on(
+    tmp_path: Path,
+) -> None:
+    # One child, four slots: a held job runs, the next is in the child's pipe, two
+    # more wait in line. The first of those is cancelled: it ends cancelled without
+    # running, and the one behind it still runs once the child has room.
+    provider = provider_for("proc-cancel-in-line", worker_count=4, process_pool_size=1)
+    hold = provider.task(name="hold", executor="process", timeout=60)(tasks.hold)
+    log_run = provider.task(name="log_run", executor="process")(tasks.log_run)
+    log, release = tmp_path / "log", tmp_path / "release"
+
+    def waiting() -> int:
+        return sum(p._processes.waiting for p in provider.pools.values() if p._processes)
+
+    async with provider:
+        held = await hold.enqueue(str(tmp_path / "pid"), str(release))
+        await pid_in(tmp_path / "pid")
+        handles = [await log_run.enqueue(str(log), name, 0) for name in ("ahead", "x", "last")]
+        await eventually(lambda: waiting() == 3, 10)  # one in the pipe, two in line
+        assert await handles[1].cancel() is CancelOutcome.REQUESTED
+        with pytest.raises(JobCancelledError):
+            await handles[1].result(timeout=30)
+        assert waiting() == 2
+        release.touch()
+        await held.result(timeout=30)
+        await handles[0].result(timeout=30)
+        await handles[2].result(timeout=30)
+    assert [line.split()[0] for line in log.read_text().splitlines()] == ["ahead", "last"]
+
+
 async def test_jobs_in_line_for_a_busy_child_run_in_order_each_timed_from_its_own_start(
     tmp_path: Path,
 ) -> None:

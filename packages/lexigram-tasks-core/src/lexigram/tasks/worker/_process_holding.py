@@ -21,6 +21,10 @@ DEPTH = 2
 
 #: A job's reply when it was taken back from a child before it started: placed again.
 AGAIN: Any = object()
+#: The reply of a job in line that may start a child (one has gone) or was stopped
+#: there: it is placed again, first in line. A job sent to a child from the line is
+#: not woken: it waits on for its reply.
+TURN: Any = object()
 #: In a child's ``sent`` line, a job taken back whose ``SKIPPED`` answer is still due.
 TAKEN_BACK: Any = object()
 
@@ -28,7 +32,7 @@ TAKEN_BACK: Any = object()
 class HeldJob:
     """One job of the executor, from its arrival to its child's reply."""
 
-    __slots__ = ("answered", "child", "data", "reply", "slot", "started", "stopped", "turn")
+    __slots__ = ("answered", "child", "data", "reply", "slot", "started", "stopped")
 
     def __init__(
         self,
@@ -41,7 +45,6 @@ class HeldJob:
         self.data = data
         self.started = started  # True: its child starts it now; False: taken back after all
         self.child: Child | None = None  # once sent to one
-        self.turn: asyncio.Future[None] | None = None  # while in line: done when it leaves it
         self.reply: asyncio.Future[Any] = loop.create_future()
         self.answered = False  # its child replied, though it was being stopped
         self.stopped = False  # cancelled before it started
@@ -171,10 +174,8 @@ class Holding:
         waiting = self._waiting
         while waiting and self._takes(child):
             job = waiting.popleft()
-            turn = job.turn
-            if turn is not None and not turn.done():
+            if not job.reply.done():  # else its task was cancelled while in line
                 self._send(child, job)
-                turn.set_result(None)
         if not child.sent and child.usable:
             self._idle.append(child)
 
@@ -233,7 +234,7 @@ class Holding:
 
     def _wake(self) -> None:
         while self._waiting:
-            turn = self._waiting.popleft().turn
-            if turn is not None and not turn.done():
-                turn.set_result(None)
+            reply = self._waiting.popleft().reply
+            if not reply.done():
+                reply.set_result(TURN)
                 return

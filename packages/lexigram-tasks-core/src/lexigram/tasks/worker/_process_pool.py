@@ -37,7 +37,7 @@ from lexigram.tasks.errors import (
 from lexigram.tasks.job import Job
 from lexigram.tasks.task import Task
 from lexigram.tasks.worker._process_handle import KILL_GRACE, START_METHOD, Child, reaping
-from lexigram.tasks.worker._process_holding import AGAIN, TAKEN_BACK, HeldJob, Holding
+from lexigram.tasks.worker._process_holding import AGAIN, TAKEN_BACK, TURN, HeldJob, Holding
 from lexigram.tasks.worker._process_support import (
     check_process_tasks,
     importable_problem,
@@ -95,8 +95,8 @@ class ProcessExecutor(Holding):
             job.stopped = True
             with contextlib.suppress(ValueError):
                 self._waiting.remove(job)
-            if job.turn is not None and not job.turn.done():
-                job.turn.set_result(None)
+            if not job.reply.done():
+                job.reply.set_result(TURN)  # placed again, it finds itself stopped
             return True
         job = self._running.get(slot)
         if job is None:
@@ -143,18 +143,27 @@ class ProcessExecutor(Holding):
             while True:
                 if not await self._place(job, first):
                     raise JobCancelledError(request["id"])  # cancelled before it started
+                # Sent to a child, or in line: the line's callbacks send it on.
                 answer = await job.reply
-                if answer is not AGAIN:
+                if answer is not AGAIN and answer is not TURN:
                     break
-                # Taken back from its child before it started: placed again, first in line.
+                # Taken back from its child before it started, or its turn in line to
+                # start a child: placed again, first in line.
                 job.child = None
                 job.reply = loop.create_future()
                 first = True
         except BaseException:
-            if job.child is not None and (job.reply.cancelled() or not job.reply.done()):
+            reply = job.reply
+            if job.child is not None and (reply.cancelled() or not reply.done()):
                 # The slot is cancelled (shutdown past its window): the job goes back
                 # to the queue, so its run must not go on.
                 self._abandon(job)
+            elif job.child is None:
+                if not reply.done() or reply.cancelled():
+                    with contextlib.suppress(ValueError):
+                        self._waiting.remove(job)  # counted by ``waiting`` otherwise
+                elif reply.result() is TURN and not job.stopped:
+                    self._wake()  # pass the turn on
             raise
         finally:
             self._queued.pop(slot, None)
@@ -184,50 +193,34 @@ class ProcessExecutor(Holding):
         )
 
     async def _place(self, job: HeldJob, first: bool) -> bool:
-        """Send ``job`` to an idle child, a new one, one that runs a job and has room
-        for the next, or the first to free up (which gets it in the callback reading
-        its reply); False if the job was stopped first. ``first``: at the head of the
-        line if it must wait."""
-        while True:
-            if job.stopped:
+        """Send ``job`` to an idle child, a new one, or one that runs a job and has
+        room for the next; else put it in line for the first to free up (which gets
+        it in the callback reading its reply). False if the job was stopped first.
+        ``first``: at the head of the line."""
+        if job.stopped:
+            return False
+        child = self._idle_child()
+        if child is not None:
+            self._send(child, job)
+            return True
+        if self._alive < self.size:
+            child = await self._start()
+            self._children.append(child)
+            if job.stopped:  # cancelled while its child started
+                self._fill(child)
                 return False
-            child = self._idle_child()
+            self._send(child, job)
+            return True
+        if first or not self._waiting:
+            child = self._roomy_child()
             if child is not None:
                 self._send(child, job)
                 return True
-            if self._alive < self.size:
-                child = await self._start()
-                self._children.append(child)
-                if job.stopped:  # cancelled while its child started
-                    self._fill(child)
-                    return False
-                self._send(child, job)
-                return True
-            if first or not self._waiting:
-                child = self._roomy_child()
-                if child is not None:
-                    self._send(child, job)
-                    return True
-            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            job.turn = turn
-            if first:
-                self._waiting.appendleft(job)
-            else:
-                self._waiting.append(job)
-            try:
-                await turn
-            except BaseException:
-                if not turn.done() or turn.cancelled():
-                    with contextlib.suppress(ValueError):
-                        self._waiting.remove(job)  # counted by ``waiting`` otherwise
-                elif job.child is None and not job.stopped:
-                    self._wake()  # pass the turn on
-                raise
-            finally:
-                job.turn = None
-            if job.child is not None:
-                return True
-            first = True
+        if first:
+            self._waiting.appendleft(job)
+        else:
+            self._waiting.append(job)
+        return True
 
     async def _start(self) -> Child:
         self._alive += 1
