@@ -20,7 +20,8 @@ import pytest_asyncio
 from lexigram.tasks.control import JobState
 from lexigram.tasks.job import Job
 from lexigram.tasks.postgres import PostgresTaskQueue
-from lexigram.tasks.postgres.migrate import quote_ident
+from lexigram.tasks.postgres.migrate import available_migrations, quote_ident
+from lexigram.tasks.postgres.schema import run_migrations
 from lexigram.tasks.testing import collect
 
 FINISHED_ROWS = 200_000
@@ -282,3 +283,39 @@ async def test_cleanup_deletes_the_expired_rows_of_every_state_and_no_other(
     assert [row["job_id"] for row in left] == sorted(
         ["other", *(job_id for job_id, _, _, age in rows if age == recent)]
     )
+
+
+async def test_0012_upgrades_a_0011_schema_holding_finished_rows(
+    postgres_dsn: str, admin: asyncpg.Connection
+) -> None:
+    schema = f"lexigram_mig12_{uuid.uuid4().hex[:10]}"
+    await run_migrations(
+        admin,
+        schema,
+        available_migrations()[:11],
+        table="schema_migrations",
+        lock_namespace="lexigram.tasks.postgres",
+    )
+    try:
+        await _finished(
+            admin,
+            schema,
+            "q",
+            [("old-dead", "failed", "dead", 20), ("old-done", "done", "succeeded", 10)],
+        )
+        async with PostgresTaskQueue(postgres_dsn, "q", schema=schema, keep_failed=0.0) as queue:
+            indexes = await admin.fetch(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = $1"
+                " AND tablename = 'jobs' ORDER BY indexname",
+                schema,
+            )
+            names = [row["indexname"] for row in indexes]
+            assert "jobs_done_idx" not in names and "jobs_failed_idx" not in names, names
+            finished = {row["indexname"]: row["indexdef"] for row in indexes}["jobs_finished_idx"]
+            assert "(queue_name, status, state, finished_at, id)" in finished, finished
+            assert [d.job_id for d in await queue.dead_letters()] == ["old-dead"]
+            done = await queue.list_jobs(state=JobState.SUCCEEDED)
+            assert [job.id for job in done.jobs] == ["old-done"]
+            assert await queue.delete_expired() == 1  # the dead letter: keep_failed=0
+    finally:
+        await admin.execute(f"DROP SCHEMA {quote_ident(schema)} CASCADE")
