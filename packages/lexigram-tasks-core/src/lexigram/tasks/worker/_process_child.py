@@ -23,6 +23,7 @@ import json
 import os
 import resource
 import signal
+import struct
 import sys
 import traceback
 from collections.abc import Callable
@@ -46,6 +47,9 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _NO_SDK = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 _ROOT = context.Context()  # what an empty carrier extracts to
 _OK = ord("o")  # the first byte of a reply with a result
+#: multiprocessing's framing of a message: its length (-1, then 8 bytes, past 2 GiB).
+_SIZE = struct.Struct("!i")
+_LONG_SIZE = struct.Struct("!Q")
 
 
 class ProgressNotSupportedError(TaskError):
@@ -80,23 +84,88 @@ def child_main(
     rss = _rss if max_memory else _no_rss
     seat = _ChildSeat()
     current.seat.set(seat)  # once: each job only fills the seat in
+    fd = conn.fileno()
+    messages = Messages(fd)
     while True:
         try:
-            data = conn.recv_bytes()
+            data = messages.receive()
         except (EOFError, OSError):
             return
         if data == STOP:
             return
         if tokens is not None and not tokens.acquire(False):
-            conn.send_bytes(SKIPPED)  # taken back by the parent before it started
+            write_message(fd, SKIPPED)  # taken back by the parent before it started
             continue
         reply, used = _run(json.loads(data), functions, tracer, rss, seat)
-        conn.send_bytes(reply)
+        write_message(fd, reply)
         if max_memory and used > max_memory:
             break
     with contextlib.suppress(EOFError, OSError):
-        while conn.recv_bytes() != STOP:
+        while messages.receive() != STOP:
             pass  # to be replaced: run nothing more
+
+
+def write_message(fd: int, data: bytes) -> None:
+    """Write ``data`` to the pipe ``fd`` as one framed message (in one system call
+    unless the pipe is full)."""
+    size = len(data)
+    header = _SIZE.pack(size) if size <= 0x7FFFFFFF else _SIZE.pack(-1) + _LONG_SIZE.pack(size)
+    view = memoryview(header + data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class Messages:
+    """The framed messages read from a pipe, several at a time when they are there
+    (one system call a message instead of ``Connection.recv_bytes``'s two)."""
+
+    __slots__ = ("_buffer", "_fd")
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buffer = bytearray()
+
+    def next(self) -> bytes | None:
+        """The next whole message read so far, or None."""
+        buffer = self._buffer
+        if len(buffer) < 4:
+            return None
+        (size,) = _SIZE.unpack_from(buffer)
+        start = 4
+        if size == -1:
+            if len(buffer) < 12:
+                return None
+            (size,) = _LONG_SIZE.unpack_from(buffer, 4)
+            start = 12
+        end = start + size
+        if len(buffer) < end:
+            return None
+        message = bytes(buffer[start:end])
+        del buffer[:end]
+        return message
+
+    def read(self) -> bool:
+        """Read what the pipe has (blocking until it has something); False at its end."""
+        chunk = os.read(self._fd, max(65536, self._missing()))
+        if not chunk:
+            return False
+        self._buffer += chunk
+        return True
+
+    def receive(self) -> bytes:
+        """The next message, waiting for it; EOFError at the pipe's end."""
+        while (message := self.next()) is None:
+            if not self.read():
+                raise EOFError
+        return message
+
+    def _missing(self) -> int:
+        """Bytes still to come of the message begun in the buffer (0 if unknown)."""
+        buffer = self._buffer
+        if len(buffer) < 4:
+            return 0
+        (size,) = _SIZE.unpack_from(buffer)
+        return size + 4 - len(buffer) if size >= 0 else 0
 
 
 def read_reply(message: bytes) -> tuple[bool, Any, int]:

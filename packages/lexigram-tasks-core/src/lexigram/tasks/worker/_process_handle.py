@@ -12,7 +12,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from typing import Any
 
-from lexigram.tasks.worker._process_child import READY, STOP, child_main
+from lexigram.tasks.worker._process_child import READY, STOP, Messages, child_main, write_message
 
 #: Seconds between SIGTERM and SIGKILL when a child's job is stopped.
 KILL_GRACE = 1.0
@@ -70,6 +70,7 @@ class Child:
         self._loop = asyncio.get_running_loop()
         self._exit: asyncio.Future[None] = self._loop.create_future()
         self._fd = parent_end.fileno()
+        self._messages = Messages(self._fd)
         self._sentinel: int = self.process.sentinel
         self._reading = True  # the pipe is watched
         self._ended = False  # None was passed on
@@ -98,8 +99,12 @@ class Child:
         """Send a job with its token. If the child has died, its end (seen by the
         loop) finds the token still there: the job never started."""
         self.tokens.release()
-        with contextlib.suppress(OSError):
-            self.conn.send_bytes(data)
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        if not self.conn.closed:  # once closed, its descriptor may be another file's
+            with contextlib.suppress(OSError):
+                write_message(self._fd, data)
 
     def withdraw(self) -> bool:
         """Take back the token of the last job sent: True if the child had not taken
@@ -107,16 +112,22 @@ class Child:
         return self.tokens.acquire(False)
 
     def _readable(self) -> None:
-        """The pipe has a message (or the end of the child's pipe)."""
+        """The pipe has data (or its end): each whole message is passed on."""
         try:
-            message = self.conn.recv_bytes()
-        except (EOFError, OSError):
+            more = self._messages.read()
+        except OSError:
+            more = False
+        self._pass_on()
+        if not more:
             self._stop_reading()
             self._end()
-            return
-        receive = self.receive
-        if receive is not None:
-            receive(self, message)
+
+    def _pass_on(self) -> None:
+        messages = self._messages
+        while (message := messages.next()) is not None:
+            receive = self.receive
+            if receive is not None:
+                receive(self, message)
 
     def _exited(self) -> None:
         """The process is gone: messages it wrote before exiting still count."""
@@ -124,12 +135,10 @@ class Child:
         self.closing = True
         if self._reading:
             self._stop_reading()
-            with contextlib.suppress(EOFError, OSError):
-                while self.conn.poll():
-                    message = self.conn.recv_bytes()
-                    receive = self.receive
-                    if receive is not None:
-                        receive(self, message)
+            with contextlib.suppress(OSError):
+                while self.conn.poll() and self._messages.read():
+                    pass
+            self._pass_on()
         self._end()
         _settle(self._exit, None)
 
@@ -188,8 +197,7 @@ class Child:
         """Ask the child to exit once it has read what was sent before; reaped in the
         background."""
         self.retiring = True
-        with contextlib.suppress(OSError):
-            self.conn.send_bytes(STOP)
+        self._write(STOP)
         task = self._loop.create_task(self.reap())
         reaping.add(task)
         task.add_done_callback(reaping.discard)
