@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 import pytest
 
 from lexigram.tasks.errors import BackendConnectionError
 from lexigram.tasks.postgres import PostgresTaskQueue
 from lexigram.tasks.postgres._connect import connection_error, redacted
+from lexigram.tasks.postgres._sql import STATE_CONDITIONS
 from lexigram.tasks.postgres.cli import register
 from lexigram.tasks.postgres.migrate import available_migrations, check_schema_name
 from lexigram.tasks.protocol import Capability
@@ -29,6 +31,16 @@ def test_other_schema_names_are_refused(name: str) -> None:
 def test_migrations_are_numbered_from_one_without_gaps() -> None:
     versions = [m.version for m in available_migrations()]
     assert versions == list(range(1, len(versions) + 1))
+
+
+def test_the_finished_index_queries_cover_every_state_the_row_check_allows() -> None:
+    """Dead letters and cleanup read one range of jobs_finished_idx per value `state`
+    may hold: a state the CHECK allows but the list misses would go unseen."""
+    checks = [m.sql for m in available_migrations() if "job_row_valid" in m.sql]
+    allowed = re.search(r"state IS NULL OR state IN \(([^)]*)\)", checks[-1])
+    assert allowed is not None
+    states = {s.strip().strip("'") for s in allowed[1].split(",")}
+    assert set(STATE_CONDITIONS) == {f"state = '{s}'" for s in states} | {"state IS NULL"}
 
 
 def test_repr_and_errors_never_show_the_password() -> None:
