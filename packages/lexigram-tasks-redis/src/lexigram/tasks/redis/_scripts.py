@@ -159,6 +159,20 @@ def _rq_second(second: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
 
 
+def clock_hint() -> tuple[str, str]:
+    """This process's clock's current second and that second in rq's format, as the
+    lease and ack scripts take them: when the server's clock reads the same second,
+    they write their rq timestamp (``started_at``, ``ended_at``) with it and the
+    server's microseconds, instead of formatting a date themselves. The
+    timestamps are the server's either way."""
+    return _hint(int(time.time()))
+
+
+@lru_cache(maxsize=2)
+def _hint(second: int) -> tuple[str, str]:
+    return str(second), _rq_second(second)
+
+
 async def load_all(client: Redis) -> None:
     """Register every script on the server (one round trip)."""
     async with client.pipeline(transaction=False) as pipe:

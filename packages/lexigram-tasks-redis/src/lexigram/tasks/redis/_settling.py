@@ -103,7 +103,7 @@ class Settling:
         ttl = repr(float(self.finished_ttl))
         # One worker settles a batch (its pool's acks): its id once.
         worker = deliveries[0].worker_id or ""
-        head = [ttl, worker, MAX_ATTEMPTS_KEPT, len(others) // 5]
+        head = [ttl, worker, MAX_ATTEMPTS_KEPT, *_scripts.clock_hint(), len(others) // 5]
         await self._settle_run("ack", [*head, *others, *leases])
 
     async def nack(

@@ -282,7 +282,7 @@ class RedisTaskQueue(Settling, BaseTaskQueue, JobControl):
     async def _dequeue(self, max_jobs: int, lease_seconds: float, wait: float) -> list[Delivery]:
         lease = self._script("lease")
         deadline = time.monotonic() + wait
-        args = [max_jobs, repr(float(lease_seconds))]
+        args = [max_jobs, repr(float(lease_seconds)), *_scripts.clock_hint()]
         if self._idle_until is None or wait < _MIN_BLOCK:
             deliveries = self._leased(await lease(args))
             if deliveries or wait < _MIN_BLOCK:
@@ -301,6 +301,7 @@ class RedisTaskQueue(Settling, BaseTaskQueue, JobControl):
             # Sleep on the wake-up list until an enqueue (or the next due job)
             # and lease in the same round trip: the script runs the moment
             # BLPOP returns, so an idle worker picks a new job up at once.
+            args[2:] = _scripts.clock_hint()
             if isinstance(lease, ClusterScript):
                 reply = await lease.after_blpop(self.keys.wake, max(block, _MIN_BLOCK), args)
             else:

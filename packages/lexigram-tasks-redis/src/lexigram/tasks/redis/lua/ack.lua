@@ -1,7 +1,8 @@
 -- Settle finished jobs. ARGV[3] is how long finished jobs stay visible in
 -- rq's registries (0: delete at once). ARGV[4] is the worker that ran them
--- (rq's worker_name), ARGV[5] how many attempts a job's history keeps.
--- ARGV[6] is how many jobs ended other than succeeded; five values each
+-- (rq's worker_name), ARGV[5] how many attempts a job's history keeps,
+-- ARGV[6] and ARGV[7] the client's clock for ended_at (see now_iso).
+-- ARGV[8] is how many jobs ended other than succeeded; five values each
 -- follow: the lease ("<token> <id>"), the outcome (cancelled, failed or dead:
 -- a dead letter queue took it), the error's type and message, and the
 -- attempt's record ('' none). Then one lease per succeeded job. A job whose
@@ -9,14 +10,15 @@
 -- someone else) is left alone. Returns how many were acked.
 local ttl = tonumber(ARGV[3])
 local worker, keep = ARGV[4], tonumber(ARGV[5])
-local others = tonumber(ARGV[6])
+local others = tonumber(ARGV[8])
 local acked = 0
-local ended_at = now_iso()
+local ended_at = now_iso(ARGV[6], ARGV[7])
 -- Numbers as text once (redis.call formats a number with sprintf each
--- time); a whole-second expiry, as rq scores its registries, is stored as
--- an integer in a small sorted set (see lease_deadline).
-local expire_after = tostring(math.ceil(ttl))
-local expiry = tostring(math.ceil(NOW + ttl))
+-- time, tostring with '%.14g'); a whole-second expiry, as rq scores its
+-- registries, is stored as an integer in a small sorted set (see
+-- lease_deadline).
+local expire_after = string.format('%d', math.ceil(ttl))
+local expiry = string.format('%d', math.ceil(NOW + ttl))
 -- The sorted sets are updated once for the whole batch.
 local leases, started, finished = {}, {}, {}
 
@@ -60,16 +62,16 @@ local function settle(lease, outcome, error_type, error_message, record)
   finished[#finished + 1] = id
 end
 
-for i = 7, 6 + others * 5, 5 do
+for i = 9, 8 + others * 5, 5 do
   settle(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
 end
-for i = 7 + others * 5, #ARGV do
+for i = 9 + others * 5, #ARGV do
   settle(ARGV[i], nil, nil, nil, nil)
 end
 call_many('ZREM', K_LEASES, leases)
 call_many('ZREM', K_STARTED, started)
 call_many('ZADD', K_FINISHED, finished)
 if ttl > 0 and acked > 0 then
-  redis.call('ZREMRANGEBYSCORE', K_FINISHED, '-inf', NOW)
+  redis.call('ZREMRANGEBYSCORE', K_FINISHED, '-inf', NOW_TEXT)
 end
 return acked

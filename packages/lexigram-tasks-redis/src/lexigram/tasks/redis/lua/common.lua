@@ -13,6 +13,14 @@ local NOW_SEC = tonumber(clock[1])
 local NOW_USEC = tonumber(clock[2])
 local NOW = NOW_SEC + NOW_USEC / 1000000
 
+-- NOW's microseconds as six digits, and NOW as text: a number passed to
+-- redis.call is formatted with sprintf, which costs about as much as a
+-- small command.
+local USEC_TEXT = clock[2]
+if #USEC_TEXT < 6 then USEC_TEXT = string.rep('0', 6 - #USEC_TEXT) .. USEC_TEXT end
+
+local NOW_TEXT = clock[1] .. '.' .. USEC_TEXT
+
 local function is_pending(status)
   return status == 'queued' or status == 'scheduled' or status == 'started'
 end
@@ -39,7 +47,12 @@ local function iso(sec, usec)
     (secs - minute) / 3600, (minute - minute % 60) / 60, secs % 60, usec)
 end
 
-local function now_iso()
+-- NOW in rq's format. `second` and `prefix` are the client's clock's second
+-- and that second in rq's format (_scripts.clock_hint); when the server's
+-- clock reads the same second, only the microseconds are written here
+-- (formatting a date costs as much as a few commands).
+local function now_iso(second, prefix)
+  if second == clock[1] then return prefix .. USEC_TEXT .. 'Z' end
   return iso(NOW_SEC, NOW_USEC)
 end
 
@@ -52,7 +65,7 @@ end
 local function lease_deadline(seconds)
   local deadline = NOW + seconds
   if seconds >= 10 then
-    return tostring(math.ceil(deadline))
+    return string.format('%d', math.ceil(deadline))  -- tostring would be '%.14g'
   end
   return string.format('%.17g', deadline)
 end
@@ -132,7 +145,7 @@ local function push_front(id, priority)
   if priority > 0 then redis.call('HINCRBY', K_PRIO, priority, 1) end
 end
 
--- Returns the popped ids and how many ready jobs are left.
+-- Returns the popped ids (at most n, as text) and how many ready jobs are left.
 local function pop_ready(n)
   local ids = redis.call('LPOP', K_READY, n)
   if not ids then
@@ -157,8 +170,8 @@ end
 
 -- A lease as the client sends it back: "<token> <id>".
 local function split_lease(lease)
-  local space = string.find(lease, ' ', 1, true)
-  return string.sub(lease, space + 1), string.sub(lease, 1, space - 1)
+  local token, id = string.match(lease, '^(%d+) (.*)')
+  return id, token
 end
 
 local function release_dedup(dedup, id)
@@ -186,8 +199,9 @@ end
 -- the ready list, the longest-lapsed first; a job whose cancellation was
 -- asked for while it ran (lx_cancel) ends cancelled instead: its worker died
 -- before stopping it, and it must not run again.
+-- `limit` is text, as is every argument of the commands run on every lease.
 local function reclaim(limit)
-  local lapsed = redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', NOW, 'LIMIT', '0', limit)
+  local lapsed = redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', NOW_TEXT, 'LIMIT', '0', limit)
   for i = #lapsed, 1, -1 do
     local id = lapsed[i]
     local key = JOB_PREFIX .. id
@@ -210,7 +224,7 @@ end
 
 -- Delayed jobs whose time has come go to ready.
 local function promote(limit)
-  local due = redis.call('ZRANGEBYSCORE', K_SCHEDULED, '-inf', NOW, 'LIMIT', '0', limit)
+  local due = redis.call('ZRANGEBYSCORE', K_SCHEDULED, '-inf', NOW_TEXT, 'LIMIT', '0', limit)
   for _, id in ipairs(due) do
     local key = JOB_PREFIX .. id
     redis.call('ZREM', K_SCHEDULED, id)

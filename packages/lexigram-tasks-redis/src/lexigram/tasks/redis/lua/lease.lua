@@ -1,33 +1,37 @@
 -- Lease up to ARGV[3] ready jobs for ARGV[4] seconds, after putting lapsed
 -- leases and due delayed jobs back on the ready list. Each leased job's
--- attempt is incremented here. Returns one item per job (see below) and,
+-- attempt is incremented here. ARGV[5] and ARGV[6] are the client's clock
+-- for started_at (see now_iso). Returns one item per job (see below) and,
 -- last: -2 if ready jobs are left, else the seconds until the next delayed
 -- job or lease is due (-1: none).
 
--- Small numbers as text, each formatted once: ids' lengths (an rq id is 36
--- characters) and attempts (mostly 1) repeat.
-local texts = {}
+-- Small numbers as text, each formatted once: ids' lengths (a lexigram id
+-- is 32 characters, an rq id 36) and attempts (mostly 1) repeat.
+local texts = {'1', '2', '3'}
 local function text(n)
   local t = texts[n]
   if not t then
-    t = tostring(n)
+    t = string.format('%d', n)  -- tostring would be '%.14g'
     texts[n] = t
   end
   return t
 end
 
-reclaim(100)
-promote(1000)
+reclaim('100')
+promote('1000')
 local out = {}
-local ids, remaining = pop_ready(tonumber(ARGV[3]))
+local wanted = ARGV[3]
+local ids, remaining = pop_ready(wanted)
 if #ids > 0 then
   local deadline = lease_deadline(tonumber(ARGV[4]))
-  local first = redis.call('INCRBY', K_SEQ, #ids) - #ids
-  local started_at = now_iso()
+  -- Tokens for as many jobs as asked for (unused ones are skipped): the
+  -- increment is then the argument as sent.
+  local first = redis.call('INCRBY', K_SEQ, wanted) - tonumber(wanted)
+  local started_at = now_iso(ARGV[5], ARGV[6])
   local leases, started = {}, {}
   for i, id in ipairs(ids) do
     local key = JOB_PREFIX .. id
-    local token = tostring(first + i)
+    local token = string.format('%d', first + i)
     local f = redis.call('HMGET', key, 'data', 'lx_attempt')
     local data, missing = f[1], '0'
     local attempt = text((tonumber(f[2]) or 0) + 1)
@@ -43,7 +47,9 @@ if #ids > 0 then
     started[2 * i - 1], started[2 * i] = '+inf', id .. ':' .. token
     -- One reply item per job (each item costs the client a parse step):
     -- "<token> <attempt> <missing> <len(id)> <id><payload>".
-    out[i] = token .. ' ' .. attempt .. ' ' .. missing .. ' ' .. text(#id) .. ' ' .. id .. data
+    local length = #id
+    out[i] = token .. ' ' .. attempt .. ' ' .. missing .. ' '
+      .. (length == 32 and '32' or text(length)) .. ' ' .. id .. data
   end
   -- Each sorted set once for the whole batch: a redis.call has a cost of its own.
   call_many('ZADD', K_LEASES, leases)
