@@ -45,6 +45,7 @@ SKIPPED = b"skipped"
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 #: The tracer providers of the OpenTelemetry API alone (no SDK): their spans record nothing.
 _NO_SDK = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+_UNKNOWN: Any = object()
 _ROOT = context.Context()  # what an empty carrier extracts to
 _OK = ord("o")  # the first byte of a reply with a result
 #: multiprocessing's framing of a message: its length (-1, then 8 bytes, past 2 GiB).
@@ -189,7 +190,7 @@ def _run(
     carrier = request["trace"]
     started: Any = None  # the span's context manager, with an SDK
     attached = None
-    if isinstance(trace.get_tracer_provider(), _NO_SDK):
+    if _no_sdk():
         # What the API's own tracer does, minus its machinery: the span is the
         # worker's (a non-recording one carrying its context), made current.
         if carrier:
@@ -215,6 +216,18 @@ def _run(
     if started is not None:
         started.__exit__(None, None, None)
     return reply, used
+
+
+def _no_sdk() -> bool:
+    """Whether no SDK tracer provider is set (the API's tracer then records nothing).
+
+    Read from the API's global, as its own proxy tracer reads it (the public
+    getter looks in the environment on each call while none is set).
+    """
+    provider = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)
+    if provider is _UNKNOWN:  # an API without that global
+        provider = trace.get_tracer_provider()
+    return provider is None or isinstance(provider, _NO_SDK)
 
 
 def _call(
