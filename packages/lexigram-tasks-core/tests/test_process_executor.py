@@ -199,6 +199,20 @@ async def test_max_memory_per_child_keeps_a_leaking_task_bounded() -> None:
 # -- cancellation ------------------------------------------------------------------------
 
 
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads /proc")
+def test_a_child_reads_its_memory_as_it_is_now_not_its_peak() -> None:
+    from lexigram.tasks.worker._process_child import _memory_reader
+
+    rss = _memory_reader()
+    before = rss()
+    block = bytearray(200 * 2**20)  # touched, so resident
+    during = rss()
+    del block
+    after = rss()
+    assert during - before > 150 * 2**20
+    assert during - after > 150 * 2**20  # the peak would not come down
+
+
 async def test_cancelling_a_process_job_kills_its_child(tmp_path: Path) -> None:
     provider = provider_for("proc-cancel")
     hang = provider.task(name="hang", executor="process", max_retries=3)(tasks.hang)
