@@ -32,63 +32,76 @@ logger = logging.getLogger("lexigram.tasks.redis")
 # argument costs the client more than the whole script costs the server.)
 # A set is cleaned of lapsed holders only when it looks full: below the limit the
 # lapsed ones cannot matter, and a fresh key (the usual per-key case) costs a ZCARD.
+# Every number a command takes is text, formatted once per call (a number passed to
+# redis.call is formatted with sprintf, which costs about as much as a small command);
+# a call that only releases does not read the clock.
 _BATCH = r"""
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local prefix = ARGV[1]
-local call, find, sub, tonumber = redis.call, string.find, string.sub, tonumber
+local call, match, tonumber = redis.call, string.match, tonumber
 local function fields(line)
   local out = {}
   for field in string.gmatch(line, '[^\t]+') do out[#out + 1] = field end
   return out
 end
 for line in string.gmatch(ARGV[2], '[^\n]+') do
-  local tab = find(line, '\t', 1, true)
-  if tab and not find(line, '\t', tab + 1, true) then
-    call('ZREM', prefix .. sub(line, tab + 1), sub(line, 1, tab - 1))
-  elseif tab then
+  local holder, name = match(line, '^([^\t]+)\t([^\t]+)$')
+  if holder then
+    call('ZREM', prefix .. name, holder)
+  else
     local f = fields(line)
     for i = 2, #f do call('ZREM', prefix .. f[i], f[1]) end
   end
 end
-local function room(key, holder, limit)
+if ARGV[3] == '' then return '' end
+local clock = call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local now_text
+local limits, leases = {}, {}  -- as text -> the number; the score and expiry as text
+local function room(key, holder, limit_text)
+  local limit = limits[limit_text]
+  if not limit then limit = tonumber(limit_text); limits[limit_text] = limit end
   local size = call('ZCARD', key)
   if size < limit then return size end
-  call('ZREMRANGEBYSCORE', key, '-inf', now)
+  if not now_text then now_text = string.format('%.17g', now) end
+  call('ZREMRANGEBYSCORE', key, '-inf', now_text)
   size = call('ZCARD', key)
   if size < limit or call('ZSCORE', key, holder) then return size end
   return false
 end
-local function hold(key, holder, until_, ms, size)
-  call('ZADD', key, until_, holder)
-  -- The set outlives its longest lease by a second (GT: never shortened).
-  if size == 0 then call('PEXPIRE', key, ms) else call('PEXPIRE', key, ms, 'GT') end
+local function hold(key, holder, lease_text, size)
+  local lease = leases[lease_text]
+  if not lease then
+    local seconds = tonumber(lease_text)
+    -- The set outlives its longest lease by a second (GT: never shortened).
+    lease = {string.format('%.17g', now + seconds),
+      string.format('%d', math.ceil(seconds * 1000) + 1000)}
+    leases[lease_text] = lease
+  end
+  call('ZADD', key, lease[1], holder)
+  if size == 0 then call('PEXPIRE', key, lease[2]) else call('PEXPIRE', key, lease[2], 'GT') end
 end
-local taken, leases = {}, {}
+local taken = {}
 for line in string.gmatch(ARGV[3], '[^\n]+') do
-  local holder, lease, name, limit = string.match(line, '^([^\t]+)\t([^\t]+)\t([^\t]+)\t([^\t]+)$')
+  local holder, lease, name, limit = match(line, '^([^\t]+)\t([^\t]+)\t([^\t]+)\t([^\t]+)$')
   local fits = '0'
   if holder then
     local key = prefix .. name
-    local ms = leases[lease]
-    if not ms then ms = math.ceil(tonumber(lease) * 1000) + 1000; leases[lease] = ms end
-    local size = room(key, holder, tonumber(limit))
+    local size = room(key, holder, limit)
     if size then
-      hold(key, holder, now + tonumber(lease), ms, size)
+      hold(key, holder, lease, size)
       fits = '1'
     end
   else
     local f = fields(line)
-    holder, lease = f[1], tonumber(f[2])
+    holder, lease = f[1], f[2]
     local sizes = {}
     fits = '1'
     for i = 3, #f, 2 do
-      sizes[i] = room(prefix .. f[i], holder, tonumber(f[i + 1]))
+      sizes[i] = room(prefix .. f[i], holder, f[i + 1])
       if not sizes[i] then fits = '0'; break end
     end
     if fits == '1' then
-      local ms = math.ceil(lease * 1000) + 1000
-      for i = 3, #f, 2 do hold(prefix .. f[i], holder, now + lease, ms, sizes[i]) end
+      for i = 3, #f, 2 do hold(prefix .. f[i], holder, lease, sizes[i]) end
     end
   end
   taken[#taken + 1] = fits

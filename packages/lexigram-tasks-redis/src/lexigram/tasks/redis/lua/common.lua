@@ -9,8 +9,8 @@ local JOB_PREFIX = ARGV[1]
 local QUEUE_NAME = ARGV[2]
 
 local clock = redis.call('TIME')
-local NOW_SEC = tonumber(clock[1])
-local NOW_USEC = tonumber(clock[2])
+local NOW_SEC = clock[1] + 0  -- arithmetic converts: half of what tonumber() costs
+local NOW_USEC = clock[2] + 0
 local NOW = NOW_SEC + NOW_USEC / 1000000
 
 -- NOW's microseconds as six digits, and NOW as text: a number passed to

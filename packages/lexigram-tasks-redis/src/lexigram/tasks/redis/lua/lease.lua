@@ -23,10 +23,10 @@ local out = {}
 local wanted = ARGV[3]
 local ids, remaining = pop_ready(wanted)
 if #ids > 0 then
-  local deadline = lease_deadline(tonumber(ARGV[4]))
-  -- Tokens for as many jobs as asked for (unused ones are skipped): the
-  -- increment is then the argument as sent.
-  local first = redis.call('INCRBY', K_SEQ, wanted) - tonumber(wanted)
+  local deadline = lease_deadline(ARGV[4] + 0)
+  -- Tokens for as many jobs as asked for (the increment is then the argument
+  -- as sent); the last #ids of them are used.
+  local first = redis.call('INCRBY', K_SEQ, wanted) - #ids
   local started_at = now_iso(ARGV[5], ARGV[6])
   local leases, started = {}, {}
   for i, id in ipairs(ids) do
@@ -34,7 +34,8 @@ if #ids > 0 then
     local token = string.format('%d', first + i)
     local f = redis.call('HMGET', key, 'data', 'lx_attempt')
     local data, missing = f[1], '0'
-    local attempt = text((tonumber(f[2]) or 0) + 1)
+    -- A job's first lease (attempt '0', the common case) without a conversion.
+    local attempt = f[2] == '0' and '1' or text((tonumber(f[2]) or 0) + 1)
     if not data then
       -- An id without a job (a foreign producer's mistake): keep the entry
       -- itself as the payload so that it is dead-lettered, not lost.
