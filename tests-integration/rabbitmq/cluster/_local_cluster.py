@@ -114,6 +114,8 @@ class LocalCluster:
             RABBITMQ_PID_FILE=str(node.home / "pid"),
             RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
             ERL_EPMD_ADDRESS="127.0.0.1",
+            # A node that fails to boot writes its crash dump here, not into the cwd.
+            ERL_CRASH_DUMP=str(node.home / "erl_crash.dump"),
         )
         return env
 
