@@ -56,10 +56,10 @@ if ARGV[3] == '' then return '' end
 local clock = call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local now_text
-local limits, leases = {}, {}  -- as text -> the number; the score and expiry as text
-local function room(key, holder, limit_text)
-  local limit = limits[limit_text]
-  if not limit then limit = tonumber(limit_text); limits[limit_text] = limit end
+-- The last limit and lease seen, as sent and converted (a batch's acquires share them).
+local limit_text, limit, lease_text, until_text, ms_text
+local function room(key, holder, asked)
+  if asked ~= limit_text then limit_text, limit = asked, tonumber(asked) end
   local size = call('ZCARD', key)
   if size < limit then return size end
   if not now_text then now_text = string.format('%.17g', now) end
@@ -68,17 +68,15 @@ local function room(key, holder, limit_text)
   if size < limit or call('ZSCORE', key, holder) then return size end
   return false
 end
-local function hold(key, holder, lease_text, size)
-  local lease = leases[lease_text]
-  if not lease then
-    local seconds = tonumber(lease_text)
+local function hold(key, holder, lease, size)
+  if lease ~= lease_text then
+    local seconds = tonumber(lease)
     -- The set outlives its longest lease by a second (GT: never shortened).
-    lease = {string.format('%.17g', now + seconds),
-      string.format('%d', math.ceil(seconds * 1000) + 1000)}
-    leases[lease_text] = lease
+    lease_text, until_text, ms_text = lease, string.format('%.17g', now + seconds),
+      string.format('%d', math.ceil(seconds * 1000) + 1000)
   end
-  call('ZADD', key, lease[1], holder)
-  if size == 0 then call('PEXPIRE', key, lease[2]) else call('PEXPIRE', key, lease[2], 'GT') end
+  call('ZADD', key, until_text, holder)
+  if size == 0 then call('PEXPIRE', key, ms_text) else call('PEXPIRE', key, ms_text, 'GT') end
 end
 local taken = {}
 for line in string.gmatch(ARGV[3], '[^\n]+') do

@@ -98,6 +98,7 @@ end
 -- jobs; priority 0 (the common case) is a plain RPUSH.
 local function priority_counts()
   local flat = redis.call('HGETALL', K_PRIO)
+  if #flat == 0 then return flat end  -- no priorities (the common case): nothing to sort
   local counts = {}
   for i = 1, #flat, 2 do
     counts[#counts + 1] = {tonumber(flat[i]), tonumber(flat[i + 1])}

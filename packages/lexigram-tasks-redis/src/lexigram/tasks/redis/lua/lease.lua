@@ -5,10 +5,12 @@
 -- last: -2 if ready jobs are left, else the seconds until the next delayed
 -- job or lease is due (-1: none).
 
--- Small numbers as text, each formatted once: ids' lengths (a lexigram id
--- is 32 characters, an rq id 36) and attempts (mostly 1) repeat.
-local texts = {'1', '2', '3'}
+-- Small numbers as text, each formatted once: ids' lengths (an rq id is 36
+-- characters) and attempts repeat. The table is made on first use: a lexigram
+-- id (32 characters) on its first lease needs none.
+local texts
 local function text(n)
+  if not texts then texts = {} end
   local t = texts[n]
   if not t then
     t = string.format('%d', n)  -- tostring would be '%.14g'
