@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from lexigram.tasks._lifecycle import Lifecycle
 from lexigram.tasks.errors import UnknownTaskError
 from lexigram.tasks.handle import JobControl, JobHandle
-from lexigram.tasks.job import Job
+from lexigram.tasks.job import Job, new_job_id
 from lexigram.tasks.protocol import TaskQueueProtocol
-from lexigram.tasks.task import NO_OPTIONS, EnqueueOptions
+from lexigram.tasks.task import NO_OPTIONS, EnqueueOptions, Task
 
 
 class Enqueueing(Lifecycle):
@@ -31,17 +32,20 @@ class Enqueueing(Lifecycle):
         Raises :class:`TaskArgumentsError` when the task is registered here and
         its handler cannot take these arguments.
         """
-        return self._build(name, args, kwargs, options, self._route(name, options.backend))
+        task = self.tasks.get(name)
+        queue = self.backends[self._backend_of(task, options.backend)]
+        return self._build(name, task, args, kwargs, options, queue)
 
     def _build(
         self,
         name: str,
+        task: Task[Any, Any] | None,
         args: Sequence[Any],
         kwargs: Mapping[str, Any],
         options: EnqueueOptions,
         queue: TaskQueueProtocol,
     ) -> Job:
-        task = self.tasks.get(name)
+        """The job of ``name`` (registered here as ``task``, or None) for ``queue``."""
         if task is not None:
             task.check_arguments(args, kwargs)
         elif self.strict and self.tasks:
@@ -50,19 +54,26 @@ class Enqueueing(Lifecycle):
                 f"(registered: {', '.join(sorted(self.tasks))}); "
                 "pass strict=False to TaskProvider to enqueue tasks other processes define"
             )
+        priority = options.priority
+        if priority is None:
+            priority = task.priority if task is not None else 0
+        # Positional, in the order of Job's fields (keywords cost a third more).
         return Job(
-            task=name,
-            args=list(args),
-            kwargs=dict(kwargs),
-            queue=queue.queue_name,
-            max_retries=task.max_retries if task is not None else 0,
-            run_at=options.run_at(),
-            priority=options.priority
-            if options.priority is not None
-            else (task.priority if task is not None else 0),
-            timeout=task.timeout if task is not None else None,
-            dedup_key=options.dedup_key,
-            headers=dict(options.headers) if options.headers else {},
+            name,  # task
+            list(args),
+            dict(kwargs),
+            queue.queue_name,
+            new_job_id(),  # id
+            0,  # attempt
+            task.max_retries if task is not None else 0,
+            time.time(),  # enqueued_at
+            options.run_at(),
+            priority,
+            task.timeout if task is not None else None,
+            options.dedup_key,
+            dict(options.headers) if options.headers else {},
+            {},  # extra
+            0,  # failures
         )
 
     async def enqueue(self, name: str, /, *args: Any, **kwargs: Any) -> JobHandle[Any]:
@@ -76,10 +87,11 @@ class Enqueueing(Lifecycle):
         kwargs: Mapping[str, Any],
         options: EnqueueOptions,
     ) -> JobHandle[Any]:
-        """``enqueue_job(build_job(...))`` with the job routed once (the enqueue of
-        ``provider.enqueue``, ``Task.enqueue`` and ``BoundTask.enqueue``)."""
-        queue = self._route(name, options.backend)
-        job = self._build(name, args, kwargs, options, queue)
+        """``enqueue_job(build_job(...))`` with the task looked up and the job routed
+        once (the enqueue of ``provider.enqueue``, ``Task.enqueue`` and ``BoundTask.enqueue``)."""
+        task = self.tasks.get(name)
+        queue = self.backends[self._backend_of(task, options.backend)]
+        job = self._build(name, task, args, kwargs, options, queue)
         if not self._connected:
             await self.connect()
         return await self._send(job, queue)
@@ -91,8 +103,13 @@ class Enqueueing(Lifecycle):
         return await self._send(job, self._route(job.task, backend))
 
     async def _send(self, job: Job, queue: TaskQueueProtocol) -> JobHandle[Any]:
-        with self.telemetry.send(job, queue.system):
+        telemetry = self.telemetry
+        if telemetry.quiet():  # no SDK: telemetry.send would do only this
+            telemetry.pass_on(job)
             job_id = await queue.enqueue(job)
+        else:
+            with telemetry.send(job, queue.system):
+                job_id = await queue.enqueue(job)
         return JobHandle(job_id, job.task, job.queue, self.result_store, self._job_control())
 
     def send_job_with(
@@ -144,8 +161,11 @@ class Enqueueing(Lifecycle):
         return self._route_name(task_name, None)
 
     def _route_name(self, task_name: str, backend: str | None) -> str:
+        return self._backend_of(self.tasks.get(task_name), backend)
+
+    def _backend_of(self, task: Task[Any, Any] | None, backend: str | None) -> str:
+        """``backend`` if given, else the task's ``backend=``, else the primary; checked."""
         if backend is None:
-            task = self.tasks.get(task_name)
             backend = task.backend if task is not None and task.backend else self.primary
         if backend not in self.backends:
             raise ValueError(

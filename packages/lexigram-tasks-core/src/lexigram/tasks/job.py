@@ -77,13 +77,33 @@ _FIELD_NAMES = (
 _KNOWN_FIELDS = frozenset(_FIELD_NAMES)
 
 
+# Job ids are made _IDS_AT_ONCE at a time from one os.urandom call (a system call
+# each time, and the bit setting of each id in Python, cost more than the id):
+# _ID_MASK and _ID_BITS set the version and variant bits of every 16-byte block.
+_IDS_AT_ONCE = 256
+_ID_MASK = sum(((1 << 128) - 1 ^ 0xF << 76 ^ 0x3 << 62) << 128 * i for i in range(_IDS_AT_ONCE))
+_ID_BITS = sum((0x4 << 76 | 0x2 << 62) << 128 * i for i in range(_IDS_AT_ONCE))
+_fresh_ids: list[str] = []
+if hasattr(os, "register_at_fork"):
+    # A forked child must not hand out the ids its parent still holds.
+    os.register_at_fork(after_in_child=_fresh_ids.clear)
+
+
 def new_job_id() -> str:
     """A fresh, URL-safe job id (UUID4, 32 hex characters)."""
-    # uuid.uuid4().hex, without building a UUID object (a quarter of the cost).
-    raw = bytearray(os.urandom(16))
-    raw[6] = raw[6] & 0x0F | 0x40  # version 4
-    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
-    return raw.hex()
+    while True:  # list.pop and list.extend are atomic: threads need no lock
+        try:
+            return _fresh_ids.pop()
+        except IndexError:
+            _fresh_ids.extend(_make_ids())
+
+
+def _make_ids() -> list[str]:
+    """``uuid.uuid4().hex`` for _IDS_AT_ONCE ids: random bits, version 4, RFC 4122 variant."""
+    size = 16 * _IDS_AT_ONCE
+    raw = int.from_bytes(os.urandom(size)) & _ID_MASK | _ID_BITS
+    text = raw.to_bytes(size).hex()
+    return [text[i : i + 32] for i in range(0, 2 * size, 32)]
 
 
 @dataclass(slots=True)
@@ -164,6 +184,12 @@ class Job:
 
     def to_bytes(self) -> bytes:
         """The JSON wire format, UTF-8 encoded."""
+        text = _wire_text(self)
+        if text is not None:
+            try:
+                return text.encode()
+            except UnicodeEncodeError:
+                pass  # a lone surrogate: encoded again below, which words the error
         doc = self.to_dict()
         if _ENCODE_FAST is not None:
             try:
@@ -230,6 +256,103 @@ class Job:
 
 
 _INFINITY = float("inf")
+
+# _wire_text writes the document _ENCODER writes for a job without extra fields
+# in one f-string, at a bit over half the cost of encoding the dict (whose fifteen
+# keys the encoder escapes and writes one by one). The text between the parts
+# that change with every job is kept per (task, queue, attempt, failures,
+# max_retries, priority, timeout and its type): a "skeleton" of three pieces.
+_WIRE_HEAD = f'{{"v":{WIRE_VERSION},"id":'
+_SKELETONS: dict[tuple[Any, ...], tuple[str, str, str]] = {}
+#: Bound on kept skeletons (task names come from jobs, so they are not trusted).
+_MAX_SKELETONS = 1024
+
+
+def _wire_text(job: Job) -> str | None:
+    """The text ``_ENCODER.encode(job.to_dict())`` writes, or None where unsure.
+
+    Only fields of the exact types this library builds are written here (a
+    str, an int that is not a bool, a finite float, None); anything else,
+    extra fields, or a value the encoder refuses returns None, and the caller
+    encodes the dict as before, which also words any error.
+    """
+    if _ENCODE_FAST is None or job.extra:
+        return None
+    task, queue, attempt, failures, retries, priority, timeout = (
+        job.task,
+        job.queue,
+        job.attempt,
+        job.failures,
+        job.max_retries,
+        job.priority,
+        job.timeout,
+    )
+    enqueued_at, run_at, dedup = job.enqueued_at, job.run_at, job.dedup_key
+    # Exact types: True == 1 and 1 == 1.0 would share a skeleton otherwise.
+    if not (
+        type(task) is str
+        and type(queue) is str
+        and type(job.id) is str
+        and type(attempt) is int
+        and type(failures) is int
+        and type(retries) is int
+        and type(priority) is int
+        and (dedup is None or type(dedup) is str)
+        and type(enqueued_at) is float
+        and -_INFINITY < enqueued_at < _INFINITY
+    ):
+        return None
+    run_at_text = "null" if run_at is None else _number_text(run_at)
+    if run_at_text is None:
+        return None
+    key = (task, queue, attempt, failures, retries, priority, timeout, type(timeout))
+    skeleton = _SKELETONS.get(key) or _skeleton(key)
+    if skeleton is None:
+        return None
+    after_task, after_queue, after_priority = skeleton
+    args, kwargs, headers = job.args, job.kwargs, job.headers
+    try:
+        args_text = "".join(_ENCODE_FAST(args, 0)) if args or type(args) is not list else "[]"
+        kwargs_text = (
+            "".join(_ENCODE_FAST(kwargs, 0)) if kwargs or type(kwargs) is not dict else "{}"
+        )
+        headers_text = (
+            "".join(_ENCODE_FAST(headers, 0)) if headers or type(headers) is not dict else "{}"
+        )
+    except Exception:  # refused by the encoder: the caller words it
+        return None
+    return (
+        f"{_WIRE_HEAD}{encode_basestring(job.id)}{after_task}{args_text},"
+        f'"kwargs":{kwargs_text}{after_queue}{enqueued_at!r},"run_at":'
+        f"{run_at_text}{after_priority}"
+        f"{'null' if dedup is None else encode_basestring(dedup)},"
+        f'"headers":{headers_text}}}'
+    )
+
+
+def _skeleton(key: tuple[Any, ...]) -> tuple[str, str, str] | None:
+    """The fixed pieces of a document between its id, arguments, times and dedup key."""
+    task, queue, attempt, failures, retries, priority, timeout, _ = key
+    timeout_text = "null" if timeout is None else _number_text(timeout)
+    if timeout_text is None:
+        return None
+    skeleton = (
+        f',"task":{encode_basestring(task)},"args":',
+        f',"queue":{encode_basestring(queue)},"attempt":{attempt},"failures":{failures},'
+        f'"max_retries":{retries},"enqueued_at":',
+        f',"priority":{priority},"timeout":{timeout_text},"dedup_key":',
+    )
+    if len(_SKELETONS) < _MAX_SKELETONS:
+        _SKELETONS[key] = skeleton
+    return skeleton
+
+
+def _number_text(value: Any) -> str | None:
+    """A finite float or a non-bool int as the encoder writes it; None for anything else."""
+    kind = type(value)
+    if (kind is float and -_INFINITY < value < _INFINITY) or kind is int:
+        return repr(value)
+    return None
 
 
 def _finite_float(text: str) -> float:
