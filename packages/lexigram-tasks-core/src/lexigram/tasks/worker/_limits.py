@@ -133,6 +133,7 @@ class Limiting(Fetching):
         if not limited or limiter is None:
             return
         counts = self._limit_counts
+        refused = self._refused
         tasks = self.tasks
         keyed_only = self._keyed_only
         prefix = f"{self.worker_id}/"
@@ -155,15 +156,20 @@ class Limiting(Fetching):
                     key = str(key)
                 elif kind is not str:
                     continue  # bool, float ...: its slot fails it
-                limits = [(keyed[0] + key, keyed[1])]
-            else:
-                try:
-                    limits = self._limits_of(tasks[job.task], job)
-                except LimitKeyError:
-                    continue  # its slot fails it
+                name = keyed[0] + key
+                if name in counts and counts[name] >= keyed[1]:
+                    refused[id(delivery)] = delivery
+                    continue
+                asks.append(delivery)
+                requests.append(([(name, keyed[1])], prefix + job.id))
+                continue
+            try:
+                limits = self._limits_of(tasks[job.task], job)
+            except LimitKeyError:
+                continue  # its slot fails it
             for name, limit in limits:
                 if name in counts and counts[name] >= limit:
-                    self._refused[id(delivery)] = delivery
+                    refused[id(delivery)] = delivery
                     break
             else:
                 asks.append(delivery)
@@ -177,13 +183,17 @@ class Limiting(Fetching):
             return
         holds = self._limit_holds
         for delivery, (limits, holder), fits in zip(asks, requests, taken, strict=True):
-            if fits:
-                names = [name for name, _ in limits] if len(limits) > 1 else [limits[0][0]]
+            if not fits:
+                refused[id(delivery)] = delivery
+            elif len(limits) == 1:
+                name = limits[0][0]
+                counts[name] = counts.get(name, 0) + 1
+                holds[id(delivery)] = ([name], holder)
+            else:
+                names = [name for name, _ in limits]
                 for name in names:
                     counts[name] = counts.get(name, 0) + 1
                 holds[id(delivery)] = (names, holder)
-            else:
-                self._refused[id(delivery)] = delivery
 
     def _take_limits(self, task: Task[Any, Any], delivery: Delivery) -> Awaitable[bool]:
         """Take the job's slots (True), or settle the job: over a limit or a broken key."""

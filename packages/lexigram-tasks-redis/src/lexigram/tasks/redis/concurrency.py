@@ -15,11 +15,12 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from lexigram.tasks.concurrency import Limit
 from lexigram.tasks.redis._cluster import ClusterScript, hash_tagged, is_cluster
 from lexigram.tasks.redis._connection import open_client, reported, resolve_url
-from lexigram.tasks.redis._scripts import PreparedScript, Script
+from lexigram.tasks.redis._scripts import HeldConnection, PreparedScript, Script
 from lexigram.tasks.redis._sentinel import SentinelAddress, redact
 from redis.asyncio import Redis
 
@@ -168,6 +169,8 @@ class RedisConcurrencyLimiter:
         self._flushing: set[asyncio.Task[None]] = set()
         self._closed = False
         self._carrier: Any = None  # the queue whose acks carry the releases
+        # The connection the batch calls go out on when it is free (a queue's, shared).
+        self._held: HeldConnection | None = None
 
     def __repr__(self) -> str:
         return (
@@ -179,11 +182,19 @@ class RedisConcurrencyLimiter:
     def for_queue(cls, queue: Any) -> RedisConcurrencyLimiter:
         """The limiter on a connected :class:`~lexigram.tasks.redis.RedisTaskQueue`'s client,
         whose releases go with the queue's acks and nacks."""
-        limiter = cls(queue.redis_url, client=queue.client)
+        client = queue.client
+        limiter = cls(queue.redis_url, client=client)
         carry = getattr(queue, "carry_releases", None)
         if carry is not None:
             carry(limiter)
             limiter._carrier = queue
+        # The acquires go out on the connection the queue's leases and acks use, when it
+        # is free (it is, right after the lease that fetched the batch): no pool lock,
+        # hooks and liveness check per call. None when the queue holds none (a pool
+        # sized by the user, a client given to the queue, a cluster).
+        held = getattr(queue, "_held_connection", None)
+        if held is not None and not is_cluster(client):
+            limiter._held = held(client)
         return limiter
 
     def key(self, name: str) -> str:
@@ -197,9 +208,13 @@ class RedisConcurrencyLimiter:
                 self._client = await open_client(self.redis_url)
                 self._owns_client = True
             if self._batch is None:
-                client = self._client
-                kind = ClusterScript if is_cluster(client) else PreparedScript
-                self._batch = kind(client, _BATCH_SCRIPT, [self._prefix], [self._prefix])
+                client, keys = self._client, [self._prefix]
+                if is_cluster(client):
+                    self._batch = ClusterScript(client, _BATCH_SCRIPT, keys, keys)
+                else:
+                    if self._held is None and self._owns_client and not _capped(self.redis_url):
+                        self._held = HeldConnection(client)  # a pool of its own, not sized
+                    self._batch = PreparedScript(client, _BATCH_SCRIPT, keys, keys, self._held)
                 self._extend = client.register_script(_EXTEND)
 
     async def disconnect(self) -> None:
@@ -217,6 +232,9 @@ class RedisConcurrencyLimiter:
             self._carrier = None
         client, self._client = self._client, None
         self._batch = self._extend = None
+        held, self._held = self._held, None
+        if held is not None and self._owns_client:
+            await held.release()  # a queue's own is the queue's to give back
         if client is not None and self._owns_client:
             await client.aclose()
 
@@ -353,6 +371,11 @@ class RedisConcurrencyLimiter:
             if not future.done():
                 future.set_result(fits == 49)  # b"1"
         return [fits == 49 for fits in taken[len(acquires) :]]
+
+
+def _capped(redis_url: str) -> bool:
+    """Whether the URL sizes the pool (which then keeps all of it: no connection held out)."""
+    return "max_connections" in parse_qs(urlsplit(redis_url).query)
 
 
 def _asked(requests: Sequence[tuple[Sequence[Limit], str]], lease: str) -> str:
