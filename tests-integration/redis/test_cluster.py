@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from redis.asyncio.cluster import RedisCluster
-from redis.cluster import key_slot
+from redis.cluster import PRIMARY, REPLICA, key_slot
 
 from lexigram.tasks import TaskProvider
 from lexigram.tasks.control import CancelOutcome, JobState
@@ -217,3 +217,31 @@ async def test_the_workflow_store_counts_a_fan_in_on_the_cluster(cluster: Cluste
         await store.forget("wf-b")
     finally:
         await store.disconnect()
+
+
+@pytest.mark.parametrize("wait_replicas", [0, 1])
+async def test_a_master_that_lost_its_scripts_gets_them_even_when_listed_as_a_replica(
+    cluster: ClusterNodes, wait_replicas: int
+) -> None:
+    """A replica promoted by a failover starts with an empty script cache, and the
+    cluster client can go on listing it as a replica after it learned that the
+    node serves the slot: the queue loads a refused script on that very node,
+    not on the nodes the client lists as primaries (a failover test once saw the
+    retried enqueue refused again)."""
+    name = f"lxcluster-noscript-{uuid.uuid4().hex[:8]}"
+    async with RedisTaskQueue(cluster.url, name, wait_replicas=wait_replicas) as queue:
+        await queue.enqueue(Job(task="t"))  # every script is loaded
+        client = queue.client
+        assert isinstance(client, RedisCluster)
+        node = client.get_node_from_key(queue.keys.ready)
+        assert node is not None
+        await client.execute_command("SCRIPT FLUSH", target_nodes=node)
+        node.server_type = REPLICA  # the client's stale view of it
+        try:
+            stored = await queue.enqueue(Job(task="t"))
+            leased = await queue.dequeue(max_jobs=5, lease_seconds=30)
+        finally:
+            node.server_type = PRIMARY
+        assert stored in [d.job.id for d in leased if d.job is not None]
+        assert len(leased) == 2
+        await queue.purge()

@@ -122,8 +122,19 @@ class ClusterScript(PreparedScript):
         try:
             return await self._evalsha(args)
         except NoScriptError:
-            await self.client.script_load(self.script.source)
+            await self._load_on_master()
             return await self._evalsha(args)
+
+    async def _load_on_master(self) -> None:
+        """Load the script on the master that serves the queue's slot now.
+
+        A replica promoted by a failover starts with an empty script cache, and
+        the cluster client may still list it as a replica for a while, so a
+        SCRIPT LOAD sent to "every primary" can miss the very node that refused.
+        """
+        cluster = cast(RedisCluster, self.client)
+        node = _master_of(cluster, self.keys[0])
+        await cluster.execute_command("SCRIPT LOAD", self.script.source, target_nodes=node)
 
     def _evalsha(self, args: list[Any]) -> Any:
         return self.client.evalsha(self.script.sha, len(self.keys), *self.keys, *self.head, *args)
@@ -149,7 +160,7 @@ class ClusterScript(PreparedScript):
         try:
             return await _on_master(cluster, self.keys[0], packed)
         except NoScriptError:
-            await self.client.script_load(self.script.source)
+            await self._load_on_master()
         except MovedError:  # the slot has a new master (a failover): ask where, once
             await _refresh(cluster)
         except (RedisConnectionError, RedisTimeoutError):
@@ -165,11 +176,17 @@ async def _refresh(cluster: RedisCluster) -> None:
         await cluster.nodes_manager.initialize()
 
 
-async def _on_master(cluster: RedisCluster, key: str, packed: bytes) -> list[Any]:
-    """Send two packed commands to the master of ``key``'s slot; return both replies."""
+def _master_of(cluster: RedisCluster, key: str) -> ClusterNode:
+    """The node serving ``key``'s slot, as the cluster client knows it now."""
     node = cluster.get_node_from_key(key)
     if node is None:
         raise ClusterDownError(f"no master serves the slot of {key!r}")
+    return node
+
+
+async def _on_master(cluster: RedisCluster, key: str, packed: bytes) -> list[Any]:
+    """Send two packed commands to the master of ``key``'s slot; return both replies."""
+    node = _master_of(cluster, key)
     connection = node.acquire_connection()
     try:
         await connection.send_packed_command(packed)
