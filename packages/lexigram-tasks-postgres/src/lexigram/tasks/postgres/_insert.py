@@ -77,16 +77,7 @@ class Inserting(Pooled):
             statement = self._sql.insert_announced_now  # the columns' defaults: fewer parameters
             args = (self.queue_name, job.id, payload, job.task)
         else:
-            statement = self._sql.insert_announced
-            args = (
-                self.queue_name,
-                job.id,
-                job.priority,
-                job.run_at,
-                job.attempt,
-                payload,
-                job.task,
-            )
+            statement, args = self._sql.insert_announced, self._row(job, payload)
         self._producer_busy = True
         held = None
         try:
@@ -161,24 +152,16 @@ class Inserting(Pooled):
                 ids += _drive_sync(runner, self._plan(chunk))
         return ids
 
+    def _row(self, job: Job, payload: bytes) -> tuple[Any, ...]:
+        """The parameters of a one-row INSERT without a dedup key, in statement order."""
+        return (self.queue_name, job.id, job.priority, job.run_at, job.attempt, payload, job.task)
+
     def _plan(self, encoded: Sequence[Encoded]) -> Plan:
         """The statements storing ``encoded`` (one INSERT, more only when dedup keys were taken)."""
         if len(encoded) == 1:
             job, payload = encoded[0]
             if job.dedup_key is None:
-                yield Request(
-                    self._sql.insert_one_plain,
-                    (
-                        self.queue_name,
-                        job.id,
-                        job.priority,
-                        job.run_at,
-                        job.attempt,
-                        payload,
-                        job.task,
-                    ),
-                    rows=False,
-                )
+                yield Request(self._sql.insert_one_plain, self._row(job, payload), rows=False)
                 return [job.id]
             stored = yield Request(
                 self._sql.insert_one,
