@@ -245,3 +245,28 @@ async def test_a_master_that_lost_its_scripts_gets_them_even_when_listed_as_a_re
         assert stored in [d.job.id for d in leased if d.job is not None]
         assert len(leased) == 2
         await queue.purge()
+
+
+async def test_an_enqueue_that_waits_for_replicas_follows_a_moved_slot_to_a_master_without_scripts(
+    cluster: ClusterNodes,
+) -> None:
+    """What a failover looks like to a producer that has not heard of it yet: the
+    node it knew answers MOVED, and the promoted replica it is sent to has an
+    empty script cache. The enqueue gets through (one relearning of the slots and
+    one script load), stored once."""
+    name = f"lxcluster-moved-{uuid.uuid4().hex[:8]}"
+    async with RedisTaskQueue(cluster.url, name, wait_replicas=1) as queue:
+        await queue.enqueue(Job(task="t"))  # every script is loaded
+        client = queue.client
+        assert isinstance(client, RedisCluster)
+        slot = key_slot(queue.keys.ready.encode())
+        master = client.get_node_from_key(queue.keys.ready)
+        other = next(n for n in client.get_primaries() if n.name != master.name)
+        await client.execute_command("SCRIPT FLUSH", target_nodes=master)
+        client.nodes_manager.slots_cache[slot] = [other]  # the stale map
+        stored = await queue.enqueue(Job(task="t"))
+        assert client.get_node_from_key(queue.keys.ready).name == master.name
+        leased = await queue.dequeue(max_jobs=5, lease_seconds=30)
+        assert sorted(d.job.id for d in leased if d.job is not None).count(stored) == 1
+        assert len(leased) == 2
+        await queue.purge()

@@ -157,16 +157,26 @@ class ClusterScript(PreparedScript):
         cluster = cast(RedisCluster, self.client)
         wait = [b"*3\r\n", *map(self._bulk, ("WAIT", replicas, max(1, round(timeout * 1000))))]
         packed = self.pack(args) + b"".join(wait)
-        try:
-            return await _on_master(cluster, self.keys[0], packed)
-        except NoScriptError:
-            await self._load_on_master()
-        except MovedError:  # the slot has a new master (a failover): ask where, once
-            await _refresh(cluster)
-        except (RedisConnectionError, RedisTimeoutError):
-            await _refresh(cluster)  # for the producer's next try
-            raise
-        return await _on_master(cluster, self.keys[0], packed)
+        # After a failover both can come, one after the other: MOVED from the old
+        # master, then NOSCRIPT from the promoted replica. Each is answered once;
+        # neither reply ran the script, so trying again cannot store a job twice.
+        loaded = moved = False
+        while True:
+            try:
+                return await _on_master(cluster, self.keys[0], packed)
+            except NoScriptError:
+                if loaded:
+                    raise
+                loaded = True
+                await self._load_on_master()
+            except MovedError:  # the slot has a new master: ask where
+                if moved:
+                    raise
+                moved = True
+                await _refresh(cluster)
+            except (RedisConnectionError, RedisTimeoutError):
+                await _refresh(cluster)  # for the producer's next try
+                raise
 
 
 async def _refresh(cluster: RedisCluster) -> None:
