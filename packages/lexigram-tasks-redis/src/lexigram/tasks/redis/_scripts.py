@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.resources import files
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
@@ -171,6 +172,12 @@ def clock_hint() -> tuple[str, str]:
 @lru_cache(maxsize=2)
 def _hint(second: int) -> tuple[str, str]:
     return str(second), _rq_second(second)
+
+
+def pool_sized_in(redis_url: str) -> bool:
+    """Whether ``redis_url`` sizes its pool (``max_connections``): such a pool keeps
+    all of its connections, none held out for a :class:`HeldConnection`."""
+    return "max_connections" in parse_qs(urlsplit(redis_url).query)
 
 
 async def load_all(client: Redis) -> None:

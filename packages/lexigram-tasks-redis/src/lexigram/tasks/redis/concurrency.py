@@ -15,12 +15,11 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from lexigram.tasks.concurrency import Limit
 from lexigram.tasks.redis._cluster import ClusterScript, hash_tagged, is_cluster
 from lexigram.tasks.redis._connection import open_client, reported, resolve_url
-from lexigram.tasks.redis._scripts import HeldConnection, PreparedScript, Script
+from lexigram.tasks.redis._scripts import HeldConnection, PreparedScript, Script, pool_sized_in
 from lexigram.tasks.redis._sentinel import SentinelAddress, redact
 from redis.asyncio import Redis
 
@@ -212,7 +211,8 @@ class RedisConcurrencyLimiter:
                 if is_cluster(client):
                     self._batch = ClusterScript(client, _BATCH_SCRIPT, keys, keys)
                 else:
-                    if self._held is None and self._owns_client and not _capped(self.redis_url):
+                    sized = pool_sized_in(self.redis_url)
+                    if self._held is None and self._owns_client and not sized:
                         self._held = HeldConnection(client)  # a pool of its own, not sized
                     self._batch = PreparedScript(client, _BATCH_SCRIPT, keys, keys, self._held)
                 self._extend = client.register_script(_EXTEND)
@@ -371,11 +371,6 @@ class RedisConcurrencyLimiter:
             if not future.done():
                 future.set_result(fits == 49)  # b"1"
         return [fits == 49 for fits in taken[len(acquires) :]]
-
-
-def _capped(redis_url: str) -> bool:
-    """Whether the URL sizes the pool (which then keeps all of it: no connection held out)."""
-    return "max_connections" in parse_qs(urlsplit(redis_url).query)
 
 
 def _asked(requests: Sequence[tuple[Sequence[Limit], str]], lease: str) -> str:

@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from lexigram.tasks.errors import BackendConnectionError, ConfigurationError
 from lexigram.tasks.job import DEFAULT_MAX_JOB_BYTES, Job
@@ -398,9 +397,7 @@ class RedisTaskQueue(Settling, BaseTaskQueue, JobControl):
     def _held_connection(self, client: Redis) -> _scripts.HeldConnection | None:
         """The connection this queue's scripts share, on a pool of its own whose
         size the user left to redis-py (a pool sized on purpose keeps all of it)."""
-        capped = self.max_connections is not None or "max_connections" in parse_qs(
-            urlsplit(self.redis_url).query
-        )
+        capped = self.max_connections is not None or _scripts.pool_sized_in(self.redis_url)
         if not self._owns_client or capped:
             return None
         if self._held is None or self._held.client is not client:
