@@ -22,11 +22,11 @@ async def test_many_leases_are_held_in_skiplists_with_only_the_leased_jobs_in_th
     jobs = _jobs(queue, 20)
     await queue.enqueue_many(jobs)
     keys = queue.keys
-    first = await queue.dequeue(max_jobs=10, lease_seconds=30)
+    first = await queue.dequeue(max_jobs=5, lease_seconds=30)
     assert await _encoding(queue, keys.leases) == b"listpack"
     assert await _encoding(queue, keys.started) == b"listpack"
 
-    second = await queue.dequeue(max_jobs=10, lease_seconds=30)
+    second = await queue.dequeue(max_jobs=15, lease_seconds=30)
 
     assert await _encoding(queue, keys.leases) == b"skiplist"
     assert await _encoding(queue, keys.started) == b"skiplist"

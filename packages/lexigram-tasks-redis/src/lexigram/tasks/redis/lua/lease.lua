@@ -71,9 +71,9 @@ if #ids > 0 then
     out[i] = token .. ' ' .. attempt .. ' ' .. missing .. ' '
       .. (length == 32 and '32' or text(length)) .. ' ' .. id .. data
   end
-  -- With a few leases (the started registry holds as many) a listpack is the
-  -- cheaper; its size is checked once for both sets.
-  if redis.call('ZCARD', K_LEASES) + #ids >= 16 then
+  -- Below about 8 leases the two encodings cost the same, and fewer are the
+  -- cheaper as a listpack; the started registry holds as many as the lease set.
+  if redis.call('ZCARD', K_LEASES) + #ids >= 8 then
     as_skiplist(K_LEASES)
     as_skiplist(K_STARTED)
   end
