@@ -30,7 +30,7 @@ end
 local function as_skiplist(key)
   local encoding = redis.call('OBJECT', 'ENCODING', key)
   if encoding == 'listpack' or encoding == 'ziplist' then
-    local long = string.rep('-', 1025)
+    local long = string.rep('-', 1025)  -- longer than any setting likely in use
     redis.call('ZADD', key, '0', long)
     redis.call('ZREM', key, long)
   end
