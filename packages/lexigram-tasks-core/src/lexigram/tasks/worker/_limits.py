@@ -61,7 +61,6 @@ class Limiting(Fetching):
     _refused: dict[int, Delivery]  # refused when fetched: put back by the slot that takes it
     _limited_tasks: frozenset[str]
     _release_nowait: Callable[[list[str], str], None] | None
-    _done_true: asyncio.Future[bool]
     _done_none: asyncio.Future[None]
     _positional_keys: frozenset[str]  # tasks whose key function takes the task's own parameters
     # Of those, the tasks with a per-key limit alone: name prefix, limit, key function.
@@ -82,11 +81,9 @@ class Limiting(Fetching):
             if t.limits.concurrency_key is not None
             and _same_parameters(t.fn, t.limits.concurrency_key)
         )
-        # Awaited for slots taken (or given back) without waiting: a done future
-        # costs no coroutine.
+        # Returned for slots given back without waiting: a done future costs no
+        # coroutine, and the slot need not await it.
         loop = asyncio.get_running_loop()
-        self._done_true = loop.create_future()
-        self._done_true.set_result(True)
         self._done_none = loop.create_future()
         self._done_none.set_result(None)
         self._keyed_only = {
@@ -195,13 +192,9 @@ class Limiting(Fetching):
                     counts[name] = counts.get(name, 0) + 1
                 holds[id(delivery)] = (names, holder)
 
-    def _take_limits(self, task: Task[Any, Any], delivery: Delivery) -> Awaitable[bool]:
-        """Take the job's slots (True), or settle the job: over a limit or a broken key."""
-        if id(delivery) in self._limit_holds:
-            return self._done_true  # taken when it was fetched
-        return self._ask_limits(task, delivery)
-
     async def _ask_limits(self, task: Task[Any, Any], delivery: Delivery) -> bool:
+        """Take the slots of a job not taken when it was fetched (True), or settle the job:
+        over a limit or a broken key."""
         job = delivery.job
         assert job is not None
         assert self.concurrency_limiter is not None

@@ -154,7 +154,12 @@ class Running(Limiting):
                 await self._return_to_queue(delivery)
                 return
         limited = task.limits.concurrent
-        if limited and not await self._take_limits(task, delivery):
+        # Slots taken when the job was fetched (the usual case) need no call and no await.
+        if (
+            limited
+            and id(delivery) not in self._limit_holds
+            and not await self._ask_limits(task, delivery)
+        ):
             return
         try:
             if (task.rate_limit or self.global_rate_limit) and not await self._within_rate_limit(
@@ -170,7 +175,9 @@ class Running(Limiting):
                     raise
         finally:
             if limited:
-                await self._give_back_limits(delivery)
+                giving_back = self._give_back_limits(delivery)
+                if giving_back is not self._done_none:  # a limiter without release_nowait
+                    await giving_back
 
     async def _skip_recorded_step(self, delivery: Delivery) -> bool:
         """Ack, without running it, a step whose result its killed worker recorded.
