@@ -18,8 +18,11 @@ from lexigram.tasks.testing import EventLog, eventually
 APP = Path(__file__).with_name("limits_app.py")
 
 
-async def fairness(queue: Any, workers: int = 10) -> None:
-    """Tenant A's 10,000 jobs, then tenant B's 10: B's all start before A's backlog is 10% done."""
+async def fairness(queue: Any, workers: int = 10, registered: bool = False) -> None:
+    """Tenant A's 10,000 jobs, then tenant B's 10: B's all start before A's backlog is 10% done.
+
+    ``registered``: enqueued through the task (on Redis, the lease takes their slots).
+    """
     provider = TaskProvider(queue=queue, worker_count=workers, poll_interval=0.2)
     a_done = 0
     b_started_after: list[int] = []  # A's jobs done when each of B's jobs started
@@ -41,13 +44,15 @@ async def fairness(queue: Any, workers: int = 10) -> None:
         if tenant == "A":
             a_done += 1
 
-    name = fair.name
+    def jobs(tenant: str, numbers: range) -> list[Job]:
+        if registered:
+            return [fair.job(tenant, n) for n in numbers]
+        return [Job(task=fair.name, args=[tenant, n]) for n in numbers]
+
     async with provider:
         for start in range(0, 10_000, 1000):
-            await queue.enqueue_many(
-                [Job(task=name, args=["A", n]) for n in range(start, start + 1000)]
-            )
-        await queue.enqueue_many([Job(task=name, args=["B", n]) for n in range(10)])
+            await queue.enqueue_many(jobs("A", range(start, start + 1000)))
+        await queue.enqueue_many(jobs("B", range(10)))
         await eventually(lambda: len(b_started_after) == 10, timeout=120)
     await queue.connect()  # the provider closed it; the fixture purges it
     assert max(b_started_after) < 1000, b_started_after
@@ -93,29 +98,45 @@ def most_at_once(log: EventLog) -> Counter[str]:
     return most
 
 
-async def limit_across_processes(queue: Any, workers: Workers) -> None:
+def jobs_of(queue: Any, name: str, argses: list[list[Any]], registered: bool) -> list[Job]:
+    """Jobs of ``name`` as a producer builds them: with the task ``registered`` (through
+    its ``job()``; on Redis these name their slots, which the lease then takes), or by
+    name alone."""
+    if not registered:
+        return [Job(task=name, args=args) for args in argses]
+    import limits_app
+
+    provider = TaskProvider(queue=queue)
+    limits_app.register(provider, queue.queue_name, EventLog(os.devnull))
+    return [provider.tasks[name].job(*args) for args in argses]
+
+
+async def limit_across_processes(queue: Any, workers: Workers, registered: bool = False) -> None:
     """Two worker processes never run more than max_concurrency_per_key of a key at once."""
     workers.start()
     workers.start()
     await workers.ready(2)
     name = f"{queue.queue_name}.tenant"
-    jobs = [Job(task=name, args=[t, n, 0.03]) for n in range(60) for t in ("t", "u")]
-    await queue.enqueue_many(jobs)
+    argses: list[list[Any]] = [[t, n, 0.03] for n in range(60) for t in ("t", "u")]
+    await queue.enqueue_many(jobs_of(queue, name, argses, registered))
     await eventually(lambda: len(workers.log.count("end")) == 120, timeout=120)
     assert most_at_once(workers.log) == {"t": 2, "u": 2}
     assert len(workers.log.pids("start")) == 2, "both processes should have run jobs"
 
 
-async def killed_worker_frees_its_slot(queue: Any, workers: Workers) -> None:
+async def killed_worker_frees_its_slot(
+    queue: Any, workers: Workers, registered: bool = False
+) -> None:
     """A SIGKILLed worker's slot frees once its lease lapses: the next job of the task runs."""
     first = workers.start(lease_seconds=2.0)
     await workers.ready(1)
     name = f"{queue.queue_name}.hang"  # max_concurrency=1
-    await queue.enqueue(Job(task=name, args=["h1", 3600.0]))
+    [h1, h2] = jobs_of(queue, name, [["h1", 3600.0], ["h2", 0.0]], registered)
+    await queue.enqueue(h1)
     await eventually(lambda: workers.log.count("start")["h1"] == 1, timeout=30)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    await queue.enqueue(Job(task=name, args=["h2", 0.0]))
+    await queue.enqueue(h2)
     workers.start(lease_seconds=2.0)
     await workers.ready(2)
     # Both need the slot h1's dead worker held (h1 comes back with its lost lease

@@ -24,7 +24,8 @@ CONCURRENCY = {"noop_drain": 50, "sleep_drain": 100, "latency": 50}
 NOTES = (
     "worker_count=concurrency; defaults otherwise (lease 30s, poll_interval 0.5s, "
     "finished jobs kept 500s in rq's finished registry); bulk = enqueue_many, 1000 per call; "
-    "concurrency_key = a new key per call, max_concurrency_per_key=1"
+    "concurrency_key = the job's own key argument (a new one per job), "
+    "max_concurrency_per_key=1"
 )
 
 from lexigram.tasks import TaskProvider  # noqa: E402
@@ -37,7 +38,7 @@ provider = TaskProvider(queue=queue)
 _keys = itertools.count()
 
 
-async def _bench_job(mode, enq=None):
+async def _bench_job(mode, enq=None, key=None):
     await B.async_job(mode, enq)
 
 
@@ -47,7 +48,8 @@ bench_job = None
 def configure(args):
     # Variant "none": the same task without the limit, the same-run baseline.
     global bench_job, BACKEND
-    limits = {"concurrency_key": lambda mode, enq=None: next(_keys), "max_concurrency_per_key": 1}
+    # Every job gets a key of its own (an argument in both variants: the same payloads).
+    limits = {"concurrency_key": lambda mode, enq=None, key=None: key, "max_concurrency_per_key": 1}
     if args.variant == "none":
         limits, BACKEND = {}, "redis-nolimits"
     bench_job = provider.task(name="bench_job", **limits)(_bench_job)
@@ -66,12 +68,12 @@ def clean():
 
 
 async def enqueue(kind, enq=None):
-    await bench_job.enqueue(kind, enq)
+    await bench_job.enqueue(kind, enq, next(_keys))
 
 
 async def enqueue_bulk(kind, n):
     for start in range(0, n, 1000):
-        await provider.enqueue_many([bench_job.job(kind) for _ in range(min(1000, n - start))])
+        await provider.enqueue_many([bench_job.job(kind, None, next(_keys)) for _ in range(min(1000, n - start))])
 
 
 async def queued_count():

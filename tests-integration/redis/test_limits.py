@@ -98,19 +98,23 @@ async def test_limiter_goes_on_after_its_connection_is_dropped(redis_url: str, n
 
 
 async def test_tenant_b_is_not_starved_by_tenant_a_backlog(queue: RedisTaskQueue) -> None:
-    await limits_cases.fairness(queue, workers=20)
+    # Enqueued through the task, as users do: the lease finds A's slots full.
+    await limits_cases.fairness(queue, workers=20, registered=True)
 
 
+# "registered": the producer has the task, so the lease takes the slots its jobs name.
+@pytest.mark.parametrize("registered", [False, True], ids=["by-name", "registered"])
 async def test_per_key_limit_holds_across_two_worker_processes(
-    queue: RedisTaskQueue, workers: limits_cases.Workers
+    queue: RedisTaskQueue, workers: limits_cases.Workers, registered: bool
 ) -> None:
-    await limits_cases.limit_across_processes(queue, workers)
+    await limits_cases.limit_across_processes(queue, workers, registered)
 
 
+@pytest.mark.parametrize("registered", [False, True], ids=["by-name", "registered"])
 async def test_a_killed_workers_slot_frees_when_its_lease_lapses(
-    queue: RedisTaskQueue, workers: limits_cases.Workers
+    queue: RedisTaskQueue, workers: limits_cases.Workers, registered: bool
 ) -> None:
-    await limits_cases.killed_worker_frees_its_slot(queue, workers)
+    await limits_cases.killed_worker_frees_its_slot(queue, workers, registered)
 
 
 async def test_rate_limit_key_paces_each_key_through_redis(

@@ -7,11 +7,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from lexigram.tasks._lifecycle import Lifecycle
+from lexigram.tasks.concurrency import SLOTS_HEADER
 from lexigram.tasks.errors import UnknownTaskError
 from lexigram.tasks.handle import JobControl, JobHandle
 from lexigram.tasks.job import Job, new_job_id
 from lexigram.tasks.protocol import TaskQueueProtocol
 from lexigram.tasks.task import NO_OPTIONS, EnqueueOptions, Task
+from lexigram.tasks.worker._limits import slots_header
 
 
 class Enqueueing(Lifecycle):
@@ -57,6 +59,12 @@ class Enqueueing(Lifecycle):
         priority = options.priority
         if priority is None:
             priority = task.priority if task is not None else 0
+        headers = dict(options.headers) if options.headers else {}
+        slot_taking = getattr(queue, "lease_takes_slots", False)
+        if slot_taking and task is not None and task.limits.concurrent:
+            hint = slots_header(task, args, kwargs)
+            if hint is not None:
+                headers[SLOTS_HEADER] = hint
         # Positional, in the order of Job's fields (keywords cost a third more).
         return Job(
             name,  # task
@@ -71,7 +79,7 @@ class Enqueueing(Lifecycle):
             priority,
             task.timeout if task is not None else None,
             options.dedup_key,
-            dict(options.headers) if options.headers else {},
+            headers,
             {},  # extra
             0,  # failures
         )

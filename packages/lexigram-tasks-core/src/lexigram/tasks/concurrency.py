@@ -23,6 +23,12 @@ from lexigram.tasks.plugins import CONCURRENCY_LIMITERS
 #: One limit of a job: the semaphore's name and how many holders it admits.
 Limit = tuple[str, int]
 
+#: The header in which a job enqueued on a backend whose lease can take its slots (see
+#: :func:`slots_hint`) names them: the tab-separated name and limit of each. A hint
+#: only: the worker computes the job's limits itself and gives back slots taken under
+#: another name (a key function or limit changed since the enqueue).
+SLOTS_HEADER = "lexigram-slots"
+
 #: ``queue.system`` -> the limiter type that keeps its semaphores on the same server.
 _LIMITER_OF_SYSTEM = {"memory": "local", "redis": "redis", "postgresql": "postgres"}
 
@@ -103,6 +109,15 @@ class LocalConcurrencyLimiter:
             holders = self._slots.get(name)
             if holders is not None and holder in holders:
                 holders[holder] = expiry
+
+
+def slots_hint(limits: Sequence[Limit]) -> str | None:
+    """``limits`` as the :data:`SLOTS_HEADER` text, or None when a name holds a tab, a
+    newline or ``%`` (the lease then leaves the job's slots to the worker)."""
+    text = "\t".join(f"{name}\t{limit}" for name, limit in limits)
+    if "%" in text or "\n" in text or text.count("\t") != 2 * len(limits) - 1:
+        return None
+    return text
 
 
 def limiter_for(queue: Any) -> ConcurrencyLimiter | None:

@@ -61,7 +61,9 @@ class Delivery:
     It also sets ``worker_id`` (its own id) and, for an attempt that did not
     succeed, ``attempt_record``: a backend declaring ``Capability.ATTEMPTS``
     stores the first as the job's worker and appends the second to the job's
-    attempt history.
+    attempt history. ``slots`` is set by a backend whose lease took the
+    concurrency slots named in the job's ``lexigram-slots`` header (``True``)
+    or found one of them full (``False``); ``None``: the worker takes them.
     """
 
     job: Job | None
@@ -72,6 +74,7 @@ class Delivery:
     error: JobError | None = None
     worker_id: str | None = None
     attempt_record: JobAttempt | None = None
+    slots: bool | None = None
 
     @property
     def job_id(self) -> str | None:

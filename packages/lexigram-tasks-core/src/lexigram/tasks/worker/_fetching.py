@@ -71,12 +71,13 @@ class Fetching(Settling):
             failures = 0
             for delivery in deliveries:
                 self._held[id(delivery)] = delivery
+            if deliveries:
+                # Before a return at shutdown too: it gives back the slots the lease took.
+                await self._take_batch_limits(deliveries)
             if self._stopping:
                 # Shielded: a cancellation must not leave some of them to lapse.
                 await asyncio.shield(self._return_all(deliveries))
                 break
-            if deliveries:
-                await self._take_batch_limits(deliveries)
             suspect = None
             for delivery in deliveries:
                 if self._is_suspect(delivery):

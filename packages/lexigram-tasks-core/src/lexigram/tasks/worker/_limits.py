@@ -17,17 +17,20 @@ import math
 import random
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Mapping
+import weakref
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.trace import Span
 
 from lexigram.tasks.concurrency import (
+    SLOTS_HEADER,
     ConcurrencyLimiter,
     Limit,
     LocalConcurrencyLimiter,
     limiter_for,
     local_limit_refused,
+    slots_hint,
 )
 from lexigram.tasks.control import JobState
 from lexigram.tasks.job import Job
@@ -107,17 +110,13 @@ class Limiting(Fetching):
         if local and not isinstance(self.queue, MemoryTaskQueue):
             raise local_limit_refused(self.queue.queue_name, self.queue.system, limited)
         self._release_nowait = getattr(limiter, "release_nowait", None)
+        # A limiter whose slots live beside the queue's jobs may have the lease take them.
+        take_with_leases = getattr(limiter, "take_with_leases", None)
+        if take_with_leases is not None:
+            take_with_leases(self.queue, f"{self.worker_id}/")
 
     def _limits_of(self, task: Task[Any, Any], job: Job) -> list[Limit]:
-        limits = task.limits
-        found: list[Limit] = []
-        if limits.max_concurrency is not None:
-            found.append((f"task:{task.name}", limits.max_concurrency))
-        if limits.concurrency_key is not None and limits.max_concurrency_per_key is not None:
-            positional = task.name in self._positional_keys
-            key = job_key(task, job, limits.concurrency_key, "concurrency_key", positional)
-            found.append((f"task:{task.name}:key:{key}", limits.max_concurrency_per_key))
-        return found
+        return task_limits(task, job.args, job.kwargs, task.name in self._positional_keys)
 
     async def _take_batch_limits(self, deliveries: list[Delivery]) -> None:
         """Take the slots of a fetched batch's limited jobs in one request (from the fetch loop).
@@ -131,6 +130,7 @@ class Limiting(Fetching):
             return
         counts = self._limit_counts
         refused = self._refused
+        holds = self._limit_holds
         tasks = self.tasks
         keyed_only = self._keyed_only
         prefix = f"{self.worker_id}/"
@@ -138,8 +138,13 @@ class Limiting(Fetching):
         requests: list[tuple[list[Limit], str]] = []
         for delivery in deliveries:
             job = delivery.job
+            # The lease took (or was refused) the slots the job's SLOTS_HEADER names: kept
+            # when they are the ones computed here, else given back and asked for anew.
+            leased = delivery.slots
             # A job back from a dead worker may run alone or be dead-lettered: its slot asks.
             if job is None or job.task not in limited or (job.attempt > 1 and job.lost_leases):
+                if leased:
+                    self._drop_leased_slots(delivery)
                 continue
             keyed = keyed_only.get(job.task)
             if keyed is not None and not job.kwargs:
@@ -147,13 +152,27 @@ class Limiting(Fetching):
                 try:
                     key = keyed[2](*job.args)
                 except Exception:
+                    if leased:
+                        self._drop_leased_slots(delivery)
                     continue  # its slot fails it
                 kind = type(key)
                 if kind is int:
                     key = str(key)
                 elif kind is not str:
+                    if leased:
+                        self._drop_leased_slots(delivery)
                     continue  # bool, float ...: its slot fails it
                 name = keyed[0] + key
+                if leased is not None:
+                    if job.headers.get(SLOTS_HEADER) == f"{name}\t{keyed[1]}":
+                        if leased:
+                            counts[name] = counts.get(name, 0) + 1
+                            holds[id(delivery)] = ([name], prefix + job.id)
+                        else:
+                            refused[id(delivery)] = delivery
+                        continue
+                    if leased:
+                        self._drop_leased_slots(delivery)
                 if name in counts and counts[name] >= keyed[1]:
                     refused[id(delivery)] = delivery
                     continue
@@ -163,7 +182,21 @@ class Limiting(Fetching):
             try:
                 limits = self._limits_of(tasks[job.task], job)
             except LimitKeyError:
+                if leased:
+                    self._drop_leased_slots(delivery)
                 continue  # its slot fails it
+            if leased is not None:
+                if job.headers.get(SLOTS_HEADER) == slots_hint(limits):
+                    if leased:
+                        names = [name for name, _ in limits]
+                        for name in names:
+                            counts[name] = counts.get(name, 0) + 1
+                        holds[id(delivery)] = (names, prefix + job.id)
+                    else:
+                        refused[id(delivery)] = delivery
+                    continue
+                if leased:
+                    self._drop_leased_slots(delivery)
             for name, limit in limits:
                 if name in counts and counts[name] >= limit:
                     refused[id(delivery)] = delivery
@@ -178,7 +211,6 @@ class Limiting(Fetching):
         except Exception as exc:
             logger.warning("taking concurrency slots failed (%s: %s)", type(exc).__name__, exc)
             return
-        holds = self._limit_holds
         for delivery, (limits, holder), fits in zip(asks, requests, taken, strict=True):
             if not fits:
                 refused[id(delivery)] = delivery
@@ -191,6 +223,18 @@ class Limiting(Fetching):
                 for name in names:
                     counts[name] = counts.get(name, 0) + 1
                 holds[id(delivery)] = (names, holder)
+
+    def _drop_leased_slots(self, delivery: Delivery) -> None:
+        """Give back the slots a delivery's lease took that the worker does not keep."""
+        job = delivery.job
+        hint = job.headers.get(SLOTS_HEADER, "") if job is not None else ""
+        names = hint.split("\t")[::2]
+        if job is None or not hint or self._release_nowait is None:
+            return  # they lapse with their lease
+        try:
+            self._release_nowait(names, f"{self.worker_id}/{job.id}")
+        except Exception as exc:
+            logger.warning("releasing concurrency slots %s failed: %s", names, exc)
 
     async def _ask_limits(self, task: Task[Any, Any], delivery: Delivery) -> bool:
         """Take the slots of a job not taken when it was fetched (True), or settle the job:
@@ -307,6 +351,45 @@ class Limiting(Fetching):
         await self._dead_letter(delivery, "LimitKeyError", str(exc), tb, None, JobState.FAILED)
 
 
+def slots_header(
+    task: Task[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> str | None:
+    """The :data:`~lexigram.tasks.concurrency.SLOTS_HEADER` of a job of ``task`` being
+    enqueued, or None: a key function that fails here fails the job when a worker takes it."""
+    positional = _POSITIONAL_KEYS.get(task)
+    if positional is None:
+        key_fn = task.limits.concurrency_key
+        positional = key_fn is not None and _same_parameters(task.fn, key_fn)
+        _POSITIONAL_KEYS[task] = positional
+    try:
+        return slots_hint(task_limits(task, args, kwargs, positional))
+    except LimitKeyError:
+        return None
+
+
+#: Per task: whether its key function takes the task's own parameters (see job_key).
+_POSITIONAL_KEYS: weakref.WeakKeyDictionary[Task[Any, Any], bool] = weakref.WeakKeyDictionary()
+
+
+def task_limits(
+    task: Task[Any, Any],
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    positional: bool = False,
+) -> list[Limit]:
+    """The concurrency limits a run of ``task`` with these arguments takes a slot of;
+    :class:`LimitKeyError` if its key function fails (``positional``: see :func:`job_key`)."""
+    limits = task.limits
+    found: list[Limit] = []
+    if limits.max_concurrency is not None:
+        found.append((f"task:{task.name}", limits.max_concurrency))
+    if limits.concurrency_key is not None and limits.max_concurrency_per_key is not None:
+        fn = limits.concurrency_key
+        key = arguments_key(task, args, kwargs, fn, "concurrency_key", positional)
+        found.append((f"task:{task.name}:key:{key}", limits.max_concurrency_per_key))
+    return found
+
+
 def job_key(
     task: Task[Any, Any], job: Job, fn: Callable[..., Any], option: str, positional: bool = False
 ) -> str:
@@ -315,11 +398,20 @@ def job_key(
     ``positional``: ``fn`` has the task's own parameters (:func:`_same_parameters`), so
     positional arguments alone bind to it as by name, without building keywords.
     """
+    return arguments_key(task, job.args, job.kwargs, fn, option, positional)
+
+
+def arguments_key(
+    task: Task[Any, Any],
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    fn: Callable[..., Any],
+    option: str,
+    positional: bool = False,
+) -> str:
+    """:func:`job_key` of arguments not yet in a job (an enqueue's)."""
     try:
-        if positional and not job.kwargs:
-            key = fn(*job.args)
-        else:
-            key = task.call_by_name(fn, job.args, job.kwargs)
+        key = fn(*args) if positional and not kwargs else task.call_by_name(fn, args, kwargs)
     except Exception as exc:
         raise LimitKeyError(
             f"{option} of task {task.name!r} raised {type(exc).__name__}: {exc}"

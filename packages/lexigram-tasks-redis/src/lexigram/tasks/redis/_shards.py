@@ -129,6 +129,10 @@ class ShardedRedisTaskQueue(RedisTaskQueue):
 
     # -- consuming -------------------------------------------------------------
 
+    def take_slots_on_lease(self, key_prefix: str, holder_prefix: str) -> bool:
+        """As :meth:`RedisTaskQueue.take_slots_on_lease`, for every shard's leases."""
+        return all(lane.take_slots_on_lease(key_prefix, holder_prefix) for lane in self.lanes)
+
     async def dequeue(
         self, *, max_jobs: int = 1, lease_seconds: float = 30.0, wait: float = 0.0
     ) -> list[Delivery]:

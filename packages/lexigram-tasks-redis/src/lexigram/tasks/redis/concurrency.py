@@ -196,6 +196,15 @@ class RedisConcurrencyLimiter:
             limiter._held = held(client)
         return limiter
 
+    def take_with_leases(self, queue: Any, holder_prefix: str) -> bool:
+        """Have ``queue``'s leases take the slots named in their jobs' ``lexigram-slots``
+        header, for holder ``holder_prefix + job id``, when this is the queue's own
+        limiter (:meth:`for_queue`): a round trip less per leased batch. False if not."""
+        take = getattr(queue, "take_slots_on_lease", None)
+        if self._carrier is not queue or take is None:
+            return False
+        return bool(take(self._prefix, holder_prefix))
+
     def key(self, name: str) -> str:
         """The Redis key of semaphore ``name``."""
         return f"{self.namespace}:slots:{name}"

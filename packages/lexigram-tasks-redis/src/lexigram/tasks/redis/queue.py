@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from lexigram.tasks.concurrency import SLOTS_HEADER
 from lexigram.tasks.errors import BackendConnectionError, ConfigurationError
 from lexigram.tasks.job import DEFAULT_MAX_JOB_BYTES, Job
 from lexigram.tasks.protocol import (
@@ -145,6 +146,9 @@ class RedisTaskQueue(Settling, BaseTaskQueue, JobControl):
         # delayed job or lease falls due. dequeue then waits without first
         # asking again, since any new job leaves a wake-up token.
         self._idle_until: float | None = None
+        # The concurrency limiter's key prefix and the worker's holder prefix, once a
+        # worker has its lease take the slots its jobs name (take_slots_on_lease).
+        self._slot_args: list[str] = []
 
     def __new__(cls, *args: Any, shards: int = 1, **kwargs: Any) -> RedisTaskQueue:
         if cls is RedisTaskQueue and shards > 1:
@@ -242,10 +246,29 @@ class RedisTaskQueue(Settling, BaseTaskQueue, JobControl):
             )
         return ids
 
+    @property
+    def lease_takes_slots(self) -> bool:
+        """Whether a worker's lease can take the concurrency slots a job names in its
+        ``lexigram-slots`` header (the enqueue then stores them): not on a cluster, where
+        the semaphores may live on another master."""
+        return not self.cluster
+
+    def take_slots_on_lease(self, key_prefix: str, holder_prefix: str) -> bool:
+        """Have this queue's leases take the slots their jobs name, as
+        :class:`~lexigram.tasks.redis.RedisConcurrencyLimiter` keeps them under
+        ``key_prefix``, for holder ``holder_prefix + job id``; False when they cannot
+        (a cluster, or a prefix the limiter would have to escape)."""
+        if self.cluster or any(c in key_prefix + holder_prefix for c in "%\t\n"):
+            return False
+        self._slot_args = [key_prefix, holder_prefix]
+        return True
+
     def _enqueue_args(self, job: Job, data: bytes) -> list[Any]:
-        """The enqueue script's seven arguments for ``job`` (see enqueue.lua)."""
+        """The enqueue script's eight arguments for ``job`` (see enqueue.lua)."""
         run_at = repr(float(job.run_at)) if job.run_at is not None else "0"
-        return [job.id, data, job.task, job.priority, run_at, job.dedup_key or "", job.attempt]
+        slots = job.headers.get(SLOTS_HEADER, "") if job.headers else ""
+        dedup = job.dedup_key or ""
+        return [job.id, data, job.task, job.priority, run_at, dedup, job.attempt, slots]
 
     async def push_raw(self, payload: bytes, job_id: str | None = None) -> str:
         """Store ``payload`` byte for byte as a foreign producer would (for tests of bad input).
@@ -281,7 +304,7 @@ class RedisTaskQueue(Settling, BaseTaskQueue, JobControl):
     async def _dequeue(self, max_jobs: int, lease_seconds: float, wait: float) -> list[Delivery]:
         lease = self._script("lease")
         deadline = time.monotonic() + wait
-        args = [max_jobs, repr(float(lease_seconds)), *_scripts.clock_hint()]
+        args = [max_jobs, repr(float(lease_seconds)), *_scripts.clock_hint(), *self._slot_args]
         if self._idle_until is None or wait < _MIN_BLOCK:
             deliveries = self._leased(await lease(args))
             if deliveries or wait < _MIN_BLOCK:
@@ -300,7 +323,7 @@ class RedisTaskQueue(Settling, BaseTaskQueue, JobControl):
             # Sleep on the wake-up list until an enqueue (or the next due job)
             # and lease in the same round trip: the script runs the moment
             # BLPOP returns, so an idle worker picks a new job up at once.
-            args[2:] = _scripts.clock_hint()
+            args[2:4] = _scripts.clock_hint()
             if isinstance(lease, ClusterScript):
                 reply = await lease.after_blpop(self.keys.wake, max(block, _MIN_BLOCK), args)
             else:
@@ -321,18 +344,21 @@ class RedisTaskQueue(Settling, BaseTaskQueue, JobControl):
         return [self._delivery(item) for item in reply[:-1]]
 
     def _delivery(self, item: bytes) -> Delivery:
-        # "<token> <attempt> <missing> <len(id)> <id><payload>" (see lease.lua)
-        token, attempt, missing, id_length, rest = item.split(b" ", 4)
+        # "<token> <attempt> <status> <len(id)> <id><payload>" (see lease.lua)
+        token, attempt, status, id_length, rest = item.split(b" ", 4)
         raw_id, data = rest[: int(id_length)], rest[int(id_length) :]
         key_id = raw_id.decode(errors="replace")
         lease = token + b" " + raw_id
-        if missing == b"1":
+        if status == b"1":
             problem = (
                 f"queue entry {key_id!r} has no job stored at {self.keys.job(key_id)!r}; "
                 "a producer must write the job hash before pushing its id"
             )
             return Delivery(None, data, lease, problem)
-        return self.parse_delivery(data, lease, attempt=int(attempt), stored_as=key_id)
+        delivery = self.parse_delivery(data, lease, attempt=int(attempt), stored_as=key_id)
+        if status != b"0":
+            delivery.slots = status == b"2"  # the slots its lx_slots names: taken, or one full
+        return delivery
 
     # -- inspecting ------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 -- Store jobs: ARGV[3] is the enqueue time in rq's format, stamped by the
--- client as rq stamps it (created_at and enqueued_at); ARGV from 4 are seven
+-- client as rq stamps it (created_at and enqueued_at); ARGV from 4 are eight
 -- values per job: id, payload (the JSON document, stored byte for byte), task,
--- priority, run_at (0: now), dedup key ('' for none), attempt. The server's
+-- priority, run_at (0: now), dedup key ('' for none), attempt, and the
+-- concurrency slots a lease may take for it ('' for none; see lease.lua). The server's
 -- clock is read (TIME) only for a job with a run_at, to tell a delayed job
 -- from a due one. The client sends the fields it has already
 -- validated, so the document is never parsed here: Lua's JSON parser neither
@@ -14,7 +15,7 @@
 local ids = {}
 local enqueued_at = ARGV[3]
 local now
-for i = 4, #ARGV, 7 do
+for i = 4, #ARGV, 8 do
   local id, payload, task = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local priority, run_at = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
   local dedup, attempt = ARGV[i + 5], ARGV[i + 6]
@@ -42,6 +43,7 @@ for i = 4, #ARGV, 7 do
       redis.call('HSET', key, 'data', payload, 'status', state, 'origin', QUEUE_NAME,
         'created_at', enqueued_at, 'enqueued_at', enqueued_at, 'description', task,
         'lx_attempt', attempt, 'lx_priority', priority)
+      if ARGV[i + 7] ~= '' then redis.call('HSET', key, 'lx_slots', ARGV[i + 7]) end
       if dedup ~= '' then
         redis.call('HSET', key, 'lx_dedup', dedup)
         redis.call('HSET', K_DEDUP, dedup, id)

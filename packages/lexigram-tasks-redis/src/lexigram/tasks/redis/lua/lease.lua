@@ -1,9 +1,11 @@
 -- Lease up to ARGV[3] ready jobs for ARGV[4] seconds, after putting lapsed
 -- leases and due delayed jobs back on the ready list. Each leased job's
 -- attempt is incremented here. ARGV[5] and ARGV[6] are the client's clock
--- for started_at (see now_iso). Returns one item per job (see below) and,
--- last: -2 if ready jobs are left, else the seconds until the next delayed
--- job or lease is due (-1: none).
+-- for started_at (see now_iso). ARGV[7] and ARGV[8], when given, are a
+-- concurrency limiter's key prefix and the worker's holder prefix: the lease
+-- then takes the slots that a job's lx_slots field names (see take_slots).
+-- Returns one item per job (see below) and, last: -2 if ready jobs are left,
+-- else the seconds until the next delayed job or lease is due (-1: none).
 
 -- Small numbers as text, each formatted once: ids' lengths (an rq id is 36
 -- characters) and attempts repeat. The table is made on first use: a lexigram
@@ -36,6 +38,43 @@ local function as_skiplist(key)
   end
 end
 
+-- The slots lx_slots names ("name\tlimit", tab-separated pairs, written at
+-- enqueue), all or none, for holder ARGV[8] .. id until the lease's deadline,
+-- under the rule RedisConcurrencyLimiter's script follows: a set is cleaned
+-- of lapsed holders only when it looks full. Returns the reply's status: '2'
+-- taken, '3' a limit full, '0' left to the worker (an id that would need
+-- escaping). Saves the worker a round trip per leased batch.
+local SLOT_PREFIX, HOLDER_PREFIX = ARGV[7], ARGV[8]
+local slot_ms
+local function take_slots(spec, id, deadline)
+  if string.find(id, '[%%\t\n]') then return '0' end
+  local holder = HOLDER_PREFIX .. id
+  local keys, sizes = {}, {}
+  for name, limit in string.gmatch(spec, '([^\t]+)\t([^\t]+)') do
+    local key = SLOT_PREFIX .. name
+    local size = redis.call('ZCARD', key)
+    limit = tonumber(limit)
+    if size >= limit then
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', NOW_TEXT)
+      size = redis.call('ZCARD', key)
+      if size >= limit and not redis.call('ZSCORE', key, holder) then return '3' end
+    end
+    keys[#keys + 1] = key
+    sizes[#keys] = size
+  end
+  -- The set outlives its longest lease (the deadline may be rounded up a second).
+  if not slot_ms then slot_ms = string.format('%d', math.ceil(ARGV[4] * 1000) + 2000) end
+  for i, key in ipairs(keys) do
+    redis.call('ZADD', key, deadline, holder)
+    if sizes[i] == 0 then
+      redis.call('PEXPIRE', key, slot_ms)
+    else
+      redis.call('PEXPIRE', key, slot_ms, 'GT')
+    end
+  end
+  return '2'
+end
+
 reclaim('100')
 promote('1000')
 local out = {}
@@ -51,7 +90,7 @@ if #ids > 0 then
   for i, id in ipairs(ids) do
     local key = JOB_PREFIX .. id
     local token = string.format('%d', first + i)
-    local f = redis.call('HMGET', key, 'data', 'lx_attempt')
+    local f = redis.call('HMGET', key, 'data', 'lx_attempt', 'lx_slots')
     local data, missing = f[1], '0'
     -- A job's first lease (attempt '0', the common case) without a conversion.
     local attempt = f[2] == '0' and '1' or text((tonumber(f[2]) or 0) + 1)
@@ -60,13 +99,16 @@ if #ids > 0 then
       -- itself as the payload so that it is dead-lettered, not lost.
       data, missing = id, '1'
       redis.call('HSET', key, 'data', id, 'origin', QUEUE_NAME)
+    elseif f[3] and HOLDER_PREFIX then
+      missing = take_slots(f[3], id, deadline)
     end
     redis.call('HSET', key, 'status', 'started', 'lx_attempt', attempt, 'lx_token', token,
       'started_at', started_at)
     leases[2 * i - 1], leases[2 * i] = deadline, id
     started[2 * i - 1], started[2 * i] = '+inf', id .. ':' .. token
     -- One reply item per job (each item costs the client a parse step):
-    -- "<token> <attempt> <missing> <len(id)> <id><payload>".
+    -- "<token> <attempt> <status> <len(id)> <id><payload>", status '1' for a
+    -- missing job, else take_slots's (or '0').
     local length = #id
     out[i] = token .. ' ' .. attempt .. ' ' .. missing .. ' '
       .. (length == 32 and '32' or text(length)) .. ' ' .. id .. data

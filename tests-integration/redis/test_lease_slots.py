@@ -1,0 +1,133 @@
+"""The lease takes a job's concurrency slots on Redis: the enqueue names them (the job's
+``lexigram-slots`` header, stored as ``lx_slots``), the lease script takes them for the
+worker, and the worker keeps them only when they are the slots it computes itself."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from lexigram.tasks.concurrency import SLOTS_HEADER
+from lexigram.tasks.control import JobState
+from lexigram.tasks.provider import TaskProvider
+from lexigram.tasks.redis import RedisTaskQueue
+from lexigram.tasks.redis.concurrency import RedisConcurrencyLimiter
+from lexigram.tasks.testing import eventually
+from lexigram.tasks.worker import WorkerPool
+
+
+def _provider(
+    queue: RedisTaskQueue, key: Callable[..., Any], limit: int, gate: asyncio.Event, ran: list[str]
+) -> TaskProvider:
+    provider = TaskProvider(queue=queue)
+
+    @provider.task(
+        name=f"{queue.queue_name}.keyed", concurrency_key=key, max_concurrency_per_key=limit
+    )
+    async def keyed(tenant: str) -> None:
+        ran.append(tenant)
+        await gate.wait()
+
+    return provider
+
+
+def _no_acquires(pool: WorkerPool, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The limiter calls that take slots the pool makes (a list the test can check)."""
+    calls: list[str] = []
+    limiter = pool.concurrency_limiter
+    assert isinstance(limiter, RedisConcurrencyLimiter)
+    for method in ("acquire", "acquire_many"):
+        original = getattr(limiter, method)
+
+        async def spy(*args: Any, _name: str = method, _original: Any = original) -> Any:
+            calls.append(_name)
+            return await _original(*args)
+
+        monkeypatch.setattr(limiter, method, spy)
+    return calls
+
+
+async def test_the_lease_takes_the_slots_its_job_names(
+    queue: RedisTaskQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate, ran = asyncio.Event(), list[str]()
+    provider = _provider(queue, lambda tenant: tenant, 1, gate, ran)
+    task = provider.tasks[f"{queue.queue_name}.keyed"]
+    handle = await task.enqueue("acme")
+    name = f"task:{task.name}:key:acme"
+    stored = await queue.client.hget(queue.keys.job(handle.id), "lx_slots")
+    assert stored == f"{name}\t1".encode()
+    pool = WorkerPool(queue, provider.tasks, worker_count=2)
+    await pool.start()
+    try:
+        calls = _no_acquires(pool, monkeypatch)
+        limiter = pool.concurrency_limiter
+        assert isinstance(limiter, RedisConcurrencyLimiter)
+        await eventually(lambda: ran == ["acme"], timeout=10)
+        holders = await queue.client.zrange(limiter.key(name), 0, -1)
+        assert holders == [f"{pool.worker_id}/{handle.id}".encode()]
+        # A second job of the key: its lease finds the slot full, and it waits in the queue.
+        second = await task.enqueue("acme")
+        await eventually(lambda: _returned(queue, second.id), timeout=10)
+        assert ran == ["acme"]
+        gate.set()
+        await eventually(lambda: ran == ["acme", "acme"], timeout=10)
+        assert calls == []  # every slot was taken by a lease
+        await eventually(lambda: _completed(queue, handle.id, second.id), timeout=10)
+        await eventually(lambda: _gone(queue, limiter.key(name)), timeout=10)
+        # Put back unrun, the second job used no attempt.
+        info = await queue.get_job(second.id)
+        assert info is not None and info.attempt == 1
+    finally:
+        gate.set()
+        await pool.stop()
+
+
+async def _returned(queue: RedisTaskQueue, job_id: str) -> bool:
+    info = await queue.get_job(job_id)
+    return info is not None and info.state in (JobState.QUEUED, JobState.SCHEDULED)
+
+
+async def _completed(queue: RedisTaskQueue, *job_ids: str) -> bool:
+    infos = [await queue.get_job(job_id) for job_id in job_ids]
+    return all(info is not None and info.state is JobState.SUCCEEDED for info in infos)
+
+
+async def _gone(queue: RedisTaskQueue, key: str) -> bool:
+    return await queue.client.exists(key) == 0
+
+
+async def test_slots_named_under_another_key_are_given_back(
+    queue: RedisTaskQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The producer's key function differs from the worker's (a deploy changed it): the
+    # lease takes the slot the job names, the worker gives it back and takes its own.
+    gate, ran = asyncio.Event(), list[str]()
+    producer = _provider(queue, lambda tenant: tenant, 1, gate, ran)
+    task_name = f"{queue.queue_name}.keyed"
+    handle = await producer.tasks[task_name].enqueue("acme")
+    assert producer.tasks[task_name].job("acme").headers[SLOTS_HEADER] == (
+        f"task:{task_name}:key:acme\t1"
+    )
+    consumer = _provider(queue, lambda tenant: tenant.upper(), 1, gate, ran)
+    pool = WorkerPool(queue, consumer.tasks, worker_count=1)
+    await pool.start()
+    try:
+        calls = _no_acquires(pool, monkeypatch)
+        limiter = pool.concurrency_limiter
+        assert isinstance(limiter, RedisConcurrencyLimiter)
+        await eventually(lambda: ran == ["acme"], timeout=10)
+        holder = f"{pool.worker_id}/{handle.id}".encode()
+        named, own = (limiter.key(f"task:{task_name}:key:{k}") for k in ("acme", "ACME"))
+        assert await queue.client.zrange(own, 0, -1) == [holder]
+        await eventually(lambda: _gone(queue, named), timeout=10)
+        assert calls == ["acquire_many"]
+        gate.set()
+        await eventually(lambda: _completed(queue, handle.id), timeout=10)
+        await eventually(lambda: _gone(queue, own), timeout=10)
+    finally:
+        gate.set()
+        await pool.stop()
