@@ -131,3 +131,45 @@ async def test_slots_named_under_another_key_are_given_back(
     finally:
         gate.set()
         await pool.stop()
+
+
+async def test_the_lease_takes_every_limit_of_a_job_or_none(
+    queue: RedisTaskQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A task-wide limit and a per-key one: the lease takes a slot of each, all or none.
+    gate, ran = asyncio.Event(), list[str]()
+    provider = TaskProvider(queue=queue)
+    task_name = f"{queue.queue_name}.both"
+
+    @provider.task(
+        name=task_name,
+        max_concurrency=2,
+        concurrency_key=lambda tenant: tenant,
+        max_concurrency_per_key=1,
+    )
+    async def both(tenant: str) -> None:
+        ran.append(tenant)
+        await gate.wait()
+
+    first = await both.enqueue("a")
+    second = await both.enqueue("a")  # the key's slot is first's: refused
+    third = await both.enqueue("b")
+    pool = WorkerPool(queue, provider.tasks, worker_count=3)
+    await pool.start()
+    try:
+        calls = _no_acquires(pool, monkeypatch)
+        limiter = pool.concurrency_limiter
+        assert isinstance(limiter, RedisConcurrencyLimiter)
+        await eventually(lambda: sorted(ran) == ["a", "b"], timeout=10)
+        holders = {f"{pool.worker_id}/{job.id}".encode() for job in (first, third)}
+        task_wide = await queue.client.zrange(limiter.key(f"task:{task_name}"), 0, -1)
+        assert set(task_wide) == holders
+        key_a = await queue.client.zrange(limiter.key(f"task:{task_name}:key:a"), 0, -1)
+        assert key_a == [f"{pool.worker_id}/{first.id}".encode()]
+        await eventually(lambda: _returned(queue, second.id), timeout=10)
+        gate.set()
+        await eventually(lambda: _completed(queue, first.id, second.id, third.id), timeout=20)
+        assert calls == []
+    finally:
+        gate.set()
+        await pool.stop()

@@ -267,6 +267,8 @@ class RedisTaskQueue(Settling, BaseTaskQueue, JobControl):
         """The enqueue script's eight arguments for ``job`` (see enqueue.lua)."""
         run_at = repr(float(job.run_at)) if job.run_at is not None else "0"
         slots = job.headers.get(SLOTS_HEADER, "") if job.headers else ""
+        if slots and ("%" in job.id or "\t" in job.id or "\n" in job.id):
+            slots = ""  # a holder id the limiter would escape: the worker takes them
         dedup = job.dedup_key or ""
         return [job.id, data, job.task, job.priority, run_at, dedup, job.attempt, slots]
 
