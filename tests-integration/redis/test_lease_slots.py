@@ -84,6 +84,11 @@ async def test_the_lease_takes_the_slots_its_job_names(
     finally:
         gate.set()
         await pool.stop()
+    # Its worker stopped, the queue's leases take no more slots.
+    await task.enqueue("acme")
+    [delivery] = await queue.dequeue(max_jobs=1)
+    assert delivery.slots is None
+    assert not await queue.client.exists(limiter.key(name))
 
 
 async def _returned(queue: RedisTaskQueue, job_id: str) -> bool:

@@ -133,6 +133,10 @@ class ShardedRedisTaskQueue(RedisTaskQueue):
         """As :meth:`RedisTaskQueue.take_slots_on_lease`, for every shard's leases."""
         return all(lane.take_slots_on_lease(key_prefix, holder_prefix) for lane in self.lanes)
 
+    def stop_taking_slots(self) -> None:
+        for lane in self.lanes:
+            lane.stop_taking_slots()
+
     async def dequeue(
         self, *, max_jobs: int = 1, lease_seconds: float = 30.0, wait: float = 0.0
     ) -> list[Delivery]:

@@ -238,6 +238,9 @@ class RedisConcurrencyLimiter:
         self._closed = True
         if self._carrier is not None:
             self._carrier.stop_carrying(self)
+            stop_taking = getattr(self._carrier, "stop_taking_slots", None)
+            if stop_taking is not None:
+                stop_taking()
             self._carrier = None
         client, self._client = self._client, None
         self._batch = self._extend = None

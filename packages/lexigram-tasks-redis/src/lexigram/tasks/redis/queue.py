@@ -263,6 +263,10 @@ class RedisTaskQueue(Settling, BaseTaskQueue, JobControl):
         self._slot_args = [key_prefix, holder_prefix]
         return True
 
+    def stop_taking_slots(self) -> None:
+        """Undo :meth:`take_slots_on_lease` (its worker's limiter is closing)."""
+        self._slot_args = []
+
     def _enqueue_args(self, job: Job, data: bytes) -> list[Any]:
         """The enqueue script's eight arguments for ``job`` (see enqueue.lua)."""
         run_at = repr(float(job.run_at)) if job.run_at is not None else "0"
