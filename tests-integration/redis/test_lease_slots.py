@@ -34,20 +34,28 @@ def _provider(
     return provider
 
 
-def _no_acquires(pool: WorkerPool, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The limiter calls that take slots the pool makes (a list the test can check)."""
+async def _started(
+    queue: RedisTaskQueue,
+    tasks: dict[str, Any],
+    workers: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[WorkerPool, RedisConcurrencyLimiter, list[str]]:
+    """A started worker pool, its limiter, and the limiter calls that take slots it makes."""
     calls: list[str] = []
-    limiter = pool.concurrency_limiter
-    assert isinstance(limiter, RedisConcurrencyLimiter)
+    # Patched on the class before the pool starts: its first fetch may come at once.
     for method in ("acquire", "acquire_many"):
-        original = getattr(limiter, method)
+        original = getattr(RedisConcurrencyLimiter, method)
 
         async def spy(*args: Any, _name: str = method, _original: Any = original) -> Any:
             calls.append(_name)
             return await _original(*args)
 
-        monkeypatch.setattr(limiter, method, spy)
-    return calls
+        monkeypatch.setattr(RedisConcurrencyLimiter, method, spy)
+    pool = WorkerPool(queue, tasks, worker_count=workers)
+    await pool.start()
+    limiter = pool.concurrency_limiter
+    assert isinstance(limiter, RedisConcurrencyLimiter)
+    return pool, limiter, calls
 
 
 async def test_the_lease_takes_the_slots_its_job_names(
@@ -60,12 +68,8 @@ async def test_the_lease_takes_the_slots_its_job_names(
     name = f"task:{task.name}:key:acme"
     stored = await queue.client.hget(queue.keys.job(handle.id), "lx_slots")
     assert stored == f"{name}\t1".encode()
-    pool = WorkerPool(queue, provider.tasks, worker_count=2)
-    await pool.start()
+    pool, limiter, calls = await _started(queue, provider.tasks, 2, monkeypatch)
     try:
-        calls = _no_acquires(pool, monkeypatch)
-        limiter = pool.concurrency_limiter
-        assert isinstance(limiter, RedisConcurrencyLimiter)
         await eventually(lambda: ran == ["acme"], timeout=10)
         holders = await queue.client.zrange(limiter.key(name), 0, -1)
         assert holders == [f"{pool.worker_id}/{handle.id}".encode()]
@@ -118,12 +122,8 @@ async def test_slots_named_under_another_key_are_given_back(
         f"task:{task_name}:key:acme\t1"
     )
     consumer = _provider(queue, lambda tenant: tenant.upper(), 1, gate, ran)
-    pool = WorkerPool(queue, consumer.tasks, worker_count=1)
-    await pool.start()
+    pool, limiter, calls = await _started(queue, consumer.tasks, 1, monkeypatch)
     try:
-        calls = _no_acquires(pool, monkeypatch)
-        limiter = pool.concurrency_limiter
-        assert isinstance(limiter, RedisConcurrencyLimiter)
         await eventually(lambda: ran == ["acme"], timeout=10)
         holder = f"{pool.worker_id}/{handle.id}".encode()
         named, own = (limiter.key(f"task:{task_name}:key:{k}") for k in ("acme", "ACME"))
@@ -159,12 +159,8 @@ async def test_the_lease_takes_every_limit_of_a_job_or_none(
     first = await both.enqueue("a")
     second = await both.enqueue("a")  # the key's slot is first's: refused
     third = await both.enqueue("b")
-    pool = WorkerPool(queue, provider.tasks, worker_count=3)
-    await pool.start()
+    pool, limiter, calls = await _started(queue, provider.tasks, 3, monkeypatch)
     try:
-        calls = _no_acquires(pool, monkeypatch)
-        limiter = pool.concurrency_limiter
-        assert isinstance(limiter, RedisConcurrencyLimiter)
         await eventually(lambda: sorted(ran) == ["a", "b"], timeout=10)
         holders = {f"{pool.worker_id}/{job.id}".encode() for job in (first, third)}
         task_wide = await queue.client.zrange(limiter.key(f"task:{task_name}"), 0, -1)
