@@ -73,7 +73,9 @@ async def enqueue(kind, enq=None):
 
 async def enqueue_bulk(kind, n):
     for start in range(0, n, 1000):
-        await provider.enqueue_many([bench_job.job(kind, None, next(_keys)) for _ in range(min(1000, n - start))])
+        await provider.enqueue_many(
+            [bench_job.job(kind, None, next(_keys)) for _ in range(min(1000, n - start))]
+        )
 
 
 async def queued_count():

@@ -45,7 +45,6 @@ end
 -- holders only when it looks full. Returns the reply's status: '2' taken,
 -- '3' a limit full. Saves the worker a round trip per leased batch.
 local SLOT_PREFIX, HOLDER_PREFIX = ARGV[7], ARGV[8]
-local find, sub = string.find, string.sub
 local slot_ms, limit_text, limit
 local function room(key, holder, asked)
   if asked ~= limit_text then limit_text, limit = asked, tonumber(asked) end
@@ -68,18 +67,19 @@ local function take_slots(spec, id, deadline)
   local holder = HOLDER_PREFIX .. id
   -- The set outlives its longest lease (the deadline may be rounded up a second).
   if not slot_ms then slot_ms = string.format('%d', math.ceil(ARGV[4] * 1000) + 2000) end
-  local tab = find(spec, '\t', 1, true)
-  if not find(spec, '\t', tab + 1, true) then  -- one limit: the usual case
-    local key = SLOT_PREFIX .. sub(spec, 1, tab - 1)
-    local size = room(key, holder, sub(spec, tab + 1))
+  local tab = string.find(spec, '\t', 1, true)
+  if not string.find(spec, '\t', tab + 1, true) then  -- one limit: the usual case
+    local key = SLOT_PREFIX .. string.sub(spec, 1, tab - 1)
+    local size = room(key, holder, string.sub(spec, tab + 1))
     if not size then return '3' end
     hold(key, holder, deadline, size)
     return '2'
   end
-  local keys, sizes = {}, {}
-  for name, asked in string.gmatch(spec, '([^\t]+)\t([^\t]+)') do
-    local key = SLOT_PREFIX .. name
-    local size = room(key, holder, asked)
+  local fields, keys, sizes = {}, {}, {}
+  for field in string.gmatch(spec, '[^\t]+') do fields[#fields + 1] = field end
+  for i = 1, #fields - 1, 2 do  -- name, limit
+    local key = SLOT_PREFIX .. fields[i]
+    local size = room(key, holder, fields[i + 1])
     if not size then return '3' end
     keys[#keys + 1] = key
     sizes[#keys] = size
