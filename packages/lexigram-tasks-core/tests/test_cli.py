@@ -137,6 +137,10 @@ def environment(**extra: str) -> dict[str, str]:
     return env
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run(*args: str, cwd: Path, timeout: float = 30, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*COMMAND, *args],
@@ -492,6 +496,10 @@ def test_info_watch_refreshes_until_interrupted(app_dir: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as at a terminal: a suite started in the background of a
+        # non-interactive shell has SIGINT ignored, which a child would inherit
+        # (and rightly keep ignoring).
+        preexec_fn=_default_sigint,
     )
     try:
         assert process.stdout is not None
