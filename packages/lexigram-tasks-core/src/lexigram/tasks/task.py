@@ -154,6 +154,11 @@ class Task(Generic[P, R]):
         self.rate_limit = rate_limit
         self.store_result = store_result
         self.limits = limits
+        #: Whether the key function has exactly the handler's plain parameters, so a
+        #: job's positional arguments alone can be passed to it as they are.
+        self.key_takes_task_parameters = limits.concurrency_key is not None and (
+            _same_parameters(fn, limits.concurrency_key)
+        )
         #: ``"thread"``, ``"process"`` or None (the worker's ``default_executor``
         #: for a plain ``def``, the event loop for an ``async def``).
         self.executor = _checked_executor(fn, name, is_async, executor)
@@ -336,3 +341,19 @@ class BoundTask(Generic[P, R]):
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
         # Routed by the options' backend, else by the task's (as every enqueue is).
         return await self._task.provider._enqueue_call(self._task.name, args, kwargs, self._options)
+
+
+def _same_parameters(handler: Callable[..., Any], fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` has exactly ``handler``'s plain parameters: names, order and defaults."""
+    try:
+        ours = list(inspect.signature(handler).parameters.values())
+        theirs = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return len(ours) == len(theirs) and all(
+        a.kind is a.POSITIONAL_OR_KEYWORD
+        and b.kind is b.POSITIONAL_OR_KEYWORD
+        and a.name == b.name
+        and a.default is b.default
+        for a, b in zip(ours, theirs, strict=True)
+    )

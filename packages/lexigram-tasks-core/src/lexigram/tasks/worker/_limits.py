@@ -11,13 +11,11 @@ the slots held with the jobs' leases.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import math
 import random
 import time
 import traceback
-import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -78,12 +76,7 @@ class Limiting(Fetching):
         limited = sorted(t.name for t in tasks if t.limits.concurrent)
         self._limited_tasks = frozenset(limited)
         self._release_nowait = None
-        self._positional_keys = frozenset(
-            t.name
-            for t in tasks
-            if t.limits.concurrency_key is not None
-            and _same_parameters(t.fn, t.limits.concurrency_key)
-        )
+        self._positional_keys = frozenset(t.name for t in tasks if t.key_takes_task_parameters)
         # Returned for slots given back without waiting: a done future costs no
         # coroutine, and the slot need not await it.
         loop = asyncio.get_running_loop()
@@ -140,11 +133,9 @@ class Limiting(Fetching):
             job = delivery.job
             # The lease took (or was refused) the slots the job's SLOTS_HEADER names: kept
             # when they are the ones computed here, else given back and asked for anew.
-            leased = delivery.slots
             # A job back from a dead worker may run alone or be dead-lettered: its slot asks.
             if job is None or job.task not in limited or (job.attempt > 1 and job.lost_leases):
-                if leased:
-                    self._drop_leased_slots(delivery)
+                self._drop_leased_slots(delivery)
                 continue
             keyed = keyed_only.get(job.task)
             if keyed is not None and not job.kwargs:
@@ -152,27 +143,19 @@ class Limiting(Fetching):
                 try:
                     key = keyed[2](*job.args)
                 except Exception:
-                    if leased:
-                        self._drop_leased_slots(delivery)
+                    self._drop_leased_slots(delivery)
                     continue  # its slot fails it
                 kind = type(key)
                 if kind is int:
                     key = str(key)
                 elif kind is not str:
-                    if leased:
-                        self._drop_leased_slots(delivery)
+                    self._drop_leased_slots(delivery)
                     continue  # bool, float ...: its slot fails it
                 name = keyed[0] + key
-                if leased is not None:
-                    if job.headers.get(SLOTS_HEADER) == f"{name}\t{keyed[1]}":
-                        if leased:
-                            counts[name] = counts.get(name, 0) + 1
-                            holds[id(delivery)] = ([name], prefix + job.id)
-                        else:
-                            refused[id(delivery)] = delivery
-                        continue
-                    if leased:
-                        self._drop_leased_slots(delivery)
+                if delivery.slots is not None and self._leased_decided(
+                    delivery, job, [name], f"{name}\t{keyed[1]}"
+                ):
+                    continue
                 if name in counts and counts[name] >= keyed[1]:
                     refused[id(delivery)] = delivery
                     continue
@@ -182,21 +165,12 @@ class Limiting(Fetching):
             try:
                 limits = self._limits_of(tasks[job.task], job)
             except LimitKeyError:
-                if leased:
-                    self._drop_leased_slots(delivery)
+                self._drop_leased_slots(delivery)
                 continue  # its slot fails it
-            if leased is not None:
-                if job.headers.get(SLOTS_HEADER) == slots_hint(limits):
-                    if leased:
-                        names = [name for name, _ in limits]
-                        for name in names:
-                            counts[name] = counts.get(name, 0) + 1
-                        holds[id(delivery)] = (names, prefix + job.id)
-                    else:
-                        refused[id(delivery)] = delivery
-                    continue
-                if leased:
-                    self._drop_leased_slots(delivery)
+            if delivery.slots is not None and self._leased_decided(
+                delivery, job, [name for name, _ in limits], slots_hint(limits)
+            ):
+                continue
             for name, limit in limits:
                 if name in counts and counts[name] >= limit:
                     refused[id(delivery)] = delivery
@@ -224,13 +198,34 @@ class Limiting(Fetching):
                     counts[name] = counts.get(name, 0) + 1
                 holds[id(delivery)] = (names, holder)
 
+    def _leased_decided(
+        self, delivery: Delivery, job: Job, names: list[str], hint: str | None
+    ) -> bool:
+        """Whether the lease decided the job's slots: they are the ones computed here
+        (``hint``, as SLOTS_HEADER), and it took them (now held) or found one full (the
+        job refused). Otherwise what it took is given back and the worker asks (False)."""
+        if job.headers.get(SLOTS_HEADER) != hint:
+            self._drop_leased_slots(delivery)
+            return False
+        if not delivery.slots:
+            self._refused[id(delivery)] = delivery
+            return True
+        counts = self._limit_counts
+        for name in names:
+            counts[name] = counts.get(name, 0) + 1
+        self._limit_holds[id(delivery)] = (names, f"{self.worker_id}/{job.id}")
+        return True
+
     def _drop_leased_slots(self, delivery: Delivery) -> None:
-        """Give back the slots a delivery's lease took that the worker does not keep."""
+        """Give back the slots a delivery's lease took (if it took any) that the worker
+        does not keep."""
         job = delivery.job
-        hint = job.headers.get(SLOTS_HEADER, "") if job is not None else ""
-        names = hint.split("\t")[::2]
-        if job is None or not hint or self._release_nowait is None:
+        if not delivery.slots or job is None:
+            return
+        hint = job.headers.get(SLOTS_HEADER, "")
+        if not hint or self._release_nowait is None:
             return  # they lapse with their lease
+        names = hint.split("\t")[::2]
         try:
             self._release_nowait(names, f"{self.worker_id}/{job.id}")
         except Exception as exc:
@@ -356,19 +351,10 @@ def slots_header(
 ) -> str | None:
     """The :data:`~lexigram.tasks.concurrency.SLOTS_HEADER` of a job of ``task`` being
     enqueued, or None: a key function that fails here fails the job when a worker takes it."""
-    positional = _POSITIONAL_KEYS.get(task)
-    if positional is None:
-        key_fn = task.limits.concurrency_key
-        positional = key_fn is not None and _same_parameters(task.fn, key_fn)
-        _POSITIONAL_KEYS[task] = positional
     try:
-        return slots_hint(task_limits(task, args, kwargs, positional))
+        return slots_hint(task_limits(task, args, kwargs, task.key_takes_task_parameters))
     except LimitKeyError:
         return None
-
-
-#: Per task: whether its key function takes the task's own parameters (see job_key).
-_POSITIONAL_KEYS: weakref.WeakKeyDictionary[Task[Any, Any], bool] = weakref.WeakKeyDictionary()
 
 
 def task_limits(
@@ -395,7 +381,7 @@ def job_key(
 ) -> str:
     """``fn`` of the job's arguments (by name) as a str; :class:`LimitKeyError` if it fails.
 
-    ``positional``: ``fn`` has the task's own parameters (:func:`_same_parameters`), so
+    ``positional``: ``fn`` has the task's own parameters (``Task.key_takes_task_parameters``), so
     positional arguments alone bind to it as by name, without building keywords.
     """
     return arguments_key(task, job.args, job.kwargs, fn, option, positional)
@@ -422,19 +408,3 @@ def arguments_key(
             "it must return a str or an int"
         )
     return str(key)
-
-
-def _same_parameters(handler: Callable[..., Any], fn: Callable[..., Any]) -> bool:
-    """Whether ``fn`` has exactly ``handler``'s plain parameters: names, order and defaults."""
-    try:
-        ours = list(inspect.signature(handler).parameters.values())
-        theirs = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):
-        return False
-    return len(ours) == len(theirs) and all(
-        a.kind is a.POSITIONAL_OR_KEYWORD
-        and b.kind is b.POSITIONAL_OR_KEYWORD
-        and a.name == b.name
-        and a.default is b.default
-        for a, b in zip(ours, theirs, strict=True)
-    )
