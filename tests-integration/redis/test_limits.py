@@ -4,7 +4,6 @@ slots of killed workers, rate limits per key, the batched limiter itself."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import sys
 import uuid
 from collections.abc import Iterator
@@ -23,6 +22,9 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 import itertools
 
 import limits_cases
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _unknown_scripts import never_loaded
 
 
 @pytest.fixture
@@ -217,12 +219,6 @@ async def test_the_queue_limiters_releases_go_with_the_next_ack_or_nack(
     assert limiter not in queue._release_sources
 
 
-def _unknown(script: _scripts.Script) -> _scripts.Script:
-    """``script`` as one the server has never loaded (as after SCRIPT FLUSH)."""
-    source = f"-- {uuid.uuid4().hex}\n{script.source}"
-    return _scripts.Script(script.name, source, hashlib.sha1(source.encode()).hexdigest())
-
-
 @pytest.mark.parametrize("unknown", ["ack", "limiter"])
 async def test_releases_an_ack_could_not_carry_are_sent_by_their_limiter(
     queue: RedisTaskQueue, monkeypatch: pytest.MonkeyPatch, unknown: str
@@ -235,11 +231,11 @@ async def test_releases_an_ack_could_not_carry_are_sent_by_their_limiter(
     try:
         delivery = await _leased_and_held(queue, limiter, name)
         if unknown == "ack":
-            script = _unknown(_scripts.SCRIPTS["ack"])
+            script = never_loaded(_scripts.SCRIPTS["ack"])
             monkeypatch.setitem(_scripts.SCRIPTS, "ack", script)
         else:
             assert limiter._batch is not None
-            script = _unknown(limiter._batch.script)
+            script = never_loaded(limiter._batch.script)
             limiter._batch = _scripts.PreparedScript(
                 queue.client, script, limiter._batch.keys, limiter._batch.head
             )

@@ -9,14 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
 
 from lexigram.tasks.protocol import Delivery
 from lexigram.tasks.worker._settling import Settling
 from lexigram.tasks.worker._support import Slot
-
-if TYPE_CHECKING:
-    from lexigram.tasks.worker._process_pool import ProcessExecutor
 
 logger = logging.getLogger("lexigram.tasks.worker")
 
@@ -32,7 +28,6 @@ class Fetching(Settling):
     _suspect: Delivery | None
     _slot_free: asyncio.Event
     _stopping: bool
-    _processes: ProcessExecutor | None  # created when the first process task runs
 
     async def _fetch_loop(self) -> None:
         failures = 0
@@ -48,14 +43,22 @@ class Fetching(Settling):
                 # least as many jobs wait for a child process as slots are free, jobs
                 # leased now would wait too: lease them later, several per round trip.
                 self._slot_free.clear()
-                await self._slot_free.wait()
+                self._fetch_parked = True  # see _acks_wait_for_lease
+                try:
+                    await self._slot_free.wait()
+                finally:
+                    self._fetch_parked = False
                 continue
             try:
-                deliveries = await self.queue.dequeue(
-                    max_jobs=free,
-                    lease_seconds=self.settings.lease_seconds,
-                    wait=self.settings.poll_interval,
-                )
+                acks = self._acks_for_lease()
+                if acks:
+                    deliveries = await self._lease_with_acks(acks, free)
+                else:
+                    deliveries = await self.queue.dequeue(
+                        max_jobs=free,
+                        lease_seconds=self.settings.lease_seconds,
+                        wait=self.settings.poll_interval,
+                    )
             except Exception as exc:
                 failures += 1
                 pause = min(self.settings.poll_interval * 2**failures, 10.0)
@@ -101,6 +104,27 @@ class Fetching(Settling):
                 # Let the new jobs start before going back for more: fetching
                 # again first would delay every job by the cost of a dequeue.
                 await asyncio.sleep(0)
+
+    async def _lease_with_acks(self, acks: list[Delivery], free: int) -> list[Delivery]:
+        """Lease up to ``free`` jobs, acking ``acks`` in the same write; acks that did
+        not go through go back to the ack loop."""
+        ride = self._acks_ride
+        assert ride is not None
+        acked = False
+        try:
+            deliveries, acked = await ride(
+                acks,
+                max_jobs=free,
+                lease_seconds=self.settings.lease_seconds,
+                wait=self.settings.poll_interval,
+            )
+        finally:
+            if acked:
+                self._acked(acks)
+            else:
+                self._to_ack[:0] = acks
+                self._ack_wakeup.set()
+        return deliveries
 
     def _start_slots(self) -> None:
         """Get idle slots onto the jobs in line: one now, the others one turn later.

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import Span
 
@@ -30,14 +30,21 @@ from lexigram.tasks.protocol import Capability, Delivery, TaskQueueProtocol
 from lexigram.tasks.results import JobResult, ResultStore
 from lexigram.tasks.task import Task
 from lexigram.tasks.worker._settings import WorkerSettings
-from lexigram.tasks.worker._support import DeadLetterSink, JobFailure
+from lexigram.tasks.worker._support import AcksRide, DeadLetterSink, JobFailure
 from lexigram.tasks.workflows._plan import STEP_HEADER
 from lexigram.tasks.workflows._runtime import WorkflowRuntime, is_step
+
+if TYPE_CHECKING:
+    from lexigram.tasks.worker._process_pool import ProcessExecutor
 
 logger = logging.getLogger("lexigram.tasks.worker")
 
 #: Seconds before a workflow step whose state could not be recorded runs again.
 _WORKFLOW_RETRY_DELAY = 1.0
+
+#: At most this many seconds, acks wait to ride with the next lease (see
+#: :meth:`Settling._acks_wait_for_lease`).
+ACK_LINGER = 0.05
 
 
 class Settling:
@@ -58,6 +65,14 @@ class Settling:
     _ack_wakeup: asyncio.Event
     _ack_lock: asyncio.Lock
     _acks_closing: bool
+    #: The queue's ``dequeue_after_ack`` when its acks can ride with a lease, else None.
+    _acks_ride: AcksRide | None
+    #: Until when (loop time) the acks in hand wait for the next lease; None: they do not.
+    _linger_until: float | None
+    #: The fetch loop waits for a slot to free up before it leases again.
+    _fetch_parked: bool
+    _processes: ProcessExecutor | None  # created when the first process task runs
+    _loop: asyncio.AbstractEventLoop
     jobs_done: int
     jobs_failed: int
     #: Advances the workflows of the steps this pool runs (set when the ack loop starts).
@@ -299,8 +314,47 @@ class Settling:
         while not self._acks_closing:
             await self._ack_wakeup.wait()
             self._ack_wakeup.clear()
+            if self._acks_wait_for_lease():
+                continue
+            self._linger_until = None
             async with self._ack_lock:
                 await self._flush_acks(retries=None)
+
+    def _acks_wait_for_lease(self) -> bool:
+        """Whether the acks in hand are left to the fetch loop's next lease, to go out
+        in the same write (one round trip less for each).
+
+        They are while the fetch loop waits for jobs in line for a child process
+        to start: it leases again after the next few of those, and takes the acks
+        then (:meth:`_acks_for_lease`). At most :data:`ACK_LINGER` seconds after the
+        first of them: then they go on their own.
+        """
+        if self._acks_ride is None or self._acks_closing or not self._to_ack:
+            return False
+        workflows = self._workflows
+        if workflows is not None and (workflows.acked_early or workflows.results_waiting):
+            return False  # _flush_acks has work to do before their ack
+        now = self._loop.time()
+        until = self._linger_until
+        if until is None:
+            processes = self._processes
+            if not self._fetch_parked or processes is None or not processes.waiting:
+                return False
+            self._linger_until = until = now + ACK_LINGER
+            self._loop.call_at(until, self._ack_wakeup.set)
+        return now < until
+
+    def _acks_for_lease(self) -> list[Delivery]:
+        """The acks left to this lease by the ack loop (see :meth:`_acks_wait_for_lease`)."""
+        if self._linger_until is None:
+            return []
+        self._linger_until = None
+        acks, self._to_ack = self._to_ack, []
+        return acks
+
+    def _acked(self, batch: list[Delivery]) -> None:
+        for delivery in batch:
+            self._held.pop(id(delivery), None)
 
     async def _flush_acks(self, retries: int | None) -> None:
         attempt = 0
@@ -334,8 +388,7 @@ class Settling:
                 logger.warning("ack failed (%s: %s); retrying", type(exc).__name__, exc)
                 await asyncio.sleep(min(0.1 * 2**attempt, 5.0))
                 continue
-            for delivery in batch:
-                self._held.pop(id(delivery), None)
+            self._acked(batch)
 
     async def _advance_workflows(
         self, batch: list[Delivery], steps: list[Delivery]

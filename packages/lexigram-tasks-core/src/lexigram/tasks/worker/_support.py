@@ -82,6 +82,16 @@ class DeadLetterSink(Protocol):
     async def add(self, failure: JobFailure) -> None: ...
 
 
+class AcksRide(Protocol):
+    """A queue's ``dequeue_after_ack``: a lease as ``dequeue`` makes it, with ``acks``
+    acked in the same write. Returns the deliveries and whether the ack went
+    through (if not, the worker acks them again: an ack is idempotent)."""
+
+    async def __call__(
+        self, acks: list[Delivery], *, max_jobs: int, lease_seconds: float, wait: float
+    ) -> tuple[list[Delivery], bool]: ...
+
+
 class Slot:
     """One of the pool's long-lived worker coroutines, and the job it runs.
 

@@ -40,6 +40,7 @@ from lexigram.tasks.worker._process_pool import ProcessExecutor, check_process_t
 from lexigram.tasks.worker._running import GLOBAL_RATE_KEY, UNKNOWN_SINCE_FIELD
 from lexigram.tasks.worker._settings import SettingsView, WorkerSettings, WorkerSettingsKeywords
 from lexigram.tasks.worker._support import (
+    AcksRide,
     DaemonThreads,
     DeadLetterSink,
     DeadlineSweeper,
@@ -124,6 +125,9 @@ class WorkerPool(Cancelling, SettingsView):
         self._ack_wakeup = asyncio.Event()
         self._ack_lock = asyncio.Lock()
         self._acks_closing = False
+        self._acks_ride: AcksRide | None = None
+        self._linger_until: float | None = None
+        self._fetch_parked = False
         self._suspect: Delivery | None = None
         self._own_limiter = False
         self._job_done = asyncio.Event()
@@ -178,6 +182,12 @@ class WorkerPool(Cancelling, SettingsView):
         check_process_tasks(self.tasks.values(), self.settings.default_executor)
         self._started = True
         self._acks_closing = False
+        self._acks_ride = (
+            getattr(self.queue, "dequeue_after_ack", None)
+            if getattr(self.queue, "acks_ride_with_lease", False)
+            else None
+        )
+        self._linger_until = None
         self._stopping = False
         self._stopped.clear()
         span = self._worker_span("start")

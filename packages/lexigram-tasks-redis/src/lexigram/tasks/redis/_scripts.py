@@ -331,10 +331,12 @@ async def on_connection(
     replies: int,
     keep: bool = False,
     held: HeldConnection | None = None,
+    errors: bool = False,
 ) -> Any:
     """Send commands packed in the Redis protocol on a connection of ``client``'s
     pool (``held``'s when it is free) and return the last of their ``replies``
-    (all of them with ``keep``); retried like redis-py's own."""
+    (all of them with ``keep``); retried like redis-py's own. With ``keep`` and
+    ``errors``, an error reply is returned in its place, not raised."""
     pool = client.connection_pool
     connection: AbstractConnection
     if held is not None:
@@ -344,6 +346,8 @@ async def on_connection(
 
     async def send_and_read() -> Any:
         await connection.send_packed_command(packed)
+        if errors:
+            return [await _reply_or_error(connection) for _ in range(replies)]
         if keep:
             return [await connection.read_response() for _ in range(replies)]
         for _ in range(replies - 1):
@@ -366,6 +370,13 @@ async def on_connection(
             await held.give_back(connection)
         else:
             await pool.release(connection)
+
+
+async def _reply_or_error(connection: AbstractConnection) -> Any:
+    try:
+        return await connection.read_response()
+    except ResponseError as exc:  # the connection reads on: the next reply is intact
+        return exc
 
 
 def _disconnect_on_error(connection: AbstractConnection) -> Callable[[Any], Awaitable[None]]:

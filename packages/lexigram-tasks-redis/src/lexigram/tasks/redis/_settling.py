@@ -22,6 +22,9 @@ from redis.exceptions import NoScriptError
 if TYPE_CHECKING:
     from lexigram.tasks.redis.concurrency import RedisConcurrencyLimiter
 
+    #: A limiter and the releases taken from it, with their packed call.
+    Taken = tuple[RedisConcurrencyLimiter, tuple[list[tuple[Sequence[str], str]], bytes]]
+
 
 class Settling:
     """``ack``, ``ack_many``, ``nack`` and ``extend_lease`` (a base of ``RedisTaskQueue``)."""
@@ -48,17 +51,22 @@ class Settling:
     def stop_carrying(self, limiter: RedisConcurrencyLimiter) -> None:
         self._release_sources = tuple(s for s in self._release_sources if s is not limiter)
 
+    def _take_releases(self, script: _scripts.PreparedScript) -> list[Taken]:
+        """The releases queued on ``script``'s client, for a call to carry."""
+        taken = []
+        for source in self._release_sources:
+            carried = source.take_releases(script.client)
+            if carried is not None:
+                taken.append((source, carried))
+        return taken
+
     async def _settle_run(self, name: str, args: list[Any]) -> Any:
         """``_run(name, args)``, with the releases queued on this queue's client in the
         same write; those go back to their limiter if the call fails."""
         if not self._release_sources:
             return await self._run(name, args)
         script = self._script(name)
-        taken = []
-        for source in self._release_sources:
-            carried = source.take_releases(script.client)
-            if carried is not None:
-                taken.append((source, carried))
+        taken = self._take_releases(script)
         if not taken:
             return await self._run(name, args)
         packed = b"".join([script.pack(args), *(call for _, (_, call) in taken)])
@@ -81,8 +89,11 @@ class Settling:
         await self.ack_many([delivery])
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
-        if not deliveries:
-            return
+        if deliveries:
+            await self._settle_run("ack", self._ack_args(deliveries))
+
+    def _ack_args(self, deliveries: Sequence[Delivery]) -> list[Any]:
+        """The ack script's arguments for ``deliveries`` (at least one)."""
         # Succeeded jobs (the common case) are one lease each; the others
         # carry how they ended (see ack.lua).
         others: list[Any] = []
@@ -104,7 +115,7 @@ class Settling:
         # One worker settles a batch (its pool's acks): its id once.
         worker = deliveries[0].worker_id or ""
         head = [ttl, worker, MAX_ATTEMPTS_KEPT, *_scripts.clock_hint(), len(others) // 5]
-        await self._settle_run("ack", [*head, *others, *leases])
+        return [*head, *others, *leases]
 
     async def nack(
         self, delivery: Delivery, *, requeue: bool, delay: float = 0.0, reason: str = ""

@@ -34,6 +34,7 @@ from lexigram.tasks.redis._sentinel import SentinelAddress, redact
 from lexigram.tasks.redis._settling import Settling
 from lexigram.tasks.redis.keys import QueueKeys
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, ResponseError
 
 #: rq's default ``result_ttl``: finished jobs stay visible this long.
 DEFAULT_FINISHED_TTL = 500.0
@@ -339,6 +340,55 @@ class RedisTaskQueue(Settling, BaseTaskQueue, JobControl):
             deliveries = self._leased(reply)
             if deliveries:
                 return deliveries
+
+    @property
+    def acks_ride_with_lease(self) -> bool:
+        """Whether :meth:`dequeue_after_ack` sends the acks and the lease in one write
+        (not on a cluster, where the jobs may live on another master)."""
+        return not self.cluster
+
+    async def dequeue_after_ack(
+        self,
+        acks: list[Delivery],
+        *,
+        max_jobs: int = 1,
+        lease_seconds: float = 30.0,
+        wait: float = 0.0,
+    ) -> tuple[list[Delivery], bool]:
+        """:meth:`dequeue`, with ``acks`` acked in the same write (and the concurrency
+        releases the acks carry): one round trip for both. Returns the deliveries and
+        whether the ack went through; acking again is harmless."""
+        lease, ack = self._script("lease"), self._script("ack")
+        args = [max_jobs, repr(float(lease_seconds)), *_scripts.clock_hint(), *self._slot_args]
+        taken = self._take_releases(ack)
+        packed = b"".join(
+            [lease.pack(args), ack.pack(self._ack_args(acks)), *(call for _, (_, call) in taken)]
+        )
+        try:
+            with reported(self.redis_url):
+                leased, acked, *released = await _scripts.on_connection(
+                    lease.client, packed, replies=2 + len(taken), errors=True, held=lease.held
+                )
+        except BaseException:
+            for source, (releases, _) in taken:
+                source.put_back(releases)
+            raise
+        if any(isinstance(reply, ResponseError) for reply in released):
+            for source, (releases, _) in taken:
+                source.put_back(releases)  # released again with the next ack: harmless
+        if isinstance(leased, NoScriptError):  # after a SCRIPT FLUSH: this call loads it
+            deliveries = await self.dequeue(
+                max_jobs=max_jobs, lease_seconds=lease_seconds, wait=wait
+            )
+        elif isinstance(leased, ResponseError):
+            raise leased
+        else:
+            deliveries = self._leased(leased)
+            if not deliveries and wait >= _MIN_BLOCK:
+                deliveries = await self.dequeue(
+                    max_jobs=max_jobs, lease_seconds=lease_seconds, wait=wait
+                )
+        return deliveries, not isinstance(acked, ResponseError)
 
     def _leased(self, reply: list[Any]) -> list[Delivery]:
         """The deliveries of a lease script's reply; notes whether the queue is now empty."""
