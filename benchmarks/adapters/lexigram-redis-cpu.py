@@ -1,6 +1,9 @@
 """lexigram-tasks on Redis with a CPU-bound job (about 5 ms of pure Python, then
 the usual counter INCR): ``lexigram-tasks worker --processes 2``, each worker
-running the job in its process executor (one child each: ``process_pool_size=1``).
+running the job in its process executor (one child each: ``process_pool_size=1``)
+with 16 slots (``-c 16``), the sizing docs/workers.md gives for CPU-bound work: the
+jobs wait leased in line for the child, each lease takes several, and the acks of
+the jobs done meanwhile ride with it.
 The harness has no CPU scenario: ``noop_drain`` of this adapter is the CPU-bound
 drain (compare with ``celery-redis-cpu`` and ``dramatiq-redis-cpu``).
 
@@ -20,7 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 SYSTEM, BACKEND = "lexigram", "redis-cpu"
 PROCESSES = 2
-CONCURRENCY = {"noop_drain": 4, "sleep_drain": 4, "latency": 4}
+CONCURRENCY = {"noop_drain": 16, "sleep_drain": 16, "latency": 16}
 NOTES = (
     f"job: ~5 ms pure-Python CPU + INCR; lexigram-tasks worker --processes {PROCESSES} "
     f"-c concurrency (per process), executor='process', process_pool_size={app.POOL_SIZE} "
@@ -59,8 +62,13 @@ def configure(args):
     # Variant "one": one worker process with a process pool of 2, instead of
     # --processes 2 with a pool of 1 each. Variant "thread": --processes 2, the job
     # in a thread of each worker process (executor="thread"), as Dramatiq runs it.
-    global PROCESSES, POOL_SIZE, BACKEND
-    if args.variant == "one":
+    # Variant "c4": 4 slots per worker process (the adapter's sizing until
+    # 2026-12-05): a lease of two jobs at a time.
+    global PROCESSES, POOL_SIZE, BACKEND, CONCURRENCY
+    if args.variant == "c4":
+        CONCURRENCY = dict.fromkeys(CONCURRENCY, 4)
+        BACKEND = "redis-cpu-c4"
+    elif args.variant == "one":
         PROCESSES, POOL_SIZE, BACKEND = 1, 2, "redis-cpu-1proc"
     elif args.variant == "thread":
         os.environ["LEXIGRAM_CPU_EXECUTOR"] = "thread"
