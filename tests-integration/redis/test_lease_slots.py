@@ -174,3 +174,53 @@ async def test_the_lease_takes_every_limit_of_a_job_or_none(
     finally:
         gate.set()
         await pool.stop()
+
+
+async def test_the_ack_gives_back_the_slots_the_lease_took(
+    queue: RedisTaskQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A succeeded job's slots go back in its ack's own script call: the worker queues
+    # no release for them. A failed job's slots are the worker's to give back.
+    released: list[list[str]] = []
+    original = RedisConcurrencyLimiter.release_nowait
+
+    def spy(self: RedisConcurrencyLimiter, names: list[str], holder: str) -> None:
+        released.append(list(names))
+        original(self, names, holder)
+
+    monkeypatch.setattr(RedisConcurrencyLimiter, "release_nowait", spy)
+    provider = TaskProvider(queue=queue)
+    prefix = queue.queue_name
+
+    @provider.task(name=f"{prefix}.ok", concurrency_key=lambda t: t, max_concurrency_per_key=1)
+    async def ok(t: str) -> None:
+        return None
+
+    @provider.task(
+        name=f"{prefix}.boom",
+        concurrency_key=lambda t: t,
+        max_concurrency_per_key=1,
+        max_retries=0,
+    )
+    async def boom(t: str) -> None:
+        raise RuntimeError("boom")
+
+    succeeded = [await ok.enqueue(t) for t in ("acme", "globex")]
+    failed = await boom.enqueue("initech")
+    pool, limiter, calls = await _started(queue, provider.tasks, 3, monkeypatch)
+    try:
+        await eventually(lambda: _completed(queue, *(h.id for h in succeeded)), timeout=10)
+
+        async def failed_for_good() -> bool:
+            info = await queue.get_job(failed.id)
+            return info is not None and info.state is JobState.FAILED
+
+        await eventually(failed_for_good, timeout=10)
+        keys = [limiter.key(f"task:{prefix}.ok:key:{t}") for t in ("acme", "globex")]
+        keys.append(limiter.key(f"task:{prefix}.boom:key:initech"))
+        for key in keys:
+            await eventually(lambda key=key: _gone(queue, key), timeout=10)
+    finally:
+        await pool.stop()
+    assert calls == []  # every slot was taken by a lease
+    assert released == [[f"task:{prefix}.boom:key:initech"]]

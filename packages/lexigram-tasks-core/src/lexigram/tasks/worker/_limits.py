@@ -62,6 +62,9 @@ class Limiting(Fetching):
     _refused: dict[int, Delivery]  # refused when fetched: put back by the slot that takes it
     _limited_tasks: frozenset[str]
     _release_nowait: Callable[[list[str], str], None] | None
+    #: The queue's ack of a succeeded job gives back the slots its lease took.
+    _ack_releases_slots: bool
+    _by_ack: set[int]  # id(delivery): slots the lease took, kept; the ack may give them back
     _done_none: asyncio.Future[None]
     _positional_keys: frozenset[str]  # tasks whose key function takes the task's own parameters
     # Of those, the tasks with a per-key limit alone: name prefix, limit, key function.
@@ -76,6 +79,8 @@ class Limiting(Fetching):
         limited = sorted(t.name for t in tasks if t.limits.concurrent)
         self._limited_tasks = frozenset(limited)
         self._release_nowait = None
+        self._ack_releases_slots = False
+        self._by_ack = set()
         self._positional_keys = frozenset(t.name for t in tasks if t.key_takes_task_parameters)
         # Returned for slots given back without waiting: a done future costs no
         # coroutine, and the slot need not await it.
@@ -107,6 +112,7 @@ class Limiting(Fetching):
         take_with_leases = getattr(limiter, "take_with_leases", None)
         if take_with_leases is not None:
             take_with_leases(self.queue, f"{self.worker_id}/")
+            self._ack_releases_slots = getattr(self.queue, "ack_releases_slots", False)
 
     def _limits_of(self, task: Task[Any, Any], job: Job) -> list[Limit]:
         return task_limits(task, job.args, job.kwargs, task.name in self._positional_keys)
@@ -214,6 +220,8 @@ class Limiting(Fetching):
         for name in names:
             counts[name] = counts.get(name, 0) + 1
         self._limit_holds[id(delivery)] = (names, f"{self.worker_id}/{job.id}")
+        if self._ack_releases_slots:
+            self._by_ack.add(id(delivery))
         return True
 
     def _drop_leased_slots(self, delivery: Delivery) -> None:
@@ -313,6 +321,11 @@ class Limiting(Fetching):
                 counts[name] = left
             else:
                 del counts[name]
+        by_ack = self._by_ack
+        if by_ack and id(delivery) in by_ack:
+            by_ack.discard(id(delivery))
+            if delivery.outcome is JobState.SUCCEEDED:
+                return self._done_none  # its ack gives back what its lease took
         if self._release_nowait is not None:
             try:
                 self._release_nowait(names, holder)

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     Taken = tuple[RedisConcurrencyLimiter, tuple[list[tuple[Sequence[str], str]], bytes]]
 
 
+#: The ack script's slot arguments when leases take no slots.
+_NO_SLOTS = ("", "")
+
+
 class Settling:
     """``ack``, ``ack_many``, ``nack`` and ``extend_lease`` (a base of ``RedisTaskQueue``)."""
 
@@ -35,6 +39,8 @@ class Settling:
     cluster: bool
     #: Limiters on this queue's client whose releases the acks and nacks carry.
     _release_sources: tuple[RedisConcurrencyLimiter, ...] = ()
+    #: The limiter's key prefix and the worker's holder prefix, while leases take slots.
+    _slot_args: list[str]
 
     async def _run(self, name: str, args: list[Any]) -> Any:
         raise NotImplementedError
@@ -115,7 +121,7 @@ class Settling:
         # One worker settles a batch (its pool's acks): its id once.
         worker = deliveries[0].worker_id or ""
         head = [ttl, worker, MAX_ATTEMPTS_KEPT, *_scripts.clock_hint(), len(others) // 5]
-        return [*head, *others, *leases]
+        return [*head, *(self._slot_args or _NO_SLOTS), *others, *leases]
 
     async def nack(
         self, delivery: Delivery, *, requeue: bool, delay: float = 0.0, reason: str = ""

@@ -268,6 +268,12 @@ class RedisTaskQueue(Settling, BaseTaskQueue, JobControl):
         """Undo :meth:`take_slots_on_lease` (its worker's limiter is closing)."""
         self._slot_args = []
 
+    @property
+    def ack_releases_slots(self) -> bool:
+        """Whether an ack gives back the slots its job's lease took (while leases take
+        them): the worker then queues no release of its own for a succeeded job."""
+        return bool(self._slot_args)
+
     def _enqueue_args(self, job: Job, data: bytes) -> list[Any]:
         """The enqueue script's eight arguments for ``job`` (see enqueue.lua)."""
         run_at = repr(float(job.run_at)) if job.run_at is not None else "0"
