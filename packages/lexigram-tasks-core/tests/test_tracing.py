@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from lexigram.tasks import Job, MemoryTaskQueue, TaskFailedError, TaskProvider
+from lexigram.tasks.concurrency import SLOTS_HEADER
 from lexigram.tasks.errors import JobTooLargeError
 from lexigram.tasks.testing import eventually
 
@@ -328,6 +329,32 @@ async def test_without_an_sdk_an_upstream_trace_context_still_flows_through_jobs
     assert job.headers["traceparent"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
     [grandchild] = children
     assert grandchild.headers["traceparent"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
+
+
+async def test_without_an_sdk_only_headers_beside_lexigram_own_are_read_for_a_context() -> None:
+    # A job's own headers (lexigram-*: its concurrency slots, its workflow) hold no
+    # trace context, so they alone are not handed to the propagator; a traceparent
+    # beside them still is.
+    provider = TaskProvider(queue=MemoryTaskQueue(), tracer_provider=trace.NoOpTracerProvider())
+    children: list[Job] = []
+
+    @provider.task(name="child")
+    async def child() -> None: ...
+
+    @provider.task(name="parent")
+    async def parent() -> None:
+        job = child.job()
+        await provider.enqueue_job(job)
+        children.append(job)
+
+    upstream = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    own = {SLOTS_HEADER: "task:parent:key:acme\t1"}
+    async with provider:
+        for headers in (own, {**own, "traceparent": upstream}):
+            await (await parent.options(headers=headers).enqueue()).result(timeout=5)
+    alone, beside = children
+    assert alone.headers == {}
+    assert beside.headers["traceparent"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
 
 
 # Setting a global provider cannot be undone in a process, so this runs in its own.

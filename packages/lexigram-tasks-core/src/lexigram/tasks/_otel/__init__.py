@@ -65,6 +65,7 @@ from lexigram.tasks._otel._spans import (
     Execution,
     JobScope,
     Sending,
+    carries_context,
     context_to_pass_on,
     current_job,
     job_attributes,
@@ -207,7 +208,7 @@ class Telemetry:
         """
         if not self.quiet():
             return Execution(self, job, system, worker_id)
-        return Attached(job.headers) if job.headers else NOTHING
+        return Attached(job.headers) if carries_context(job.headers) else NOTHING
 
     def record_failure(
         self, span: Span, exc: BaseException, error_type: str, will_retry: bool

@@ -94,6 +94,16 @@ class Sending:
             )
 
 
+#: The prefix of the headers lexigram-tasks writes itself (concurrency slots, workflow
+#: steps): no propagator reads them.
+OWN_HEADER_PREFIX = "lexigram-"
+
+
+def carries_context(headers: dict[str, str]) -> bool:
+    """Whether ``headers`` may hold a trace context: any header not lexigram-tasks' own."""
+    return any(not name.startswith(OWN_HEADER_PREFIX) for name in headers)
+
+
 class Attached:
     """Without spans or metrics: the job's trace context is current while it runs, so
     the jobs it enqueues carry it on."""
