@@ -17,6 +17,10 @@ def busy(seconds: float) -> float:
     return seconds
 
 
+def total(values: list[float]) -> float:
+    return round(sum(values), 6)
+
+
 def hold(started: str, release: str) -> str:
     """Mark ``started``, then wait (at most a minute) until ``release`` exists."""
     Path(started).touch()

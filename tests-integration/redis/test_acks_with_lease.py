@@ -4,12 +4,13 @@ leaves, and a worker whose process-executor jobs wait in line for a child."""
 from __future__ import annotations
 
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from lexigram.tasks import TaskProvider
+from lexigram.tasks import TaskProvider, chord, group
 from lexigram.tasks.control import JobState
 from lexigram.tasks.job import Job
 from lexigram.tasks.protocol import Delivery
@@ -176,3 +177,21 @@ async def test_an_ack_does_not_wait_for_a_lease_behind_a_long_job(
 async def _job_state(queue: RedisTaskQueue, job_id: str) -> JobState | None:
     info = await queue.get_job(job_id)
     return None if info is None else info.state
+
+
+async def test_workflow_steps_waiting_for_a_child_record_their_results_before_their_ack(
+    redis_url: str,
+) -> None:
+    # Steps' acks go out only after their results are recorded (the ack loop's work),
+    # never riding ahead of it: the chord still gathers every result.
+    queue = RedisTaskQueue(redis_url=redis_url, queue_name=f"lxtest-{uuid.uuid4().hex[:10]}")
+    provider = TaskProvider(queue=queue, worker_count=8, process_pool_size=1)
+    busy = provider.task(name="px.busy", executor="process")(_px_functions.busy)
+    total = provider.task(name="px.total", executor="process")(_px_functions.total)
+    try:
+        async with provider:
+            handle = await chord(group(busy.s(0.02) for _ in range(12)), total.s()).enqueue()
+            assert await handle.result(timeout=60) == 0.24
+    finally:
+        async with queue:
+            await queue.purge()

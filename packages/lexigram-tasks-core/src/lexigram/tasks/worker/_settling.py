@@ -331,9 +331,8 @@ class Settling:
         """
         if self._acks_ride is None or self._acks_closing or not self._to_ack:
             return False
-        workflows = self._workflows
-        if workflows is not None and (workflows.acked_early or workflows.results_waiting):
-            return False  # _flush_acks has work to do before their ack
+        if self._workflow_acks():
+            return False
         now = self._loop.time()
         until = self._linger_until
         if until is None:
@@ -344,10 +343,15 @@ class Settling:
             self._loop.call_at(until, self._ack_wakeup.set)
         return now < until
 
+    def _workflow_acks(self) -> bool:
+        """Whether :meth:`_flush_acks` has workflow work to do before acks go out."""
+        workflows = self._workflows
+        return workflows is not None and bool(workflows.acked_early or workflows.results_waiting)
+
     def _acks_for_lease(self) -> list[Delivery]:
         """The acks left to this lease by the ack loop (see :meth:`_acks_wait_for_lease`)."""
-        if self._linger_until is None:
-            return []
+        if self._linger_until is None or self._workflow_acks():
+            return []  # the ack loop's, when the linger ends
         self._linger_until = None
         acks, self._to_ack = self._to_ack, []
         return acks
