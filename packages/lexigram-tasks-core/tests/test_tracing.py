@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from lexigram.tasks import Job, MemoryTaskQueue, TaskFailedError, TaskProvider
+from lexigram.tasks import Job, MemoryTaskQueue, Task, TaskFailedError, TaskProvider
 from lexigram.tasks.concurrency import SLOTS_HEADER
 from lexigram.tasks.errors import JobTooLargeError
 from lexigram.tasks.testing import eventually
@@ -301,7 +301,9 @@ async def test_without_an_sdk_nothing_is_recorded_or_injected() -> None:
     assert job.headers == {}  # no SDK: the job carries no trace context
 
 
-async def test_without_an_sdk_an_upstream_trace_context_still_flows_through_jobs() -> None:
+def _untraced_parent() -> tuple[TaskProvider, Task[[], None], list[Job]]:
+    """A provider without an SDK, its task ``parent`` that enqueues a ``child``, and the
+    children's jobs."""
     provider = TaskProvider(queue=MemoryTaskQueue(), tracer_provider=trace.NoOpTracerProvider())
     children: list[Job] = []
 
@@ -314,6 +316,11 @@ async def test_without_an_sdk_an_upstream_trace_context_still_flows_through_jobs
         await provider.enqueue_job(job)
         children.append(job)
 
+    return provider, parent, children
+
+
+async def test_without_an_sdk_an_upstream_trace_context_still_flows_through_jobs() -> None:
+    provider, parent, children = _untraced_parent()
     upstream = trace.SpanContext(
         trace_id=0x0AF7651916CD43DD8448EB211C80319C,
         span_id=0xB7AD6B7169203331,
@@ -335,18 +342,7 @@ async def test_without_an_sdk_only_headers_beside_lexigram_own_are_read_for_a_co
     # A job's own headers (lexigram-*: its concurrency slots, its workflow) hold no
     # trace context, so they alone are not handed to the propagator; a traceparent
     # beside them still is.
-    provider = TaskProvider(queue=MemoryTaskQueue(), tracer_provider=trace.NoOpTracerProvider())
-    children: list[Job] = []
-
-    @provider.task(name="child")
-    async def child() -> None: ...
-
-    @provider.task(name="parent")
-    async def parent() -> None:
-        job = child.job()
-        await provider.enqueue_job(job)
-        children.append(job)
-
+    provider, parent, children = _untraced_parent()
     upstream = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     own = {SLOTS_HEADER: "task:parent:key:acme\t1"}
     async with provider:
