@@ -335,8 +335,8 @@ async def on_connection(
 ) -> Any:
     """Send commands packed in the Redis protocol on a connection of ``client``'s
     pool (``held``'s when it is free) and return the last of their ``replies``
-    (all of them with ``keep``); retried like redis-py's own. With ``keep`` and
-    ``errors``, an error reply is returned in its place, not raised."""
+    (all of them with ``keep``); retried like redis-py's own. With ``errors``, all
+    of them too, an error reply in its place rather than raised."""
     pool = client.connection_pool
     connection: AbstractConnection
     if held is not None:
