@@ -66,6 +66,13 @@ class Settling:
                 taken.append((source, carried))
         return taken
 
+    @staticmethod
+    def _put_back(taken: list[Taken]) -> None:
+        """Give releases taken for a call back to their limiters (the call failed, or they
+        may not have gone through: releasing twice is harmless)."""
+        for source, (releases, _) in taken:
+            source.put_back(releases)
+
     async def _settle_run(self, name: str, args: list[Any]) -> Any:
         """``_run(name, args)``, with the releases queued on this queue's client in the
         same write; those go back to their limiter if the call fails."""
@@ -82,8 +89,7 @@ class Settling:
                     script.client, packed, replies=1 + len(taken), keep=True, held=script.held
                 )
         except BaseException as exc:
-            for source, (releases, _) in taken:
-                source.put_back(releases)
+            self._put_back(taken)
             if isinstance(exc, NoScriptError):
                 # After a SCRIPT FLUSH: the call alone loads its script (acking or
                 # nacking twice is harmless), the limiter loads its own.

@@ -317,7 +317,7 @@ class RedisTaskQueue(Settling, BaseTaskQueue, JobControl):
     async def _dequeue(self, max_jobs: int, lease_seconds: float, wait: float) -> list[Delivery]:
         lease = self._script("lease")
         deadline = time.monotonic() + wait
-        args = [max_jobs, repr(float(lease_seconds)), *_scripts.clock_hint(), *self._slot_args]
+        args = self._lease_args(max_jobs, lease_seconds)
         if self._idle_until is None or wait < _MIN_BLOCK:
             deliveries = self._leased(await lease(args))
             if deliveries or wait < _MIN_BLOCK:
@@ -365,10 +365,13 @@ class RedisTaskQueue(Settling, BaseTaskQueue, JobControl):
         releases the acks carry): one round trip for both. Returns the deliveries and
         whether the ack went through; acking again is harmless."""
         lease, ack = self._script("lease"), self._script("ack")
-        args = [max_jobs, repr(float(lease_seconds)), *_scripts.clock_hint(), *self._slot_args]
         taken = self._take_releases(ack)
         packed = b"".join(
-            [lease.pack(args), ack.pack(self._ack_args(acks)), *(call for _, (_, call) in taken)]
+            [
+                lease.pack(self._lease_args(max_jobs, lease_seconds)),
+                ack.pack(self._ack_args(acks)),
+                *(call for _, (_, call) in taken),
+            ]
         )
         try:
             with reported(self.redis_url):
@@ -376,25 +379,23 @@ class RedisTaskQueue(Settling, BaseTaskQueue, JobControl):
                     lease.client, packed, replies=2 + len(taken), errors=True, held=lease.held
                 )
         except BaseException:
-            for source, (releases, _) in taken:
-                source.put_back(releases)
+            self._put_back(taken)
             raise
         if any(isinstance(reply, ResponseError) for reply in released):
-            for source, (releases, _) in taken:
-                source.put_back(releases)  # released again with the next ack: harmless
-        if isinstance(leased, NoScriptError):  # after a SCRIPT FLUSH: this call loads it
+            self._put_back(taken)
+        lost = isinstance(leased, NoScriptError)  # after a SCRIPT FLUSH: dequeue loads it
+        if isinstance(leased, ResponseError) and not lost:
+            raise leased
+        deliveries = [] if lost else self._leased(leased)
+        if not deliveries and (lost or wait >= _MIN_BLOCK):
             deliveries = await self.dequeue(
                 max_jobs=max_jobs, lease_seconds=lease_seconds, wait=wait
             )
-        elif isinstance(leased, ResponseError):
-            raise leased
-        else:
-            deliveries = self._leased(leased)
-            if not deliveries and wait >= _MIN_BLOCK:
-                deliveries = await self.dequeue(
-                    max_jobs=max_jobs, lease_seconds=lease_seconds, wait=wait
-                )
         return deliveries, not isinstance(acked, ResponseError)
+
+    def _lease_args(self, max_jobs: int, lease_seconds: float) -> list[Any]:
+        """The lease script's arguments (see lease.lua)."""
+        return [max_jobs, repr(float(lease_seconds)), *_scripts.clock_hint(), *self._slot_args]
 
     def _leased(self, reply: list[Any]) -> list[Delivery]:
         """The deliveries of a lease script's reply; notes whether the queue is now empty."""
