@@ -56,19 +56,23 @@ class Limiting(Fetching):
 
     tasks: Mapping[str, Task[Any, Any]]
     concurrency_limiter: ConcurrencyLimiter | None
-    _limit_holds: dict[int, tuple[list[str], str]]  # id(delivery) -> (names, holder)
-    _limit_counts: dict[str, int]  # slots this process holds, per name
+    # id(delivery) -> (names, holder, leased): leased slots were taken by the job's lease.
+    _limit_holds: dict[int, tuple[list[str], str, bool]]
+    # Slots this process took by asking, per name: a job whose limit these fill is refused
+    # without a request. Slots a lease took are not counted: the lease decided in the
+    # limiter's own store, which every ask consults anyway.
+    _limit_counts: dict[str, int]
     _bounces: dict[str, tuple[float, float]]  # name -> (last, decaying count turned away)
     _refused: dict[int, Delivery]  # refused when fetched: put back by the slot that takes it
     _limited_tasks: frozenset[str]
     _release_nowait: Callable[[list[str], str], None] | None
     #: The queue's ack of a succeeded job gives back the slots its lease took.
     _ack_releases_slots: bool
-    _by_ack: set[int]  # id(delivery): slots the lease took, kept; the ack may give them back
     _done_none: asyncio.Future[None]
     _positional_keys: frozenset[str]  # tasks whose key function takes the task's own parameters
-    # Of those, the tasks with a per-key limit alone: name prefix, limit, key function.
-    _keyed_only: dict[str, tuple[str, int, Callable[..., Any]]]
+    # Of those, the tasks with a per-key limit alone: name prefix, limit, key function, and
+    # the tab and limit that end its SLOTS_HEADER.
+    _keyed_only: dict[str, tuple[str, int, Callable[..., Any], str]]
 
     def _prepare_limits(self, tasks: list[Task[Any, Any]]) -> None:
         """Pick the limiter at start; refuse per-process counting on a shared backend."""
@@ -80,7 +84,6 @@ class Limiting(Fetching):
         self._limited_tasks = frozenset(limited)
         self._release_nowait = None
         self._ack_releases_slots = False
-        self._by_ack = set()
         self._positional_keys = frozenset(t.name for t in tasks if t.key_takes_task_parameters)
         # Returned for slots given back without waiting: a done future costs no
         # coroutine, and the slot need not await it.
@@ -92,6 +95,7 @@ class Limiting(Fetching):
                 f"task:{t.name}:key:",
                 t.limits.max_concurrency_per_key,
                 t.limits.concurrency_key,
+                f"\t{t.limits.max_concurrency_per_key}",
             )
             for t in tasks
             if t.name in self._positional_keys
@@ -158,10 +162,16 @@ class Limiting(Fetching):
                     self._drop_leased_slots(delivery)
                     continue  # bool, float ...: its slot fails it
                 name = keyed[0] + key
-                if delivery.slots is not None and self._leased_decided(
-                    delivery, job, [name], f"{name}\t{keyed[1]}"
-                ):
-                    continue
+                leased = delivery.slots
+                if leased is not None:
+                    # _leased_decided inlined: the lease took (or was refused) these slots.
+                    if job.headers.get(SLOTS_HEADER) == name + keyed[3]:
+                        if leased:
+                            holds[id(delivery)] = ([name], prefix + job.id, True)
+                        else:
+                            refused[id(delivery)] = delivery
+                        continue
+                    self._drop_leased_slots(delivery)
                 if name in counts and counts[name] >= keyed[1]:
                     refused[id(delivery)] = delivery
                     continue
@@ -197,12 +207,12 @@ class Limiting(Fetching):
             elif len(limits) == 1:
                 name = limits[0][0]
                 counts[name] = counts.get(name, 0) + 1
-                holds[id(delivery)] = ([name], holder)
+                holds[id(delivery)] = ([name], holder, False)
             else:
                 names = [name for name, _ in limits]
                 for name in names:
                     counts[name] = counts.get(name, 0) + 1
-                holds[id(delivery)] = (names, holder)
+                holds[id(delivery)] = (names, holder, False)
 
     def _leased_decided(
         self, delivery: Delivery, job: Job, names: list[str], hint: str | None
@@ -213,15 +223,10 @@ class Limiting(Fetching):
         if job.headers.get(SLOTS_HEADER) != hint:
             self._drop_leased_slots(delivery)
             return False
-        if not delivery.slots:
+        if delivery.slots:
+            self._limit_holds[id(delivery)] = (names, f"{self.worker_id}/{job.id}", True)
+        else:
             self._refused[id(delivery)] = delivery
-            return True
-        counts = self._limit_counts
-        for name in names:
-            counts[name] = counts.get(name, 0) + 1
-        self._limit_holds[id(delivery)] = (names, f"{self.worker_id}/{job.id}")
-        if self._ack_releases_slots:
-            self._by_ack.add(id(delivery))
         return True
 
     def _drop_leased_slots(self, delivery: Delivery) -> None:
@@ -266,7 +271,7 @@ class Limiting(Fetching):
                 names = [name for name, _ in limits]
                 for name in names:
                     counts[name] = counts.get(name, 0) + 1
-                self._limit_holds[id(delivery)] = (names, holder)
+                self._limit_holds[id(delivery)] = (names, holder, False)
                 return True
         delay = self._limited_delay([name for name, _ in limits])
         logger.debug(
@@ -313,19 +318,18 @@ class Limiting(Fetching):
         hold = self._limit_holds.pop(id(delivery), None)
         if hold is None:
             return self._done_none
-        names, holder = hold
-        counts = self._limit_counts
-        for name in names:
-            left = counts[name] - 1
-            if left:
-                counts[name] = left
-            else:
-                del counts[name]
-        by_ack = self._by_ack
-        if by_ack and id(delivery) in by_ack:
-            by_ack.discard(id(delivery))
-            if delivery.outcome is JobState.SUCCEEDED:
+        names, holder, leased = hold
+        if leased:
+            if self._ack_releases_slots and delivery.outcome is JobState.SUCCEEDED:
                 return self._done_none  # its ack gives back what its lease took
+        else:
+            counts = self._limit_counts
+            for name in names:
+                left = counts[name] - 1
+                if left:
+                    counts[name] = left
+                else:
+                    del counts[name]
         if self._release_nowait is not None:
             try:
                 self._release_nowait(names, holder)
@@ -345,7 +349,7 @@ class Limiting(Fetching):
         """Extend the slots of every job still running (from the heartbeat)."""
         if not self._limit_holds or self.concurrency_limiter is None:
             return
-        held = [(name, holder) for names, holder in self._limit_holds.values() for name in names]
+        held = [(name, holder) for names, holder, _ in self._limit_holds.values() for name in names]
         try:
             await self.concurrency_limiter.extend(held, self.settings.lease_seconds)
         except Exception as exc:
