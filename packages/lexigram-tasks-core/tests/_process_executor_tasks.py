@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import baggage, trace
 
 from lexigram.tasks.current import current_job
 
@@ -47,6 +47,12 @@ def report_progress() -> None:
 
 def span_parent() -> str:
     return format(trace.get_current_span().get_span_context().span_id, "016x")
+
+
+def tenant() -> str | None:
+    """The ``tenant`` baggage entry the job's context carries in the child."""
+    value = baggage.get_baggage("tenant")
+    return None if value is None else str(value)
 
 
 def pid() -> int:

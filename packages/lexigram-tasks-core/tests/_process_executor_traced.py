@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import Sequence
 
-from opentelemetry import trace
+from opentelemetry import baggage, trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
@@ -35,3 +35,9 @@ if _path:
 
 def traced() -> str:
     return "done"
+
+
+def traced_tenant() -> str | None:
+    """The ``tenant`` baggage entry, as the child's own span runs."""
+    value = baggage.get_baggage("tenant")
+    return None if value is None else str(value)

@@ -4,6 +4,7 @@ recycling by job count and by memory, cancellation, tracing, un-importable funct
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -378,7 +379,6 @@ async def test_with_an_sdk_in_the_child_its_span_is_a_child_of_the_process_span(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import json
 
     spans_file = tmp_path / "child-spans.jsonl"
     # Read by the children when they import the module (this process imported it without).
@@ -392,6 +392,37 @@ async def test_with_an_sdk_in_the_child_its_span_is_a_child_of_the_process_span(
     [child] = [json.loads(line) for line in spans_file.read_text().splitlines()]
     assert child["name"] == "run traced"
     assert (child["trace"], child["parent"]) == (process.context.trace_id, process.context.span_id)
+
+
+async def test_baggage_reaches_the_child_with_or_without_an_sdk(
+    tracer_provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry import baggage, context
+
+    monkeypatch.setenv("LEXIGRAM_TEST_CHILD_SPANS", str(tmp_path / "child-spans.jsonl"))
+    plain = provider_for("proc-baggage", process_pool_size=1)
+    traced = TaskProvider(
+        queue=MemoryTaskQueue("proc-baggage-sdk"), tracer_provider=tracer_provider
+    )
+    without_sdk = plain.task(name="tenant", executor="process")(tasks.tenant)
+    with_sdk = traced.task(name="tenant", executor="process")(traced_tasks.traced_tenant)
+    async with plain, traced:
+        token = context.attach(baggage.set_baggage("tenant", "acme"))
+        try:
+            handles = [await without_sdk.enqueue(), await with_sdk.enqueue()]
+        finally:
+            context.detach(token)
+        bare = await without_sdk.enqueue()
+        assert [await h.result(timeout=30) for h in handles] == ["acme", "acme"]
+        assert await bare.result(timeout=30) is None  # the same child: nothing left behind
+    # the child's own span is still a child of the worker's process span
+    [process] = [s for s in exporter.get_finished_spans() if s.kind.name == "CONSUMER"]
+    assert process.context is not None
+    lines = (tmp_path / "child-spans.jsonl").read_text().splitlines()
+    assert [json.loads(line)["parent"] for line in lines] == [process.context.span_id]
 
 
 # -- what a child cannot import ----------------------------------------------------------

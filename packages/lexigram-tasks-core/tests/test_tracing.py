@@ -167,6 +167,41 @@ async def test_links_only_makes_the_process_span_a_root_with_a_link(
     assert process.context.trace_id != send.context.trace_id
 
 
+@pytest.mark.parametrize("links_only", [False, True], ids=["parent", "links-only"])
+async def test_baggage_from_the_enqueue_is_current_in_the_task(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter, links_only: bool
+) -> None:
+    from opentelemetry import baggage, context
+
+    provider = TaskProvider(
+        queue=MemoryTaskQueue(), tracer_provider=tracer_provider, trace_links_only=links_only
+    )
+    seen: list[object] = []
+
+    @provider.task(name="t")
+    async def t() -> None:
+        seen.append(baggage.get_baggage("tenant"))
+        seen.append(trace.get_current_span().get_span_context().span_id)
+
+    async with provider:
+        token = context.attach(baggage.set_baggage("tenant", "acme"))
+        try:
+            handle = await t.enqueue()
+        finally:
+            context.detach(token)
+        await handle.result(timeout=5)
+        assert baggage.get_baggage("tenant") is None  # nothing left behind
+    process = only(exporter, "process default")
+    # the task runs under its process span, which keeps its parent (or its link)
+    assert seen == ["acme", span_id(process)]
+    send = only(exporter, "send default")
+    if links_only:
+        assert process.parent is None
+        assert [link.context.span_id for link in process.links] == [span_id(send)]
+    else:
+        assert process.parent is not None and process.parent.span_id == span_id(send)
+
+
 async def test_a_trace_context_the_caller_put_in_the_headers_is_kept(
     tracer_provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:

@@ -124,6 +124,10 @@ class Attached:
 NOTHING: AbstractContextManager[Span] = nullcontext(INVALID_SPAN)
 
 
+#: The parent of a span that starts a trace of its own.
+_NO_PARENT = context.Context()
+
+
 class Execution:
     """``Telemetry.process``: the CONSUMER span and the per-execution metrics."""
 
@@ -179,7 +183,9 @@ class Execution:
             span_context = trace.get_current_span(creation).get_span_context()
             if span_context.is_valid:
                 links.append(Link(span_context))
-                parent = None if telemetry.links_only else creation
+                parent = _NO_PARENT if telemetry.links_only else creation
+            # Current while the job runs, under its span: the job's baggage flows on.
+            self._attached = context.attach(creation)
         self._span = telemetry.tracer.start_as_current_span(
             f"process {job.queue}",
             context=parent,
@@ -211,7 +217,7 @@ class Execution:
                 if span.is_recording():
                     span.set_attribute(attr.TASK_OUTCOME, scope.outcome or COMPLETED)
                 self._span.__exit__(exc_type, exc, tb)
-            elif self._attached is not None:
+            if self._attached is not None:
                 context.detach(self._attached)
         finally:
             current_job.reset(self._token)

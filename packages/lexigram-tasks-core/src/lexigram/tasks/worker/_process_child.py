@@ -46,7 +46,6 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 #: The tracer providers of the OpenTelemetry API alone (no SDK): their spans record nothing.
 _NO_SDK = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 _UNKNOWN: Any = object()
-_ROOT = context.Context()  # what an empty carrier extracts to
 _OK = ord("o")  # the first byte of a reply with a result
 #: multiprocessing's framing of a message: its length (-1, then 8 bytes, past 2 GiB).
 _SIZE = struct.Struct("!i")
@@ -186,36 +185,33 @@ def _run(
     rss: Callable[[], int],
     seat: _ChildSeat,
 ) -> tuple[bytes, int]:
-    name = request["task"]
     carrier = request["trace"]
-    started: Any = None  # the span's context manager, with an SDK
-    attached = None
-    if _no_sdk():
-        # What the API's own tracer does, minus its machinery: the span is the
-        # worker's (a non-recording one carrying its context), made current.
-        if carrier:
-            span = trace.get_current_span(propagate.extract(carrier))
-            attached = context.attach(trace.set_span_in_context(span))
-        else:
-            span = trace.INVALID_SPAN  # nothing to continue: the child's context has none
-    else:
-        parent = propagate.extract(carrier) if carrier else _ROOT
-        started = tracer.start_as_current_span(f"run {name}", context=parent)
-        span = started.__enter__()
-    seat.start(request, span)
+    # The worker's context (its process span and any baggage) is current for the call.
+    attached = context.attach(propagate.extract(carrier)) if carrier else None
     try:
-        reply, used = _call(request, functions, rss, span)
-    except BaseException as exc:  # KeyboardInterrupt: the span ends with it
-        if started is not None:
-            started.__exit__(type(exc), exc, exc.__traceback__)
-        raise
+        if _no_sdk():
+            # What the API's own tracer does, minus its machinery: the span is the
+            # worker's (a non-recording one carrying its context), or none.
+            return _seated(request, functions, rss, seat, trace.get_current_span())
+        with tracer.start_as_current_span(f"run {request['task']}") as span:
+            return _seated(request, functions, rss, seat, span)
     finally:
-        seat.stop()
         if attached is not None:
             context.detach(attached)
-    if started is not None:
-        started.__exit__(None, None, None)
-    return reply, used
+
+
+def _seated(
+    request: dict[str, Any],
+    functions: dict[tuple[str, str], Callable[..., Any]],
+    rss: Callable[[], int],
+    seat: _ChildSeat,
+    span: Any,
+) -> tuple[bytes, int]:
+    seat.start(request, span)
+    try:
+        return _call(request, functions, rss, span)
+    finally:
+        seat.stop()
 
 
 def _no_sdk() -> bool:
