@@ -46,6 +46,7 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 #: The tracer providers of the OpenTelemetry API alone (no SDK): their spans record nothing.
 _NO_SDK = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 _UNKNOWN: Any = object()
+_EMPTY = context.Context()  # what an empty carrier extracts to
 _OK = ord("o")  # the first byte of a reply with a result
 #: multiprocessing's framing of a message: its length (-1, then 8 bytes, past 2 GiB).
 _SIZE = struct.Struct("!i")
@@ -186,8 +187,9 @@ def _run(
     seat: _ChildSeat,
 ) -> tuple[bytes, int]:
     carrier = request["trace"]
-    # The worker's context (its process span and any baggage) is current for the call.
-    attached = context.attach(propagate.extract(carrier)) if carrier else None
+    # The worker's context (its process span and any baggage) is current for the call;
+    # the detach also undoes whatever the job left attached, for the child's next job.
+    attached = context.attach(propagate.extract(carrier) if carrier else _EMPTY)
     try:
         if _no_sdk():
             # What the API's own tracer does, minus its machinery: the span is the
@@ -196,8 +198,7 @@ def _run(
         with tracer.start_as_current_span(f"run {request['task']}") as span:
             return _seated(request, functions, rss, seat, span)
     finally:
-        if attached is not None:
-            context.detach(attached)
+        context.detach(attached)
 
 
 def _seated(
