@@ -168,7 +168,7 @@ class Execution:
         self._started = time.monotonic()
         if telemetry.tracing:
             return self._start_span(waited)
-        if job.headers:
+        if carries_context(job.headers):
             # No span, but the job's trace context is current while it runs, so
             # the jobs it enqueues carry it on.
             self._attached = context.attach(propagate.extract(job.headers))
@@ -176,7 +176,7 @@ class Execution:
 
     def _start_span(self, waited: float) -> Span:
         telemetry, job = self._telemetry, self._job
-        creation = propagate.extract(job.headers) if job.headers else None
+        creation = propagate.extract(job.headers) if carries_context(job.headers) else None
         links: list[Link] = []
         parent = None
         if creation is not None:
